@@ -1,0 +1,128 @@
+// Start and stop real server processes (nbd-mirror, nbdkit) on 127.0.0.1 for tests and benches.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { toolEnv } from './tools.js';
+
+export const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
+export const cliPath = fileURLToPath(new URL('../../build/cli.js', import.meta.url));
+
+export interface RunningServer {
+  readonly port: number;
+  readonly uri: (exportName?: string) => string;
+  readonly proc: ChildProcess;
+  /** Log lines (parsed JSON) seen so far on stdout. */
+  readonly logs: Array<Record<string, unknown>>;
+  /** SIGTERM, wait for exit; returns the exit code. SIGKILL after `timeoutMs`. */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<number | null>;
+}
+
+function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode);
+    const t = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
+    proc.once('exit', (code) => {
+      clearTimeout(t);
+      resolve(code);
+    });
+  });
+}
+
+/**
+ * Starts `nbd-mirror serve` with the given arguments plus `--listen 127.0.0.1:0`, and resolves
+ * once it logs `listening` with the port the kernel picked.
+ */
+export function startNbdMirror(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunningServer> {
+  const proc = spawn(process.execPath, [cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env },
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`nbd-mirror did not start within ${opts.timeoutMs ?? 10000} ms; stderr: ${stderr}`));
+    }, opts.timeoutMs ?? 10000);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`nbd-mirror exited with ${code} before listening; stderr: ${stderr}`));
+    });
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let rec: Record<string, unknown>;
+      try {
+        rec = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(rec);
+      if (rec.msg === 'listening' && typeof rec.port === 'number') {
+        clearTimeout(timer);
+        proc.removeAllListeners('exit');
+        const port = rec.port;
+        resolve({
+          port,
+          proc,
+          logs,
+          uri: (name = '') => `nbd://127.0.0.1:${port}/${name}`,
+          stop: (signal = 'SIGTERM', timeoutMs = 10000) => {
+            proc.kill(signal);
+            return waitExit(proc, timeoutMs);
+          },
+        });
+      }
+    });
+  });
+}
+
+/** Starts `nbdkit file FILE` on a free port (nbdkit picks none itself, so we probe). */
+export async function startNbdkit(file: string, extra: string[] = []): Promise<RunningServer> {
+  const port = await freePort();
+  const proc = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...extra, 'file', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: toolEnv(),
+  });
+  await waitForPort(port, 10000);
+  return {
+    port,
+    proc,
+    logs: [],
+    uri: (name = '') => `nbd://127.0.0.1:${port}/${name}`,
+    stop: (signal = 'SIGTERM', timeoutMs = 10000) => {
+      proc.kill(signal);
+      return waitExit(proc, timeoutMs);
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls until something accepts TCP connections on 127.0.0.1:port. */
+export async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+  const net = await import('node:net');
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 0; Date.now() < deadline; attempt++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** attempt, 200)));
+  }
+  throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
+}
