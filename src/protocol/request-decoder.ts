@@ -1,0 +1,104 @@
+// Streaming decoder for the transmission phase: socket chunks in, validated requests out.
+// Keeps an offset into each chunk instead of concatenating; a WRITE payload that lies wholly
+// inside one chunk is handed over as a view of that chunk (no copy), otherwise it is assembled
+// once into a buffer the sink provides. Rejected WRITEs have their payload skipped, not stored.
+import { Cmd, NbdErr, REQUEST_HEADER_SIZE } from './constants.js';
+import { decodeRequestHeader, validateRequest, type Request, type TransmissionContext } from './requests.js';
+
+export interface RequestSink {
+  /** A buffer of `length` bytes to assemble a WRITE payload that spans socket chunks. */
+  allocPayload(length: number): Buffer;
+  /** A complete request: `err` is OK or the code to refuse it with; `payload` only for accepted WRITEs. */
+  onRequest(req: Request, err: NbdErr, payload: Buffer | null): void;
+}
+
+const enum State {
+  HEADER,
+  PAYLOAD,
+  DISCARD,
+}
+
+export class RequestDecoder {
+  private state = State.HEADER;
+  /** A header split across chunks is gathered here. */
+  private readonly head = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+  private headFill = 0;
+  private req: Request | undefined;
+  private err: NbdErr = NbdErr.OK;
+  private payload: Buffer | undefined;
+  private payloadFill = 0;
+  private remaining = 0;
+
+  constructor(
+    private readonly ctx: TransmissionContext,
+    private readonly sink: RequestSink,
+  ) {}
+
+  /** True while a request is only partly received (used to tell a clean close from a cut one). */
+  get midRequest(): boolean {
+    return this.state !== State.HEADER || this.headFill !== 0;
+  }
+
+  /** Consumes a chunk; throws ProtocolViolation on bytes that are not a request. */
+  feed(chunk: Buffer): void {
+    let pos = 0;
+    const end = chunk.length;
+    while (pos < end) {
+      if (this.state === State.HEADER) {
+        let req: Request;
+        if (this.headFill === 0 && end - pos >= REQUEST_HEADER_SIZE) {
+          req = decodeRequestHeader(chunk, pos);
+          pos += REQUEST_HEADER_SIZE;
+        } else {
+          const n = Math.min(REQUEST_HEADER_SIZE - this.headFill, end - pos);
+          chunk.copy(this.head, this.headFill, pos, pos + n);
+          this.headFill += n;
+          pos += n;
+          if (this.headFill < REQUEST_HEADER_SIZE) return;
+          this.headFill = 0;
+          req = decodeRequestHeader(this.head, 0);
+        }
+        const err = validateRequest(req, this.ctx);
+        if (req.type !== Cmd.WRITE || req.length === 0) {
+          this.sink.onRequest(req, err, null);
+          continue;
+        }
+        this.req = req;
+        this.err = err;
+        if (err !== NbdErr.OK) {
+          this.state = State.DISCARD;
+          this.remaining = req.length;
+        } else if (end - pos >= req.length) {
+          const payload = chunk.subarray(pos, pos + req.length);
+          pos += req.length;
+          this.req = undefined;
+          this.sink.onRequest(req, err, payload);
+        } else {
+          this.state = State.PAYLOAD;
+          this.payload = this.sink.allocPayload(req.length);
+          this.payloadFill = 0;
+        }
+      } else if (this.state === State.PAYLOAD) {
+        const payload = this.payload!;
+        const n = Math.min(payload.length - this.payloadFill, end - pos);
+        chunk.copy(payload, this.payloadFill, pos, pos + n);
+        this.payloadFill += n;
+        pos += n;
+        if (this.payloadFill === payload.length) this.complete(payload);
+      } else {
+        const n = Math.min(this.remaining, end - pos);
+        this.remaining -= n;
+        pos += n;
+        if (this.remaining === 0) this.complete(null);
+      }
+    }
+  }
+
+  private complete(payload: Buffer | null): void {
+    const req = this.req!;
+    this.state = State.HEADER;
+    this.req = undefined;
+    this.payload = undefined;
+    this.sink.onRequest(req, this.err, payload);
+  }
+}

@@ -1,0 +1,317 @@
+// One client socket: the handshake, then transmission requests carried out on the export's volume.
+// Protocol decisions live in src/protocol/; this file only moves bytes and calls the volume.
+//
+// Backpressure: reading stops while the socket's send buffer is full or too many bytes of
+// requests are in flight, so a fast writer cannot make the server buffer without bound.
+import type { Socket } from 'node:net';
+import { AllocState, BASE_ALLOCATION_ID, Cmd, CmdFlag, NbdErr } from '../protocol/constants.js';
+import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
+import { Handshake, type Negotiated } from '../protocol/handshake.js';
+import {
+  blockStatusReply,
+  holeChunk,
+  readReplyHeaderSize,
+  simpleReply,
+  structuredDone,
+  structuredError,
+  writeReadReplyHeader,
+} from '../protocol/replies.js';
+import { RequestDecoder, type RequestSink } from '../protocol/request-decoder.js';
+import type { Request } from '../protocol/requests.js';
+import type { Logger } from '../log.js';
+import type { Extent, Volume } from '../volume/volume.js';
+import type { ExportRegistry } from './exports.js';
+
+/** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
+const SPARSE_READ_MIN = 256 * 1024;
+/** Extents per BLOCK_STATUS reply, and per sparse read. */
+const MAX_EXTENTS = 1024;
+/** Pause reading once this many request bytes (payloads and read replies) are in flight. */
+const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+
+export interface ConnectionHost {
+  readonly exports: ExportRegistry;
+  isShuttingDown(): boolean;
+}
+
+export class Connection implements RequestSink {
+  private handshake: Handshake | undefined;
+  private decoder: RequestDecoder | undefined;
+  private volume: Volume | undefined;
+  private negotiated: Negotiated | undefined;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private disconnecting = false;
+  private writeBlocked = false;
+  private readPaused = false;
+  private idleWaiters: Array<() => void> = [];
+  private requests = 0;
+  private errors = 0;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly host: ConnectionHost,
+    private readonly log: Logger,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => {
+      this.writeBlocked = false;
+      this.updateReading();
+    });
+    socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
+    socket.on('close', () => this.onClose());
+    this.handshake = new Handshake(host.exports, () => host.isShuttingDown());
+    this.send(Handshake.greeting());
+  }
+
+  /** Resolves when no request is in flight (used by graceful shutdown). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Ends the connection once in-flight requests have been answered. */
+  async close(): Promise<void> {
+    await this.idle();
+    this.socket.end();
+    // A client that never closes its side must not hold the process open.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.disconnecting) return;
+    // Replies produced while handling one chunk leave in one writev.
+    this.socket.cork();
+    try {
+      if (this.decoder) this.decoder.feed(chunk);
+      else this.onHandshakeData(chunk);
+    } catch (err) {
+      if (!(err instanceof ProtocolViolation)) throw err;
+      this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
+      this.socket.destroy();
+    } finally {
+      this.socket.uncork();
+    }
+  }
+
+  private onHandshakeData(chunk: Buffer): void {
+    const step = this.handshake!.receive(chunk);
+    for (const b of step.out) this.send(b);
+    const o = step.outcome;
+    if (o.kind === 'close') {
+      if (o.clean) this.log.info({ reason: o.reason }, 'handshake ended');
+      else this.log.warn({ reason: o.reason }, 'handshake failed, dropping connection');
+      this.handshake = undefined;
+      this.disconnecting = true;
+      if (o.clean) this.socket.end();
+      else this.socket.destroy();
+    } else if (o.kind === 'ready') {
+      this.handshake = undefined;
+      this.startTransmission(o.negotiated);
+      if (o.rest.length > 0) this.decoder!.feed(o.rest);
+    }
+  }
+
+  private startTransmission(n: Negotiated): void {
+    const entry = this.host.exports.entry(n.export.name)!;
+    this.negotiated = n;
+    this.volume = entry.volume;
+    this.decoder = new RequestDecoder(
+      {
+        size: n.export.size,
+        readOnly: entry.volume.capabilities.readOnly,
+        structuredReplies: n.structuredReplies,
+        baseAllocation: n.baseAllocation,
+      },
+      this,
+    );
+    this.log.info(
+      { export: n.export.name, structuredReplies: n.structuredReplies, baseAllocation: n.baseAllocation },
+      'client attached',
+    );
+  }
+
+  allocPayload(length: number): Buffer {
+    // Counted against the in-flight budget once the WRITE starts (one payload assembles at a time).
+    return Buffer.allocUnsafe(length);
+  }
+
+  onRequest(req: Request, err: NbdErr, payload: Buffer | null): void {
+    if (this.disconnecting) return; // nothing may follow NBD_CMD_DISC
+    this.requests++;
+    if (err !== NbdErr.OK) return this.refuse(req, err, 'request refused by validation');
+    if (this.host.isShuttingDown() && req.type !== Cmd.DISC) return this.refuse(req, NbdErr.ESHUTDOWN, 'server is shutting down');
+    const v = this.volume!;
+    const fua = (req.flags & CmdFlag.FUA) !== 0;
+    switch (req.type) {
+      case Cmd.READ:
+        return this.read(req);
+      case Cmd.WRITE:
+        this.begin(payload!.length);
+        return v.write(payload!, req.offset, fua, (e) => this.finish(req, e, payload!.length));
+      case Cmd.FLUSH:
+        this.begin(0);
+        return v.flush((e) => this.finish(req, e, 0));
+      case Cmd.TRIM:
+        this.begin(0);
+        return v.trim(req.offset, req.length, fua, (e) => this.finish(req, e, 0));
+      case Cmd.WRITE_ZEROES:
+        this.begin(0);
+        return v.zero(
+          req.offset,
+          req.length,
+          { noHole: (req.flags & CmdFlag.NO_HOLE) !== 0, fastZero: (req.flags & CmdFlag.FAST_ZERO) !== 0, fua },
+          (e) => this.finish(req, e, 0),
+        );
+      case Cmd.CACHE:
+        this.begin(0);
+        return v.cache(req.offset, req.length, (e) => this.finish(req, e, 0));
+      case Cmd.BLOCK_STATUS:
+        return this.blockStatus(req);
+      case Cmd.DISC:
+        return this.disconnect();
+    }
+  }
+
+  private read(req: Request): void {
+    const structured = this.negotiated!.structuredReplies;
+    if (structured && req.length >= SPARSE_READ_MIN && (req.flags & CmdFlag.DF) === 0) return this.readSparse(req);
+    const hs = readReplyHeaderSize(structured);
+    const reply = Buffer.allocUnsafe(hs + req.length);
+    this.begin(reply.length);
+    this.volume!.read(reply.subarray(hs), req.offset, (e) => {
+      if (e) return this.fail(req, e, reply.length);
+      writeReadReplyHeader(reply, structured, req, req.offset, req.length, true);
+      this.send(reply);
+      this.end(reply.length);
+    });
+  }
+
+  /** A large structured read: holes go out as OFFSET_HOLE chunks, data as OFFSET_DATA chunks. */
+  private readSparse(req: Request): void {
+    this.begin(req.length);
+    this.volume!.extents(req.offset, req.length, MAX_EXTENTS, (e, extents) => {
+      if (e) return this.fail(req, e, req.length);
+      const covered = extents.reduce((sum, x) => sum + x.length, 0);
+      // Whatever the extent list did not reach is read as data.
+      if (covered < req.length) extents.push({ length: req.length - covered, flags: 0 });
+      this.sendExtents(req, extents, 0, req.offset);
+    });
+  }
+
+  private sendExtents(req: Request, extents: Extent[], i: number, offset: number): void {
+    for (; i < extents.length; i++) {
+      const x = extents[i]!;
+      if ((x.flags & AllocState.HOLE) === 0) break; // data: needs a read
+      this.send(holeChunk(req, offset, x.length, false));
+      offset += x.length;
+    }
+    if (i === extents.length) {
+      this.send(structuredDone(req));
+      return this.end(req.length);
+    }
+    const len = extents[i]!.length;
+    const hs = readReplyHeaderSize(true);
+    const chunk = Buffer.allocUnsafe(hs + len);
+    this.volume!.read(chunk.subarray(hs), offset, (e) => {
+      if (e) return this.fail(req, e, req.length);
+      writeReadReplyHeader(chunk, true, req, offset, len, false);
+      this.send(chunk);
+      this.sendExtents(req, extents, i + 1, offset + len);
+    });
+  }
+
+  private blockStatus(req: Request): void {
+    const max = (req.flags & CmdFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS;
+    this.begin(0);
+    this.volume!.extents(req.offset, req.length, max, (e, extents) => {
+      if (e) return this.fail(req, e, 0);
+      this.send(
+        blockStatusReply(
+          req,
+          BASE_ALLOCATION_ID,
+          extents.map((x) => x.length),
+          extents.map((x) => x.flags),
+          extents.length,
+        ),
+      );
+      this.end(0);
+    });
+  }
+
+  private disconnect(): void {
+    this.disconnecting = true;
+    this.log.debug('client sent NBD_CMD_DISC');
+    void this.close();
+  }
+
+  /** Replies to a request that was never started. */
+  private refuse(req: Request, err: NbdErr, reason: string): void {
+    this.errors++;
+    this.log.debug({ type: req.type, offset: req.offset, length: req.length, flags: req.flags, error: nbdErrName(err) }, reason);
+    this.sendError(req, err, reason);
+  }
+
+  private finish(req: Request, e: Error | null, bytes: number): void {
+    if (e) return this.fail(req, e, bytes);
+    this.send(simpleReply(req, NbdErr.OK));
+    this.end(bytes);
+  }
+
+  /** A started request failed: log the real cause, send the wire code. */
+  private fail(req: Request, e: Error, bytes: number): void {
+    const code = nbdErrno(e);
+    this.errors++;
+    this.log.warn({ err: e, type: req.type, offset: req.offset, length: req.length, error: nbdErrName(code) }, 'request failed');
+    this.sendError(req, code, e.message);
+    this.end(bytes);
+  }
+
+  private sendError(req: Request, err: NbdErr, message: string): void {
+    // READ and BLOCK_STATUS answers must be structured once structured replies are on.
+    const structuredOnly = req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS;
+    this.send(this.negotiated?.structuredReplies && structuredOnly ? structuredError(req, err, message) : simpleReply(req, err));
+  }
+
+  private send(b: Buffer): void {
+    if (this.socket.destroyed || !this.socket.writable) return;
+    if (!this.socket.write(b) && !this.writeBlocked) {
+      this.writeBlocked = true;
+      this.updateReading();
+    }
+  }
+
+  private begin(bytes: number): void {
+    this.inFlight++;
+    if (bytes > 0) this.track(bytes);
+  }
+
+  private end(bytes: number): void {
+    this.inFlight--;
+    if (bytes > 0) this.track(-bytes);
+    if (this.inFlight === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  private track(delta: number): void {
+    this.inFlightBytes += delta;
+    this.updateReading();
+  }
+
+  private updateReading(): void {
+    const shouldPause = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES;
+    if (shouldPause === this.readPaused) return;
+    this.readPaused = shouldPause;
+    if (shouldPause) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  private onClose(): void {
+    if (this.decoder?.midRequest) this.log.warn('client disconnected in the middle of a request');
+    this.log.info({ requests: this.requests, errors: this.errors, export: this.negotiated?.export.name }, 'connection closed');
+  }
+}

@@ -1,0 +1,211 @@
+// A volume stored in one raw (sparse) file. Reads and writes are synchronous by default: on a
+// page-cached file pread/pwrite take microseconds, far less than a thread-pool round trip
+// (measured in docs/BENCHMARKS.md); `io: 'async'` uses libuv's thread pool instead, for disks
+// slow enough that blocking the event loop would hurt. fdatasync always runs in the pool.
+import fs from 'node:fs';
+import { AllocState, NbdErr } from '../protocol/constants.js';
+import { NbdError } from '../protocol/errors.js';
+import { fileOps } from './fileops.js';
+import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
+
+export type IoMode = 'sync' | 'async';
+
+export interface FileVolumeOptions {
+  /** Size for a file that does not exist yet (created sparse). Without it a missing file is an error. */
+  readonly createSize?: number;
+  readonly readOnly?: boolean;
+  readonly io?: IoMode;
+}
+
+/** Chunk for writing zeroes by hand and for CACHE reads. */
+const CHUNK = 1024 * 1024;
+let zeroChunk: Buffer | undefined;
+
+export class FileVolume implements Volume {
+  readonly capabilities: VolumeCapabilities;
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly size: number,
+    readOnly: boolean,
+    private readonly io: IoMode,
+  ) {
+    this.capabilities = {
+      readOnly,
+      flush: true,
+      fua: !readOnly,
+      trim: !readOnly,
+      zero: !readOnly,
+      fastZero: !readOnly,
+      cache: true,
+      // One fd shared by every connection: the kernel page cache is the only cache.
+      multiConn: true,
+    };
+  }
+
+  /** Opens `path`, creating it sparse when missing and `createSize` is given. */
+  static open(path: string, opts: FileVolumeOptions = {}): FileVolume {
+    const readOnly = opts.readOnly ?? false;
+    let fd: number;
+    try {
+      fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (opts.createSize === undefined) {
+        throw new Error(`${path} does not exist; give --size to create it`, { cause: err });
+      }
+      fd = fs.openSync(path, 'w+');
+      fs.ftruncateSync(fd, opts.createSize);
+      if (readOnly) {
+        fs.closeSync(fd);
+        fd = fs.openSync(path, 'r');
+      }
+    }
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) {
+      fs.closeSync(fd);
+      throw new Error(`${path} is not a regular file`);
+    }
+    return new FileVolume(path, fd, st.size, readOnly, opts.io ?? 'sync');
+  }
+
+  read(buf: Buffer, offset: number, done: Done): void {
+    if (this.io === 'async') return this.readAsync(buf, 0, offset, done);
+    try {
+      for (let got = 0; got < buf.length; ) {
+        const n = fs.readSync(this.fd, buf, got, buf.length - got, offset + got);
+        if (n === 0) {
+          buf.fill(0, got); // past EOF of a file shorter than the export: zeroes
+          break;
+        }
+        got += n;
+      }
+    } catch (err) {
+      return done(err as Error);
+    }
+    done(null);
+  }
+
+  private readAsync(buf: Buffer, got: number, offset: number, done: Done): void {
+    fs.read(this.fd, buf, got, buf.length - got, offset + got, (err, n) => {
+      if (err) return done(err);
+      if (n === 0) buf.fill(0, got);
+      if (n === 0 || got + n === buf.length) return done(null);
+      this.readAsync(buf, got + n, offset, done);
+    });
+  }
+
+  write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
+    const finish: Done = fua ? (err) => (err ? done(err) : this.flush(done)) : done;
+    if (this.io === 'async') return this.writeAsync(buf, 0, offset, finish);
+    try {
+      this.writeSync(buf, offset);
+    } catch (err) {
+      return done(err as Error);
+    }
+    finish(null);
+  }
+
+  private writeSync(buf: Buffer, offset: number): void {
+    for (let put = 0; put < buf.length; ) put += fs.writeSync(this.fd, buf, put, buf.length - put, offset + put);
+  }
+
+  private writeAsync(buf: Buffer, put: number, offset: number, done: Done): void {
+    fs.write(this.fd, buf, put, buf.length - put, offset + put, (err, n) => {
+      if (err) return done(err);
+      if (put + n === buf.length) return done(null);
+      this.writeAsync(buf, put + n, offset, done);
+    });
+  }
+
+  flush(done: Done): void {
+    fs.fdatasync(this.fd, done);
+  }
+
+  trim(offset: number, length: number, fua: boolean, done: Done): void {
+    try {
+      fileOps.punchHole(this.fd, offset, length);
+    } catch (err) {
+      // Trim is advisory: a filesystem that cannot punch holes simply keeps the data.
+      if ((err as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') return done(err as Error);
+    }
+    if (fua) this.flush(done);
+    else done(null);
+  }
+
+  zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
+    try {
+      if (!this.zeroFast(offset, length, opts.noHole)) {
+        if (opts.fastZero) return done(new NbdError(NbdErr.ENOTSUP, 'this filesystem cannot zero quickly'));
+        // Rare fallback (filesystems without fallocate modes): plain writes of zeroes.
+        zeroChunk ??= Buffer.alloc(CHUNK);
+        for (let pos = offset, end = offset + length; pos < end; pos += CHUNK) {
+          this.writeSync(zeroChunk.subarray(0, Math.min(CHUNK, end - pos)), pos);
+        }
+      }
+    } catch (err) {
+      return done(err as Error);
+    }
+    if (opts.fua) this.flush(done);
+    else done(null);
+  }
+
+  /** Zeroes with fallocate: a hole when allowed, else an allocated zero range. False if unsupported. */
+  private zeroFast(offset: number, length: number, noHole: boolean): boolean {
+    const attempts = noHole ? [fileOps.zeroRange] : [fileOps.punchHole, fileOps.zeroRange];
+    for (const call of attempts) {
+      try {
+        call(this.fd, offset, length);
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw err;
+      }
+    }
+    return false;
+  }
+
+  cache(offset: number, length: number, done: Done): void {
+    // Node has no posix_fadvise: reading the range into the page cache is the portable prefetch.
+    const scratch = Buffer.allocUnsafe(Math.min(CHUNK, length));
+    const end = offset + length;
+    const next = (pos: number): void => {
+      if (pos >= end || this.closed) return done(null);
+      fs.read(this.fd, scratch, 0, Math.min(CHUNK, end - pos), pos, (err) => (err ? done(err) : next(pos + CHUNK)));
+    };
+    next(offset);
+  }
+
+  extents(offset: number, length: number, max: number, done: (err: Error | null, extents: Extent[]) => void): void {
+    const out: Extent[] = [];
+    const end = offset + length;
+    try {
+      for (let pos = offset; pos < end && out.length < max; ) {
+        const data = fileOps.seekData(this.fd, pos);
+        if (data === -1 || data >= end) {
+          out.push({ length: end - pos, flags: AllocState.HOLE | AllocState.ZERO });
+          break;
+        }
+        if (data > pos) {
+          out.push({ length: data - pos, flags: AllocState.HOLE | AllocState.ZERO });
+          pos = data;
+          continue;
+        }
+        const hole = Math.min(fileOps.seekHole(this.fd, pos), end);
+        out.push({ length: hole - pos, flags: AllocState.DATA });
+        pos = hole;
+      }
+    } catch (err) {
+      return done(err as Error, []);
+    }
+    done(null, out);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.capabilities.readOnly) await new Promise<void>((resolve, reject) => this.flush((err) => (err ? reject(err) : resolve())));
+    fs.closeSync(this.fd);
+  }
+}

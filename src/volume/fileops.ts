@@ -1,0 +1,14 @@
+// The native addon (native/fileops.c, built by `npm install` with node-gyp) for the Linux calls
+// Node's fs lacks: hole punching, zero ranges and SEEK_DATA/SEEK_HOLE.
+import { createRequire } from 'node:module';
+
+export interface FileOps {
+  punchHole(fd: number, offset: number, length: number): void;
+  zeroRange(fd: number, offset: number, length: number): void;
+  /** Next data at or after `offset`, or -1 when only a hole follows. */
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+}
+
+// The same relative path works from src/volume/ (tests) and build/volume/ (compiled).
+export const fileOps = createRequire(import.meta.url)('../../build/Release/fileops.node') as FileOps;
