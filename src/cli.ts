@@ -114,7 +114,11 @@ export function buildProgram(): Command {
     .option('--size <size>', 'create missing export files sparse with this size (e.g. 512M, 1G)', argParser(parseSize))
     .option('--read-only', 'refuse writes (EPERM)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
-    .addOption(new Option('--io <mode>', 'file I/O: sync (pread/pwrite on the event loop) or async (thread pool)').choices(['sync', 'async']).default('sync'))
+    .addOption(
+      new Option('--io <mode>', 'file I/O: auto (small on the event loop, large in the thread pool), sync or async')
+        .choices(['auto', 'sync', 'async'])
+        .default('auto'),
+    )
     .action(serve);
 
   return program;

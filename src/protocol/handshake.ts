@@ -90,7 +90,8 @@ export class Handshake {
   }
 
   receive(chunk: Buffer): HandshakeStep {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    // Copied: chunks may be views of a reused receive buffer. Handshake messages are small.
+    this.pending = Buffer.concat([this.pending, chunk]);
     const out: Buffer[] = [];
     for (;;) {
       const need = this.bytesNeeded();

@@ -1,12 +1,12 @@
 // Streaming decoder for the transmission phase: socket chunks in, validated requests out.
-// Keeps an offset into each chunk instead of concatenating; a WRITE payload that lies wholly
-// inside one chunk is handed over as a view of that chunk (no copy), otherwise it is assembled
-// once into a buffer the sink provides. Rejected WRITEs have their payload skipped, not stored.
+// Keeps an offset into each chunk instead of concatenating. Chunks may be views of a reused
+// receive buffer, so nothing keeps a reference to them: a WRITE payload is copied once into a
+// buffer the sink provides. Rejected WRITEs have their payload skipped, not stored.
 import { Cmd, NbdErr, REQUEST_HEADER_SIZE } from './constants.js';
 import { decodeRequestHeader, validateRequest, type Request, type TransmissionContext } from './requests.js';
 
 export interface RequestSink {
-  /** A buffer of `length` bytes to assemble a WRITE payload that spans socket chunks. */
+  /** A buffer of `length` bytes to receive a WRITE payload into. */
   allocPayload(length: number): Buffer;
   /** A complete request: `err` is OK or the code to refuse it with; `payload` only for accepted WRITEs. */
   onRequest(req: Request, err: NbdErr, payload: Buffer | null): void;
@@ -68,11 +68,6 @@ export class RequestDecoder {
         if (err !== NbdErr.OK) {
           this.state = State.DISCARD;
           this.remaining = req.length;
-        } else if (end - pos >= req.length) {
-          const payload = chunk.subarray(pos, pos + req.length);
-          pos += req.length;
-          this.req = undefined;
-          this.sink.onRequest(req, err, payload);
         } else {
           this.state = State.PAYLOAD;
           this.payload = this.sink.allocPayload(req.length);

@@ -28,6 +28,11 @@ const SPARSE_READ_MIN = 256 * 1024;
 const MAX_EXTENTS = 1024;
 /** Pause reading once this many request bytes (payloads and read replies) are in flight. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/**
+ * Pause reading once this many reply bytes wait in the socket's send queue. Far above Node's
+ * 16 KiB highWaterMark on purpose: pausing after every large READ reply would stall the pipeline.
+ */
+const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
@@ -54,7 +59,6 @@ export class Connection implements RequestSink {
     private readonly log: Logger,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
       this.writeBlocked = false;
       this.updateReading();
@@ -79,7 +83,8 @@ export class Connection implements RequestSink {
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 
-  private onData(chunk: Buffer): void {
+  /** Bytes from the client; `chunk` is only valid during the call. */
+  receive(chunk: Buffer): void {
     if (this.disconnecting) return;
     // Replies produced while handling one chunk leave in one writev.
     this.socket.cork();
@@ -276,7 +281,8 @@ export class Connection implements RequestSink {
 
   private send(b: Buffer): void {
     if (this.socket.destroyed || !this.socket.writable) return;
-    if (!this.socket.write(b) && !this.writeBlocked) {
+    this.socket.write(b);
+    if (!this.writeBlocked && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) {
       this.writeBlocked = true;
       this.updateReading();
     }

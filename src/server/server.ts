@@ -3,6 +3,7 @@
 import net from 'node:net';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
+import { adoptWithOnRead } from './receive.js';
 import type { ExportRegistry } from './exports.js';
 
 export interface ListenAddress {
@@ -20,7 +21,7 @@ export class NbdServer {
     readonly exports: ExportRegistry,
     private readonly log: Logger,
   ) {
-    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
   }
 
@@ -39,11 +40,13 @@ export class NbdServer {
     });
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(accepted: net.Socket): void {
     const id = this.nextId++;
-    const log = this.log.child({ conn: id, remote: `${socket.remoteAddress}:${socket.remotePort}` });
+    const log = this.log.child({ conn: id, remote: `${accepted.remoteAddress}:${accepted.remotePort}` });
     log.info('connection opened');
-    const conn = new Connection(socket, this, log);
+    let conn: Connection | undefined;
+    const socket = adoptWithOnRead(accepted, (chunk) => conn!.receive(chunk));
+    conn = new Connection(socket, this, log);
     this.connections.add(conn);
     socket.once('close', () => this.connections.delete(conn));
   }
@@ -53,7 +56,8 @@ export class NbdServer {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     this.log.info({ connections: this.connections.size }, 'shutting down');
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Stop accepting. (Its close callback is not awaited: adopted sockets are not counted by it.)
+    this.server.close();
     const drained = Promise.all([...this.connections].map((c) => c.idle()));
     const timedOut = await Promise.race([
       drained.then(() => false),
@@ -62,7 +66,6 @@ export class NbdServer {
     if (timedOut) this.log.warn({ timeoutMs }, 'requests still in flight at shutdown timeout');
     await Promise.all(this.exports.volumes().map((v) => v.close()));
     await Promise.all([...this.connections].map((c) => c.close()));
-    await closed;
     this.log.info('shut down');
   }
 }

@@ -1,14 +1,18 @@
-// A volume stored in one raw (sparse) file. Reads and writes are synchronous by default: on a
-// page-cached file pread/pwrite take microseconds, far less than a thread-pool round trip
-// (measured in docs/BENCHMARKS.md); `io: 'async'` uses libuv's thread pool instead, for disks
-// slow enough that blocking the event loop would hurt. fdatasync always runs in the pool.
+// A volume stored in one raw (sparse) file. I/O mode `auto` (default) does small reads and
+// writes synchronously — on a page-cached file a 4 KiB pread/pwrite takes a microsecond or two,
+// far less than a thread-pool round trip — and large ones (>= 64 KiB) in libuv's thread pool, so
+// copying big payloads to and from the page cache overlaps with network I/O on the event loop
+// (measured in docs/BENCHMARKS.md). `sync` and `async` force one way. fdatasync always runs in the pool.
 import fs from 'node:fs';
 import { AllocState, NbdErr } from '../protocol/constants.js';
 import { NbdError } from '../protocol/errors.js';
 import { fileOps } from './fileops.js';
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
 
-export type IoMode = 'sync' | 'async';
+export type IoMode = 'auto' | 'sync' | 'async';
+
+/** In `auto` mode, transfers of at least this many bytes go to the thread pool. */
+const ASYNC_MIN = 64 * 1024;
 
 export interface FileVolumeOptions {
   /** Size for a file that does not exist yet (created sparse). Without it a missing file is an error. */
@@ -68,11 +72,11 @@ export class FileVolume implements Volume {
       fs.closeSync(fd);
       throw new Error(`${path} is not a regular file`);
     }
-    return new FileVolume(path, fd, st.size, readOnly, opts.io ?? 'sync');
+    return new FileVolume(path, fd, st.size, readOnly, opts.io ?? 'auto');
   }
 
   read(buf: Buffer, offset: number, done: Done): void {
-    if (this.io === 'async') return this.readAsync(buf, 0, offset, done);
+    if (this.useAsync(buf.length)) return this.readAsync(buf, 0, offset, done);
     try {
       for (let got = 0; got < buf.length; ) {
         const n = fs.readSync(this.fd, buf, got, buf.length - got, offset + got);
@@ -88,6 +92,10 @@ export class FileVolume implements Volume {
     done(null);
   }
 
+  private useAsync(length: number): boolean {
+    return this.io === 'async' || (this.io === 'auto' && length >= ASYNC_MIN);
+  }
+
   private readAsync(buf: Buffer, got: number, offset: number, done: Done): void {
     fs.read(this.fd, buf, got, buf.length - got, offset + got, (err, n) => {
       if (err) return done(err);
@@ -99,7 +107,7 @@ export class FileVolume implements Volume {
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
     const finish: Done = fua ? (err) => (err ? done(err) : this.flush(done)) : done;
-    if (this.io === 'async') return this.writeAsync(buf, 0, offset, finish);
+    if (this.useAsync(buf.length)) return this.writeAsync(buf, 0, offset, finish);
     try {
       this.writeSync(buf, offset);
     } catch (err) {
