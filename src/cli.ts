@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, LOG_LEVELS } from './log.js';
 import { ExportRegistry } from './server/exports.js';
 import { NbdServer, type ListenAddress } from './server/server.js';
-import { formatSize, parseSize } from './units.js';
+import { formatSize, parseHostPort, parseSize } from './config/units.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
 
 interface ExportArg {
@@ -22,13 +22,6 @@ function argParser<T>(parse: (v: string) => T): (v: string) => T {
       throw new InvalidArgumentError((err as Error).message);
     }
   };
-}
-
-export function parseListen(text: string): ListenAddress {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
-  const port = Number(m?.[3]);
-  if (!m || port > 65535) throw new Error(`"${text}" is not HOST:PORT (example: 127.0.0.1:10809)`);
-  return { host: m[1] ?? m[2]!, port };
 }
 
 function parseExport(text: string, previous: ExportArg[] = []): ExportArg[] {
@@ -109,7 +102,7 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('serve files as NBD exports')
-    .requiredOption('--listen <host:port>', 'address to listen on (port 0 picks a free one)', argParser(parseListen))
+    .requiredOption('--listen <host:port>', 'address to listen on (port 0 picks a free one)', argParser(parseHostPort))
     .requiredOption('--export <name=path>', 'export a file under a name (repeatable)', argParser(parseExport))
     .option('--size <size>', 'create missing export files sparse with this size (e.g. 512M, 1G)', argParser(parseSize))
     .option('--read-only', 'refuse writes (EPERM)', false)

@@ -1,15 +1,13 @@
 // The NBD listener: accepts sockets, gives each a Connection, and shuts down gracefully
 // (stop accepting, answer requests in flight, refuse new ones with ESHUTDOWN, flush, close).
 import net from 'node:net';
+import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
 import { adoptWithOnRead } from './receive.js';
 import type { ExportRegistry } from './exports.js';
 
-export interface ListenAddress {
-  readonly host: string;
-  readonly port: number;
-}
+export type ListenAddress = HostPort;
 
 export class NbdServer {
   private readonly server: net.Server;

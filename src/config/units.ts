@@ -1,4 +1,5 @@
-// Human sizes ("512M", "1G", "4KiB", "1073741824") ↔ bytes. Binary units, as dd and qemu-img use.
+// Parsing what people type: sizes ("512M", "1G", "4KiB", "1073741824"; binary units, as
+// dd and qemu-img use) and HOST:PORT addresses.
 
 const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50 };
 
@@ -19,4 +20,17 @@ export function formatSize(bytes: number): string {
     i++;
   }
   return `${Number.isInteger(v) ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** "127.0.0.1:10809", "localhost:0", "[::1]:10809". */
+export function parseHostPort(text: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(text);
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new Error(`"${text}" is not HOST:PORT (example: 127.0.0.1:10809)`);
+  return { host: m[1] ?? m[2]!, port };
 }
