@@ -21,12 +21,13 @@ import type { Request } from '../protocol/requests.js';
 import type { Logger } from '../log.js';
 import type { Extent, Volume } from '../volume/volume.js';
 import type { ExportRegistry } from './exports.js';
+import type { IoBudget } from './io-budget.js';
 
 /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
 const SPARSE_READ_MIN = 256 * 1024;
 /** Extents per BLOCK_STATUS reply, and per sparse read. */
 const MAX_EXTENTS = 1024;
-/** Pause reading once this many request bytes (payloads and read replies) are in flight. */
+/** Pause reading once this connection has this many request bytes (payloads, read replies) in flight. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /**
  * Pause reading once this many reply bytes wait in the socket's send queue. Far above Node's
@@ -36,6 +37,8 @@ const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
+  /** Shared by all connections: in-flight bytes across the server. */
+  readonly budget: IoBudget;
   isShuttingDown(): boolean;
 }
 
@@ -305,15 +308,21 @@ export class Connection implements RequestSink {
 
   private track(delta: number): void {
     this.inFlightBytes += delta;
+    if (delta > 0) this.host.budget.take(delta);
+    else this.host.budget.give(-delta);
     this.updateReading();
   }
 
+  private readonly retryReading = (): void => this.updateReading();
+
   private updateReading(): void {
-    const shouldPause = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES;
+    const budgetSpent = this.host.budget.exhausted();
+    const shouldPause = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES || budgetSpent;
+    if (shouldPause && budgetSpent) this.host.budget.whenAvailable(this.retryReading);
     if (shouldPause === this.readPaused) return;
     this.readPaused = shouldPause;
     if (shouldPause) this.socket.pause();
-    else this.socket.resume();
+    else if (!this.socket.destroyed) this.socket.resume();
   }
 
   private onClose(): void {

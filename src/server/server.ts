@@ -4,7 +4,11 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
+import { IoBudget } from './io-budget.js';
 import { adoptWithOnRead } from './receive.js';
+
+/** Request bytes in flight across all connections before they stop reading (see IoBudget). */
+const SERVER_INFLIGHT_BYTES = 64 * 1024 * 1024;
 import type { ExportRegistry } from './exports.js';
 
 export type ListenAddress = HostPort;
@@ -13,6 +17,7 @@ export class NbdServer {
   private readonly server: net.Server;
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
+  readonly budget = new IoBudget(SERVER_INFLIGHT_BYTES);
   private nextId = 1;
 
   constructor(
