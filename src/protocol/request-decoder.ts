@@ -10,6 +10,8 @@ export interface RequestSink {
   allocPayload(length: number): Buffer;
   /** A complete request: `err` is OK or the code to refuse it with; `payload` only for accepted WRITEs. */
   onRequest(req: Request, err: NbdErr, payload: Buffer | null): void;
+  /** Asked before each new request: false stops decoding at that request boundary (backpressure). */
+  wantsRequests(): boolean;
 }
 
 const enum State {
@@ -39,12 +41,17 @@ export class RequestDecoder {
     return this.state !== State.HEADER || this.headFill !== 0;
   }
 
-  /** Consumes a chunk; throws ProtocolViolation on bytes that are not a request. */
-  feed(chunk: Buffer): void {
+  /**
+   * Consumes a chunk up to the first request boundary where the sink wants no more; returns the
+   * number of bytes used (the caller keeps the rest). Throws ProtocolViolation on bytes that are
+   * not a request.
+   */
+  feed(chunk: Buffer): number {
     let pos = 0;
     const end = chunk.length;
     while (pos < end) {
       if (this.state === State.HEADER) {
+        if (this.headFill === 0 && !this.sink.wantsRequests()) return pos;
         let req: Request;
         if (this.headFill === 0 && end - pos >= REQUEST_HEADER_SIZE) {
           req = decodeRequestHeader(chunk, pos);
@@ -54,7 +61,7 @@ export class RequestDecoder {
           chunk.copy(this.head, this.headFill, pos, pos + n);
           this.headFill += n;
           pos += n;
-          if (this.headFill < REQUEST_HEADER_SIZE) return;
+          if (this.headFill < REQUEST_HEADER_SIZE) return pos;
           this.headFill = 0;
           req = decodeRequestHeader(this.head, 0);
         }
@@ -87,6 +94,7 @@ export class RequestDecoder {
         if (this.remaining === 0) this.complete(null);
       }
     }
+    return pos;
   }
 
   private complete(payload: Buffer | null): void {

@@ -21,6 +21,7 @@ import type { Request } from '../protocol/requests.js';
 import type { Logger } from '../log.js';
 import type { Extent, Volume } from '../volume/volume.js';
 import type { ExportRegistry } from './exports.js';
+import type { BufferPool } from './buffer-pool.js';
 import type { IoBudget } from './io-budget.js';
 
 /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
@@ -37,6 +38,7 @@ const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
+  readonly buffers: BufferPool;
   /** Shared by all connections: in-flight bytes across the server. */
   readonly budget: IoBudget;
   isShuttingDown(): boolean;
@@ -51,7 +53,12 @@ export class Connection implements RequestSink {
   private inFlightBytes = 0;
   private disconnecting = false;
   private writeBlocked = false;
+  /** Stop taking new requests (backpressure); the socket is paused while this or a backlog holds. */
   private readPaused = false;
+  /** Received bytes not yet decoded because reading was paused at a request boundary. */
+  private backlog: Buffer | undefined;
+  /** True while bytes are being decoded (updateReading must not re-enter the decoder then). */
+  private feeding = false;
   private idleWaiters: Array<() => void> = [];
   private requests = 0;
   private errors = 0;
@@ -89,18 +96,47 @@ export class Connection implements RequestSink {
   /** Bytes from the client; `chunk` is only valid during the call. */
   receive(chunk: Buffer): void {
     if (this.disconnecting) return;
-    // Replies produced while handling one chunk leave in one writev.
+    if (this.backlog) {
+      // Reading was already asked to stop; keep the bytes in order behind the backlog.
+      this.backlog = Buffer.concat([this.backlog, chunk]);
+      return;
+    }
+    this.consume(chunk, true);
+  }
+
+  /**
+   * Runs bytes through the handshake or the decoder. What the decoder leaves (it stops at a
+   * request boundary under backpressure) becomes the backlog, copied if it is a view of the
+   * reused receive buffer.
+   */
+  private consume(bytes: Buffer, isReceiveBuffer: boolean): void {
+    // Replies produced while handling these bytes leave in one writev.
     this.socket.cork();
+    this.feeding = true;
     try {
-      if (this.decoder) this.decoder.feed(chunk);
-      else this.onHandshakeData(chunk);
+      if (!this.decoder) this.onHandshakeData(bytes);
+      else {
+        const used = this.decoder.feed(bytes);
+        if (used < bytes.length) {
+          const rest = bytes.subarray(used);
+          this.backlog = isReceiveBuffer ? Buffer.from(rest) : rest;
+        }
+      }
     } catch (err) {
       if (!(err instanceof ProtocolViolation)) throw err;
       this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
+      this.backlog = undefined;
+      this.disconnecting = true;
       this.socket.destroy();
     } finally {
+      this.feeding = false;
       this.socket.uncork();
     }
+    this.updateReading();
+  }
+
+  wantsRequests(): boolean {
+    return !this.readPaused && !this.disconnecting;
   }
 
   private onHandshakeData(chunk: Buffer): void {
@@ -117,7 +153,7 @@ export class Connection implements RequestSink {
     } else if (o.kind === 'ready') {
       this.handshake = undefined;
       this.startTransmission(o.negotiated);
-      if (o.rest.length > 0) this.decoder!.feed(o.rest);
+      if (o.rest.length > 0) this.backlog = o.rest; // handled by updateReading once consume returns
     }
   }
 
@@ -142,7 +178,7 @@ export class Connection implements RequestSink {
 
   allocPayload(length: number): Buffer {
     // Counted against the in-flight budget once the WRITE starts (one payload assembles at a time).
-    return Buffer.allocUnsafe(length);
+    return this.host.buffers.acquire(length);
   }
 
   onRequest(req: Request, err: NbdErr, payload: Buffer | null): void {
@@ -157,7 +193,10 @@ export class Connection implements RequestSink {
         return this.read(req);
       case Cmd.WRITE:
         this.begin(payload!.length);
-        return v.write(payload!, req.offset, fua, (e) => this.finish(req, e, payload!.length));
+        return v.write(payload!, req.offset, fua, (e) => {
+          this.host.buffers.release(payload!);
+          this.finish(req, e, payload!.length);
+        });
       case Cmd.FLUSH:
         this.begin(0);
         return v.flush((e) => this.finish(req, e, 0));
@@ -186,13 +225,19 @@ export class Connection implements RequestSink {
     const structured = this.negotiated!.structuredReplies;
     if (structured && req.length >= SPARSE_READ_MIN && (req.flags & CmdFlag.DF) === 0) return this.readSparse(req);
     const hs = readReplyHeaderSize(structured);
-    const reply = Buffer.allocUnsafe(hs + req.length);
+    const reply = this.host.buffers.acquire(hs + req.length);
     this.begin(reply.length);
     this.volume!.read(reply.subarray(hs), req.offset, (e) => {
-      if (e) return this.fail(req, e, reply.length);
+      if (e) {
+        this.host.buffers.release(reply);
+        return this.fail(req, e, reply.length);
+      }
       writeReadReplyHeader(reply, structured, req, req.offset, req.length, true);
-      this.send(reply);
-      this.end(reply.length);
+      // In flight until sent: queued replies count against the budget too.
+      this.send(reply, () => {
+        this.host.buffers.release(reply);
+        this.end(reply.length);
+      });
     });
   }
 
@@ -216,16 +261,19 @@ export class Connection implements RequestSink {
       offset += x.length;
     }
     if (i === extents.length) {
-      this.send(structuredDone(req));
-      return this.end(req.length);
+      // Chunks leave in order: once the last is sent, the whole reply is out of our memory.
+      return this.send(structuredDone(req), () => this.end(req.length));
     }
     const len = extents[i]!.length;
     const hs = readReplyHeaderSize(true);
-    const chunk = Buffer.allocUnsafe(hs + len);
+    const chunk = this.host.buffers.acquire(hs + len);
     this.volume!.read(chunk.subarray(hs), offset, (e) => {
-      if (e) return this.fail(req, e, req.length);
+      if (e) {
+        this.host.buffers.release(chunk);
+        return this.fail(req, e, req.length);
+      }
       writeReadReplyHeader(chunk, true, req, offset, len, false);
-      this.send(chunk);
+      this.send(chunk, () => this.host.buffers.release(chunk));
       this.sendExtents(req, extents, i + 1, offset + len);
     });
   }
@@ -282,9 +330,11 @@ export class Connection implements RequestSink {
     this.send(this.negotiated?.structuredReplies && structuredOnly ? structuredError(req, err, message) : simpleReply(req, err));
   }
 
-  private send(b: Buffer): void {
-    if (this.socket.destroyed || !this.socket.writable) return;
-    this.socket.write(b);
+  /** Queues `b` for the client; `onSent` runs once the socket is done with it (sent or failed). */
+  private send(b: Buffer, onSent?: () => void): void {
+    if (this.socket.destroyed || !this.socket.writable) return onSent?.();
+    if (onSent) this.socket.write(b, () => onSent());
+    else this.socket.write(b);
     if (!this.writeBlocked && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) {
       this.writeBlocked = true;
       this.updateReading();
@@ -317,12 +367,17 @@ export class Connection implements RequestSink {
 
   private updateReading(): void {
     const budgetSpent = this.host.budget.exhausted();
-    const shouldPause = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES || budgetSpent;
-    if (shouldPause && budgetSpent) this.host.budget.whenAvailable(this.retryReading);
-    if (shouldPause === this.readPaused) return;
-    this.readPaused = shouldPause;
-    if (shouldPause) this.socket.pause();
-    else if (!this.socket.destroyed) this.socket.resume();
+    this.readPaused = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES || budgetSpent;
+    if (this.readPaused && budgetSpent) this.host.budget.whenAvailable(this.retryReading);
+    if (this.feeding || this.socket.destroyed) return;
+    if (!this.readPaused && this.backlog) {
+      const backlog = this.backlog;
+      this.backlog = undefined;
+      return this.consume(backlog, false); // ends by calling updateReading again
+    }
+    const pause = this.readPaused || this.backlog !== undefined;
+    if (pause && !this.socket.isPaused()) this.socket.pause();
+    else if (!pause && this.socket.isPaused()) this.socket.resume();
   }
 
   private onClose(): void {

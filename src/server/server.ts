@@ -4,11 +4,12 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
+import { BufferPool } from './buffer-pool.js';
 import { IoBudget } from './io-budget.js';
 import { adoptWithOnRead } from './receive.js';
 
 /** Request bytes in flight across all connections before they stop reading (see IoBudget). */
-const SERVER_INFLIGHT_BYTES = 64 * 1024 * 1024;
+const SERVER_INFLIGHT_BYTES = 32 * 1024 * 1024;
 import type { ExportRegistry } from './exports.js';
 
 export type ListenAddress = HostPort;
@@ -18,6 +19,7 @@ export class NbdServer {
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
   readonly budget = new IoBudget(SERVER_INFLIGHT_BYTES);
+  readonly buffers = new BufferPool(2 * SERVER_INFLIGHT_BYTES);
   private nextId = 1;
 
   constructor(

@@ -16,6 +16,7 @@ function collect(c: TransmissionContext = ctx) {
   const got: Array<{ req: Request; err: NbdErr; payload: string | null }> = [];
   const decoder = new RequestDecoder(c, {
     allocPayload: (n) => Buffer.alloc(n),
+    wantsRequests: () => true,
     onRequest: (req, err, payload) => got.push({ req, err, payload: payload && payload.toString() }),
   });
   return { got, decoder };
