@@ -28,6 +28,8 @@ import type { IoBudget } from './io-budget.js';
 const SPARSE_READ_MIN = 256 * 1024;
 /** Extents per BLOCK_STATUS reply, and per sparse read. */
 const MAX_EXTENTS = 1024;
+/** A client must finish the handshake within this time (as qemu-nbd's --handshake-limit). */
+const HANDSHAKE_LIMIT_MS = 10_000;
 /** Pause reading once this connection has this many request bytes (payloads, read replies) in flight. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /**
@@ -46,6 +48,7 @@ export interface ConnectionHost {
 
 export class Connection implements RequestSink {
   private handshake: Handshake | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
   private decoder: RequestDecoder | undefined;
   private volume: Volume | undefined;
   private negotiated: Negotiated | undefined;
@@ -76,6 +79,10 @@ export class Connection implements RequestSink {
     socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
     socket.on('close', () => this.onClose());
     this.handshake = new Handshake(host.exports, () => host.isShuttingDown());
+    this.handshakeTimer = setTimeout(() => {
+      this.log.warn({ limitMs: HANDSHAKE_LIMIT_MS }, 'handshake not finished in time, dropping connection');
+      this.socket.destroy();
+    }, HANDSHAKE_LIMIT_MS);
     this.send(Handshake.greeting());
   }
 
@@ -158,6 +165,7 @@ export class Connection implements RequestSink {
   }
 
   private startTransmission(n: Negotiated): void {
+    clearTimeout(this.handshakeTimer);
     const entry = this.host.exports.entry(n.export.name)!;
     this.negotiated = n;
     this.volume = entry.volume;
@@ -381,6 +389,7 @@ export class Connection implements RequestSink {
   }
 
   private onClose(): void {
+    clearTimeout(this.handshakeTimer);
     if (this.decoder?.midRequest) this.log.warn('client disconnected in the middle of a request');
     this.log.info({ requests: this.requests, errors: this.errors, export: this.negotiated?.export.name }, 'connection closed');
   }
