@@ -1,0 +1,97 @@
+// The cluster config: one JSON file, the same on every node, describing nodes, volumes and
+// (later) the witness. Validated with zod so every error names the field it is about.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { parseHostPort, parseSize, type HostPort } from './units.js';
+
+const name = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit');
+
+const address = z.string().transform((text, ctx): HostPort => {
+  try {
+    return parseHostPort(text);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const size = z.union([z.string(), z.number().int().positive()]).transform((v, ctx): number => {
+  try {
+    return typeof v === 'number' ? v : parseSize(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const nodeSchema = z.strictObject({
+  /** Where hosts attach over NBD. */
+  nbd: address,
+  /** Where the other node connects for mirroring. */
+  peer: address,
+  /** HTTP admin endpoint (status, metrics). */
+  admin: address,
+  /** Volume files and metadata of this node (relative to the config file's folder). */
+  dataDir: z.string().min(1),
+});
+
+const volumeSchema = z.strictObject({
+  size: size.refine((n) => n % 4096 === 0, 'must be a multiple of 4096 bytes'),
+  description: z.string().max(1024).optional(),
+});
+
+export const clusterSchema = z
+  .strictObject({
+    nodes: z.record(name, nodeSchema).refine((n) => Object.keys(n).length === 2, 'a cluster has exactly two nodes'),
+    volumes: z.record(name, volumeSchema).refine((v) => Object.keys(v).length > 0, 'define at least one volume'),
+    witness: address.optional(),
+  })
+  .superRefine((c, ctx) => {
+    const seen = new Map<string, string>();
+    for (const [node, n] of Object.entries(c.nodes)) {
+      for (const key of ['nbd', 'peer', 'admin'] as const) {
+        const where = `${n[key].host}:${n[key].port}`;
+        const other = seen.get(where);
+        if (other && n[key].port !== 0) {
+          ctx.addIssue({ code: 'custom', path: ['nodes', node, key], message: `${where} is also used by ${other}` });
+        }
+        seen.set(where, `nodes.${node}.${key}`);
+      }
+    }
+  });
+
+export type ClusterConfig = z.output<typeof clusterSchema>;
+
+/** Thrown for an unreadable or invalid config; the message lists every problem with its field. */
+export class ConfigError extends Error {
+  readonly code = 'NBD_MIRROR_CONFIG';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function parseClusterConfig(json: unknown, source = 'config'): ClusterConfig {
+  const result = clusterSchema.safeParse(json);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+  throw new ConfigError(`${source} is not a valid cluster config:\n${problems.join('\n')}`);
+}
+
+export function loadClusterConfig(path: string): ClusterConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  return parseClusterConfig(json, path);
+}

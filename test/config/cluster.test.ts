@@ -1,0 +1,62 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadClusterConfig, parseClusterConfig } from '../../src/config/cluster.js';
+
+const example = {
+  nodes: {
+    a: { nbd: '127.0.0.1:10809', peer: '127.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: 'data/a' },
+    b: { nbd: '127.0.0.1:10810', peer: '127.0.0.1:7790', admin: '127.0.0.1:9181', dataDir: 'data/b' },
+  },
+  volumes: { vol0: { size: '1G' } },
+};
+
+describe('cluster config', () => {
+  it('accepts the documented example and resolves sizes and addresses', () => {
+    const c = parseClusterConfig(example);
+    expect(c.volumes.vol0!.size).toBe(2 ** 30);
+    expect(c.nodes.a!.peer).toEqual({ host: '127.0.0.1', port: 7789 });
+    expect(c.witness).toBeUndefined();
+  });
+
+  it('names every bad field in one error', () => {
+    const bad = structuredClone(example) as Record<string, any>;
+    bad.nodes.a.nbd = 'nowhere';
+    bad.volumes.vol0.size = '1.5Q';
+    bad.extra = true;
+    let err: unknown;
+    try {
+      parseClusterConfig(bad, 'cluster.json');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const msg = (err as Error).message;
+    expect(msg).toMatch(/cluster\.json/);
+    expect(msg).toMatch(/nodes\.a\.nbd: "nowhere" is not HOST:PORT/);
+    expect(msg).toMatch(/volumes\.vol0\.size/);
+    expect(msg).toMatch(/extra/);
+  });
+
+  it('refuses two services on one address', () => {
+    const dup = structuredClone(example);
+    dup.nodes.b.peer = '127.0.0.1:7789';
+    expect(() => parseClusterConfig(dup)).toThrow(/nodes\.b\.peer: 127\.0\.0\.1:7789 is also used by nodes\.a\.peer/);
+  });
+
+  it('insists on two nodes, at least one volume, 4 KiB-multiple sizes', () => {
+    expect(() => parseClusterConfig({ ...example, nodes: { a: example.nodes.a } })).toThrow(/exactly two nodes/);
+    expect(() => parseClusterConfig({ ...example, volumes: {} })).toThrow(/at least one volume/);
+    expect(() => parseClusterConfig({ ...example, volumes: { v: { size: 1000 } } })).toThrow(/multiple of 4096/);
+  });
+
+  it('reports unreadable files and broken JSON readably', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-cfg-'));
+    expect(() => loadClusterConfig(join(dir, 'missing.json'))).toThrow(/cannot read/);
+    writeFileSync(join(dir, 'broken.json'), '{ "nodes": ');
+    expect(() => loadClusterConfig(join(dir, 'broken.json'))).toThrow(/not valid JSON/);
+    writeFileSync(join(dir, 'ok.json'), JSON.stringify(example));
+    expect(loadClusterConfig(join(dir, 'ok.json')).volumes.vol0!.size).toBe(2 ** 30);
+  });
+});
