@@ -130,8 +130,9 @@ export class Connection implements RequestSink {
         }
       }
     } catch (err) {
-      if (!(err instanceof ProtocolViolation)) throw err;
-      this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
+      // Whatever goes wrong with one client's bytes ends that connection only, never the process.
+      if (err instanceof ProtocolViolation) this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
+      else this.log.error({ err }, 'internal error while handling a request, dropping connection');
       this.backlog = undefined;
       this.disconnecting = true;
       this.socket.destroy();
