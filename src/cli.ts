@@ -14,10 +14,11 @@ interface ExportArg {
   readonly path: string;
 }
 
-function argParser<T>(parse: (v: string) => T): (v: string) => T {
-  return (v) => {
+/** Wraps a parser so its errors become commander's "invalid argument" messages. */
+function argParser<T>(parse: (v: string, previous: T) => T): (v: string, previous: T) => T {
+  return (v, previous) => {
     try {
-      return parse(v);
+      return parse(v, previous);
     } catch (err) {
       throw new InvalidArgumentError((err as Error).message);
     }
