@@ -28,5 +28,7 @@ export function adoptWithOnRead(accepted: net.Socket, onChunk: (chunk: Buffer) =
     writable: true,
     onread: { buffer, callback: (n: number, buf: Uint8Array) => onChunk((buf as Buffer).subarray(0, n)) },
   } as net.SocketConstructorOpts & { handle: unknown });
+  // Flowing mode, so the end of the client's stream is emitted as 'end' (and the socket closes).
+  socket.resume();
   return socket;
 }
