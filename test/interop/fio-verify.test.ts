@@ -22,6 +22,7 @@ describe.skipIf(missingTools('fio').length > 0)('fio --ioengine=nbd --verify=crc
       '--io_size=256M',
       '--verify=crc32c',
       '--verify_fatal=1',
+      '--verify_state_save=0',
       '--do_verify=1',
       '--runtime=20',
       `--directory=${f.dir}`,
