@@ -269,10 +269,7 @@ export class Connection implements RequestSink {
       this.send(holeChunk(req, offset, x.length, false));
       offset += x.length;
     }
-    if (i === extents.length) {
-      // Chunks leave in order: once the last is sent, the whole reply is out of our memory.
-      return this.send(structuredDone(req), () => this.end(req.length));
-    }
+    if (i === extents.length) return this.send(structuredDone(req), () => this.end(req.length));
     const len = extents[i]!.length;
     const hs = readReplyHeaderSize(true);
     const chunk = this.host.buffers.acquire(hs + len);
@@ -281,9 +278,14 @@ export class Connection implements RequestSink {
         this.host.buffers.release(chunk);
         return this.fail(req, e, req.length);
       }
-      writeReadReplyHeader(chunk, true, req, offset, len, false);
-      this.send(chunk, () => this.host.buffers.release(chunk));
-      this.sendExtents(req, extents, i + 1, offset + len);
+      const last = i === extents.length - 1;
+      writeReadReplyHeader(chunk, true, req, offset, len, last);
+      // Chunks leave in order: once the last is sent, the whole reply is out of our memory.
+      this.send(chunk, () => {
+        this.host.buffers.release(chunk);
+        if (last) this.end(req.length);
+      });
+      if (!last) this.sendExtents(req, extents, i + 1, offset + len);
     });
   }
 
