@@ -1,4 +1,8 @@
-// Placeholder: the hot-path kernels (XXH3, bitmaps, diff) land here (issue 3).
-export function version(): i32 {
-  return 1;
+// The hot-path kernels. Memory layout is owned by the TypeScript facade (src/hotpath/): these
+// functions only read and write the regions they are given. Nothing here allocates.
+export { xxh3, xxh3Blocks } from './xxh3';
+
+/** Where the facade may start laying out regions (after static data). */
+export function heapBase(): usize {
+  return __heap_base;
 }
