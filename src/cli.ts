@@ -5,7 +5,8 @@ import { dirname, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger, LOG_LEVELS } from './log.js';
 import { ExportRegistry } from './server/exports.js';
-import { NbdServer, type ListenAddress } from './server/server.js';
+import { Hotpath } from './hotpath/index.js';
+import { NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress } from './server/server.js';
 import { formatSize, parseHostPort, parseSize } from './config/units.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
 
@@ -53,7 +54,10 @@ async function serve(opts: {
     registry.add(e.name, volume, `nbd-mirror export ${e.name} (${formatSize(volume.size)})`);
     log.info({ export: e.name, path, size: volume.size, readOnly: opts.readOnly, io: opts.io }, 'export ready');
   }
-  const server = new NbdServer(registry, log);
+  // WASM memory is sized here, once: room for every request in flight (the server budget) plus
+  // the partly received payload of each connection.
+  const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
+  const server = new NbdServer(registry, hot.slots, log);
   const addr = await server.listen(opts.listen);
   log.info({ address: addr.host, port: addr.port }, 'listening');
   printAttachHelp(addr, registry);

@@ -21,7 +21,7 @@ import type { Request } from '../protocol/requests.js';
 import type { Logger } from '../log.js';
 import type { Extent, Volume } from '../volume/volume.js';
 import type { ExportRegistry } from './exports.js';
-import type { BufferPool } from './buffer-pool.js';
+import type { SlotPool } from '../hotpath/index.js';
 import type { IoBudget } from './io-budget.js';
 
 /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
@@ -40,7 +40,8 @@ const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
-  readonly buffers: BufferPool;
+  /** Payload and READ reply buffers: WASM-memory slots, reused. */
+  readonly buffers: SlotPool;
   /** Shared by all connections: in-flight bytes across the server. */
   readonly budget: IoBudget;
   isShuttingDown(): boolean;

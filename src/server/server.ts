@@ -4,12 +4,12 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
-import { BufferPool } from './buffer-pool.js';
+import type { SlotPool } from '../hotpath/index.js';
 import { IoBudget } from './io-budget.js';
 import { adoptWithOnRead } from './receive.js';
 
 /** Request bytes in flight across all connections before they stop reading (see IoBudget). */
-const SERVER_INFLIGHT_BYTES = 32 * 1024 * 1024;
+export const SERVER_INFLIGHT_BYTES = 32 * 1024 * 1024;
 import type { ExportRegistry } from './exports.js';
 
 export type ListenAddress = HostPort;
@@ -19,11 +19,12 @@ export class NbdServer {
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
   readonly budget = new IoBudget(SERVER_INFLIGHT_BYTES);
-  readonly buffers = new BufferPool(2 * SERVER_INFLIGHT_BYTES);
   private nextId = 1;
 
   constructor(
     readonly exports: ExportRegistry,
+    /** Where payloads and READ replies live: slots of the hot path's WASM memory. */
+    readonly buffers: SlotPool,
     private readonly log: Logger,
   ) {
     this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));

@@ -22,7 +22,8 @@ describe('graceful shutdown', () => {
     const results = await Promise.allSettled(writes);
     const ok = results.filter((r) => r.status === 'fulfilled').length;
     const refused = results.filter((r) => r.status === 'rejected');
-    for (const r of refused) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: expect.stringMatching(/ESHUTDOWN|closed/) });
+    // Not acknowledged: refused with ESHUTDOWN, or cut off when the server closed the socket.
+    for (const r of refused) expect(String((r as PromiseRejectedResult).reason)).toMatch(/ESHUTDOWN|closed|ECONNRESET|EPIPE/);
     expect(ok).toBeGreaterThan(0);
     expect(await exit).toBe(0);
     // Every acknowledged write is in the file.
