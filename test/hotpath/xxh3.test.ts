@@ -49,7 +49,7 @@ describe('XXH3-64', () => {
     const slot = hot.slots.acquire(2 << 20);
     crypto.getRandomValues(slot.subarray(0, 65536));
     for (let off = 65536; off < slot.length; off += 65536) slot.copyWithin(off, 0, 65536);
-    slot[1 << 20] ^= 1;
+    slot[1 << 20] = slot[1 << 20]! ^ 1;
     for (const bs of [512, 4096, 65536, 1 << 20]) {
       const n = hot.blockDigests(slot, bs, list);
       expect(n).toBe(slot.length / bs);

@@ -9,6 +9,7 @@ import {
   Rep,
   TransmissionFlag,
 } from '../../src/protocol/constants.js';
+import { metaContextData, optionBytes as option } from '../support/nbd-client.js';
 import { Handshake, parseInfoRequest, parseMetaContextRequest, type ExportCatalog, type ExportDescriptor, type HandshakeStep } from '../../src/protocol/handshake.js';
 
 const disk: ExportDescriptor = {
@@ -39,19 +40,10 @@ function u16(n: number): Buffer {
 function str32(s: string): Buffer {
   return Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
 }
-function option(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeBigUInt64BE(IHAVEOPT, 0);
-  h.writeUInt32BE(opt, 8);
-  h.writeUInt32BE(data.length, 12);
-  return Buffer.concat([h, data]);
-}
 function infoData(name: string, ...infos: number[]): Buffer {
   return Buffer.concat([str32(name), u16(infos.length), ...infos.map(u16)]);
 }
-function metaData(name: string, ...queries: string[]): Buffer {
-  return Buffer.concat([str32(name), u32(queries.length), ...queries.map(str32)]);
-}
+const metaData = (name: string, ...queries: string[]) => metaContextData(name, queries);
 
 interface Reply {
   opt: number;

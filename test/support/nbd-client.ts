@@ -143,8 +143,8 @@ function u32(n: number): Buffer {
   return b;
 }
 
-/** Sends one option (IHAVEOPT, option, length, data). */
-function optionBytes(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
+/** One option as the client sends it: IHAVEOPT, option, length, data. */
+export function optionBytes(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(16);
   h.writeBigUInt64BE(IHAVEOPT, 0);
   h.writeUInt32BE(opt, 8);
