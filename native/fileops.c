@@ -4,6 +4,8 @@
  *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE|KEEP_SIZE)  -> WRITE_ZEROES with NO_HOLE
  *   seekData(fd, offset)           lseek(SEEK_DATA), -1 when no data follows
  *   seekHole(fd, offset)           lseek(SEEK_HOLE)
+ *   mapShared(fd, offset, length)  mmap(PROT_READ, MAP_SHARED) as an external ArrayBuffer; the
+ *                                  mapping is released (munmap) when the ArrayBuffer is collected
  * All are synchronous: they are metadata operations that return in microseconds.
  * Errors are thrown as JS Errors carrying `code` (e.g. "EOPNOTSUPP") and `errno`.
  */
@@ -14,6 +16,7 @@
 #include <node_api.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static const char *errno_name(int e) {
@@ -99,12 +102,32 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
 }
 
+static void unmap(napi_env env, void *data, void *hint) {
+  (void)env;
+  munmap(data, (size_t)(uintptr_t)hint);
+}
+
+static napi_value map_shared(napi_env env, napi_callback_info info) {
+  int64_t a[3];
+  if (get_args(env, info, 3, a) < 0) return NULL;
+  void *p = mmap(NULL, (size_t)a[2], PROT_READ, MAP_SHARED, (int)a[0], (off_t)a[1]);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  napi_value out;
+  if (napi_create_external_arraybuffer(env, p, (size_t)a[2], unmap, (void *)(uintptr_t)a[2], &out) != napi_ok) {
+    munmap(p, (size_t)a[2]);
+    napi_throw_error(env, NULL, "fileops: cannot wrap the mapping in an ArrayBuffer");
+    return NULL;
+  }
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mapShared", NULL, map_shared, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -113,8 +113,8 @@ export function buildProgram(): Command {
     .option('--read-only', 'refuse writes (EPERM)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .addOption(
-      new Option('--io <mode>', 'file I/O: auto (small on the event loop, large in the thread pool), sync or async')
-        .choices(['auto', 'sync', 'async'])
+      new Option('--io <mode>', 'file I/O: auto (small on the event loop, large in the thread pool), sync, async, or mmap (zero-copy reads; see docs/CONFIG.md)')
+        .choices(['auto', 'sync', 'async', 'mmap'])
         .default('auto'),
     )
     .action(serve);

@@ -1,6 +1,7 @@
 // Server benchmark: fio (ioengine=nbd) against nbd-mirror and against `nbdkit file` on the same
 // file in the same run, then a memory test (16 clients × QD32 × 1 MiB writes, peak RSS).
-//   npm run bench:server [-- --runtime 10] [--size 2G] [--json] [--only nbd-mirror|nbdkit] [--no-memory]
+//   npm run bench:server [-- --runtime 5] [--rounds 3] [--io auto|mmap] [--size 2G] [--json] [--only nbd-mirror|nbdkit] [--no-memory]
+// Each profile runs `rounds` times per server, alternating servers; the median round counts.
 import { execFileSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -12,11 +13,13 @@ import { toolEnv } from '../../test/support/tools.js';
 
 const { values: opts } = parseArgs({
   options: {
-    runtime: { type: 'string', default: '10' },
+    runtime: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '3' },
     size: { type: 'string', default: '2G' },
     json: { type: 'boolean', default: false },
     only: { type: 'string' },
     'no-memory': { type: 'boolean', default: false },
+    io: { type: 'string', default: 'auto' },
   },
 });
 
@@ -123,21 +126,26 @@ async function main(): Promise<void> {
 
     log(`# nbd-mirror vs nbdkit — ${new Date().toISOString()}`);
     log(`# ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), node ${process.version}, ${version('nbdkit', ['--version'])}, ${version('fio', ['--version'])}`);
-    log(`# file ${opts.size} pre-filled; fio runtime ${runtime}s per run; nbdkit file plugin with its default 16 threads; nbd-mirror --io auto (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? 4})`);
+    log(`# file ${opts.size} pre-filled; ${opts.rounds} alternating rounds of ${runtime}s per server and profile, median shown; nbdkit file plugin with its default 16 threads; nbd-mirror --io ${opts.io} (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? 4})`);
 
     const servers: Array<[string, RunningServer]> = [];
-    if (opts.only !== 'nbdkit') servers.push(['nbd-mirror', await startNbdMirror(['--export', `disk=${file}`])]);
+    if (opts.only !== 'nbdkit') servers.push(['nbd-mirror', await startNbdMirror(['--export', `disk=${file}`, '--io', opts.io!])]);
     if (opts.only !== 'nbd-mirror') servers.push(['nbdkit', await startNbdkit(file)]);
     const rows: string[][] = [['profile', 'server', 'IOPS', 'MB/s', 'p99 µs', 'ratio', 'target', '']];
     try {
       for (const [i, p] of profiles.entries()) {
-        const results = new Map<string, Result>();
-        // Alternate who goes first, with a short warm-up each, to be fair to both.
-        const order = i % 2 === 0 ? servers : [...servers].reverse();
-        for (const [name, s] of order) {
-          fio(s.uri('disk'), p, 1, size, join(dir, 'warm.json'));
-          results.set(name, fio(s.uri('disk'), p, runtime, size, join(dir, 'out.json')));
+        const rounds = new Map<string, Result[]>(servers.map(([name]) => [name, []]));
+        // Servers alternate round by round (and who starts alternates by profile), each run after
+        // a short warm-up; the median round is reported, since a shared machine is noisy.
+        for (let round = 0; round < Number(opts.rounds); round++) {
+          const order = (i + round) % 2 === 0 ? servers : [...servers].reverse();
+          for (const [name, s] of order) {
+            fio(s.uri('disk'), p, 1, size, join(dir, 'warm.json'));
+            rounds.get(name)!.push(fio(s.uri('disk'), p, runtime, size, join(dir, 'out.json')));
+          }
         }
+        const results = new Map<string, Result>();
+        for (const [name, rs] of rounds) results.set(name, [...rs].sort((x, y) => x.iops - y.iops)[rs.length >> 1]!);
         const ours = results.get('nbd-mirror');
         const theirs = results.get('nbdkit');
         const ratio = ours && theirs ? ours.iops / theirs.iops : undefined;

@@ -233,6 +233,14 @@ export class Connection implements RequestSink {
 
   private read(req: Request): void {
     const structured = this.negotiated!.structuredReplies;
+    const view = this.volume!.view?.(req.offset, req.length);
+    if (view) {
+      // Zero-copy: the header, then the data straight from the volume's mapping.
+      const header = Buffer.allocUnsafe(readReplyHeaderSize(structured));
+      writeReadReplyHeader(header, structured, req, req.offset, req.length, true);
+      this.send(header);
+      return this.send(view);
+    }
     if (structured && req.length >= SPARSE_READ_MIN && (req.flags & CmdFlag.DF) === 0) return this.readSparse(req);
     const hs = readReplyHeaderSize(structured);
     const reply = this.host.buffers.acquire(hs + req.length);

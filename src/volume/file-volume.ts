@@ -2,14 +2,18 @@
 // writes synchronously — on a page-cached file a 4 KiB pread/pwrite takes a microsecond or two,
 // far less than a thread-pool round trip — and large ones (>= 64 KiB) in libuv's thread pool, so
 // copying big payloads to and from the page cache overlaps with network I/O on the event loop
-// (measured in docs/BENCHMARKS.md). `sync` and `async` force one way. fdatasync always runs in the pool.
+// (measured in docs/BENCHMARKS.md). `sync` and `async` force one way. `mmap` writes as `auto`
+// does but serves reads from a shared read-only mapping of the file: the data goes from the page
+// cache straight into the socket, with no copy in between — about twice the 1 MiB read
+// throughput — at a price: a disk read error then kills the process (SIGBUS) instead of failing
+// one request with EIO. fdatasync always runs in the pool.
 import fs from 'node:fs';
-import { AllocState, NbdErr } from '../protocol/constants.js';
+import { AllocState, MAX_PAYLOAD, NbdErr } from '../protocol/constants.js';
 import { NbdError } from '../protocol/errors.js';
 import { fileOps } from './fileops.js';
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
 
-export type IoMode = 'auto' | 'sync' | 'async';
+export type IoMode = 'auto' | 'sync' | 'async' | 'mmap';
 
 /** In `auto` mode, transfers of at least this many bytes go to the thread pool. */
 const ASYNC_MIN = 64 * 1024;
@@ -21,6 +25,10 @@ export interface FileVolumeOptions {
   readonly io?: IoMode;
 }
 
+/** `mmap` mode maps the file in windows of this size, each overlapping the next by MAX_PAYLOAD
+ * so every request that starts in a window also ends in it. */
+const MAP_WINDOW = 2 ** 30;
+
 /** Chunk for writing zeroes by hand and for CACHE reads. */
 const CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | undefined;
@@ -28,6 +36,8 @@ let zeroChunk: Buffer | undefined;
 export class FileVolume implements Volume {
   readonly capabilities: VolumeCapabilities;
   private closed = false;
+  /** `mmap` mode: window i maps [i * MAP_WINDOW, (i + 1) * MAP_WINDOW + MAX_PAYLOAD), made on first use. */
+  private readonly windows: Array<Buffer | undefined> = [];
 
   private constructor(
     readonly path: string,
@@ -93,7 +103,20 @@ export class FileVolume implements Volume {
   }
 
   private useAsync(length: number): boolean {
-    return this.io === 'async' || (this.io === 'auto' && length >= ASYNC_MIN);
+    return this.io === 'async' || ((this.io === 'auto' || this.io === 'mmap') && length >= ASYNC_MIN);
+  }
+
+  view(offset: number, length: number): Buffer | undefined {
+    if (this.io !== 'mmap' || this.closed || length > MAX_PAYLOAD) return undefined;
+    const w = Math.floor(offset / MAP_WINDOW);
+    let window = this.windows[w];
+    if (!window) {
+      const start = w * MAP_WINDOW;
+      const len = Math.min(MAP_WINDOW + MAX_PAYLOAD, this.size - start);
+      window = this.windows[w] = Buffer.from(fileOps.mapShared(this.fd, start, len));
+    }
+    const at = offset - w * MAP_WINDOW;
+    return window.subarray(at, at + length);
   }
 
   private readAsync(buf: Buffer, got: number, offset: number, done: Done): void {
@@ -213,6 +236,7 @@ export class FileVolume implements Volume {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.windows.length = 0; // the mappings go when the garbage collector frees them
     if (!this.capabilities.readOnly) await new Promise<void>((resolve, reject) => this.flush((err) => (err ? reject(err) : resolve())));
     fs.closeSync(this.fd);
   }

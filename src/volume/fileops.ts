@@ -8,6 +8,8 @@ export interface FileOps {
   /** Next data at or after `offset`, or -1 when only a hole follows. */
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  /** A read-only shared mapping of [offset, offset + length); unmapped when collected. */
+  mapShared(fd: number, offset: number, length: number): ArrayBuffer;
 }
 
 // The same relative path works from src/volume/ (tests) and build/volume/ (compiled).

@@ -41,6 +41,12 @@ export interface Volume {
   readonly capabilities: VolumeCapabilities;
   /** Fills all of `buf` from `offset`. */
   read(buf: Buffer, offset: number, done: Done): void;
+  /**
+   * Optional zero-copy read: a view of the current contents of [offset, offset + length), or
+   * undefined when the layer cannot give one for this range (then use `read`). The view shows
+   * later writes too, so it must be sent at once (as a READ reply is).
+   */
+  view?(offset: number, length: number): Buffer | undefined;
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void;
   flush(done: Done): void;
   /** Advisory: the range may read back as anything afterwards (we return zeroes). */

@@ -3,10 +3,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, serveTempExport, type Fixture } from '../support/fixture.js';
 import { missingTools } from '../support/tools.js';
 
-describe.skipIf(missingTools('fio').length > 0)('fio --ioengine=nbd --verify=crc32c', () => {
+describe.skipIf(missingTools('fio').length > 0).each(['auto', 'mmap'])('fio --ioengine=nbd --verify=crc32c (--io %s)', (io) => {
   let f: Fixture;
   beforeAll(async () => {
-    f = await serveTempExport({ size: '128M' });
+    f = await serveTempExport({ size: '128M', extraArgs: ['--io', io] });
   });
   afterAll(() => f?.cleanup());
 

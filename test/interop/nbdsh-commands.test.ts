@@ -104,12 +104,12 @@ except nbd.Error as e:
 print("ALL OK")
 `;
 
-describe.skipIf(missingTools('nbdsh').length > 0)('nbdsh: every command and error code', () => {
+describe.skipIf(missingTools('nbdsh').length > 0).each(['auto', 'mmap'])('nbdsh: every command and error code (--io %s)', (io) => {
   let f: Fixture;
   let roUri: string;
   let stopRo: () => Promise<unknown>;
   beforeAll(async () => {
-    f = await serveTempExport({ size: '64M' });
+    f = await serveTempExport({ size: '64M', extraArgs: ['--io', io] });
     const ro = await startNbdMirror(['--export', `ro=${f.dir}/ro.img`, '--size', '1M', '--read-only']);
     roUri = ro.uri('ro');
     stopRo = () => ro.stop();

@@ -15,7 +15,7 @@ const extents = (v: FileVolume, off: number, len: number, max = 100) =>
 
 const MiB = 1 << 20;
 
-describe.each<IoMode>(['auto', 'sync', 'async'])('FileVolume (io %s)', (io) => {
+describe.each<IoMode>(['auto', 'sync', 'async', 'mmap'])('FileVolume (io %s)', (io) => {
   it('creates a missing file sparse, reads zeroes, writes and reads back', async () => {
     const path = join(dir, `a-${io}.img`);
     const v = FileVolume.open(path, { createSize: 16 * MiB, io });
@@ -52,6 +52,25 @@ describe.each<IoMode>(['auto', 'sync', 'async'])('FileVolume (io %s)', (io) => {
     expect(z.subarray(4096).every((x) => x === 1)).toBe(true);
     await call((d) => v.cache(0, 16 * MiB, d));
     await v.close();
+  });
+});
+
+describe('FileVolume zero-copy views (io mmap)', () => {
+  it('shows current contents, including writes made after the mapping', async () => {
+    const v = FileVolume.open(join(dir, 'view.img'), { createSize: 16 * MiB, io: 'mmap' });
+    expect(v.view(0, 4096)!.every((x) => x === 0)).toBe(true);
+    await call((d) => v.write(Buffer.alloc(8192, 0x3c), 4 * MiB - 4096, false, d));
+    const view = v.view(4 * MiB - 4096, 8192)!;
+    expect(view.every((x) => x === 0x3c)).toBe(true);
+    await call((d) => v.zero(4 * MiB - 4096, 4096, { noHole: false, fastZero: false, fua: false }, d));
+    expect(view.subarray(0, 4096).every((x) => x === 0)).toBe(true);
+    await v.close();
+    expect(v.view(0, 4096)).toBeUndefined();
+  });
+
+  it('gives no view in other modes, or for requests over the maximum payload', () => {
+    expect(FileVolume.open(join(dir, 'view2.img'), { createSize: 64 * MiB }).view(0, 4096)).toBeUndefined();
+    expect(FileVolume.open(join(dir, 'view3.img'), { createSize: 64 * MiB, io: 'mmap' }).view(0, 33 * MiB)).toBeUndefined();
   });
 });
 
