@@ -1,0 +1,58 @@
+// HELLO: the first frame each node sends on a new peer link. It names the cluster, the node and
+// every volume with its size and generation identifiers, so a wrong cluster, a wrong node or a
+// size mismatch is refused before any data moves. Validated with zod like the config.
+import { z } from 'zod';
+import { ProtocolViolation } from '../protocol/errors.js';
+import { PEER_VERSION } from './peer-protocol.js';
+
+const hex64 = z.string().regex(/^[0-9a-f]{16}$/, 'a 64-bit generation id as 16 hex digits');
+
+export const helloSchema = z.strictObject({
+  version: z.number().int(),
+  cluster: z.string().min(1).max(256),
+  node: z.string().min(1).max(64),
+  volumes: z.array(
+    z.strictObject({
+      name: z.string().min(1).max(64),
+      size: z.number().int().positive(),
+      generation: z.strictObject({ current: hex64, bitmap: hex64, history: z.array(hex64).max(2) }),
+    }),
+  ),
+});
+
+export type Hello = z.output<typeof helloSchema>;
+
+export function encodeHello(h: Hello): Buffer {
+  return Buffer.from(JSON.stringify(h), 'utf8');
+}
+
+/** Parses a HELLO body; anything malformed is a protocol violation naming the field. */
+export function decodeHello(body: Buffer): Hello {
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new ProtocolViolation('peer HELLO is not JSON');
+  }
+  const r = helloSchema.safeParse(json);
+  if (!r.success) throw new ProtocolViolation(`peer HELLO invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (r.data.version !== PEER_VERSION) throw new ProtocolViolation(`peer speaks link version ${r.data.version}, we speak ${PEER_VERSION}`);
+  return r.data;
+}
+
+/**
+ * Why two nodes must not link up, or undefined when they may: another cluster, the same node
+ * name twice, or volumes that differ in name or size.
+ */
+export function helloMismatch(ours: Hello, theirs: Hello): string | undefined {
+  if (theirs.cluster !== ours.cluster) return `peer belongs to cluster "${theirs.cluster}", we to "${ours.cluster}"`;
+  if (theirs.node === ours.node) return `peer claims our own node name "${ours.node}"`;
+  const mine = new Map(ours.volumes.map((v) => [v.name, v.size]));
+  for (const v of theirs.volumes) {
+    const size = mine.get(v.name);
+    if (size === undefined) return `peer has volume "${v.name}", we do not`;
+    if (size !== v.size) return `volume "${v.name}" is ${v.size} bytes on the peer, ${size} here`;
+  }
+  if (theirs.volumes.length !== ours.volumes.length) return 'peer lacks some of our volumes';
+  return undefined;
+}

@@ -1,0 +1,135 @@
+// The peer link's wire format (node ↔ node), pure bytes in and out like src/protocol/.
+//
+// Every frame: a 20-byte header, big-endian as NBD is,
+//   magic u32 "NBMR" | type u16 | flags u16 | body length u32 | id u64
+// then `length` bytes of body. `id` pairs a request with its reply (WRITE ↔ WRITE_ACK).
+// HELLO carries JSON (rare, and readable in a packet capture); data frames are binary.
+// This module is the groundwork of two-node mirroring: the link itself is not built yet.
+import { MAX_PAYLOAD } from '../protocol/constants.js';
+import { ProtocolViolation } from '../protocol/errors.js';
+
+export const PEER_MAGIC = 0x4e424d52; // "NBMR"
+export const PEER_VERSION = 1;
+export const FRAME_HEADER_SIZE = 20;
+/** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
+export const WRITE_HEADER_SIZE = 24;
+/** Largest body: one maximal WRITE. Anything longer is a rogue peer. */
+export const MAX_FRAME_BODY = WRITE_HEADER_SIZE + MAX_PAYLOAD;
+
+export const enum PeerMsg {
+  HELLO = 1,
+  HELLO_ACK = 2,
+  ERROR = 3,
+  PING = 4,
+  PONG = 5,
+  WRITE = 16,
+  WRITE_ACK = 17,
+  FLUSH = 18,
+  FLUSH_ACK = 19,
+  LEAVING = 32,
+}
+
+export interface FrameHeader {
+  readonly type: number;
+  readonly flags: number;
+  readonly length: number;
+  readonly id: bigint;
+}
+
+export function encodeFrameHeader(type: PeerMsg, id: bigint, length: number, flags = 0): Buffer {
+  const b = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
+  b.writeUInt32BE(PEER_MAGIC, 0);
+  b.writeUInt16BE(type, 4);
+  b.writeUInt16BE(flags, 6);
+  b.writeUInt32BE(length, 8);
+  b.writeBigUInt64BE(id, 12);
+  return b;
+}
+
+/** A whole frame as one buffer (control frames; WRITE data goes out as a separate buffer). */
+export function encodeFrame(type: PeerMsg, id: bigint, body: Buffer = Buffer.alloc(0), flags = 0): Buffer {
+  return Buffer.concat([encodeFrameHeader(type, id, body.length, flags), body]);
+}
+
+export interface WriteHeader {
+  readonly volume: number;
+  readonly flags: number;
+  readonly offset: number;
+  /** XXH3-64 of the data, checked by the receiver. */
+  readonly digest: bigint;
+}
+
+export function encodeWriteHeader(w: WriteHeader): Buffer {
+  const b = Buffer.allocUnsafe(WRITE_HEADER_SIZE);
+  b.writeUInt32BE(w.volume, 0);
+  b.writeUInt32BE(w.flags, 4);
+  b.writeBigUInt64BE(BigInt(w.offset), 8);
+  b.writeBigUInt64BE(w.digest, 16);
+  return b;
+}
+
+export function decodeWriteHeader(body: Buffer): WriteHeader {
+  if (body.length < WRITE_HEADER_SIZE) throw new ProtocolViolation(`WRITE body of ${body.length} bytes is shorter than its header`);
+  return {
+    volume: body.readUInt32BE(0),
+    flags: body.readUInt32BE(4),
+    offset: Number(body.readBigUInt64BE(8)),
+    digest: body.readBigUInt64BE(16),
+  };
+}
+
+export interface FrameSink {
+  /** A buffer of `length` bytes to receive a frame body into (a hot-path slot for WRITEs). */
+  allocBody(length: number): Buffer;
+  onFrame(header: FrameHeader, body: Buffer): void;
+}
+
+/**
+ * Streaming frame decoder: chunks in, whole frames out, no concatenation. A bad magic or an
+ * oversize body is a ProtocolViolation: the link is dropped, and no data is touched.
+ */
+export class FrameDecoder {
+  private readonly head = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
+  private headFill = 0;
+  private header: FrameHeader | undefined;
+  private body: Buffer | undefined;
+  private bodyFill = 0;
+
+  constructor(private readonly sink: FrameSink) {}
+
+  feed(chunk: Buffer): void {
+    let pos = 0;
+    while (pos < chunk.length) {
+      if (!this.header) {
+        const n = Math.min(FRAME_HEADER_SIZE - this.headFill, chunk.length - pos);
+        chunk.copy(this.head, this.headFill, pos, pos + n);
+        this.headFill += n;
+        pos += n;
+        if (this.headFill < FRAME_HEADER_SIZE) return;
+        this.headFill = 0;
+        this.header = decodeFrameHeader(this.head);
+        this.body = this.sink.allocBody(this.header.length);
+        this.bodyFill = 0;
+      }
+      const body = this.body!;
+      const n = Math.min(body.length - this.bodyFill, chunk.length - pos);
+      chunk.copy(body, this.bodyFill, pos, pos + n);
+      this.bodyFill += n;
+      pos += n;
+      if (this.bodyFill === body.length) {
+        const header = this.header;
+        this.header = undefined;
+        this.body = undefined;
+        this.sink.onFrame(header, body);
+      }
+    }
+  }
+}
+
+export function decodeFrameHeader(b: Buffer): FrameHeader {
+  const magic = b.readUInt32BE(0);
+  if (magic !== PEER_MAGIC) throw new ProtocolViolation(`bad peer frame magic 0x${magic.toString(16)}`);
+  const length = b.readUInt32BE(8);
+  if (length > MAX_FRAME_BODY) throw new ProtocolViolation(`peer frame body of ${length} bytes exceeds ${MAX_FRAME_BODY}`);
+  return { type: b.readUInt16BE(4), flags: b.readUInt16BE(6), length, id: b.readBigUInt64BE(12) };
+}

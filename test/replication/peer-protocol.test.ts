@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import { MAX_PAYLOAD } from '../../src/protocol/constants.js';
+import { ProtocolViolation } from '../../src/protocol/errors.js';
+import {
+  decodeWriteHeader,
+  encodeFrame,
+  encodeFrameHeader,
+  encodeWriteHeader,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  PeerMsg,
+  type FrameHeader,
+} from '../../src/replication/peer-protocol.js';
+
+function collect() {
+  const frames: Array<{ header: FrameHeader; body: Buffer }> = [];
+  const decoder = new FrameDecoder({ allocBody: (n) => Buffer.alloc(n), onFrame: (header, body) => frames.push({ header, body }) });
+  return { frames, decoder };
+}
+
+function stream(): Buffer {
+  const data = Buffer.from('block data '.repeat(100));
+  const wh = encodeWriteHeader({ volume: 3, flags: 1, offset: 2 ** 40 + 4096, digest: 0xfedcba9876543210n });
+  return Buffer.concat([
+    encodeFrame(PeerMsg.PING, 1n),
+    encodeFrameHeader(PeerMsg.WRITE, 2n, wh.length + data.length),
+    wh,
+    data,
+    encodeFrame(PeerMsg.WRITE_ACK, 2n, Buffer.from([0, 0, 0, 0])),
+  ]);
+}
+
+function check(frames: ReturnType<typeof collect>['frames']): void {
+  expect(frames.map((f) => [f.header.type, f.header.id, f.body.length])).toEqual([
+    [PeerMsg.PING, 1n, 0],
+    [PeerMsg.WRITE, 2n, 24 + 1100],
+    [PeerMsg.WRITE_ACK, 2n, 4],
+  ]);
+  expect(decodeWriteHeader(frames[1]!.body)).toEqual({ volume: 3, flags: 1, offset: 2 ** 40 + 4096, digest: 0xfedcba9876543210n });
+  expect(frames[1]!.body.toString('utf8', 24)).toBe('block data '.repeat(100));
+}
+
+describe('peer frames', () => {
+  it('decode from one chunk, from every split point, and byte by byte', () => {
+    const s = stream();
+    const one = collect();
+    one.decoder.feed(s);
+    check(one.frames);
+    for (let cut = 1; cut < s.length; cut += 7) {
+      const c = collect();
+      c.decoder.feed(s.subarray(0, cut));
+      c.decoder.feed(s.subarray(cut));
+      check(c.frames);
+    }
+    const b = collect();
+    for (let i = 0; i < s.length; i++) b.decoder.feed(s.subarray(i, i + 1));
+    check(b.frames);
+  });
+
+  it('a bad magic or an oversize body is a protocol violation (the link drops, no data is touched)', () => {
+    const bad = encodeFrame(PeerMsg.PING, 1n);
+    bad.writeUInt32BE(0xdeadbeef, 0);
+    expect(() => collect().decoder.feed(bad)).toThrow(ProtocolViolation);
+    const huge = encodeFrameHeader(PeerMsg.WRITE, 1n, 24 + MAX_PAYLOAD + 1);
+    const c = collect();
+    expect(() => c.decoder.feed(huge)).toThrow(/exceeds/);
+    expect(c.frames).toHaveLength(0);
+  });
+
+  it('a WRITE body shorter than its header is refused', () => {
+    expect(() => decodeWriteHeader(Buffer.alloc(10))).toThrow(ProtocolViolation);
+  });
+
+  it('headers are 20 bytes', () => {
+    expect(encodeFrameHeader(PeerMsg.FLUSH, 9n, 0).length).toBe(FRAME_HEADER_SIZE);
+  });
+});
