@@ -1,0 +1,234 @@
+// Persistent per-volume metadata: a superblock (identity, generation identifiers, disk state)
+// and the dirty bitmap, in one file beside the volume (NAME.meta). Groundwork for two-node
+// mirroring: when the peer is gone a write may be acknowledged only once the bits covering it
+// are durable here (invariant 1), and a restart must find them again.
+//
+// Layout: bytes 0..4095 superblock (big-endian, CRC-32 in the last 4 bytes);
+//         from 4096, the bitmap in the format of src/hotpath/bitmap.ts (bit i = byte i>>3, LSB first).
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
+import type { DirtyBitmap, Hotpath } from '../hotpath/index.js';
+
+const MAGIC = Buffer.from('NBMMETA\0', 'latin1');
+const FORMAT_VERSION = 1;
+const SUPERBLOCK_SIZE = 4096;
+/** Bitmap bytes are written back in pages of this size. */
+const PAGE = 4096;
+
+export const enum DiskState {
+  UpToDate = 0,
+  Inconsistent = 1,
+  Outdated = 2,
+}
+
+/** DRBD-style generation identifiers (64-bit, as 16 hex digits). */
+export interface Generation {
+  current: string;
+  bitmap: string;
+  history: [string, string];
+}
+
+export interface MetaIdentity {
+  readonly cluster: string;
+  readonly node: string;
+  readonly volumeSize: number;
+  readonly grain: number;
+}
+
+/** A metadata file that cannot be used, with the reason in words. */
+export class MetaError extends Error {
+  readonly code = 'NBD_MIRROR_META';
+  constructor(message: string) {
+    super(message);
+    this.name = 'MetaError';
+  }
+}
+
+const ZERO_GEN = '0000000000000000';
+
+export function newGenerationId(): string {
+  return randomBytes(8).toString('hex');
+}
+
+interface Superblock extends MetaIdentity {
+  state: DiskState;
+  generation: Generation;
+}
+
+function encodeSuperblock(s: Superblock): Buffer {
+  const b = Buffer.alloc(SUPERBLOCK_SIZE);
+  MAGIC.copy(b, 0);
+  b.writeUInt32BE(FORMAT_VERSION, 8);
+  b.writeUInt32BE(s.grain, 12);
+  b.writeBigUInt64BE(BigInt(s.volumeSize), 16);
+  b.writeUInt32BE(s.state, 24);
+  const g = [s.generation.current, s.generation.bitmap, ...s.generation.history];
+  g.forEach((hex, i) => Buffer.from(hex, 'hex').copy(b, 32 + 8 * i));
+  writeString(b, 64, s.cluster, 256);
+  writeString(b, 324, s.node, 64);
+  b.writeUInt32BE(zlib.crc32(b.subarray(0, SUPERBLOCK_SIZE - 4)), SUPERBLOCK_SIZE - 4);
+  return b;
+}
+
+function decodeSuperblock(b: Buffer, path: string): Superblock {
+  if (b.length < SUPERBLOCK_SIZE || !b.subarray(0, 8).equals(MAGIC)) throw new MetaError(`${path} is not an nbd-mirror metadata file`);
+  if (b.readUInt32BE(SUPERBLOCK_SIZE - 4) !== zlib.crc32(b.subarray(0, SUPERBLOCK_SIZE - 4))) {
+    throw new MetaError(`${path}: superblock checksum mismatch (torn write or corruption)`);
+  }
+  const version = b.readUInt32BE(8);
+  if (version !== FORMAT_VERSION) throw new MetaError(`${path}: metadata format ${version}, this build reads ${FORMAT_VERSION}`);
+  const hex = (i: number) => b.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
+  return {
+    grain: b.readUInt32BE(12),
+    volumeSize: Number(b.readBigUInt64BE(16)),
+    state: b.readUInt32BE(24) as DiskState,
+    generation: { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] },
+    cluster: readString(b, 64),
+    node: readString(b, 324),
+  };
+}
+
+function writeString(b: Buffer, at: number, s: string, max: number): void {
+  const bytes = Buffer.from(s, 'utf8');
+  if (bytes.length > max) throw new MetaError(`"${s}" is longer than ${max} bytes`);
+  b.writeUInt16BE(bytes.length, at);
+  bytes.copy(b, at + 2);
+}
+
+function readString(b: Buffer, at: number): string {
+  return b.toString('utf8', at + 2, at + 2 + b.readUInt16BE(at));
+}
+
+export class VolumeMeta {
+  private waiting: Array<(err: Error | null) => void> = [];
+  private dirtyPages = new Set<number>();
+  private flushing = false;
+  /** fdatasync calls made for the bitmap (one per batch of markDirty calls). */
+  bitmapSyncs = 0;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private sb: Superblock,
+    readonly bitmap: DirtyBitmap,
+  ) {}
+
+  static bitsFor(volumeSize: number, grain: number): number {
+    return Math.ceil(volumeSize / grain);
+  }
+
+  /**
+   * Opens NAME.meta, creating it (state Inconsistent, fresh current generation, empty bitmap)
+   * when missing. An existing file must match the identity given; the bitmap comes back as saved.
+   */
+  static open(path: string, id: MetaIdentity, hot: Hotpath): VolumeMeta {
+    const bits = VolumeMeta.bitsFor(id.volumeSize, id.grain);
+    const bitmap = hot.bitmap(bits);
+    let fd: number;
+    let sb: Superblock;
+    try {
+      fd = fs.openSync(path, 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      fd = fs.openSync(path, 'w+');
+      sb = { ...id, state: DiskState.Inconsistent, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
+      fs.writeSync(fd, encodeSuperblock(sb), 0, SUPERBLOCK_SIZE, 0);
+      fs.ftruncateSync(fd, SUPERBLOCK_SIZE + bitmap.byteLength);
+      fs.fdatasyncSync(fd);
+      return new VolumeMeta(path, fd, sb, bitmap);
+    }
+    const head = Buffer.alloc(SUPERBLOCK_SIZE);
+    fs.readSync(fd, head, 0, SUPERBLOCK_SIZE, 0);
+    try {
+      sb = decodeSuperblock(head, path);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    const differs = (['cluster', 'node', 'volumeSize', 'grain'] as const).filter((k) => sb[k] !== id[k]);
+    if (differs.length > 0) {
+      fs.closeSync(fd);
+      throw new MetaError(`${path} belongs to another volume or node (${differs.map((k) => `${k}: ${sb[k]} here, ${id[k]} expected`).join('; ')})`);
+    }
+    const saved = Buffer.alloc(bitmap.byteLength);
+    fs.readSync(fd, saved, 0, saved.length, SUPERBLOCK_SIZE);
+    bitmap.load(saved);
+    return new VolumeMeta(path, fd, sb, bitmap);
+  }
+
+  get state(): DiskState {
+    return this.sb.state;
+  }
+
+  get generation(): Generation {
+    return structuredClone(this.sb.generation);
+  }
+
+  /** Persists a new disk state and/or generation (superblock write + fdatasync). */
+  saveIdentity(change: { state?: DiskState; generation?: Generation }): void {
+    this.sb = { ...this.sb, ...change };
+    fs.writeSync(this.fd, encodeSuperblock(this.sb), 0, SUPERBLOCK_SIZE, 0);
+    fs.fdatasyncSync(this.fd);
+  }
+
+  /**
+   * Marks grains [first, first + count) dirty and calls `done` once those bits are on stable
+   * storage. Bits already set and already durable cost nothing; concurrent calls share one
+   * write-back and one fdatasync.
+   */
+  markDirty(first: number, count: number, done: (err: Error | null) => void): void {
+    const pagesFirst = Math.floor(first / 8 / PAGE);
+    const pagesLast = Math.floor((first + count - 1) / 8 / PAGE);
+    let pending = false;
+    for (let p = pagesFirst; p <= pagesLast && !pending; p++) pending = this.dirtyPages.has(p);
+    if (!pending && this.bitmap.all(first, count)) return done(null);
+    this.bitmap.set(first, count);
+    for (let p = pagesFirst; p <= pagesLast; p++) this.dirtyPages.add(p);
+    this.waiting.push(done);
+    this.writeBack();
+  }
+
+  /** Clears grains (after resync); written back with the next batch or `flushBitmap`. */
+  clearDirty(first: number, count: number): void {
+    this.bitmap.clear(first, count);
+    const last = Math.floor((first + count - 1) / 8 / PAGE);
+    for (let p = Math.floor(first / 8 / PAGE); p <= last; p++) this.dirtyPages.add(p);
+  }
+
+  /** Writes back every changed bitmap page and syncs. */
+  flushBitmap(done: (err: Error | null) => void): void {
+    this.waiting.push(done);
+    this.writeBack();
+  }
+
+  private writeBack(): void {
+    if (this.flushing) return; // the running batch starts another when it ends
+    const waiters = this.waiting;
+    const pages = [...this.dirtyPages];
+    this.waiting = [];
+    this.dirtyPages = new Set();
+    this.flushing = true;
+    const bytes = this.bitmap.bytes();
+    const finish = (err: Error | null): void => {
+      this.flushing = false;
+      if (err) for (const p of pages) this.dirtyPages.add(p); // retried with the next batch
+      for (const w of waiters) w(err);
+      if (this.waiting.length > 0) this.writeBack();
+    };
+    const next = (i: number): void => {
+      if (i === pages.length) {
+        this.bitmapSyncs++;
+        return fs.fdatasync(this.fd, finish);
+      }
+      const start = pages[i]! * PAGE;
+      const len = Math.min(PAGE, bytes.length - start);
+      fs.write(this.fd, bytes, start, len, SUPERBLOCK_SIZE + start, (err) => (err ? finish(err) : next(i + 1)));
+    };
+    next(0);
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,89 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Hotpath } from '../../src/hotpath/index.js';
+import { DiskState, MetaError, VolumeMeta } from '../../src/meta/volume-meta.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-meta-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const GiB = 2 ** 30;
+const id = { cluster: 'hospital', node: 'a', volumeSize: 4 * GiB, grain: 4096 };
+const bits = VolumeMeta.bitsFor(id.volumeSize, id.grain);
+const hot = () => Hotpath.create({ bitmaps: [bits] });
+const mark = (m: VolumeMeta, first: number, count: number) => new Promise<void>((res, rej) => m.markDirty(first, count, (e) => (e ? rej(e) : res())));
+
+describe('VolumeMeta', () => {
+  it('creates a fresh file: Inconsistent, a new current generation, an empty bitmap', () => {
+    const m = VolumeMeta.open(join(dir, 'fresh.meta'), id, hot());
+    expect(m.state).toBe(DiskState.Inconsistent);
+    expect(m.generation.current).toMatch(/^[0-9a-f]{16}$/);
+    expect(m.generation.current).not.toBe('0000000000000000');
+    expect(m.bitmap.count()).toBe(0);
+    m.close();
+  });
+
+  it('dirty bits survive a reopen (they were durable when markDirty answered)', async () => {
+    const path = join(dir, 'persist.meta');
+    const m = VolumeMeta.open(path, id, hot());
+    await mark(m, 10, 5);
+    await mark(m, bits - 3, 3);
+    await mark(m, 500_000, 100_000);
+    m.close();
+    const again = VolumeMeta.open(path, id, hot());
+    expect(again.bitmap.runs()).toEqual([
+      { start: 10, length: 5 },
+      { start: 500_000, length: 100_000 },
+      { start: bits - 3, length: 3 },
+    ]);
+    again.close();
+  });
+
+  it('concurrent markDirty calls share write-backs; bits already durable cost no sync', async () => {
+    const m = VolumeMeta.open(join(dir, 'batch.meta'), id, hot());
+    await Promise.all(Array.from({ length: 50 }, (_, i) => mark(m, i * 1000, 8)));
+    expect(m.bitmapSyncs).toBeLessThanOrEqual(2);
+    const before = m.bitmapSyncs;
+    await mark(m, 1000, 8);
+    expect(m.bitmapSyncs).toBe(before);
+    m.close();
+  });
+
+  it('clearing is written back by flushBitmap', async () => {
+    const path = join(dir, 'clear.meta');
+    const m = VolumeMeta.open(path, id, hot());
+    await mark(m, 0, 1000);
+    m.clearDirty(0, 500);
+    await new Promise<void>((res, rej) => m.flushBitmap((e) => (e ? rej(e) : res())));
+    m.close();
+    const again = VolumeMeta.open(path, id, hot());
+    expect(again.bitmap.runs()).toEqual([{ start: 500, length: 500 }]);
+    again.close();
+  });
+
+  it('persists state and generation changes', () => {
+    const path = join(dir, 'gen.meta');
+    const m = VolumeMeta.open(path, id, hot());
+    const g = { current: '1111111111111111', bitmap: '2222222222222222', history: ['3333333333333333', '4444444444444444'] as [string, string] };
+    m.saveIdentity({ state: DiskState.UpToDate, generation: g });
+    m.close();
+    const again = VolumeMeta.open(path, id, hot());
+    expect(again.state).toBe(DiskState.UpToDate);
+    expect(again.generation).toEqual(g);
+    again.close();
+  });
+
+  it('refuses a file of another node or size, a corrupt superblock, or a foreign file, readably', () => {
+    const path = join(dir, 'ident.meta');
+    VolumeMeta.open(path, id, hot()).close();
+    expect(() => VolumeMeta.open(path, { ...id, node: 'b' }, hot())).toThrow(/node: a here, b expected/);
+    expect(() => VolumeMeta.open(path, { ...id, volumeSize: 2 * GiB }, Hotpath.create({ bitmaps: [bits / 2] }))).toThrow(MetaError);
+    const bytes = readFileSync(path);
+    bytes[100] = bytes[100]! ^ 0xff;
+    writeFileSync(path, bytes);
+    expect(() => VolumeMeta.open(path, id, hot())).toThrow(/checksum mismatch/);
+    writeFileSync(join(dir, 'foreign.meta'), Buffer.alloc(8192, 1));
+    expect(() => VolumeMeta.open(join(dir, 'foreign.meta'), id, hot())).toThrow(/not an nbd-mirror metadata file/);
+  });
+});
