@@ -1,0 +1,210 @@
+// The TCP link between the two nodes: HELLO exchange, heartbeats, a dead-peer timeout and
+// reconnection with backoff. It carries frames for the layers above (the mirrored volume, next)
+// and tells them when the peer comes and goes. Groundwork for two-node mirroring.
+//
+// Who dials: the node whose name sorts first dials, the other listens, so there is never a race
+// between two crossing connections. The dialer retries with backoff (100 ms doubling to 2 s);
+// the listener takes the newest connection.
+import net from 'node:net';
+import type { HostPort } from '../config/units.js';
+import type { Logger } from '../log.js';
+import { ProtocolViolation } from '../protocol/errors.js';
+import { decodeHello, encodeHello, helloMismatch, type Hello } from './hello.js';
+import { encodeFrame, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
+
+/** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
+export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
+
+export interface PeerLinkOptions {
+  readonly hello: Hello;
+  /** Where this node accepts the peer. */
+  readonly listen: HostPort;
+  /** Where the peer accepts us. */
+  readonly peer: HostPort;
+  readonly peerName: string;
+  /** The peer counts as dead after this long without a frame (default 2000 ms). */
+  readonly timeoutMs?: number;
+  /** PING interval (default timeoutMs / 4). */
+  readonly heartbeatMs?: number;
+  readonly log: Logger;
+  onConnected?(peer: Hello): void;
+  onDisconnected?(reason: string): void;
+  /** Frames other than the link's own (HELLO, PING, PONG, ERROR). */
+  onFrame?(header: FrameHeader, body: Buffer): void;
+}
+
+const MAX_BACKOFF_MS = 2000;
+
+export class PeerLink {
+  private server: net.Server | undefined;
+  private socket: net.Socket | undefined;
+  private peerHello: Hello | undefined;
+  private lastSeen = 0;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private retry: NodeJS.Timeout | undefined;
+  private backoffMs = 100;
+  private stopped = false;
+  private readonly dialer: boolean;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly o: PeerLinkOptions) {
+    this.dialer = o.hello.node < o.peerName;
+    this.timeoutMs = o.timeoutMs ?? 2000;
+  }
+
+  get state(): LinkState {
+    if (this.stopped) return 'StandAlone';
+    return this.peerHello ? 'Connected' : 'Connecting';
+  }
+
+  /** The peer's HELLO while connected. */
+  get peer(): Hello | undefined {
+    return this.peerHello;
+  }
+
+  /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
+  async start(): Promise<HostPort> {
+    this.server = net.createServer((s) => this.adopt(s, 'accepted'));
+    const addr = await new Promise<HostPort>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.o.listen.port, this.o.listen.host, () => {
+        const a = this.server!.address() as net.AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+    if (this.dialer) this.dial();
+    return addr;
+  }
+
+  /** Sends a frame to the peer; false when there is no link. */
+  send(type: PeerMsg, id: bigint, body?: Buffer): boolean {
+    if (!this.peerHello || !this.socket) return false;
+    this.socket.write(encodeFrame(type, id, body));
+    return true;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.retry);
+    this.drop('link stopped', false);
+    this.server?.close();
+  }
+
+  private dial(): void {
+    if (this.stopped || this.socket) return;
+    const s = net.connect(this.o.peer.port, this.o.peer.host);
+    s.once('connect', () => this.adopt(s, 'dialed'));
+    s.once('error', (err) => {
+      if (this.socket !== s) {
+        this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
+        s.destroy();
+        this.scheduleDial();
+      }
+    });
+  }
+
+  private scheduleDial(): void {
+    if (!this.dialer || this.stopped) return;
+    clearTimeout(this.retry);
+    this.retry = setTimeout(() => this.dial(), this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+  }
+
+  private adopt(s: net.Socket, how: 'dialed' | 'accepted'): void {
+    if (this.stopped) return void s.destroy();
+    if (this.socket) this.drop('replaced by a new connection from the peer', false);
+    this.socket = s;
+    s.setNoDelay(true);
+    this.lastSeen = Date.now();
+    const decoder = new FrameDecoder({
+      allocBody: (n) => Buffer.allocUnsafe(n),
+      onFrame: (h, body) => this.onFrame(s, h, body),
+    });
+    s.on('data', (chunk: Buffer) => {
+      if (this.socket !== s) return;
+      try {
+        decoder.feed(chunk);
+      } catch (err) {
+        if (!(err instanceof ProtocolViolation)) throw err;
+        this.o.log.warn({ reason: err.message }, 'peer sent a malformed frame, dropping the link');
+        this.drop(err.message, true);
+      }
+    });
+    s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
+    s.on('close', () => {
+      if (this.socket === s) this.drop('peer closed the connection', true);
+    });
+    this.o.log.debug({ how }, 'peer socket open, sending HELLO');
+    s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.o.hello)));
+    this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
+  }
+
+  private beat(): void {
+    if (Date.now() - this.lastSeen > this.timeoutMs) {
+      this.o.log.warn({ timeoutMs: this.timeoutMs }, 'peer silent past the timeout, dropping the link');
+      return this.drop(`no frame from the peer for ${this.timeoutMs} ms`, true);
+    }
+    if (this.peerHello) this.socket?.write(encodeFrame(PeerMsg.PING, 0n));
+  }
+
+  private onFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
+    if (this.socket !== s) return;
+    this.lastSeen = Date.now();
+    if (!this.peerHello) return this.onHandshakeFrame(s, h, body);
+    switch (h.type) {
+      case PeerMsg.PING:
+        s.write(encodeFrame(PeerMsg.PONG, h.id));
+        return;
+      case PeerMsg.PONG:
+        return;
+      case PeerMsg.ERROR:
+        this.o.log.warn({ reason: body.toString('utf8') }, 'peer reported an error');
+        return this.drop(`peer error: ${body.toString('utf8')}`, true);
+      default:
+        this.o.onFrame?.(h, body);
+    }
+  }
+
+  private onHandshakeFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
+    if (h.type === PeerMsg.ERROR) {
+      this.o.log.warn({ reason: body.toString('utf8') }, 'peer refused the link');
+      return this.drop(`peer refused: ${body.toString('utf8')}`, true);
+    }
+    if (h.type !== PeerMsg.HELLO) {
+      this.o.log.warn({ type: h.type }, 'peer sent a frame before HELLO, dropping the link');
+      return this.drop(`frame type ${h.type} before HELLO`, true);
+    }
+    let hello: Hello;
+    try {
+      hello = decodeHello(body);
+    } catch (err) {
+      this.o.log.warn({ reason: (err as Error).message }, 'bad HELLO from the peer, dropping the link');
+      return this.drop((err as Error).message, true);
+    }
+    const mismatch = helloMismatch(this.o.hello, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
+    if (mismatch) {
+      this.o.log.error({ reason: mismatch }, 'refusing the peer link');
+      s.write(encodeFrame(PeerMsg.ERROR, 0n, Buffer.from(mismatch)));
+      return this.drop(mismatch, true);
+    }
+    this.peerHello = hello;
+    this.backoffMs = 100;
+    this.o.log.info({ peer: hello.node }, 'peer link connected');
+    this.o.onConnected?.(hello);
+  }
+
+  /** Ends the current connection; `retry` schedules a new dial (dialer side). */
+  private drop(reason: string, retry: boolean): void {
+    const s = this.socket;
+    const wasConnected = this.peerHello !== undefined;
+    this.socket = undefined;
+    this.peerHello = undefined;
+    clearInterval(this.heartbeat);
+    s?.destroy();
+    if (wasConnected) {
+      this.o.log.warn({ reason }, 'peer link lost');
+      this.o.onDisconnected?.(reason);
+    }
+    if (retry) this.scheduleDial();
+  }
+}

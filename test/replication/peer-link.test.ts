@@ -1,0 +1,118 @@
+// Two peer links on loopback, the dialer going through a proxy that the test cuts and restores.
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import type { Hello } from '../../src/replication/hello.js';
+import { PeerLink } from '../../src/replication/peer-link.js';
+import { encodeFrame, PeerMsg } from '../../src/replication/peer-protocol.js';
+import { freePort } from '../support/processes.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
+
+/** Log messages of both links, so tests can wait for what happened instead of sleeping. */
+const logged: string[] = [];
+const log = pino({ level: 'debug' }, { write: (line: string) => void logged.push(JSON.parse(line).msg) });
+const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: [] };
+const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
+  version: 1,
+  cluster: 'hospital',
+  node,
+  volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen }],
+  ...over,
+});
+
+/** Resolves when `cond()` holds, polling every 10 ms, or rejects after `ms`. */
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  for (const end = Date.now() + ms; !cond(); ) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+/** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
+async function pair(opts: { bHello?: Hello; timeoutMs?: number } = {}) {
+  const bPort = await freePort();
+  const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
+  await proxy.start();
+  const events: string[] = [];
+  const frames: number[] = [];
+  const b = new PeerLink({
+    hello: opts.bHello ?? hello('b'),
+    listen: { host: '127.0.0.1', port: bPort },
+    peer: { host: '127.0.0.1', port: 1 }, // b never dials
+    peerName: 'a',
+    timeoutMs: opts.timeoutMs ?? 400,
+    log,
+    onConnected: () => events.push('b up'),
+    onDisconnected: () => events.push('b down'),
+    onFrame: (h) => frames.push(h.type),
+  });
+  const a = new PeerLink({
+    hello: hello('a'),
+    listen: { host: '127.0.0.1', port: 0 },
+    peer: { host: '127.0.0.1', port: proxy.port },
+    peerName: 'b',
+    timeoutMs: opts.timeoutMs ?? 400,
+    log,
+    onConnected: () => events.push('a up'),
+    onDisconnected: () => events.push('a down'),
+  });
+  cleanups.push(() => a.stop(), () => b.stop(), () => proxy.stop());
+  await b.start();
+  await a.start();
+  return { a, b, proxy, events, frames, bPort };
+}
+
+describe('peer link', () => {
+  it('connects, carries frames, and keeps the link alive with heartbeats', async () => {
+    const { a, b, frames } = await pair();
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    expect(b.peer?.node).toBe('a');
+    expect(a.send(PeerMsg.FLUSH, 7n)).toBe(true);
+    await until(() => frames.includes(PeerMsg.FLUSH));
+    // Several timeouts pass with only heartbeats: still connected.
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(a.state).toBe('Connected');
+    expect(b.state).toBe('Connected');
+  });
+
+  it('notices a cut link within the timeout on both sides and reconnects when it heals', async () => {
+    const { a, b, proxy, events } = await pair();
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    proxy.cut();
+    const cutAt = Date.now();
+    await until(() => a.state === 'Connecting' && b.state === 'Connecting');
+    expect(Date.now() - cutAt).toBeLessThan(1500);
+    proxy.restore();
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    expect(events.filter((e) => e === 'a up')).toHaveLength(2);
+    expect(events).toContain('b down');
+  });
+
+  it('refuses a peer from another cluster or with another volume size, and says why', async () => {
+    for (const bHello of [hello('b', { cluster: 'elsewhere' }), hello('b', { volumes: [{ name: 'vol0', size: 2 ** 31, generation: gen }] })]) {
+      logged.length = 0;
+      const { a, b } = await pair({ bHello });
+      await until(() => logged.filter((m) => m === 'refusing the peer link' || m === 'peer refused the link').length >= 2);
+      expect(a.state).not.toBe('Connected');
+      expect(b.state).not.toBe('Connected');
+      for (const c of cleanups.splice(0)) await c();
+    }
+  });
+
+  it('drops a rogue peer sending garbage, and the real peer still connects', async () => {
+    const { a, b, bPort } = await pair();
+    await until(() => b.state === 'Connected');
+    const rogue = net.connect(bPort, '127.0.0.1');
+    await new Promise((r) => rogue.once('connect', r));
+    const closed = new Promise((r) => rogue.once('close', r));
+    rogue.write(Buffer.concat([encodeFrame(PeerMsg.HELLO, 0n, Buffer.from('{"not":"a hello"}'))]));
+    rogue.resume();
+    await closed;
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+  });
+});
