@@ -10,24 +10,51 @@
 //   - the winner's write waits until the loser's write is on disk, then is written in full;
 //   - the loser's write skips the bytes it shares with the winner's.
 // Writes from the same node that overlap are applied in the order they started.
+//
+// Resync (after the link returns): both nodes send their dirty runs and merge the other's, so
+// both hold the union. The target pulls each dirty range: it tracks the request like a write
+// (later writes to the range wait for its data), the source answers once every earlier write to
+// the range is on disk, and writes that start later on either node are ordered after the
+// resync data on both nodes (FIFO link). The target clears its bits when the data is written,
+// the source when the target acknowledges it.
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import type { VolumeMeta } from '../meta/volume-meta.js';
-import { decodeWriteHeader, encodeWriteHeader, PeerMsg, WRITE_HEADER_SIZE, type FrameHeader } from './peer-protocol.js';
+import {
+  decodeRange,
+  decodeWriteHeader,
+  encodeRange,
+  encodeWriteHeader,
+  PeerMsg,
+  RANGE_SIZE,
+  WRITE_HEADER_SIZE,
+  type FrameHeader,
+} from './peer-protocol.js';
 
 /** What the mirrored volume needs of the peer link. */
 export interface PeerPort {
   readonly connected: boolean;
-  send(type: PeerMsg, id: bigint, body?: Buffer): boolean;
+  send(type: PeerMsg, id: bigint, body?: Buffer, flags?: number): boolean;
 }
 
 interface InFlight {
   readonly id: bigint;
   readonly offset: number;
   readonly end: number;
-  readonly origin: 'local' | 'peer';
+  readonly origin: 'local' | 'peer' | 'resync';
   /** Set once this write's bytes are in the local file. */
   onDisk: boolean;
   readonly whenOnDisk: Array<() => void>;
+}
+
+/** Largest range one resync request asks for. */
+const RESYNC_CHUNK = 1024 * 1024;
+/** Resync requests in flight at once. */
+const RESYNC_WINDOW = 8;
+
+export interface ResyncProgress {
+  role: 'source' | 'target';
+  totalBytes: number;
+  doneBytes: number;
 }
 
 interface LocalWrite {
@@ -45,6 +72,7 @@ export class MirroredVolume implements Volume {
   private readonly localWrites = new Map<bigint, LocalWrite>();
   private readonly flushes = new Map<bigint, Done>();
   private nextId = 1n;
+  private resyncState: (ResyncProgress & { peerRunsIn: boolean; cursor: number; requests: number; onDone: Done }) | undefined;
   /** True when this node's writes win overlaps (its name sorts after the peer's). */
   private readonly winsOverlaps: boolean;
 
@@ -144,6 +172,25 @@ export class MirroredVolume implements Volume {
       }
       case PeerMsg.FLUSH:
         return this.local.flush((err) => void this.peer.send(PeerMsg.FLUSH_ACK, h.id, status(err)));
+      case PeerMsg.BITMAP_RUNS:
+        return this.onPeerRuns(h.flags, body);
+      case PeerMsg.RS_REQUEST:
+        return this.onResyncRequest(h.id, body);
+      case PeerMsg.RS_DATA:
+        return this.onResyncData(h.id, body);
+      case PeerMsg.RS_ACK: {
+        const r = decodeRange(body);
+        const [first, count] = this.grains(r.offset, r.length);
+        this.meta.clearDirty(first, count);
+        if (this.resyncState) this.resyncState.doneBytes += r.length;
+        return;
+      }
+      case PeerMsg.RS_DONE: {
+        const r = this.resyncState;
+        this.resyncState = undefined;
+        if (r) this.meta.flushBitmap(r.onDone);
+        return;
+      }
       case PeerMsg.FLUSH_ACK: {
         const f = this.flushes.get(h.id);
         this.flushes.delete(h.id);
@@ -172,6 +219,126 @@ export class MirroredVolume implements Volume {
       this.flushes.delete(id);
       this.local.flush(f);
     }
+    // Resync requests that will never be answered: release what waits on them; bits stay set.
+    for (const e of [...this.inFlight]) {
+      if (e.origin !== 'resync' || e.onDisk) continue;
+      this.untrack(e);
+      e.onDisk = true;
+      for (const w of e.whenOnDisk.splice(0)) w();
+    }
+    const r = this.resyncState;
+    this.resyncState = undefined;
+    r?.onDone(new Error('peer link lost during resync'));
+  }
+
+  /** Progress of a running resync, if any. */
+  get resync(): ResyncProgress | undefined {
+    const r = this.resyncState;
+    return r && { role: r.role, totalBytes: r.totalBytes, doneBytes: r.doneBytes };
+  }
+
+  /**
+   * Starts a resync in the given role (decided by generation ids); `done` runs when all dirty
+   * ranges are copied and both bitmaps are clear and durable.
+   */
+  startResync(role: 'source' | 'target', done: Done): void {
+    this.resyncState = { role, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done };
+    const runs = this.meta.bitmap.runs(0, Infinity);
+    for (let i = 0; i < runs.length || i === 0; i += 4096) {
+      const part = runs.slice(i, i + 4096);
+      const body = Buffer.alloc(4 + 16 * part.length);
+      body.writeUInt32BE(this.volumeIndex, 0);
+      part.forEach((r, j) => {
+        body.writeDoubleBE(r.start, 4 + 16 * j);
+        body.writeDoubleBE(r.length, 12 + 16 * j);
+      });
+      this.peer.send(PeerMsg.BITMAP_RUNS, 0n, body, i + 4096 >= runs.length ? 1 : 0);
+    }
+  }
+
+  private onPeerRuns(flags: number, body: Buffer): void {
+    for (let at = 4; at + 16 <= body.length; at += 16) {
+      this.meta.markDirty(body.readDoubleBE(at), body.readDoubleBE(at + 8), () => undefined);
+    }
+    const r = this.resyncState;
+    if (!r || (flags & 1) === 0) return;
+    r.peerRunsIn = true;
+    // Both sides now hold the union of the dirty bits.
+    r.totalBytes = this.meta.bitmap.count() * this.grain;
+    if (r.role === 'target') this.pullMore();
+  }
+
+  /** Target: keeps up to RESYNC_WINDOW requests in flight, walking the dirty runs in order. */
+  private pullMore(): void {
+    const r = this.resyncState;
+    if (!r) return;
+    const bits = this.meta.bitmap.bits;
+    while (r.requests < RESYNC_WINDOW && r.cursor < bits) {
+      const [run] = this.meta.bitmap.runs(r.cursor, 1);
+      if (!run) {
+        r.cursor = bits;
+        break;
+      }
+      const grains = Math.min(run.length, RESYNC_CHUNK / this.grain);
+      r.cursor = run.start + grains;
+      const offset = run.start * this.grain;
+      const length = Math.min(grains * this.grain, this.size - offset);
+      const entry = this.track(offset, length, 'resync', this.nextId++);
+      r.requests++;
+      this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
+    }
+    if (r.requests === 0 && r.cursor >= bits) this.finishResync();
+  }
+
+  /** Source: answer once every earlier write to the range is on disk. */
+  private onResyncRequest(id: bigint, body: Buffer): void {
+    const range = decodeRange(body);
+    const entry = this.track(range.offset, range.length, 'resync', id);
+    this.afterEarlier(entry, () => {
+      const data = Buffer.allocUnsafe(range.length);
+      this.local.read(data, range.offset, (err) => {
+        if (!err) this.peer.send(PeerMsg.RS_DATA, id, Buffer.concat([body.subarray(0, RANGE_SIZE), data]));
+        this.release(entry);
+      });
+    });
+  }
+
+  /** Target: write the data (later writes to the range wait for it), clear the bits, ack. */
+  private onResyncData(id: bigint, body: Buffer): void {
+    const range = decodeRange(body);
+    const entry = this.inFlight.find((e) => e.id === id && e.origin === 'resync');
+    const r = this.resyncState;
+    if (!entry || !r) return;
+    this.local.write(body.subarray(RANGE_SIZE), range.offset, false, (err) => {
+      if (!err) {
+        const [first, count] = this.grains(range.offset, range.length);
+        this.meta.clearDirty(first, count);
+        r.doneBytes += range.length;
+        this.peer.send(PeerMsg.RS_ACK, id, encodeRange(this.volumeIndex, range.offset, range.length));
+      }
+      this.release(entry);
+      r.requests--;
+      if (err) {
+        this.resyncState = undefined;
+        return r.onDone(err);
+      }
+      this.pullMore();
+    });
+  }
+
+  private finishResync(): void {
+    const r = this.resyncState!;
+    this.resyncState = undefined;
+    // The source cleared its bits on each RS_ACK, all sent before this.
+    this.peer.send(PeerMsg.RS_DONE, 0n, encodeRange(this.volumeIndex, 0, 0));
+    this.meta.flushBitmap(r.onDone);
+  }
+
+  /** Marks a tracked entry done and lets what waits on it go. */
+  private release(entry: InFlight): void {
+    this.untrack(entry);
+    entry.onDisk = true;
+    for (const w of entry.whenOnDisk.splice(0)) w();
   }
 
   private onPeerWrite(id: bigint, body: Buffer): void {
@@ -191,7 +358,7 @@ export class MirroredVolume implements Volume {
     w.done(w.error);
   }
 
-  private track(offset: number, length: number, origin: 'local' | 'peer', id: bigint): InFlight {
+  private track(offset: number, length: number, origin: InFlight['origin'], id: bigint): InFlight {
     const entry: InFlight = { id, offset, end: offset + length, origin, onDisk: false, whenOnDisk: [] };
     this.inFlight.push(entry);
     return entry;
@@ -203,20 +370,27 @@ export class MirroredVolume implements Volume {
   }
 
   /**
-   * Writes `buf` for `entry` once every earlier overlapping write it must follow is on disk,
-   * leaving out the bytes of concurrent writes it must not overwrite (see the file comment).
+   * Runs `fn` once every earlier overlapping entry `entry` must follow is on disk; `fn` gets the
+   * concurrent writes whose bytes `entry` must leave alone (see the file comment).
    */
-  private applyLocal(entry: InFlight, buf: Buffer, fua: boolean, done: Done): void {
+  private afterEarlier(entry: InFlight, fn: (skip: InFlight[]) => void): void {
     const mustFollow: InFlight[] = [];
     const skip: InFlight[] = [];
     for (const other of this.inFlight) {
-      if (other === entry) break; // only writes that started before this one
+      if (other === entry) break; // only entries that started before this one
       if (other.end <= entry.offset || other.offset >= entry.end) continue;
-      if (other.origin === entry.origin) mustFollow.push(other);
-      else if (this.landsLast(entry)) mustFollow.push(other);
+      if (other.origin === entry.origin || other.origin === 'resync' || entry.origin === 'resync' || this.landsLast(entry)) mustFollow.push(other);
       else skip.push(other);
     }
-    const write = (): void => {
+    const waiting = mustFollow.filter((o) => !o.onDisk);
+    let left = waiting.length;
+    if (left === 0) return fn(skip);
+    for (const o of waiting) o.whenOnDisk.push(() => --left === 0 && fn(skip));
+  }
+
+  /** Writes `buf` for `entry` in its place in the order of overlapping writes. */
+  private applyLocal(entry: InFlight, buf: Buffer, fua: boolean, done: Done): void {
+    this.afterEarlier(entry, (skip) => {
       const pieces = subtract(entry.offset, entry.end, skip);
       let left = pieces.length;
       let error: Error | null = null;
@@ -232,11 +406,7 @@ export class MirroredVolume implements Volume {
           if (--left === 0) finished();
         });
       }
-    };
-    const waiting = mustFollow.filter((o) => !o.onDisk);
-    let left = waiting.length;
-    if (left === 0) return write();
-    for (const o of waiting) o.whenOnDisk.push(() => --left === 0 && write());
+    });
   }
 
   /** Does `entry` win overlaps with concurrent writes of the other origin? */

@@ -77,9 +77,9 @@ export class PeerLink {
   }
 
   /** Sends a frame to the peer; false when there is no link. */
-  send(type: PeerMsg, id: bigint, body?: Buffer): boolean {
+  send(type: PeerMsg, id: bigint, body?: Buffer, flags = 0): boolean {
     if (!this.peerHello || !this.socket) return false;
-    this.socket.write(encodeFrame(type, id, body));
+    this.socket.write(encodeFrame(type, id, body, flags));
     return true;
   }
 

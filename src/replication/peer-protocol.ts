@@ -26,7 +26,32 @@ export const enum PeerMsg {
   WRITE_ACK = 17,
   FLUSH = 18,
   FLUSH_ACK = 19,
-  LEAVING = 32,
+  /** Resync: the sender's dirty runs (volume u32, then start/length f64 pairs); flag 1 = last frame. */
+  BITMAP_RUNS = 40,
+  /** Target → source: send me [offset, offset + length) (volume u32, offset u64, length u32). */
+  RS_REQUEST = 41,
+  /** Source → target: the data of a request (volume u32, offset u64, length u32, then data). */
+  RS_DATA = 42,
+  /** Target → source: that range is written; clear its bits (same body as RS_REQUEST). */
+  RS_ACK = 43,
+  /** Target → source: every dirty range is copied (volume u32). */
+  RS_DONE = 44,
+}
+
+/** Body of RS_REQUEST and RS_ACK; RS_DATA starts with it. */
+export const RANGE_SIZE = 16;
+
+export function encodeRange(volume: number, offset: number, length: number): Buffer {
+  const b = Buffer.allocUnsafe(RANGE_SIZE);
+  b.writeUInt32BE(volume, 0);
+  b.writeBigUInt64BE(BigInt(offset), 4);
+  b.writeUInt32BE(length, 12);
+  return b;
+}
+
+export function decodeRange(body: Buffer): { volume: number; offset: number; length: number } {
+  if (body.length < RANGE_SIZE) throw new ProtocolViolation(`range body of ${body.length} bytes`);
+  return { volume: body.readUInt32BE(0), offset: Number(body.readBigUInt64BE(4)), length: body.readUInt32BE(12) };
 }
 
 export interface FrameHeader {

@@ -54,7 +54,7 @@ async function cluster() {
       onFrame: (h, body) => mv!.handleFrame(h, body),
       onDisconnected: () => mv!.peerLost(),
     });
-    mv = new MirroredVolume(file, meta, { get connected() { return link.state === 'Connected'; }, send: (t, id, body) => link.send(t, id, body) }, 0, name, peerName, GRAIN);
+    mv = new MirroredVolume(file, meta, { get connected() { return link.state === 'Connected'; }, send: (t, id, body, flags) => link.send(t, id, body, flags) }, 0, name, peerName, GRAIN);
     cleanups.push(async () => {
       link.stop();
       meta.close();
@@ -117,5 +117,32 @@ describe('mirrored volume (in-process pair)', () => {
     expect(a.meta.bitmap.runs()).toEqual([{ start: (8 * MiB) / GRAIN, length: 4 }]);
     expect(b.meta.bitmap.count()).toBe(0);
     expect(readFileSync(b.path).subarray(8 * MiB, 8 * MiB + 4096).every((x) => x === 0)).toBe(true);
+  });
+
+  it('after the link heals, a resync copies only the dirty ranges while both nodes keep writing', async () => {
+    const { a, b, proxy } = await cluster();
+    proxy.cut();
+    await until(() => a.link.state !== 'Connected' && b.link.state !== 'Connected');
+    // a goes on alone: 3 ranges of 64 KiB (48 grains) become dirty on a only.
+    for (const off of [1 * MiB, 5 * MiB, 9 * MiB]) await write(a.mv, off, Buffer.alloc(65536, off / MiB));
+    expect(a.meta.bitmap.count()).toBe(48);
+    proxy.restore();
+    await until(() => a.link.state === 'Connected' && b.link.state === 'Connected');
+    const resynced = Promise.all([
+      new Promise<void>((res, rej) => a.mv.startResync('source', (e) => (e ? rej(e) : res()))),
+      new Promise<void>((res, rej) => b.mv.startResync('target', (e) => (e ? rej(e) : res()))),
+    ]);
+    // Client writes on both nodes during the resync, some on the ranges being copied.
+    const during = [write(b.mv, 5 * MiB + 4096, Buffer.alloc(8192, 0x77)), write(a.mv, 9 * MiB, Buffer.alloc(4096, 0x88)), write(b.mv, 12 * MiB, Buffer.alloc(4096, 0x99))];
+    await Promise.all([resynced, ...during]);
+    await flush(a.mv);
+    await flush(b.mv);
+    expect(a.meta.bitmap.count()).toBe(0);
+    expect(b.meta.bitmap.count()).toBe(0);
+    expect(readFileSync(a.path).equals(readFileSync(b.path))).toBe(true);
+    const f = readFileSync(b.path);
+    expect(f.subarray(1 * MiB, 1 * MiB + 65536).every((x) => x === 1)).toBe(true);
+    expect(f.subarray(5 * MiB + 4096, 5 * MiB + 12288).every((x) => x === 0x77)).toBe(true);
+    expect(f.subarray(9 * MiB, 9 * MiB + 4096).every((x) => x === 0x88)).toBe(true);
   });
 });
