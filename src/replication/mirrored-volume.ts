@@ -19,6 +19,7 @@
 // the source when the target acknowledges it.
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import type { VolumeMeta } from '../meta/volume-meta.js';
+import { startTracking } from './generation.js';
 import {
   decodeRange,
   decodeWriteHeader,
@@ -111,6 +112,7 @@ export class MirroredVolume implements Volume {
 
   /** The peer is gone: the bits must be durable before the data is written and acknowledged. */
   private writeDegraded(entry: InFlight, buf: Buffer, fua: boolean, done: Done): void {
+    this.startTracking();
     const [first, count] = this.grains(entry.offset, buf.length);
     this.meta.markDirty(first, count, (err) => {
       if (err) {
@@ -122,6 +124,13 @@ export class MirroredVolume implements Volume {
         done(e);
       });
     });
+  }
+
+  /** First write without the peer: new current generation, the bitmap counts from the old one. */
+  private startTracking(): void {
+    const g = this.meta.generation;
+    const next = startTracking(g);
+    if (next !== g) this.meta.saveIdentity({ generation: next });
   }
 
   flush(done: Done): void {
@@ -208,6 +217,7 @@ export class MirroredVolume implements Volume {
   peerLost(): void {
     for (const w of [...this.localWrites.values()]) {
       if (w.peerDone) continue;
+      this.startTracking();
       const [first, count] = this.grains(w.entry.offset, w.entry.end - w.entry.offset);
       this.meta.markDirty(first, count, (err) => {
         w.error ??= err;

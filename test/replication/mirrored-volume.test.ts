@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
-import { VolumeMeta } from '../../src/meta/volume-meta.js';
+import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { Hello } from '../../src/replication/hello.js';
 import { MirroredVolume } from '../../src/replication/mirrored-volume.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
@@ -64,6 +64,9 @@ async function cluster() {
   };
   const b = node('b');
   const a = node('a');
+  // As after the initial agreement of two fresh nodes: same generation, both UpToDate.
+  a.meta.saveIdentity({ state: DiskState.UpToDate });
+  b.meta.saveIdentity({ state: DiskState.UpToDate, generation: a.meta.generation });
   await b.link.start();
   await a.link.start();
   cleanups.push(() => proxy.stop(), () => rmSync(dir, { recursive: true, force: true }));
@@ -115,6 +118,9 @@ describe('mirrored volume (in-process pair)', () => {
     await write(a.mv, 8 * MiB, Buffer.alloc(3 * 4096 + 100, 0xcc));
     await write(a.mv, 8 * MiB + 4096, Buffer.alloc(4096, 0xcd)); // already dirty: no new bits
     expect(a.meta.bitmap.runs()).toEqual([{ start: (8 * MiB) / GRAIN, length: 4 }]);
+    // a now tracks changes from the generation both had in common; b never wrote alone.
+    expect(a.meta.generation.bitmap).toBe(b.meta.generation.current);
+    expect(b.meta.generation.bitmap).toBe('0000000000000000');
     expect(b.meta.bitmap.count()).toBe(0);
     expect(readFileSync(b.path).subarray(8 * MiB, 8 * MiB + 4096).every((x) => x === 0)).toBe(true);
   });

@@ -1,0 +1,63 @@
+// Generation identifiers (DRBD's UUIDs) and what they decide when two nodes meet. Pure.
+//
+//   current  — names the data as it is now on this node
+//   bitmap   — the `current` the peer last had in common with us; set when this node starts
+//              tracking changes alone (the dirty bitmap is relative to it), zero otherwise
+//   history  — the two `bitmap` values before, for recognising older common ancestors
+import { DiskState, newGenerationId, type Generation } from '../meta/volume-meta.js';
+
+export const NO_GENERATION = '0000000000000000';
+
+export interface NodeGeneration {
+  readonly node: string;
+  readonly generation: Generation;
+  readonly state: DiskState;
+  /** Does the node's dirty bitmap have bits set? */
+  readonly dirty: boolean;
+}
+
+export type SyncDecision =
+  /** Same data lineage: nothing to copy unless bits are set (then a bitmap resync, `source` names who sends). */
+  | { kind: 'in-sync'; resync: boolean; source: string }
+  /** One side changed alone since they parted: copy its dirty bits' ranges from `source`. */
+  | { kind: 'bitmap'; source: string }
+  /** One side is new or too far behind for a bitmap: copy everything from `source`. */
+  | { kind: 'full'; source: string }
+  /** Both are brand new: they agree to be identical (both volumes are empty). */
+  | { kind: 'initial'; source: string }
+  /** Both wrote while apart: nothing is overwritten; an operator (or policy) must choose. */
+  | { kind: 'split-brain' }
+  /** No common history: these are not replicas of one volume. */
+  | { kind: 'unrelated' };
+
+/** Called when a node starts writing without its peer: the bitmap now counts from `current`. */
+export function startTracking(g: Generation): Generation {
+  if (g.bitmap !== NO_GENERATION) return g; // already tracking since the last split
+  return { current: newGenerationId(), bitmap: g.current, history: g.history };
+}
+
+/** Called when a resync has made this node identical to the source whose current is `sourceCurrent`. */
+export function finishSync(g: Generation, sourceCurrent: string): Generation {
+  const history: [string, string] = g.bitmap !== NO_GENERATION ? [g.bitmap, g.history[0]] : g.history;
+  return { current: sourceCurrent, bitmap: NO_GENERATION, history };
+}
+
+/** What two nodes must do when they connect; the same answer on both sides. */
+export function decide(a: NodeGeneration, b: NodeGeneration): SyncDecision {
+  const first = a.node < b.node ? a : b;
+  const ga = a.generation;
+  const gb = b.generation;
+  if (ga.current === gb.current) return { kind: 'in-sync', resync: a.dirty || b.dirty, source: first.node };
+  const aNew = a.state === DiskState.Inconsistent && ga.bitmap === NO_GENERATION && ga.history[0] === NO_GENERATION;
+  const bNew = b.state === DiskState.Inconsistent && gb.bitmap === NO_GENERATION && gb.history[0] === NO_GENERATION;
+  if (aNew && bNew) return { kind: 'initial', source: first.node };
+  if (aNew !== bNew) return { kind: 'full', source: aNew ? b.node : a.node };
+  const aTracked = ga.bitmap !== NO_GENERATION && ga.bitmap === gb.current;
+  const bTracked = gb.bitmap !== NO_GENERATION && gb.bitmap === ga.current;
+  if (aTracked && !bTracked) return { kind: 'bitmap', source: a.node };
+  if (bTracked && !aTracked) return { kind: 'bitmap', source: b.node };
+  if (ga.bitmap !== NO_GENERATION && ga.bitmap === gb.bitmap) return { kind: 'split-brain' };
+  if (ga.history.includes(gb.current) && gb.current !== NO_GENERATION) return { kind: 'full', source: a.node };
+  if (gb.history.includes(ga.current) && ga.current !== NO_GENERATION) return { kind: 'full', source: b.node };
+  return { kind: 'unrelated' };
+}

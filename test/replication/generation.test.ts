@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { DiskState, type Generation } from '../../src/meta/volume-meta.js';
+import { decide, finishSync, NO_GENERATION, startTracking, type NodeGeneration } from '../../src/replication/generation.js';
+
+const Z = NO_GENERATION;
+const g = (current: string, bitmap = Z, history: [string, string] = [Z, Z]): Generation => ({ current, bitmap, history });
+const node = (name: string, generation: Generation, state = DiskState.UpToDate, dirty = false): NodeGeneration => ({ node: name, generation, state, dirty });
+const both = (a: NodeGeneration, b: NodeGeneration) => {
+  const d = decide(a, b);
+  expect(decide(b, a)).toEqual(d); // both sides reach the same answer
+  return d;
+};
+
+describe('generation identifiers decide the sync direction', () => {
+  const common = '1111111111111111';
+
+  it('same current: in sync; bits after a crash still resync, from a deterministic side', () => {
+    expect(both(node('a', g(common)), node('b', g(common)))).toEqual({ kind: 'in-sync', resync: false, source: 'a' });
+    expect(both(node('a', g(common)), node('b', g(common), DiskState.UpToDate, true))).toEqual({ kind: 'in-sync', resync: true, source: 'a' });
+  });
+
+  it('one side wrote alone (node died, link cut, maintenance): bitmap resync from it', () => {
+    const aAlone = startTracking(g(common));
+    expect(aAlone.bitmap).toBe(common);
+    expect(aAlone.current).not.toBe(common);
+    expect(startTracking(aAlone)).toEqual(aAlone); // stays tracking from the same point
+    expect(both(node('a', aAlone, DiskState.UpToDate, true), node('b', g(common)))).toEqual({ kind: 'bitmap', source: 'a' });
+    expect(both(node('a', g(common)), node('b', startTracking(g(common)), DiskState.UpToDate, true))).toEqual({ kind: 'bitmap', source: 'b' });
+  });
+
+  it('both wrote while apart: split brain, never a silent overwrite', () => {
+    expect(both(node('a', startTracking(g(common)), DiskState.UpToDate, true), node('b', startTracking(g(common)), DiskState.UpToDate, true))).toEqual({ kind: 'split-brain' });
+  });
+
+  it('a fresh empty node joining a used volume gets a full sync; two fresh nodes start identical', () => {
+    const fresh = node('b', g('2222222222222222'), DiskState.Inconsistent);
+    expect(both(node('a', g(common, Z, ['3333333333333333', Z])), fresh)).toEqual({ kind: 'full', source: 'a' });
+    expect(both(node('a', g('4444444444444444'), DiskState.Inconsistent), fresh)).toEqual({ kind: 'initial', source: 'a' });
+  });
+
+  it('after a resync the target takes the source current; history remembers the split', () => {
+    const a = startTracking(g(common));
+    const b = finishSync(g(common), a.current);
+    expect(b).toEqual({ current: a.current, bitmap: Z, history: [Z, Z] });
+    const aDone = finishSync(a, a.current);
+    expect(aDone).toEqual({ current: a.current, bitmap: Z, history: [common, Z] });
+    expect(both(node('a', aDone), node('b', b))).toEqual({ kind: 'in-sync', resync: false, source: 'a' });
+  });
+
+  it('an older common ancestor in history: full sync from the newer side; none at all: unrelated', () => {
+    expect(both(node('a', g('5555555555555555', Z, [common, Z])), node('b', g(common)))).toEqual({ kind: 'full', source: 'a' });
+    expect(both(node('a', g('6666666666666666')), node('b', g('7777777777777777')))).toEqual({ kind: 'unrelated' });
+  });
+});
