@@ -72,8 +72,16 @@ export class MirroredVolume implements Volume {
   private readonly inFlight: InFlight[] = [];
   private readonly localWrites = new Map<bigint, LocalWrite>();
   private readonly flushes = new Map<bigint, Done>();
-  private nextId = 1n;
+  /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
+  private nextId: bigint;
   private resyncState: (ResyncProgress & { peerRunsIn: boolean; cursor: number; requests: number; onDone: Done }) | undefined;
+  /** This node's data may be older than the peer's where bits are set (a resync target). */
+  private stale = false;
+  /** The peer's dirty runs have been merged: the bitmap names every stale grain. */
+  private unionKnown = false;
+  /** Target reads waiting for the peer's dirty runs, or for the peer's data. */
+  private readsWaitingForRuns: Array<() => void> = [];
+  private readonly peerReads = new Map<bigint, { buf: Buffer; done: Done }>();
   /** True when this node's writes win overlaps (its name sorts after the peer's). */
   private readonly winsOverlaps: boolean;
 
@@ -90,10 +98,50 @@ export class MirroredVolume implements Volume {
     // Trim and zero are not mirrored yet: not advertised until they are.
     this.capabilities = { ...local.capabilities, trim: false, zero: false, fastZero: false };
     this.winsOverlaps = nodeName > peerName;
+    this.nextId = (BigInt(volumeIndex) << 48n) + 1n;
   }
 
+  /**
+   * Reads are local, except on a resync target: ranges not copied yet are read from the source,
+   * and reads wait until the source's dirty runs have arrived, so nothing stale is served. A
+   * target that loses its source before the copy is done fails reads of ranges it lacks (EIO)
+   * rather than return old data.
+   */
   read(buf: Buffer, offset: number, done: Done): void {
-    this.local.read(buf, offset, done);
+    if (!this.stale) return this.local.read(buf, offset, done);
+    const r = this.resyncState;
+    if (r && !r.peerRunsIn) return void this.readsWaitingForRuns.push(() => this.read(buf, offset, done));
+    const [first, count] = this.grains(offset, buf.length);
+    if (this.unionKnown && !this.meta.bitmap.any(first, count)) return this.local.read(buf, offset, done);
+    const id = this.nextId++;
+    this.peerReads.set(id, { buf, done });
+    if (!this.peer.send(PeerMsg.PEER_READ, id, encodeRange(this.volumeIndex, offset, buf.length))) {
+      this.peerReads.delete(id);
+      done(Object.assign(new Error('this range is not resynced yet and the peer is gone'), { code: 'EIO' }));
+    }
+  }
+
+  /** Source: a read for the target's client, after earlier writes to the range are on disk. */
+  private onPeerRead(id: bigint, body: Buffer): void {
+    const range = decodeRange(body);
+    const entry = this.track(range.offset, range.length, 'resync', id);
+    this.afterEarlier(entry, () => {
+      const data = Buffer.allocUnsafe(range.length);
+      this.local.read(data, range.offset, (err) => {
+        this.release(entry);
+        const st = status(err);
+        this.peer.send(PeerMsg.PEER_READ_DATA, id, Buffer.concat(err ? [body.subarray(0, RANGE_SIZE), st] : [body.subarray(0, RANGE_SIZE), st, data]));
+      });
+    });
+  }
+
+  private onPeerReadData(id: bigint, body: Buffer): void {
+    const p = this.peerReads.get(id);
+    if (!p) return;
+    this.peerReads.delete(id);
+    if (body.readUInt32BE(RANGE_SIZE) !== 0) return p.done(new Error('the peer failed to read the range'));
+    body.copy(p.buf, 0, RANGE_SIZE + 4);
+    p.done(null);
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
@@ -194,6 +242,10 @@ export class MirroredVolume implements Volume {
         if (this.resyncState) this.resyncState.doneBytes += r.length;
         return;
       }
+      case PeerMsg.PEER_READ:
+        return this.onPeerRead(h.id, body);
+      case PeerMsg.PEER_READ_DATA:
+        return this.onPeerReadData(h.id, body);
       case PeerMsg.RS_DONE: {
         const r = this.resyncState;
         this.resyncState = undefined;
@@ -238,6 +290,12 @@ export class MirroredVolume implements Volume {
     }
     const r = this.resyncState;
     this.resyncState = undefined;
+    for (const [id, p] of this.peerReads) {
+      this.peerReads.delete(id);
+      p.done(Object.assign(new Error('this range is not resynced yet and the peer is gone'), { code: 'EIO' }));
+    }
+    // Reads that waited for the runs are decided again (now without a peer).
+    for (const waiting of this.readsWaitingForRuns.splice(0)) waiting();
     r?.onDone(new Error('peer link lost during resync'));
   }
 
@@ -252,7 +310,12 @@ export class MirroredVolume implements Volume {
    * ranges are copied and both bitmaps are clear and durable.
    */
   startResync(role: 'source' | 'target', done: Done): void {
+    if (!this.peer.connected) return done(new Error('cannot resync without the peer'));
     this.resyncState = { role, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done };
+    if (role === 'target') {
+      this.stale = true;
+      this.unionKnown = false;
+    }
     const runs = this.meta.bitmap.runs(0, Infinity);
     for (let i = 0; i < runs.length || i === 0; i += 4096) {
       const part = runs.slice(i, i + 4096);
@@ -262,7 +325,7 @@ export class MirroredVolume implements Volume {
         body.writeDoubleBE(r.start, 4 + 16 * j);
         body.writeDoubleBE(r.length, 12 + 16 * j);
       });
-      this.peer.send(PeerMsg.BITMAP_RUNS, 0n, body, i + 4096 >= runs.length ? 1 : 0);
+      this.peer.send(PeerMsg.BITMAP_RUNS, this.nextId++, body, i + 4096 >= runs.length ? 1 : 0);
     }
   }
 
@@ -273,8 +336,10 @@ export class MirroredVolume implements Volume {
     const r = this.resyncState;
     if (!r || (flags & 1) === 0) return;
     r.peerRunsIn = true;
+    this.unionKnown = true;
     // Both sides now hold the union of the dirty bits.
     r.totalBytes = this.meta.bitmap.count() * this.grain;
+    for (const waiting of this.readsWaitingForRuns.splice(0)) waiting();
     if (r.role === 'target') this.pullMore();
   }
 
@@ -339,8 +404,9 @@ export class MirroredVolume implements Volume {
   private finishResync(): void {
     const r = this.resyncState!;
     this.resyncState = undefined;
+    this.stale = false;
     // The source cleared its bits on each RS_ACK, all sent before this.
-    this.peer.send(PeerMsg.RS_DONE, 0n, encodeRange(this.volumeIndex, 0, 0));
+    this.peer.send(PeerMsg.RS_DONE, this.nextId++, encodeRange(this.volumeIndex, 0, 0));
     this.meta.flushBitmap(r.onDone);
   }
 

@@ -36,6 +36,10 @@ export const enum PeerMsg {
   RS_ACK = 43,
   /** Target → source: every dirty range is copied (volume u32). */
   RS_DONE = 44,
+  /** Resync target → source: a client read of ranges not copied yet (range body). */
+  PEER_READ = 45,
+  /** Source → target: its answer (range body, status u32, then the data when status is 0). */
+  PEER_READ_DATA = 46,
 }
 
 /** Body of RS_REQUEST and RS_ACK; RS_DATA starts with it. */

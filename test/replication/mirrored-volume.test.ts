@@ -10,6 +10,7 @@ import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { Hello } from '../../src/replication/hello.js';
 import { MirroredVolume } from '../../src/replication/mirrored-volume.js';
+import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -150,5 +151,52 @@ describe('mirrored volume (in-process pair)', () => {
     expect(f.subarray(1 * MiB, 1 * MiB + 65536).every((x) => x === 1)).toBe(true);
     expect(f.subarray(5 * MiB + 4096, 5 * MiB + 12288).every((x) => x === 0x77)).toBe(true);
     expect(f.subarray(9 * MiB, 9 * MiB + 4096).every((x) => x === 0x88)).toBe(true);
+  });
+
+  it('a resync target serves reads of ranges not copied yet from the source, never stale data', async () => {
+    const { a, b, proxy } = await cluster();
+    proxy.cut();
+    await until(() => a.link.state !== 'Connected' && b.link.state !== 'Connected');
+    await write(a.mv, 3 * MiB, Buffer.alloc(65536, 0x5e));
+    proxy.restore();
+    await until(() => a.link.state === 'Connected' && b.link.state === 'Connected');
+    const done = Promise.all([
+      new Promise<void>((res, rej) => a.mv.startResync('source', (e) => (e ? rej(e) : res()))),
+      new Promise<void>((res, rej) => b.mv.startResync('target', (e) => (e ? rej(e) : res()))),
+    ]);
+    // Issued before the target even knows what is dirty: it must wait, then fetch from a.
+    const got = Buffer.alloc(65536);
+    const read = new Promise<void>((res, rej) => b.mv.read(got, 3 * MiB, (e) => (e ? rej(e) : res())));
+    expect(b.mv.resync?.role).toBe('target');
+    await read;
+    expect(got.every((x) => x === 0x5e)).toBe(true);
+    await done;
+  });
+
+  it('a resync target that loses its source fails reads of ranges it lacks (EIO), serves the rest', async () => {
+    // A stub peer that records frames and never answers, so the test controls every step.
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = FileVolume.open(join(dir, 'b.img'), { createSize: SIZE });
+    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, Hotpath.create({ bitmaps: [SIZE / GRAIN] }));
+    cleanups.push(async () => (meta.close(), await file.close()));
+    const sent: number[] = [];
+    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected) };
+    const mv = new MirroredVolume(file, meta, peer, 0, 'b', 'a', GRAIN);
+    let resyncError: Error | null = null;
+    mv.startResync('target', (e) => (resyncError = e));
+    expect(sent).toContain(PeerMsg.BITMAP_RUNS);
+    // The source's runs: grains 768..783 (3 MiB .. 3 MiB + 64 KiB) are stale here.
+    const runs = Buffer.alloc(20);
+    runs.writeDoubleBE(768, 4);
+    runs.writeDoubleBE(16, 12);
+    mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
+    expect(sent).toContain(PeerMsg.RS_REQUEST);
+    peer.connected = false;
+    mv.peerLost();
+    expect(resyncError).toBeInstanceOf(Error);
+    const read = (off: number) => new Promise<Error | null>((res) => mv.read(Buffer.alloc(4096), off, res));
+    expect(await read(3 * MiB)).toMatchObject({ code: 'EIO' });
+    expect(await read(10 * MiB)).toBeNull();
   });
 });
