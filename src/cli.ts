@@ -3,7 +3,10 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { createLogger, LOG_LEVELS } from './log.js';
+import { startAdminServer } from './admin/admin-server.js';
+import { loadClusterConfig } from './config/cluster.js';
+import { createLogger, LOG_LEVELS, type Logger } from './log.js';
+import { ClusterNode, type VolumeStatus } from './replication/cluster-node.js';
 import { ExportRegistry } from './server/exports.js';
 import { Hotpath } from './hotpath/index.js';
 import { NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress } from './server/server.js';
@@ -35,14 +38,18 @@ function parseExport(text: string, previous: ExportArg[] = []): ExportArg[] {
 }
 
 async function serve(opts: {
-  listen: ListenAddress;
-  export: ExportArg[];
+  listen?: ListenAddress;
+  export?: ExportArg[];
+  config?: string;
+  node?: string;
   size?: number;
   readOnly: boolean;
   logLevel: (typeof LOG_LEVELS)[number];
   io: IoMode;
 }): Promise<void> {
   const log = createLogger(opts.logLevel);
+  if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log);
+  if (!opts.listen || !opts.export) throw new Error('give --listen and --export, or --config and --node');
   const registry = new ExportRegistry();
   for (const e of opts.export) {
     const path = resolve(e.path);
@@ -61,13 +68,39 @@ async function serve(opts: {
   const addr = await server.listen(opts.listen);
   log.info({ address: addr.host, port: addr.port }, 'listening');
   printAttachHelp(addr, registry);
+  stopOnSignals(log, () => server.shutdown());
+}
 
+/** One node of a mirrored pair, as the cluster config describes it (issue 4, in progress). */
+async function serveClusterNode(opts: { config?: string; node?: string; io: IoMode }, log: Logger): Promise<void> {
+  if (!opts.config || !opts.node) throw new Error('--config and --node go together');
+  const config = loadClusterConfig(opts.config);
+  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log.child({ node: opts.node }));
+  const registry = new ExportRegistry();
+  for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
+  const server = new NbdServer(registry, node.hot.slots, log);
+  const self = config.nodes[opts.node]!;
+  const admin = await startAdminServer(self.admin, () => node.statusAll(), log);
+  const adminPort = (admin.address() as { port: number }).port;
+  await node.start();
+  const addr = await server.listen(self.nbd);
+  log.info({ address: addr.host, port: addr.port, adminPort, node: opts.node }, 'listening');
+  printAttachHelp(addr, registry);
+  stopOnSignals(log, async () => {
+    await server.shutdown();
+    admin.close();
+    await node.close();
+  });
+}
+
+/** SIGINT/SIGTERM: stop gracefully, then exit 0 (1 if stopping failed). */
+function stopOnSignals(log: Logger, shutdown: () => Promise<void>): void {
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stop requested');
-    server.shutdown().then(
+    shutdown().then(
       () => process.exit(0),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');
@@ -77,6 +110,18 @@ async function serve(opts: {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+}
+
+async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
+  const res = await fetch(`http://${opts.admin.host}:${opts.admin.port}/status`);
+  const body = (await res.json()) as { node: string; volumes: Record<string, VolumeStatus> };
+  if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  const lines = [`node ${body.node}`];
+  for (const [name, v] of Object.entries(body.volumes)) {
+    const resync = v.resync ? `  resync ${v.resync.role} ${formatSize(v.resync.doneBytes)}/${formatSize(v.resync.totalBytes)}` : '';
+    lines.push(`  ${name}: ${v.connection} ${v.disk}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 /** Tells a person how to attach (stderr, so stdout stays JSON logs). */
@@ -107,8 +152,10 @@ export function buildProgram(): Command {
   program
     .command('serve')
     .description('serve files as NBD exports')
-    .requiredOption('--listen <host:port>', 'address to listen on (port 0 picks a free one)', argParser(parseHostPort))
-    .requiredOption('--export <name=path>', 'export a file under a name (repeatable)', argParser(parseExport))
+    .option('--listen <host:port>', 'address to listen on (port 0 picks a free one)', argParser(parseHostPort))
+    .option('--export <name=path>', 'export a file under a name (repeatable)', argParser(parseExport))
+    .option('--config <file>', 'cluster config (JSON): serve this node of a mirrored pair (in progress)')
+    .option('--node <name>', 'which node of the cluster config this process is')
     .option('--size <size>', 'create missing export files sparse with this size (e.g. 512M, 1G)', argParser(parseSize))
     .option('--read-only', 'refuse writes (EPERM)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
@@ -118,6 +165,13 @@ export function buildProgram(): Command {
         .default('auto'),
     )
     .action(serve);
+
+  program
+    .command('status')
+    .description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress")
+    .requiredOption('--admin <host:port>', "the node's admin address", argParser(parseHostPort))
+    .option('--json', 'print the raw JSON')
+    .action(status);
 
   return program;
 }

@@ -15,7 +15,10 @@ export const helloSchema = z.strictObject({
     z.strictObject({
       name: z.string().min(1).max(64),
       size: z.number().int().positive(),
-      generation: z.strictObject({ current: hex64, bitmap: hex64, history: z.array(hex64).max(2) }),
+      generation: z.strictObject({ current: hex64, bitmap: hex64, history: z.tuple([hex64, hex64]) }),
+      state: z.enum(['UpToDate', 'Inconsistent', 'Outdated']),
+      /** Does the sender's dirty bitmap have bits set? */
+      dirty: z.boolean(),
     }),
   ),
 });

@@ -75,6 +75,8 @@ export class MirroredVolume implements Volume {
   /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
   private nextId: bigint;
   private resyncState: (ResyncProgress & { peerRunsIn: boolean; cursor: number; requests: number; onDone: Done }) | undefined;
+  /** Bytes copied by resyncs since start-up (sent as source or written as target). */
+  resyncedBytesTotal = 0;
   /** This node's data may be older than the peer's where bits are set (a resync target). */
   private stale = false;
   /** The peer's dirty runs have been merged: the bitmap names every stale grain. */
@@ -240,6 +242,7 @@ export class MirroredVolume implements Volume {
         const [first, count] = this.grains(r.offset, r.length);
         this.meta.clearDirty(first, count);
         if (this.resyncState) this.resyncState.doneBytes += r.length;
+        this.resyncedBytesTotal += r.length;
         return;
       }
       case PeerMsg.PEER_READ:
@@ -389,6 +392,7 @@ export class MirroredVolume implements Volume {
         const [first, count] = this.grains(range.offset, range.length);
         this.meta.clearDirty(first, count);
         r.doneBytes += range.length;
+        this.resyncedBytesTotal += range.length;
         this.peer.send(PeerMsg.RS_ACK, id, encodeRange(this.volumeIndex, range.offset, range.length));
       }
       this.release(entry);

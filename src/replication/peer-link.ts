@@ -16,7 +16,8 @@ import { encodeFrame, FrameDecoder, PeerMsg, type FrameHeader } from './peer-pro
 export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
 
 export interface PeerLinkOptions {
-  readonly hello: Hello;
+  /** This node's HELLO, asked afresh for every connection (generations change). */
+  readonly hello: () => Hello;
   /** Where this node accepts the peer. */
   readonly listen: HostPort;
   /** Where the peer accepts us. */
@@ -39,6 +40,8 @@ export class PeerLink {
   private server: net.Server | undefined;
   private socket: net.Socket | undefined;
   private peerHello: Hello | undefined;
+  /** The HELLO sent on the current connection. */
+  private ourHello: Hello | undefined;
   private lastSeen = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private retry: NodeJS.Timeout | undefined;
@@ -48,7 +51,7 @@ export class PeerLink {
   private readonly timeoutMs: number;
 
   constructor(private readonly o: PeerLinkOptions) {
-    this.dialer = o.hello.node < o.peerName;
+    this.dialer = o.hello().node < o.peerName;
     this.timeoutMs = o.timeoutMs ?? 2000;
   }
 
@@ -135,7 +138,8 @@ export class PeerLink {
       if (this.socket === s) this.drop('peer closed the connection', true);
     });
     this.o.log.debug({ how }, 'peer socket open, sending HELLO');
-    s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.o.hello)));
+    this.ourHello = this.o.hello();
+    s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
     this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
   }
 
@@ -181,7 +185,7 @@ export class PeerLink {
       this.o.log.warn({ reason: (err as Error).message }, 'bad HELLO from the peer, dropping the link');
       return this.drop((err as Error).message, true);
     }
-    const mismatch = helloMismatch(this.o.hello, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
+    const mismatch = helloMismatch(this.ourHello!, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
     if (mismatch) {
       this.o.log.error({ reason: mismatch }, 'refusing the peer link');
       s.write(encodeFrame(PeerMsg.ERROR, 0n, Buffer.from(mismatch)));

@@ -2,8 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello } from '../../src/replication/hello.js';
 
-const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: [] };
-const a: Hello = { version: 1, cluster: 'hospital', node: 'a', volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen }] };
+const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
+const a: Hello = { version: 1, cluster: 'hospital', node: 'a', volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false }] };
 const b: Hello = { ...a, node: 'b' };
 
 describe('peer HELLO', () => {

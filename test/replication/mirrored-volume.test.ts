@@ -20,8 +20,8 @@ const MiB = 2 ** 20;
 const SIZE = 16 * MiB;
 const GRAIN = 4096;
 const log = pino({ level: 'silent' });
-const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: [] };
-const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen }] });
+const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
+const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false }] });
 
 async function until(cond: () => boolean, ms = 5000): Promise<void> {
   for (const end = Date.now() + ms; !cond(); ) {
@@ -46,7 +46,7 @@ async function cluster() {
     const meta = VolumeMeta.open(join(dir, `${name}.meta`), { cluster: 'c', node: name, volumeSize: SIZE, grain: GRAIN }, Hotpath.create({ bitmaps: [SIZE / GRAIN] }));
     let mv: MirroredVolume | undefined;
     const link = new PeerLink({
-      hello: hello(name),
+      hello: () => hello(name),
       listen: { host: '127.0.0.1', port: name === 'b' ? bPort : 0 },
       peer: { host: '127.0.0.1', port: proxy.port },
       peerName,

@@ -11,12 +11,12 @@ import { TcpProxy } from '../support/tcp-proxy.js';
 /** Log messages of both links, so tests can wait for what happened instead of sleeping. */
 const logged: string[] = [];
 const log = pino({ level: 'debug' }, { write: (line: string) => void logged.push(JSON.parse(line).msg) });
-const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: [] };
+const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
 const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
   version: 1,
   cluster: 'hospital',
   node,
-  volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen }],
+  volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false }],
   ...over,
 });
 
@@ -41,7 +41,7 @@ async function pair(opts: { bHello?: Hello; timeoutMs?: number } = {}) {
   const events: string[] = [];
   const frames: number[] = [];
   const b = new PeerLink({
-    hello: opts.bHello ?? hello('b'),
+    hello: () => opts.bHello ?? hello('b'),
     listen: { host: '127.0.0.1', port: bPort },
     peer: { host: '127.0.0.1', port: 1 }, // b never dials
     peerName: 'a',
@@ -52,7 +52,7 @@ async function pair(opts: { bHello?: Hello; timeoutMs?: number } = {}) {
     onFrame: (h) => frames.push(h.type),
   });
   const a = new PeerLink({
-    hello: hello('a'),
+    hello: () => hello('a'),
     listen: { host: '127.0.0.1', port: 0 },
     peer: { host: '127.0.0.1', port: proxy.port },
     peerName: 'b',
@@ -94,7 +94,7 @@ describe('peer link', () => {
   });
 
   it('refuses a peer from another cluster or with another volume size, and says why', async () => {
-    for (const bHello of [hello('b', { cluster: 'elsewhere' }), hello('b', { volumes: [{ name: 'vol0', size: 2 ** 31, generation: gen }] })]) {
+    for (const bHello of [hello('b', { cluster: 'elsewhere' }), hello('b', { volumes: [{ name: 'vol0', size: 2 ** 31, generation: gen, state: 'UpToDate' as const, dirty: false }] })]) {
       logged.length = 0;
       const { a, b } = await pair({ bHello });
       await until(() => logged.filter((m) => m === 'refusing the peer link' || m === 'peer refused the link').length >= 2);

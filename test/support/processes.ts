@@ -33,7 +33,16 @@ function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null>
  * once it logs `listening` with the port the kernel picked.
  */
 export function startNbdMirror(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunningServer> {
-  const proc = spawn(process.execPath, [cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
+  return startServe(['--listen', '127.0.0.1:0', ...args], opts);
+}
+
+/** Starts one node of a cluster: `nbd-mirror serve --config FILE --node NAME`. */
+export function startClusterNode(config: string, node: string): Promise<RunningServer> {
+  return startServe(['--config', config, '--node', node], {});
+}
+
+function startServe(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<RunningServer> {
+  const proc = spawn(process.execPath, [cliPath, 'serve', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });

@@ -1,0 +1,176 @@
+// One node of a two-node cluster: opens every volume of the config (data file + metadata),
+// links to the peer, mirrors writes, decides on each reconnect what to resync (generation ids),
+// and reports state for the admin endpoint. `serve --config FILE --node NAME` runs one.
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { ClusterConfig } from '../config/cluster.js';
+import { Hotpath } from '../hotpath/index.js';
+import type { Logger } from '../log.js';
+import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
+import { FileVolume } from '../volume/file-volume.js';
+import { decide, finishSync, type NodeGeneration } from './generation.js';
+import type { Hello } from './hello.js';
+import { MirroredVolume } from './mirrored-volume.js';
+import { PeerLink, type LinkState } from './peer-link.js';
+
+/** Dirty-bitmap grain. */
+export const GRAIN = 4096;
+
+const STATE_NAMES = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
+
+export interface VolumeStatus {
+  connection: LinkState;
+  disk: (typeof STATE_NAMES)[number];
+  outOfSyncBytes: number;
+  resync: { role: 'source' | 'target'; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
+  resyncedBytesTotal: number;
+}
+
+interface NodeVolume {
+  readonly name: string;
+  readonly file: FileVolume;
+  readonly meta: VolumeMeta;
+  readonly mirror: MirroredVolume;
+  resyncStarted: number;
+}
+
+export class ClusterNode {
+  readonly volumes: NodeVolume[] = [];
+  readonly link: PeerLink;
+  readonly hot: Hotpath;
+  private readonly clusterId: string;
+  private readonly peerName: string;
+
+  constructor(
+    config: ClusterConfig,
+    readonly nodeName: string,
+    configDir: string,
+    slotArenaBytes: number,
+    private readonly log: Logger,
+  ) {
+    const names = Object.keys(config.nodes).sort();
+    if (!names.includes(nodeName)) throw new Error(`node "${nodeName}" is not in the config (nodes: ${names.join(', ')})`);
+    this.peerName = names.find((n) => n !== nodeName)!;
+    this.clusterId = names.join('+');
+    const self = config.nodes[nodeName]!;
+    const dataDir = resolve(configDir, self.dataDir);
+    mkdirSync(dataDir, { recursive: true });
+    // Volume order (and index on the wire) is the sorted names: the same on both nodes.
+    const volumeNames = Object.keys(config.volumes).sort();
+    this.hot = Hotpath.create({ bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)), slotArenaBytes });
+    this.link = new PeerLink({
+      hello: () => this.hello(),
+      listen: self.peer,
+      peer: config.nodes[this.peerName]!.peer,
+      peerName: this.peerName,
+      log: log.child({ component: 'peer-link' }),
+      onConnected: (peer) => this.onConnected(peer),
+      onDisconnected: (reason) => {
+        for (const v of this.volumes) {
+          v.mirror.peerLost();
+          this.log.warn({ volume: v.name, reason }, 'volume degraded: writing alone, tracking changes');
+        }
+      },
+      onFrame: (h, body) => this.volumes[Number(h.id >> 48n)]?.mirror.handleFrame(h, body),
+    });
+    volumeNames.forEach((name, index) => {
+      const size = config.volumes[name]!.size;
+      const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
+      const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot);
+      const link = this.link;
+      const port = { get connected() { return link.state === 'Connected'; }, send: link.send.bind(link) };
+      const mirror = new MirroredVolume(file, meta, port, index, nodeName, this.peerName, GRAIN);
+      this.volumes.push({ name, file, meta, mirror, resyncStarted: 0 });
+    });
+  }
+
+  start(): Promise<unknown> {
+    return this.link.start();
+  }
+
+  private hello(): Hello {
+    return {
+      version: 1,
+      cluster: this.clusterId,
+      node: this.nodeName,
+      volumes: this.volumes.map((v) => ({
+        name: v.name,
+        size: v.file.size,
+        generation: v.meta.generation,
+        state: STATE_NAMES[v.meta.state],
+        dirty: v.meta.bitmap.any(),
+      })),
+    };
+  }
+
+  private onConnected(peer: Hello): void {
+    this.volumes.forEach((v, i) => {
+      const theirs = peer.volumes[i]!;
+      const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any() };
+      const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: STATE_NAMES.indexOf(theirs.state) as DiskState, dirty: theirs.dirty };
+      const d = decide(mine, other);
+      const log = this.log.child({ volume: v.name });
+      switch (d.kind) {
+        case 'in-sync':
+          if (!d.resync) {
+            log.info('volume connected and up to date');
+            return;
+          }
+          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'bits left by a crash');
+        case 'initial':
+          if (d.source !== this.nodeName) v.meta.saveIdentity({ generation: { ...v.meta.generation, current: theirs.generation.current } });
+          v.meta.saveIdentity({ state: DiskState.UpToDate });
+          log.info({ reason: 'both nodes new' }, 'volume connected and up to date');
+          return;
+        case 'bitmap':
+          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'changed on one node while apart');
+        case 'full':
+          if (d.source !== this.nodeName) v.meta.markDirty(0, v.meta.bitmap.bits, () => undefined);
+          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'new or unrelated copy: full sync');
+        case 'split-brain':
+        case 'unrelated':
+          log.error({ decision: d.kind, ours: mine.generation, theirs: other.generation, ourDirtyBytes: v.meta.bitmap.count() * GRAIN }, 'volume not resynced: data diverged; both nodes keep serving');
+          return;
+      }
+    });
+  }
+
+  private resync(v: NodeVolume, isSource: boolean, peerCurrent: string, reason: string): void {
+    const log = this.log.child({ volume: v.name });
+    const role = isSource ? 'source' : 'target';
+    if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
+    v.resyncStarted = Date.now();
+    log.info({ role, reason }, 'volume resyncing');
+    v.mirror.startResync(role, (err) => {
+      if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
+      const g = v.meta.generation;
+      v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : peerCurrent) });
+      log.info({ role, seconds: (Date.now() - v.resyncStarted) / 1000 }, 'volume up to date after resync');
+    });
+  }
+
+  status(v: NodeVolume): VolumeStatus {
+    const r = v.mirror.resync;
+    const seconds = (Date.now() - v.resyncStarted) / 1000;
+    const rate = r && seconds > 0 ? r.doneBytes / seconds : 0;
+    return {
+      connection: this.link.state,
+      disk: STATE_NAMES[v.meta.state],
+      outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
+      resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
+      resyncedBytesTotal: v.mirror.resyncedBytesTotal,
+    };
+  }
+
+  statusAll(): { node: string; volumes: Record<string, VolumeStatus> } {
+    return { node: this.nodeName, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+  }
+
+  async close(): Promise<void> {
+    this.link.stop();
+    for (const v of this.volumes) {
+      await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
+      v.meta.close();
+    }
+  }
+}
