@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Command-line entry: parses arguments and calls into the modules; nothing below imports this.
-import { mkdirSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
 import { loadClusterConfig } from './config/cluster.js';
@@ -75,7 +77,8 @@ async function serve(opts: {
 async function serveClusterNode(opts: { config?: string; node?: string; io: IoMode }, log: Logger): Promise<void> {
   if (!opts.config || !opts.node) throw new Error('--config and --node go together');
   const config = loadClusterConfig(opts.config);
-  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log.child({ node: opts.node }));
+  log = log.child({ node: opts.node });
+  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log);
   const registry = new ExportRegistry();
   for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
   const server = new NbdServer(registry, node.hot.slots, log);
@@ -110,6 +113,41 @@ function stopOnSignals(log: Logger, shutdown: () => Promise<void>): void {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+}
+
+/** Two node processes on loopback, from a generated cluster config (the quick way to try mirroring). */
+async function demo(opts: { dir: string }): Promise<void> {
+  const dir = resolve(opts.dir);
+  mkdirSync(dir, { recursive: true });
+  const configPath = join(dir, 'cluster.json');
+  const config = {
+    nodes: {
+      a: { nbd: '127.0.0.1:10809', peer: '127.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: 'a' },
+      b: { nbd: '127.0.0.1:10810', peer: '127.0.0.1:7790', admin: '127.0.0.1:9181', dataDir: 'b' },
+    },
+    volumes: { vol0: { size: '1G' } },
+  };
+  writeFileSync(configPath, `${JSON.stringify(config, null, 2)}\n`);
+  const children = (['a', 'b'] as const).map((node) =>
+    spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve', '--config', configPath, '--node', node], { stdio: ['ignore', 'inherit', 'inherit'] }),
+  );
+  process.stderr.write(
+    [
+      '',
+      `nbd-mirror demo: two nodes mirroring volume "vol0" (1 GiB), config ${configPath}`,
+      '  node a: nbd://127.0.0.1:10809/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9180',
+      '  node b: nbd://127.0.0.1:10810/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9181',
+      '  write on one, read on the other:',
+      "    qemu-io -f raw nbd://127.0.0.1:10809/vol0 -c 'write -P 0xab 0 1M'",
+      "    qemu-io -f raw nbd://127.0.0.1:10810/vol0 -c 'read -P 0xab 0 1M'",
+      '  or attach both with nbd-client (one per node) under dm-multipath.',
+      'Stop with Ctrl-C.',
+      '',
+    ].join('\n'),
+  );
+  let exited = 0;
+  for (const child of children) child.once('exit', () => ++exited === children.length && process.exit(0));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => children.forEach((c) => c.kill('SIGTERM')));
 }
 
 async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
@@ -165,6 +203,12 @@ export function buildProgram(): Command {
         .default('auto'),
     )
     .action(serve);
+
+  program
+    .command('demo')
+    .description('run a two-node mirrored pair on this machine (127.0.0.1), data under --dir')
+    .option('--dir <dir>', 'where the demo keeps its config and volumes', 'data/demo')
+    .action(demo);
 
   program
     .command('status')

@@ -1,0 +1,42 @@
+// `nbd-mirror demo` (what `npm run demo` runs): two mirrored nodes on the fixed demo ports.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { describe, expect, it } from 'vitest';
+import { NbdClient } from '../support/nbd-client.js';
+import { cliPath } from '../support/processes.js';
+
+describe('nbd-mirror demo', () => {
+  it('starts two mirrored nodes; a write on one reads back on the other; SIGTERM stops both', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-demo-'));
+    const demo = spawn(process.execPath, [cliPath, 'demo', '--dir', dir], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const connected = new Set<string>();
+      await new Promise<void>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error('demo nodes did not connect in 15 s')), 15_000);
+        createInterface({ input: demo.stdout! }).on('line', (line) => {
+          const rec = JSON.parse(line) as { msg?: string; node?: string };
+          if (rec.msg?.startsWith('volume connected') && rec.node) connected.add(rec.node);
+          if (connected.size === 2) {
+            clearTimeout(t);
+            resolve();
+          }
+        });
+      });
+      const a = await NbdClient.connect({ port: 10809, exportName: 'vol0' });
+      await a.write(65536, Buffer.alloc(4096, 0xd3));
+      const b = await NbdClient.connect({ port: 10810, exportName: 'vol0' });
+      expect((await b.read(65536, 4096)).every((x) => x === 0xd3)).toBe(true);
+      a.close();
+      b.close();
+      const exit = new Promise<number | null>((r) => demo.once('exit', r));
+      demo.kill('SIGTERM');
+      expect(await exit).toBe(0);
+    } finally {
+      demo.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
