@@ -58,6 +58,17 @@ export interface ResyncProgress {
   doneBytes: number;
 }
 
+/** Applies [from, to) of a change to the local volume. */
+type Piece = (from: number, to: number, done: Done) => void;
+
+/** TRIM/ZERO frame body: range, then flags u32 (1 = FUA, 2 = NO_HOLE). */
+function changeBody(volume: number, offset: number, length: number, flags: number): Buffer {
+  const b = Buffer.alloc(RANGE_SIZE + 4);
+  encodeRange(volume, offset, length).copy(b);
+  b.writeUInt32BE(flags, RANGE_SIZE);
+  return b;
+}
+
 interface LocalWrite {
   readonly entry: InFlight;
   diskDone: boolean;
@@ -97,8 +108,8 @@ export class MirroredVolume implements Volume {
     private readonly grain: number,
   ) {
     this.size = local.size;
-    // Trim and zero are not mirrored yet: not advertised until they are.
-    this.capabilities = { ...local.capabilities, trim: false, zero: false, fastZero: false };
+    // FAST_ZERO is not offered: its ENOTSUP could not be told apart from a failure on the peer.
+    this.capabilities = { ...local.capabilities, fastZero: false };
     this.winsOverlaps = nodeName > peerName;
     this.nextId = (BigInt(volumeIndex) << 48n) + 1n;
   }
@@ -147,29 +158,56 @@ export class MirroredVolume implements Volume {
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
-    const entry = this.track(offset, buf.length, 'local', this.nextId++);
-    if (!this.peer.connected) return this.writeDegraded(entry, buf, fua, done);
+    const header = encodeWriteHeader({ volume: this.volumeIndex, flags: fua ? 1 : 0, offset, digest: 0n });
+    this.mirrorChange(PeerMsg.WRITE, Buffer.concat([header, buf]), offset, buf.length, this.writer(buf, offset, fua), done);
+  }
+
+  trim(offset: number, length: number, fua: boolean, done: Done): void {
+    this.mirrorChange(PeerMsg.TRIM, changeBody(this.volumeIndex, offset, length, fua ? 1 : 0), offset, length, this.trimmer(fua), done);
+  }
+
+  zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
+    const flags = (opts.fua ? 1 : 0) | (opts.noHole ? 2 : 0);
+    this.mirrorChange(PeerMsg.ZERO, changeBody(this.volumeIndex, offset, length, flags), offset, length, this.zeroer(flags), done);
+  }
+
+  /** Applies a piece [from, to) of a change to the local volume. */
+  private writer(buf: Buffer, offset: number, fua: boolean): Piece {
+    return (from, to, cb) => this.local.write(buf.subarray(from - offset, to - offset), from, fua, cb);
+  }
+
+  private trimmer(fua: boolean): Piece {
+    return (from, to, cb) => this.local.trim(from, to - from, fua, cb);
+  }
+
+  private zeroer(flags: number): Piece {
+    return (from, to, cb) => this.local.zero(from, to - from, { fua: (flags & 1) !== 0, noHole: (flags & 2) !== 0, fastZero: false }, cb);
+  }
+
+  /** A write, trim or zero: on both nodes (protocol C), or locally after its bits are durable. */
+  private mirrorChange(type: PeerMsg, frame: Buffer, offset: number, length: number, piece: Piece, done: Done): void {
+    const entry = this.track(offset, length, 'local', this.nextId++);
+    if (!this.peer.connected) return this.changeDegraded(entry, piece, done);
     const w: LocalWrite = { entry, diskDone: false, peerDone: false, error: null, done };
     this.localWrites.set(entry.id, w);
-    const header = encodeWriteHeader({ volume: this.volumeIndex, flags: fua ? 1 : 0, offset, digest: 0n });
-    this.peer.send(PeerMsg.WRITE, entry.id, Buffer.concat([header, buf]));
-    this.applyLocal(entry, buf, fua, (err) => {
+    this.peer.send(type, entry.id, frame);
+    this.applyLocal(entry, piece, (err) => {
       w.diskDone = true;
       w.error ??= err;
       this.maybeFinish(w);
     });
   }
 
-  /** The peer is gone: the bits must be durable before the data is written and acknowledged. */
-  private writeDegraded(entry: InFlight, buf: Buffer, fua: boolean, done: Done): void {
+  /** The peer is gone: the bits must be durable before the change is made and acknowledged. */
+  private changeDegraded(entry: InFlight, piece: Piece, done: Done): void {
     this.startTracking();
-    const [first, count] = this.grains(entry.offset, buf.length);
+    const [first, count] = this.grains(entry.offset, entry.end - entry.offset);
     this.meta.markDirty(first, count, (err) => {
       if (err) {
         this.untrack(entry);
         return done(err);
       }
-      this.applyLocal(entry, buf, fua, (e) => {
+      this.applyLocal(entry, piece, (e) => {
         this.untrack(entry);
         done(e);
       });
@@ -195,14 +233,6 @@ export class MirroredVolume implements Volume {
     this.flushes.set(id, one);
     this.peer.send(PeerMsg.FLUSH, id);
     this.local.flush(one);
-  }
-
-  trim(offset: number, length: number, fua: boolean, done: Done): void {
-    this.local.trim(offset, length, fua, done);
-  }
-
-  zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
-    this.local.zero(offset, length, opts, done);
   }
 
   cache(offset: number, length: number, done: Done): void {
@@ -244,6 +274,12 @@ export class MirroredVolume implements Volume {
         if (this.resyncState) this.resyncState.doneBytes += r.length;
         this.resyncedBytesTotal += r.length;
         return;
+      }
+      case PeerMsg.TRIM:
+      case PeerMsg.ZERO: {
+        const r = decodeRange(body);
+        const flags = body.readUInt32BE(RANGE_SIZE);
+        return this.onPeerChange(h.id, r.offset, r.length, h.type === PeerMsg.TRIM ? this.trimmer((flags & 1) !== 0) : this.zeroer(flags));
       }
       case PeerMsg.PEER_READ:
         return this.onPeerRead(h.id, body);
@@ -424,8 +460,12 @@ export class MirroredVolume implements Volume {
   private onPeerWrite(id: bigint, body: Buffer): void {
     const w = decodeWriteHeader(body);
     const data = body.subarray(WRITE_HEADER_SIZE);
-    const entry = this.track(w.offset, data.length, 'peer', id);
-    this.applyLocal(entry, data, (w.flags & 1) !== 0, (err) => {
+    this.onPeerChange(id, w.offset, data.length, this.writer(data, w.offset, (w.flags & 1) !== 0));
+  }
+
+  private onPeerChange(id: bigint, offset: number, length: number, piece: Piece): void {
+    const entry = this.track(offset, length, 'peer', id);
+    this.applyLocal(entry, piece, (err) => {
       this.untrack(entry);
       this.peer.send(PeerMsg.WRITE_ACK, id, status(err));
     });
@@ -468,8 +508,8 @@ export class MirroredVolume implements Volume {
     for (const o of waiting) o.whenOnDisk.push(() => --left === 0 && fn(skip));
   }
 
-  /** Writes `buf` for `entry` in its place in the order of overlapping writes. */
-  private applyLocal(entry: InFlight, buf: Buffer, fua: boolean, done: Done): void {
+  /** Applies `entry`'s change, piece by piece, in its place in the order of overlapping writes. */
+  private applyLocal(entry: InFlight, piece: Piece, done: Done): void {
     this.afterEarlier(entry, (skip) => {
       const pieces = subtract(entry.offset, entry.end, skip);
       let left = pieces.length;
@@ -481,7 +521,7 @@ export class MirroredVolume implements Volume {
       };
       if (left === 0) return finished();
       for (const [from, to] of pieces) {
-        this.local.write(buf.subarray(from - entry.offset, to - entry.offset), from, fua, (err) => {
+        piece(from, to, (err) => {
           error ??= err;
           if (--left === 0) finished();
         });

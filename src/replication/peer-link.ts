@@ -128,9 +128,11 @@ export class PeerLink {
       try {
         decoder.feed(chunk);
       } catch (err) {
-        if (!(err instanceof ProtocolViolation)) throw err;
-        this.o.log.warn({ reason: err.message }, 'peer sent a malformed frame, dropping the link');
-        this.drop(err.message, true);
+        // A rogue or broken peer costs the link, never the process (data is not touched).
+        const reason = (err as Error).message;
+        if (err instanceof ProtocolViolation) this.o.log.warn({ reason }, 'peer sent a malformed frame, dropping the link');
+        else this.o.log.error({ err }, 'error handling a peer frame, dropping the link');
+        this.drop(reason, true);
       }
     });
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));

@@ -26,6 +26,9 @@ export const enum PeerMsg {
   WRITE_ACK = 17,
   FLUSH = 18,
   FLUSH_ACK = 19,
+  /** TRIM / WRITE_ZEROES: range body + flags u32 (1 = FUA, 2 = NO_HOLE); answered by WRITE_ACK. */
+  TRIM = 20,
+  ZERO = 21,
   /** Resync: the sender's dirty runs (volume u32, then start/length f64 pairs); flag 1 = last frame. */
   BITMAP_RUNS = 40,
   /** Target → source: send me [offset, offset + length) (volume u32, offset u64, length u32). */

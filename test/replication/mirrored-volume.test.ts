@@ -92,7 +92,20 @@ describe('mirrored volume (in-process pair)', () => {
     expect(a.meta.bitmap.count()).toBe(0);
   });
 
-  it('racing overlapping writes on both nodes end byte-identical on both replicas', async () => {
+  it('trim and write-zeroes are mirrored too', async () => {
+    const { a, b } = await cluster();
+    await write(a.mv, 0, Buffer.alloc(MiB, 0x42));
+    await new Promise<void>((res, rej) => a.mv.zero(65536, 65536, { noHole: true, fastZero: false, fua: false }, (e) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) => b.mv.trim(512 * 1024, 65536, true, (e) => (e ? rej(e) : res())));
+    await flush(a.mv);
+    const fa = readFileSync(a.path);
+    expect(fa.equals(readFileSync(b.path))).toBe(true);
+    expect(fa.subarray(65536, 131072).every((x) => x === 0)).toBe(true);
+    expect(fa.subarray(512 * 1024, 576 * 1024).every((x) => x === 0)).toBe(true);
+    expect(fa.subarray(0, 65536).every((x) => x === 0x42)).toBe(true);
+  });
+
+  it('racing overlapping writes and zeroes on both nodes end byte-identical on both replicas', async () => {
     const { a, b } = await cluster();
     let seed = 12345;
     const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
@@ -101,7 +114,8 @@ describe('mirrored volume (in-process pair)', () => {
       const node = i % 2 === 0 ? a : b;
       const len = 512 * (1 + rnd(128)); // 512 B … 64 KiB
       const off = 512 * rnd((256 * 1024 - len) / 512); // all inside 256 KiB: many overlaps
-      ops.push(write(node.mv, off, Buffer.alloc(len, 1 + (i % 250))));
+      if (i % 10 === 9) ops.push(new Promise<void>((res, rej) => node.mv.zero(off, len, { noHole: i % 20 === 9, fastZero: false, fua: false }, (e) => (e ? rej(e) : res()))));
+      else ops.push(write(node.mv, off, Buffer.alloc(len, 1 + (i % 250))));
     }
     await Promise.all(ops);
     await flush(a.mv);
