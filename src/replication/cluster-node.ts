@@ -28,6 +28,8 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
+  /** Diverged from the peer (split brain or unrelated data): not mirrored until resolved. */
+  diverged: boolean;
   readonly file: FileVolume;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
@@ -67,20 +69,25 @@ export class ClusterNode {
       onConnected: (peer) => this.onConnected(peer),
       onDisconnected: (reason) => {
         for (const v of this.volumes) {
+          if (v.diverged) continue;
           v.mirror.peerLost();
           this.log.warn({ volume: v.name, reason }, 'volume degraded: writing alone, tracking changes');
         }
       },
-      onFrame: (h, body) => this.volumes[Number(h.id >> 48n)]?.mirror.handleFrame(h, body),
+      onFrame: (h, body) => {
+        const v = this.volumes[Number(h.id >> 48n)];
+        if (v && !v.diverged) v.mirror.handleFrame(h, body);
+      },
     });
     volumeNames.forEach((name, index) => {
       const size = config.volumes[name]!.size;
       const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
       const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot);
       const link = this.link;
-      const port = { get connected() { return link.state === 'Connected'; }, send: link.send.bind(link) };
-      const mirror = new MirroredVolume(file, meta, port, index, nodeName, this.peerName, GRAIN);
-      this.volumes.push({ name, file, meta, mirror, resyncStarted: 0 });
+      // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
+      const port = { get connected() { return link.state === 'Connected' && !entry.diverged; }, send: link.send.bind(link) };
+      const entry: NodeVolume = { name, file, meta, mirror: new MirroredVolume(file, meta, port, index, nodeName, this.peerName, GRAIN), resyncStarted: 0, diverged: false };
+      this.volumes.push(entry);
     });
   }
 
@@ -129,6 +136,7 @@ export class ClusterNode {
           return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'new or unrelated copy: full sync');
         case 'split-brain':
         case 'unrelated':
+          v.diverged = true;
           log.error({ decision: d.kind, ours: mine.generation, theirs: other.generation, ourDirtyBytes: v.meta.bitmap.count() * GRAIN }, 'volume not resynced: data diverged; both nodes keep serving');
           return;
       }
@@ -154,7 +162,7 @@ export class ClusterNode {
     const seconds = (Date.now() - v.resyncStarted) / 1000;
     const rate = r && seconds > 0 ? r.doneBytes / seconds : 0;
     return {
-      connection: this.link.state,
+      connection: v.diverged ? 'StandAlone' : this.link.state,
       disk: STATE_NAMES[v.meta.state],
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,

@@ -5,24 +5,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { VolumeStatus } from '../../src/replication/cluster-node.js';
+import { until, volumeStatus as status } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { freePort, startClusterNode, type RunningServer } from '../support/processes.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 const MiB = 2 ** 20;
-
-async function status(adminPort: number): Promise<VolumeStatus> {
-  const res = await fetch(`http://127.0.0.1:${adminPort}/status`);
-  return ((await res.json()) as { volumes: Record<string, VolumeStatus> }).volumes.vol0!;
-}
-
-async function until(cond: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  for (const end = Date.now() + ms; !(await cond()); ) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('two-node cluster: racing writes and a cut link', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-cluster-'));

@@ -1,0 +1,51 @@
+// Shared pieces of the real-process cluster tests: config files, admin status, polling.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { VolumeStatus } from '../../src/replication/cluster-node.js';
+import { freePort } from './processes.js';
+
+export interface PairPorts {
+  nbdA: number;
+  nbdB: number;
+  peerA: number;
+  peerB: number;
+  adminA: number;
+  adminB: number;
+}
+
+export async function pairPorts(): Promise<PairPorts> {
+  const [nbdA, nbdB, peerA, peerB, adminA, adminB] = (await Promise.all(Array.from({ length: 6 }, () => freePort()))) as number[];
+  return { nbdA: nbdA!, nbdB: nbdB!, peerA: peerA!, peerB: peerB!, adminA: adminA!, adminB: adminB! };
+}
+
+/** Writes a two-node config with one volume `vol0`; `bPeer` lets a reach b through a proxy. */
+export function writePairConfig(path: string, p: PairPorts, size: string, bPeer = p.peerB): string {
+  writeFileSync(
+    path,
+    JSON.stringify({
+      nodes: {
+        a: { nbd: `127.0.0.1:${p.nbdA}`, peer: `127.0.0.1:${p.peerA}`, admin: `127.0.0.1:${p.adminA}`, dataDir: 'a' },
+        b: { nbd: `127.0.0.1:${p.nbdB}`, peer: `127.0.0.1:${bPeer}`, admin: `127.0.0.1:${p.adminB}`, dataDir: 'b' },
+      },
+      volumes: { vol0: { size } },
+    }),
+  );
+  return path;
+}
+
+export function dataFile(dir: string, node: 'a' | 'b'): string {
+  return join(dir, node, 'vol0.img');
+}
+
+export async function volumeStatus(adminPort: number): Promise<VolumeStatus> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}/status`);
+  return ((await res.json()) as { volumes: Record<string, VolumeStatus> }).volumes.vol0!;
+}
+
+/** Polls until `cond` holds (every 50 ms, at most `ms`). */
+export async function until(cond: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  for (const end = Date.now() + ms; !(await cond()); ) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
