@@ -83,7 +83,17 @@ async function serveClusterNode(opts: { config?: string; node?: string; io: IoMo
   for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
   const server = new NbdServer(registry, node.hot.slots, log);
   const self = config.nodes[opts.node]!;
-  const admin = await startAdminServer(self.admin, () => node.statusAll(), log);
+  const admin = await startAdminServer(
+    self.admin,
+    {
+      status: () => node.statusAll(),
+      discard: (volume, discard) => {
+        if (discard !== opts.node) throw new Error(`this is node ${opts.node}: send the resolve to the admin address of node ${discard}`);
+        return node.discardLocalChanges(volume);
+      },
+    },
+    log,
+  );
   const adminPort = (admin.address() as { port: number }).port;
   await node.start();
   const addr = await server.listen(self.nbd);
@@ -150,6 +160,14 @@ async function demo(opts: { dir: string }): Promise<void> {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => children.forEach((c) => c.kill('SIGTERM')));
 }
 
+async function resolveSplitBrain(opts: { admin: ListenAddress; volume: string; discard: string }): Promise<void> {
+  const q = new URLSearchParams({ volume: opts.volume, discard: opts.discard });
+  const res = await fetch(`http://${opts.admin.host}:${opts.admin.port}/resolve?${q}`, { method: 'POST' });
+  const text = await res.text();
+  if (!res.ok) throw new Error(text.trim());
+  process.stdout.write(text);
+}
+
 async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
   const res = await fetch(`http://${opts.admin.host}:${opts.admin.port}/status`);
   const body = (await res.json()) as { node: string; volumes: Record<string, VolumeStatus> };
@@ -209,6 +227,14 @@ export function buildProgram(): Command {
     .description('run a two-node mirrored pair on this machine (127.0.0.1), data under --dir')
     .option('--dir <dir>', 'where the demo keeps its config and volumes', 'data/demo')
     .action(demo);
+
+  program
+    .command('resolve')
+    .description('resolve a split brain: discard the changes one node made since the split (it resyncs from the other)')
+    .requiredOption('--admin <host:port>', 'the admin address of the node whose changes are discarded', argParser(parseHostPort))
+    .requiredOption('--volume <name>', 'the diverged volume')
+    .requiredOption('--discard <node>', 'the node whose changes are thrown away (must be the node at --admin)')
+    .action(resolveSplitBrain);
 
   program
     .command('status')

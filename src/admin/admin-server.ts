@@ -1,18 +1,37 @@
-// The HTTP admin endpoint of a node: GET /status answers JSON (what `nbd-mirror status` prints).
-// Listens where the cluster config says (`admin`), loopback in the examples.
+// The HTTP admin endpoint of a node: GET /status answers JSON (what `nbd-mirror status` prints);
+// POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard.
+// Listens where the cluster config says (`admin`): keep it on loopback or a management network.
 import http from 'node:http';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 
-export function startAdminServer(addr: HostPort, status: () => unknown, log: Logger): Promise<http.Server> {
+export interface AdminActions {
+  status(): unknown;
+  /** Discard this node's changes to `volume` (split brain); returns what happens next. */
+  discard(volume: string, node: string): string;
+}
+
+export function startAdminServer(addr: HostPort, actions: AdminActions, log: Logger): Promise<http.Server> {
   const server = http.createServer((req, res) => {
-    if (req.method === 'GET' && req.url === '/status') {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    if (req.method === 'GET' && url.pathname === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(status()));
+      res.end(JSON.stringify(actions.status()));
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === '/resolve') {
+      try {
+        const msg = actions.discard(url.searchParams.get('volume') ?? '', url.searchParams.get('discard') ?? '');
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(`${msg}\n`);
+      } catch (err) {
+        res.writeHead(409, { 'content-type': 'text/plain' });
+        res.end(`${(err as Error).message}\n`);
+      }
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found: try GET /status\n');
+    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE\n');
   });
   server.on('error', (err) => log.error({ err }, 'admin endpoint error'));
   return new Promise((resolve, reject) => {

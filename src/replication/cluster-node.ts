@@ -8,7 +8,7 @@ import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
-import { decide, finishSync, type NodeGeneration } from './generation.js';
+import { decide, finishSync, NO_GENERATION, type NodeGeneration } from './generation.js';
 import type { Hello } from './hello.js';
 import { MirroredVolume } from './mirrored-volume.js';
 import { PeerLink, type LinkState } from './peer-link.js';
@@ -112,6 +112,7 @@ export class ClusterNode {
 
   private onConnected(peer: Hello): void {
     this.volumes.forEach((v, i) => {
+      v.diverged = false; // decided afresh on every connection
       const theirs = peer.volumes[i]!;
       const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any() };
       const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: STATE_NAMES.indexOf(theirs.state) as DiskState, dirty: theirs.dirty };
@@ -155,6 +156,22 @@ export class ClusterNode {
       v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : peerCurrent) });
       log.info({ role, seconds: (Date.now() - v.resyncStarted) / 1000 }, 'volume up to date after resync');
     });
+  }
+
+  /**
+   * Split brain, resolved by discarding this node's changes since the split: this node steps back
+   * to the generation both had in common (its dirty bits still name what it changed) and the
+   * link reconnects, so the peer resyncs the union of both sides' changes onto this node.
+   */
+  discardLocalChanges(volume: string): string {
+    const v = this.volumes.find((x) => x.name === volume);
+    if (!v) throw new Error(`no volume "${volume}"`);
+    if (!v.diverged) throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
+    const g = v.meta.generation;
+    v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history } });
+    this.log.warn({ volume, discardedBytes: v.meta.bitmap.count() * GRAIN }, 'split brain resolved: discarding this node\'s changes, resyncing from the peer');
+    this.link.reconnect('split brain resolved');
+    return `node ${this.nodeName} discards its changes to ${volume}; resync from ${this.peerName} follows`;
   }
 
   status(v: NodeVolume): VolumeStatus {

@@ -86,6 +86,11 @@ export class PeerLink {
     return true;
   }
 
+  /** Drops the current connection so both sides meet again (and decide again) at once. */
+  reconnect(reason: string): void {
+    this.drop(reason, true);
+  }
+
   stop(): void {
     this.stopped = true;
     clearTimeout(this.retry);

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dataFile, pairPorts, until, volumeStatus, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { startClusterNode, type RunningServer } from '../support/processes.js';
+import { run } from '../support/fixture.js';
+import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 const MiB = 2 ** 20;
@@ -27,7 +28,7 @@ function track(r: RunningServer): RunningServer {
 }
 
 describe('two-node cluster: divergence and joining', () => {
-  it('split brain: both wrote while apart; detected on reconnect, nothing overwritten, both serve', async () => {
+  it('split brain: detected on reconnect, nothing overwritten, both serve; resolve discards one side', async () => {
     const dir = tempDir();
     const p = await pairPorts();
     const proxy = new TcpProxy({ host: '127.0.0.1', port: p.peerB });
@@ -50,6 +51,19 @@ describe('two-node cluster: divergence and joining', () => {
     expect((await b.read(0, 4096)).every((x) => x === 0xbb)).toBe(true);
     await a.write(MiB, Buffer.alloc(4096, 1));
     expect((await volumeStatus(p.adminA)).outOfSyncBytes).toBe(65536 + 4096);
+
+    // The operator discards b's changes; sent to the wrong node it is refused with a reason.
+    const resolve = (admin: number, node: string) => run(process.execPath, [cliPath, 'resolve', '--admin', `127.0.0.1:${admin}`, '--volume', 'vol0', '--discard', node]);
+    await expect(resolve(p.adminA, 'b')).rejects.toThrow(/send the resolve to the admin address of node b/);
+    expect(await resolve(p.adminB, 'b')).toMatch(/node b discards its changes/);
+    await until(async () => {
+      const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
+      return sa.connection === 'Connected' && sb.connection === 'Connected' && sb.disk === 'UpToDate' && sb.resync === null && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0;
+    });
+    expect((await b.read(0, 65536)).every((x) => x === 0xaa)).toBe(true);
+    expect((await b.read(MiB, 4096)).every((x) => x === 1)).toBe(true);
+    await Promise.all([a.flush(), b.flush()]);
+    expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
     a.close();
     b.close();
   });
