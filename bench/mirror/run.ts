@@ -1,0 +1,112 @@
+// Mirroring benchmark: write speed of a mirrored pair vs a standalone node, and resync time for
+// 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the same volume between two nbdkits.
+//   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json]
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseSize } from '../../src/config/units.js';
+import { pairPorts, until, volumeStatus, writePairConfig } from '../../test/support/cluster.js';
+import { NbdClient } from '../../test/support/nbd-client.js';
+import { startClusterNode, startNbdkit, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
+import { toolEnv } from '../../test/support/tools.js';
+
+const { values: opts } = parseArgs({
+  options: { size: { type: 'string', default: '4G' }, runtime: { type: 'string', default: '5' }, json: { type: 'boolean', default: false } },
+});
+const SIZE = parseSize(opts.size!);
+const MiB = 2 ** 20;
+const out = (row: Record<string, unknown>, text: string) => console.log(opts.json ? JSON.stringify(row) : text);
+
+function fioIops(uri: string, rw: string, bs: string, iodepth: number, dir: string): number {
+  const file = join(dir, 'fio.json');
+  execFileSync('fio', ['--name=m', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, `--bs=${bs}`, `--iodepth=${iodepth}`, '--size=1G', '--time_based', `--runtime=${opts.runtime}`, '--output-format=json', `--output=${file}`], { env: toolEnv(), stdio: 'ignore' });
+  return JSON.parse(readFileSync(file, 'utf8')).jobs[0].write.iops as number;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-benchm-'));
+  const procs: RunningServer[] = [];
+  try {
+    // --- write speed: standalone vs mirrored ---------------------------------------------------
+    const single = await startNbdMirror(['--export', `disk=${join(dir, 'single.img')}`, '--size', opts.size!]);
+    procs.push(single);
+    const p = await pairPorts();
+    const config = writePairConfig(join(dir, 'cluster.json'), p, opts.size!);
+    const a = await startClusterNode(config, 'a');
+    let b = await startClusterNode(config, 'b');
+    procs.push(a, b);
+    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate', 30_000);
+    if (!opts.json) console.log(`# mirrored pair vs standalone, ${opts.size} volume, fio ${opts.runtime}s per run, ${new Date().toISOString()}`);
+    for (const [name, rw, bs, qd, target] of [
+      ['4k randwrite QD16', 'randwrite', '4k', 16, 0.6],
+      ['1M write QD8', 'write', '1M', 8, undefined],
+    ] as const) {
+      const standalone = fioIops(single.uri('disk'), rw, bs, qd, dir);
+      const mirrored = fioIops(`nbd://127.0.0.1:${p.nbdA}/vol0`, rw, bs, qd, dir);
+      const ratio = mirrored / standalone;
+      out(
+        { case: name, standaloneIops: standalone, mirroredIops: mirrored, ratio },
+        `${name.padEnd(20)} standalone ${standalone.toFixed(0).padStart(7)} IOPS  mirrored ${mirrored.toFixed(0).padStart(7)} IOPS  ${ratio.toFixed(2)}x${target ? `  target >= ${target}x ${ratio >= target ? 'pass' : 'MISS'}` : ''}`,
+      );
+    }
+
+    // --- baseline: nbdcopy between two nbdkit servers ------------------------------------------
+    const src = join(dir, 'src.img');
+    const dst = join(dir, 'dst.img');
+    writeFileSync(src, '');
+    truncateSync(src, SIZE);
+    writeFileSync(dst, '');
+    truncateSync(dst, SIZE);
+    const fill = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    const block = Buffer.alloc(MiB, 0x5a);
+    const k1 = await startNbdkit(src);
+    const k2 = await startNbdkit(dst);
+    procs.push(k1, k2);
+    const direct = await NbdClient.connect({ port: k1.port });
+    for (let off = 0; off < SIZE; off += MiB) await direct.write(off, block); // a full, allocated source
+    direct.close();
+    let t = Date.now();
+    execFileSync('nbdcopy', ['--connections=4', k1.uri(), k2.uri()], { env: toolEnv() });
+    const copySeconds = (Date.now() - t) / 1000;
+    out({ case: 'nbdcopy full copy', seconds: copySeconds, gbps: SIZE / copySeconds / 1e9 }, `\nnbdcopy ${opts.size} between two nbdkit: ${copySeconds.toFixed(2)} s (${(SIZE / copySeconds / 1e9).toFixed(2)} GB/s)`);
+
+    // --- resync after b was away while a wrote pct % of the volume -----------------------------
+    const results: Record<number, number> = {};
+    for (const pct of [1, 10, 100]) {
+      await b.stop('SIGKILL');
+      await until(async () => (await volumeStatus(p.adminA)).connection !== 'Connected');
+      const blocks = SIZE / MiB;
+      const step = Math.round(100 / pct);
+      for (let i = 0; i < blocks; i += step) await fill.write(i * MiB, block);
+      await fill.flush();
+      const dirty = (await volumeStatus(p.adminA)).outOfSyncBytes;
+      b = await startClusterNode(config, 'b');
+      procs.push(b);
+      t = Date.now(); // from b listening: the process start itself is not resync time
+      await until(async () => {
+        const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
+        return sa.connection === 'Connected' && sb.disk === 'UpToDate' && sb.resync === null && sa.outOfSyncBytes === 0;
+      }, 600_000);
+      const seconds = (Date.now() - t) / 1000;
+      results[pct] = seconds;
+      out(
+        { case: `resync ${pct}% dirty`, dirtyBytes: dirty, seconds, gbps: dirty / seconds / 1e9 },
+        `resync ${String(pct).padStart(3)} % dirty (${(dirty / 1e9).toFixed(2)} GB): ${seconds.toFixed(2)} s (${(dirty / seconds / 1e9).toFixed(2)} GB/s)`,
+      );
+    }
+    fill.close();
+    if (!opts.json) {
+      const full = results[100]!;
+      console.log('\ntargets');
+      console.log(`  full resync throughput vs nbdcopy     ${(copySeconds / full).toFixed(2)}x  target >= 0.8x  ${copySeconds / full >= 0.8 ? 'pass' : 'MISS'}`);
+      console.log(`  1 % dirty resync vs full copy faster  ${(full / results[1]!).toFixed(1)}x  target >= 50x  ${full / results[1]! >= 50 ? 'pass' : 'MISS'}`);
+    }
+  } finally {
+    for (const pr of procs) await pr.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
