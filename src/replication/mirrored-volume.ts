@@ -34,7 +34,7 @@ import {
 /** What the mirrored volume needs of the peer link. */
 export interface PeerPort {
   readonly connected: boolean;
-  send(type: PeerMsg, id: bigint, body?: Buffer, flags?: number): boolean;
+  send(type: PeerMsg, id: bigint, body?: Buffer | readonly Buffer[], flags?: number): boolean;
 }
 
 interface InFlight {
@@ -143,7 +143,7 @@ export class MirroredVolume implements Volume {
       this.local.read(data, range.offset, (err) => {
         this.release(entry);
         const st = status(err);
-        this.peer.send(PeerMsg.PEER_READ_DATA, id, Buffer.concat(err ? [body.subarray(0, RANGE_SIZE), st] : [body.subarray(0, RANGE_SIZE), st, data]));
+        this.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [body.subarray(0, RANGE_SIZE), st] : [body.subarray(0, RANGE_SIZE), st, data]);
       });
     });
   }
@@ -159,7 +159,7 @@ export class MirroredVolume implements Volume {
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
     const header = encodeWriteHeader({ volume: this.volumeIndex, flags: fua ? 1 : 0, offset, digest: 0n });
-    this.mirrorChange(PeerMsg.WRITE, Buffer.concat([header, buf]), offset, buf.length, this.writer(buf, offset, fua), done);
+    this.mirrorChange(PeerMsg.WRITE, [header, buf], offset, buf.length, this.writer(buf, offset, fua), done);
   }
 
   trim(offset: number, length: number, fua: boolean, done: Done): void {
@@ -185,7 +185,7 @@ export class MirroredVolume implements Volume {
   }
 
   /** A write, trim or zero: on both nodes (protocol C), or locally after its bits are durable. */
-  private mirrorChange(type: PeerMsg, frame: Buffer, offset: number, length: number, piece: Piece, done: Done): void {
+  private mirrorChange(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
     const entry = this.track(offset, length, 'local', this.nextId++);
     if (!this.peer.connected) return this.changeDegraded(entry, piece, done);
     const w: LocalWrite = { entry, diskDone: false, peerDone: false, error: null, done };
@@ -411,7 +411,7 @@ export class MirroredVolume implements Volume {
     this.afterEarlier(entry, () => {
       const data = Buffer.allocUnsafe(range.length);
       this.local.read(data, range.offset, (err) => {
-        if (!err) this.peer.send(PeerMsg.RS_DATA, id, Buffer.concat([body.subarray(0, RANGE_SIZE), data]));
+        if (!err) this.peer.send(PeerMsg.RS_DATA, id, [body.subarray(0, RANGE_SIZE), data]);
         this.release(entry);
       });
     });

@@ -9,8 +9,9 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
+import { adoptWithOnRead, RECEIVE_BUFFER_SIZE } from '../server/receive.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello } from './hello.js';
-import { encodeFrame, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
+import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
 
 /** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
 export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
@@ -40,6 +41,8 @@ export class PeerLink {
   private server: net.Server | undefined;
   private socket: net.Socket | undefined;
   private peerHello: Hello | undefined;
+  /** Decodes the current connection's frames. */
+  private decoder: FrameDecoder | undefined;
   /** The HELLO sent on the current connection. */
   private ourHello: Hello | undefined;
   private lastSeen = 0;
@@ -67,7 +70,12 @@ export class PeerLink {
 
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
-    this.server = net.createServer((s) => this.adopt(s, 'accepted'));
+    // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
+    this.server = net.createServer({ pauseOnConnect: true }, (accepted) => {
+      let s: net.Socket | undefined = undefined;
+      s = adoptWithOnRead(accepted, (chunk) => this.receive(s!, chunk));
+      this.adopt(s, 'accepted');
+    });
     const addr = await new Promise<HostPort>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(this.o.listen.port, this.o.listen.host, () => {
@@ -80,9 +88,16 @@ export class PeerLink {
   }
 
   /** Sends a frame to the peer; false when there is no link. */
-  send(type: PeerMsg, id: bigint, body?: Buffer, flags = 0): boolean {
-    if (!this.peerHello || !this.socket) return false;
-    this.socket.write(encodeFrame(type, id, body, flags));
+  /** Sends a frame to the peer (body given as parts, written without joining them); false when there is no link. */
+  send(type: PeerMsg, id: bigint, body: Buffer | readonly Buffer[] = [], flags = 0): boolean {
+    const s = this.socket;
+    if (!this.peerHello || !s) return false;
+    const parts = Buffer.isBuffer(body) ? [body] : body;
+    const length = parts.reduce((n, b) => n + b.length, 0);
+    s.cork();
+    s.write(encodeFrameHeader(type, id, length, flags));
+    for (const part of parts) s.write(part);
+    s.uncork();
     return true;
   }
 
@@ -100,7 +115,19 @@ export class PeerLink {
 
   private dial(): void {
     if (this.stopped || this.socket) return;
-    const s = net.connect(this.o.peer.port, this.o.peer.host);
+    const buffer = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+    const s: net.Socket = net.connect({
+      port: this.o.peer.port,
+      host: this.o.peer.host,
+      onread: {
+        buffer,
+        callback: (n: number, buf: Uint8Array) => {
+          this.receive(s, (buf as Buffer).subarray(0, n));
+          return true;
+        },
+      },
+    });
+    s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     s.once('connect', () => this.adopt(s, 'dialed'));
     s.once('error', (err) => {
       if (this.socket !== s) {
@@ -124,21 +151,9 @@ export class PeerLink {
     this.socket = s;
     s.setNoDelay(true);
     this.lastSeen = Date.now();
-    const decoder = new FrameDecoder({
+    this.decoder = new FrameDecoder({
       allocBody: (n) => Buffer.allocUnsafe(n),
       onFrame: (h, body) => this.onFrame(s, h, body),
-    });
-    s.on('data', (chunk: Buffer) => {
-      if (this.socket !== s) return;
-      try {
-        decoder.feed(chunk);
-      } catch (err) {
-        // A rogue or broken peer costs the link, never the process (data is not touched).
-        const reason = (err as Error).message;
-        if (err instanceof ProtocolViolation) this.o.log.warn({ reason }, 'peer sent a malformed frame, dropping the link');
-        else this.o.log.error({ err }, 'error handling a peer frame, dropping the link');
-        this.drop(reason, true);
-      }
     });
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
     s.on('close', () => {
@@ -148,6 +163,20 @@ export class PeerLink {
     this.ourHello = this.o.hello();
     s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
     this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
+  }
+
+  /** Bytes from a peer socket (`chunk` is a view of a reused buffer: only valid during the call). */
+  private receive(s: net.Socket, chunk: Buffer): void {
+    if (this.socket !== s || !this.decoder) return;
+    try {
+      this.decoder.feed(chunk);
+    } catch (err) {
+      // A rogue or broken peer costs the link, never the process (data is not touched).
+      const reason = (err as Error).message;
+      if (err instanceof ProtocolViolation) this.o.log.warn({ reason }, 'peer sent a malformed frame, dropping the link');
+      else this.o.log.error({ err }, 'error handling a peer frame, dropping the link');
+      this.drop(reason, true);
+    }
   }
 
   private beat(): void {
