@@ -168,6 +168,8 @@ export class PeerLink {
   /** Bytes from a peer socket (`chunk` is a view of a reused buffer: only valid during the call). */
   private receive(s: net.Socket, chunk: Buffer): void {
     if (this.socket !== s || !this.decoder) return;
+    // Replies produced while handling one read (e.g. the ACKs of a batch of WRITEs) leave in one writev.
+    s.cork();
     try {
       this.decoder.feed(chunk);
     } catch (err) {
@@ -176,6 +178,8 @@ export class PeerLink {
       if (err instanceof ProtocolViolation) this.o.log.warn({ reason }, 'peer sent a malformed frame, dropping the link');
       else this.o.log.error({ err }, 'error handling a peer frame, dropping the link');
       this.drop(reason, true);
+    } finally {
+      s.uncork();
     }
   }
 
