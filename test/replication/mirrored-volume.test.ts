@@ -14,6 +14,7 @@ import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
+import { until } from '../support/cluster.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 const MiB = 2 ** 20;
@@ -23,12 +24,6 @@ const log = pino({ level: 'silent' });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
 const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false }] });
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  for (const end = Date.now() + ms; !cond(); ) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {

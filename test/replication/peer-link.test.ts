@@ -6,6 +6,7 @@ import type { Hello } from '../../src/replication/hello.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { encodeFrame, PeerMsg } from '../../src/replication/peer-protocol.js';
 import { freePort } from '../support/processes.js';
+import { until } from '../support/cluster.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 /** Log messages of both links, so tests can wait for what happened instead of sleeping. */
@@ -20,13 +21,6 @@ const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
   ...over,
 });
 
-/** Resolves when `cond()` holds, polling every 10 ms, or rejects after `ms`. */
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  for (const end = Date.now() + ms; !cond(); ) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {

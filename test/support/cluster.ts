@@ -43,7 +43,7 @@ export async function volumeStatus(adminPort: number): Promise<VolumeStatus> {
 }
 
 /** Polls until `cond` holds (every 50 ms, at most `ms`). */
-export async function until(cond: () => Promise<boolean>, ms = 15_000): Promise<void> {
+export async function until(cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
   for (const end = Date.now() + ms; !(await cond()); ) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 50));
