@@ -2,7 +2,7 @@
 // (later) the witness. Validated with zod so every error names the field it is about.
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { parseHostPort, parseSize, type HostPort } from './units.js';
+import { parseDuration, parseHostPort, parseSize, type HostPort } from './units.js';
 
 const name = z
   .string()
@@ -26,6 +26,26 @@ const size = z.union([z.string(), z.number().int().positive()]).transform((v, ct
   }
 });
 
+const duration = z.union([z.string(), z.number()]).transform((v, ctx): number => {
+  try {
+    return parseDuration(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+/** Peer link timing. */
+const linkSchema = z
+  .strictObject({
+    /** The peer counts as gone after this long without a frame. */
+    timeout: duration.default(2000),
+    /** PING interval; must leave room for a few beats inside the timeout. */
+    heartbeat: duration.optional(),
+  })
+  .transform((l) => ({ timeoutMs: l.timeout, heartbeatMs: l.heartbeat ?? Math.max(50, l.timeout / 4) }))
+  .refine((l) => l.heartbeatMs * 2 <= l.timeoutMs, { message: 'heartbeat must be at most half of timeout', path: ['heartbeat'] });
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -47,6 +67,7 @@ export const clusterSchema = z
     nodes: z.record(name, nodeSchema).refine((n) => Object.keys(n).length === 2, 'a cluster has exactly two nodes'),
     volumes: z.record(name, volumeSchema).refine((v) => Object.keys(v).length > 0, 'define at least one volume'),
     witness: address.optional(),
+    link: linkSchema.prefault({}),
   })
   .superRefine((c, ctx) => {
     const seen = new Map<string, string>();

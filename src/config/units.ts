@@ -34,3 +34,17 @@ export function parseHostPort(text: string): HostPort {
   if (!m || port > 65535) throw new Error(`"${text}" is not HOST:PORT (example: 127.0.0.1:10809)`);
   return { host: m[1] ?? m[2]!, port };
 }
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000 };
+
+/** "2s", "500ms", "1.5s", "1m"; a bare number is milliseconds. Returns milliseconds. */
+export function parseDuration(text: string | number): number {
+  if (typeof text === 'number') {
+    if (!Number.isFinite(text) || text <= 0) throw new Error(`duration ${text} must be a positive number of milliseconds`);
+    return text;
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(text);
+  const ms = m ? Number(m[1]) * DURATION_UNITS[m[2] ?? 'ms']! : NaN;
+  if (!m || !(ms > 0)) throw new Error(`"${text}" is not a duration (examples: 500ms, 2s, 1m)`);
+  return ms;
+}

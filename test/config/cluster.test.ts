@@ -18,6 +18,14 @@ describe('cluster config', () => {
     expect(c.volumes.vol0!.size).toBe(2 ** 30);
     expect(c.nodes.a!.peer).toEqual({ host: '127.0.0.1', port: 7789 });
     expect(c.witness).toBeUndefined();
+    expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500 });
+  });
+
+  it('takes peer link timing as durations and checks heartbeat against timeout', () => {
+    expect(parseClusterConfig({ ...example, link: { timeout: '5s' } }).link).toEqual({ timeoutMs: 5000, heartbeatMs: 1250 });
+    expect(parseClusterConfig({ ...example, link: { timeout: 800, heartbeat: '100ms' } }).link).toEqual({ timeoutMs: 800, heartbeatMs: 100 });
+    expect(() => parseClusterConfig({ ...example, link: { timeout: '1s', heartbeat: '900ms' } })).toThrow(/link\.heartbeat: heartbeat must be at most half/);
+    expect(() => parseClusterConfig({ ...example, link: { timeout: 'soon' } })).toThrow(/link\.timeout: "soon" is not a duration/);
   });
 
   it('names every bad field in one error', () => {

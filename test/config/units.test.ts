@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatSize, parseHostPort, parseSize } from '../../src/config/units.js';
+import { formatSize, parseDuration, parseHostPort, parseSize } from '../../src/config/units.js';
 
 describe('parseSize', () => {
   it('reads plain bytes and binary units', () => {
@@ -26,5 +26,21 @@ describe('parseHostPort', () => {
   });
   it('rejects missing ports and out-of-range ports', () => {
     for (const bad of ['127.0.0.1', ':80', 'host:99999', '::1:80']) expect(() => parseHostPort(bad)).toThrow(/HOST:PORT/);
+  });
+});
+
+describe('parseDuration', () => {
+  it('reads ms, s and m, and bare numbers as milliseconds', () => {
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('2s')).toBe(2000);
+    expect(parseDuration('1.5s')).toBe(1500);
+    expect(parseDuration('1m')).toBe(60_000);
+    expect(parseDuration('250')).toBe(250);
+    expect(parseDuration(750)).toBe(750);
+  });
+
+  it('refuses what is not a positive duration', () => {
+    for (const bad of ['', 'soon', '0s', '-1s', '2h', '1 sec']) expect(() => parseDuration(bad)).toThrow(/not a duration/);
+    expect(() => parseDuration(0)).toThrow(/positive/);
   });
 });
