@@ -175,7 +175,8 @@ async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<v
   const lines = [`node ${body.node}`];
   for (const [name, v] of Object.entries(body.volumes)) {
     const resync = v.resync ? `  resync ${v.resync.role} ${formatSize(v.resync.doneBytes)}/${formatSize(v.resync.totalBytes)}` : '';
-    lines.push(`  ${name}: ${v.connection} ${v.disk}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}`);
+    const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
+    lines.push(`  ${name}: ${v.connection} ${v.disk}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }

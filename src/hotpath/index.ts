@@ -26,29 +26,39 @@ export interface HotpathSizing {
   readonly digestLists?: number;
   /** Bytes for I/O slots. */
   readonly slotArenaBytes?: number;
+  /** Largest buffer outside WASM memory that `digestOf` must hash (it is copied in first). */
+  readonly stagingBytes?: number;
+}
+
+/** Default staging: one 64 KiB buffer (smaller buffers never come from slots). */
+function stagingBytes(s: HotpathSizing): number {
+  return Math.max(s.stagingBytes ?? 0, 64 * 1024);
 }
 
 export class Hotpath {
   readonly slots: SlotPool;
   private readonly scratch: number;
+  private readonly staging: Buffer;
 
   private constructor(
     private readonly mem: HotpathMemory,
     slotArenaBytes: number,
+    stagingBytes: number,
   ) {
     this.scratch = mem.alloc(SCRATCH_RUNS * 16);
     this.slots = new SlotPool(mem, slotArenaBytes);
+    this.staging = mem.view(mem.alloc(stagingBytes), stagingBytes);
   }
 
   /** Bytes of WASM memory needed for `s` (the one sizing decision, made at start-up). */
   static bytesFor(s: HotpathSizing): number {
     const bitmaps = (s.bitmaps ?? []).reduce((sum, bits) => sum + align(Math.ceil(bits / 8), 16) + 16 + 64, 0);
     const digests = (s.digests ?? 0) * 8 + ((s.digestLists ?? 0) + 1) * 96;
-    return SCRATCH_RUNS * 16 + 64 + bitmaps + digests + align(s.slotArenaBytes ?? 0, 4096) + 4096;
+    return SCRATCH_RUNS * 16 + 64 + bitmaps + digests + align(s.slotArenaBytes ?? 0, 4096) + align(stagingBytes(s), 64) + 4096;
   }
 
   static create(s: HotpathSizing = {}): Hotpath {
-    return new Hotpath(new HotpathMemory(Hotpath.bytesFor(s)), s.slotArenaBytes ?? 0);
+    return new Hotpath(new HotpathMemory(Hotpath.bytesFor(s)), s.slotArenaBytes ?? 0, stagingBytes(s));
   }
 
   bitmap(bits: number): DirtyBitmap {
@@ -63,6 +73,17 @@ export class Hotpath {
   /** XXH3-64 of a buffer in WASM memory (a slot). */
   xxh3(buf: Uint8Array): bigint {
     return xxh3(this.mem, buf);
+  }
+
+  /**
+   * XXH3-64 of any buffer: hashed in place when it is in WASM memory (a slot), else copied into
+   * the staging region first (a 4 KiB copy costs less than the hash call around it).
+   */
+  digestOf(buf: Uint8Array): bigint {
+    if (this.mem.offsetOf(buf) >= 0) return xxh3(this.mem, buf);
+    if (buf.length > this.staging.length) throw new HotpathError('HOTPATH_RANGE', `${buf.length} bytes exceed the staging region of ${this.staging.length}`);
+    this.staging.set(buf);
+    return xxh3(this.mem, this.staging.subarray(0, buf.length));
   }
 
   /** XXH3-64 of each `blockSize` block of `buf` (in WASM memory) into `out` from index `at`. */

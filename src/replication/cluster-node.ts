@@ -10,8 +10,9 @@ import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
 import { decide, finishSync, NO_GENERATION, type NodeGeneration } from './generation.js';
 import type { Hello } from './hello.js';
-import { MirroredVolume } from './mirrored-volume.js';
+import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import { PeerLink, type LinkState } from './peer-link.js';
+import { MAX_FRAME_BODY } from './peer-protocol.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
@@ -24,6 +25,10 @@ export interface VolumeStatus {
   outOfSyncBytes: number;
   resync: { role: 'source' | 'target'; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
+  /** Data frames from the peer that failed their digest check (and were sent again), since start. */
+  integrityErrors: number;
+  /** The last resync that finished since start-up: bytes copied and how long it took. */
+  lastResync: { role: 'source' | 'target'; bytes: number; seconds: number; finishedAt: string } | null;
 }
 
 interface NodeVolume {
@@ -34,6 +39,7 @@ interface NodeVolume {
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
   resyncStarted: number;
+  lastResync: VolumeStatus['lastResync'];
 }
 
 export class ClusterNode {
@@ -59,12 +65,14 @@ export class ClusterNode {
     mkdirSync(dataDir, { recursive: true });
     // Volume order (and index on the wire) is the sorted names: the same on both nodes.
     const volumeNames = Object.keys(config.volumes).sort();
-    this.hot = Hotpath.create({ bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)), slotArenaBytes });
+    this.hot = Hotpath.create({ bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)), slotArenaBytes, stagingBytes: MAX_FRAME_BODY });
     this.link = new PeerLink({
       hello: () => this.hello(),
       listen: self.peer,
       peer: config.nodes[this.peerName]!.peer,
       peerName: this.peerName,
+      timeoutMs: config.link.timeoutMs,
+      heartbeatMs: config.link.heartbeatMs,
       log: log.child({ component: 'peer-link' }),
       onConnected: (peer) => this.onConnected(peer),
       onDisconnected: (reason) => {
@@ -74,9 +82,12 @@ export class ClusterNode {
           this.log.warn({ volume: v.name, reason }, 'volume degraded: writing alone, tracking changes');
         }
       },
+      // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
+      allocBody: (n) => this.hot.slots.acquire(n),
       onFrame: (h, body) => {
         const v = this.volumes[Number(h.id >> 48n)];
         if (v && !v.diverged) v.mirror.handleFrame(h, body);
+        else this.hot.slots.release(body);
       },
     });
     volumeNames.forEach((name, index) => {
@@ -85,8 +96,18 @@ export class ClusterNode {
       const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot);
       const link = this.link;
       // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
-      const port = { get connected() { return link.state === 'Connected' && !entry.diverged; }, send: link.send.bind(link) };
-      const entry: NodeVolume = { name, file, meta, mirror: new MirroredVolume(file, meta, port, index, nodeName, this.peerName, GRAIN), resyncStarted: 0, diverged: false };
+      const slots = this.hot.slots;
+      const port: PeerPort = {
+        get connected() {
+          return link.state === 'Connected' && !entry.diverged;
+        },
+        send: link.send.bind(link),
+        afterSend: link.afterSend.bind(link),
+        reset: (reason) => link.reconnect(reason),
+        release: (body) => slots.release(body),
+      };
+      const mirror = new MirroredVolume({ local: file, meta, peer: port, volumeIndex: index, node: nodeName, peerName: this.peerName, grain: GRAIN, hot: this.hot, log: log.child({ volume: name }) });
+      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false };
       this.volumes.push(entry);
     });
   }
@@ -149,12 +170,15 @@ export class ClusterNode {
     const role = isSource ? 'source' : 'target';
     if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
     v.resyncStarted = Date.now();
+    const copiedBefore = v.mirror.resyncedBytesTotal;
     log.info({ role, reason }, 'volume resyncing');
     v.mirror.startResync(role, (err) => {
       if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
       const g = v.meta.generation;
       v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : peerCurrent) });
-      log.info({ role, seconds: (Date.now() - v.resyncStarted) / 1000 }, 'volume up to date after resync');
+      const seconds = (Date.now() - v.resyncStarted) / 1000;
+      v.lastResync = { role, bytes: v.mirror.resyncedBytesTotal - copiedBefore, seconds, finishedAt: new Date().toISOString() };
+      log.info({ role, seconds, bytes: v.lastResync.bytes }, 'volume up to date after resync');
     });
   }
 
@@ -184,6 +208,8 @@ export class ClusterNode {
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
+      integrityErrors: v.mirror.integrityErrors,
+      lastResync: v.lastResync,
     };
   }
 

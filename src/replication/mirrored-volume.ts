@@ -1,6 +1,5 @@
 // A volume mirrored to the peer node (protocol C): a write completes only when it is on both
 // nodes, or — with the peer gone — once the dirty bits covering it are durable here.
-// Groundwork for two-node mirroring: tested in-process; `serve --config` does not use it yet.
 //
 // Overlapping writes racing on both nodes. A write is "in flight" on a node from when it starts
 // (local) or arrives (from the peer) until its WRITE_ACK is received (local) or sent (peer).
@@ -17,16 +16,30 @@
 // the range is on disk, and writes that start later on either node are ordered after the
 // resync data on both nodes (FIFO link). The target clears its bits when the data is written,
 // the source when the target acknowledges it.
+//
+// Integrity: WRITE, RS_DATA and PEER_READ_DATA carry a sealed XXH3 digest of their data. A frame
+// that fails the check is never applied: a WRITE stays tracked in its place in the order of
+// overlapping writes and is answered with STATUS_RESEND, so the sender sends it again; resync
+// data and peer-read data are asked for again. A frame failing MAX_RESENDS times resets the link
+// (the writes waiting for the peer then complete as degraded writes, bits set).
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
+import type { Hotpath } from '../hotpath/index.js';
+import type { Logger } from '../log.js';
 import type { VolumeMeta } from '../meta/volume-meta.js';
 import { startTracking } from './generation.js';
 import {
   decodeRange,
   decodeWriteHeader,
+  encodeDigest,
   encodeRange,
   encodeWriteHeader,
+  PEER_READ_DATA_HEADER_SIZE,
   PeerMsg,
   RANGE_SIZE,
+  readDigest,
+  RS_DATA_HEADER_SIZE,
+  sealDigest,
+  STATUS_RESEND,
   WRITE_HEADER_SIZE,
   type FrameHeader,
 } from './peer-protocol.js';
@@ -35,7 +48,31 @@ import {
 export interface PeerPort {
   readonly connected: boolean;
   send(type: PeerMsg, id: bigint, body?: Buffer | readonly Buffer[], flags?: number): boolean;
+  /** Runs `fn` once the frames sent so far are on their way (the link batches them per turn). */
+  afterSend(fn: () => void): void;
+  /** Drops the link (it reconnects): for a peer whose frames keep failing their checks. */
+  reset(reason: string): void;
+  /** Gives back a frame body handed to handleFrame once it is no longer used. */
+  release(body: Buffer): void;
 }
+
+export interface MirroredVolumeOptions {
+  readonly local: Volume;
+  readonly meta: VolumeMeta;
+  readonly peer: PeerPort;
+  /** Index of the volume on the wire (sorted names, the same on both nodes). */
+  readonly volumeIndex: number;
+  readonly node: string;
+  readonly peerName: string;
+  /** Dirty-bitmap grain in bytes. */
+  readonly grain: number;
+  /** Digests for integrity checks (WASM XXH3). */
+  readonly hot: Hotpath;
+  readonly log: Logger;
+}
+
+/** A data frame failing its digest this many times in a row resets the link. */
+export const MAX_RESENDS = 3;
 
 interface InFlight {
   readonly id: bigint;
@@ -71,6 +108,9 @@ function changeBody(volume: number, offset: number, length: number, flags: numbe
 
 interface LocalWrite {
   readonly entry: InFlight;
+  /** The frame, kept to send again if the peer finds it damaged. */
+  readonly type: PeerMsg;
+  readonly frame: Buffer | readonly Buffer[];
   diskDone: boolean;
   peerDone: boolean;
   error: Error | null;
@@ -79,6 +119,19 @@ interface LocalWrite {
 
 export class MirroredVolume implements Volume {
   readonly size: number;
+  readonly volumeIndex: number;
+  /** Data frames from the peer that failed their digest check, since start-up. */
+  integrityErrors = 0;
+  private readonly local: Volume;
+  private readonly meta: VolumeMeta;
+  private readonly peer: PeerPort;
+  private readonly grain: number;
+  private readonly hot: Hotpath;
+  private readonly log: Logger;
+  /** Peer WRITEs that failed their check: tracked in place, waiting for the resend. */
+  private readonly damagedWrites = new Map<bigint, InFlight>();
+  /** Resends asked for per resync / peer-read request id. */
+  private readonly rerequests = new Map<bigint, number>();
   readonly capabilities: VolumeCapabilities;
   private readonly inFlight: InFlight[] = [];
   private readonly localWrites = new Map<bigint, LocalWrite>();
@@ -94,24 +147,17 @@ export class MirroredVolume implements Volume {
   private unionKnown = false;
   /** Target reads waiting for the peer's dirty runs, or for the peer's data. */
   private readsWaitingForRuns: Array<() => void> = [];
-  private readonly peerReads = new Map<bigint, { buf: Buffer; done: Done }>();
+  private readonly peerReads = new Map<bigint, { buf: Buffer; offset: number; done: Done }>();
   /** True when this node's writes win overlaps (its name sorts after the peer's). */
   private readonly winsOverlaps: boolean;
 
-  constructor(
-    private readonly local: Volume,
-    private readonly meta: VolumeMeta,
-    private readonly peer: PeerPort,
-    readonly volumeIndex: number,
-    nodeName: string,
-    peerName: string,
-    private readonly grain: number,
-  ) {
-    this.size = local.size;
+  constructor(o: MirroredVolumeOptions) {
+    ({ local: this.local, meta: this.meta, peer: this.peer, grain: this.grain, hot: this.hot, log: this.log, volumeIndex: this.volumeIndex } = o);
+    this.size = o.local.size;
     // FAST_ZERO is not offered: its ENOTSUP could not be told apart from a failure on the peer.
-    this.capabilities = { ...local.capabilities, fastZero: false };
-    this.winsOverlaps = nodeName > peerName;
-    this.nextId = (BigInt(volumeIndex) << 48n) + 1n;
+    this.capabilities = { ...o.local.capabilities, fastZero: false };
+    this.winsOverlaps = o.node > o.peerName;
+    this.nextId = (BigInt(o.volumeIndex) << 48n) + 1n;
   }
 
   /**
@@ -127,7 +173,7 @@ export class MirroredVolume implements Volume {
     const [first, count] = this.grains(offset, buf.length);
     if (this.unionKnown && !this.meta.bitmap.any(first, count)) return this.local.read(buf, offset, done);
     const id = this.nextId++;
-    this.peerReads.set(id, { buf, done });
+    this.peerReads.set(id, { buf, offset, done });
     if (!this.peer.send(PeerMsg.PEER_READ, id, encodeRange(this.volumeIndex, offset, buf.length))) {
       this.peerReads.delete(id);
       done(Object.assign(new Error('this range is not resynced yet and the peer is gone'), { code: 'EIO' }));
@@ -142,8 +188,9 @@ export class MirroredVolume implements Volume {
       const data = Buffer.allocUnsafe(range.length);
       this.local.read(data, range.offset, (err) => {
         this.release(entry);
-        const st = status(err);
-        this.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [body.subarray(0, RANGE_SIZE), st] : [body.subarray(0, RANGE_SIZE), st, data]);
+        const head = encodeRange(this.volumeIndex, range.offset, range.length);
+        const sealed = encodeDigest(err ? 0n : sealDigest(this.hot.digestOf(data), range.offset));
+        this.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [head, status(err), sealed] : [head, status(err), sealed, data]);
       });
     });
   }
@@ -151,14 +198,25 @@ export class MirroredVolume implements Volume {
   private onPeerReadData(id: bigint, body: Buffer): void {
     const p = this.peerReads.get(id);
     if (!p) return;
+    if (body.readUInt32BE(RANGE_SIZE) !== 0) {
+      this.peerReads.delete(id);
+      return p.done(new Error('the peer failed to read the range'));
+    }
+    const data = body.subarray(PEER_READ_DATA_HEADER_SIZE);
+    if (!this.intact(id, data, p.offset, 0, readDigest(body, RANGE_SIZE + 4))) {
+      // Ask again (same id): the answer replaces this one.
+      this.peer.send(PeerMsg.PEER_READ, id, encodeRange(this.volumeIndex, p.offset, p.buf.length));
+      return;
+    }
     this.peerReads.delete(id);
-    if (body.readUInt32BE(RANGE_SIZE) !== 0) return p.done(new Error('the peer failed to read the range'));
-    body.copy(p.buf, 0, RANGE_SIZE + 4);
+    this.rerequests.delete(id);
+    data.copy(p.buf);
     p.done(null);
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
-    const header = encodeWriteHeader({ volume: this.volumeIndex, flags: fua ? 1 : 0, offset, digest: 0n });
+    const flags = fua ? 1 : 0;
+    const header = encodeWriteHeader({ volume: this.volumeIndex, flags, offset, digest: sealDigest(this.hot.digestOf(buf), offset, flags) });
     this.mirrorChange(PeerMsg.WRITE, [header, buf], offset, buf.length, this.writer(buf, offset, fua), done);
   }
 
@@ -188,14 +246,17 @@ export class MirroredVolume implements Volume {
   private mirrorChange(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
     const entry = this.track(offset, length, 'local', this.nextId++);
     if (!this.peer.connected) return this.changeDegraded(entry, piece, done);
-    const w: LocalWrite = { entry, diskDone: false, peerDone: false, error: null, done };
+    const w: LocalWrite = { entry, type, frame, diskDone: false, peerDone: false, error: null, done };
     this.localWrites.set(entry.id, w);
     this.peer.send(type, entry.id, frame);
-    this.applyLocal(entry, piece, (err) => {
-      w.diskDone = true;
-      w.error ??= err;
-      this.maybeFinish(w);
-    });
+    // The peer's copy goes out first: its round trip then overlaps with the local write.
+    this.peer.afterSend(() =>
+      this.applyLocal(entry, piece, (err) => {
+        w.diskDone = true;
+        w.error ??= err;
+        this.maybeFinish(w);
+      }),
+    );
   }
 
   /** The peer is gone: the bits must be durable before the change is made and acknowledged. */
@@ -247,16 +308,27 @@ export class MirroredVolume implements Volume {
     return this.local.close();
   }
 
-  /** Frames from the peer for this volume. */
+  /** Frames from the peer for this volume; the body is given back (peer.release) once used. */
   handleFrame(h: FrameHeader, body: Buffer): void {
+    // Data frames keep their body until it is on disk; the rest are done with it at once.
+    if (h.type === PeerMsg.WRITE) return this.onPeerWrite(h.id, body);
+    if (h.type === PeerMsg.RS_DATA) return this.onResyncData(h.id, body);
+    try {
+      this.handleControlFrame(h, body);
+    } finally {
+      this.peer.release(body);
+    }
+  }
+
+  private handleControlFrame(h: FrameHeader, body: Buffer): void {
     switch (h.type) {
-      case PeerMsg.WRITE:
-        return this.onPeerWrite(h.id, body);
       case PeerMsg.WRITE_ACK: {
         const w = this.localWrites.get(h.id);
         if (!w) return;
+        const st = body.length >= 4 ? body.readUInt32BE(0) : 0;
+        if (st === STATUS_RESEND) return this.resend(w);
         w.peerDone = true;
-        if (body.length >= 4 && body.readUInt32BE(0) !== 0) w.error ??= new Error(`peer failed the write with error ${body.readUInt32BE(0)}`);
+        if (st !== 0) w.error ??= new Error(`peer failed the write with error ${st}`);
         return this.maybeFinish(w);
       }
       case PeerMsg.FLUSH:
@@ -265,8 +337,6 @@ export class MirroredVolume implements Volume {
         return this.onPeerRuns(h.flags, body);
       case PeerMsg.RS_REQUEST:
         return this.onResyncRequest(h.id, body);
-      case PeerMsg.RS_DATA:
-        return this.onResyncData(h.id, body);
       case PeerMsg.RS_ACK: {
         const r = decodeRange(body);
         const [first, count] = this.grains(r.offset, r.length);
@@ -306,6 +376,10 @@ export class MirroredVolume implements Volume {
    * peer marks them dirty on its side.)
    */
   peerLost(): void {
+    // Damaged peer writes will not be sent again: the peer marks them dirty on its side.
+    for (const e of this.damagedWrites.values()) this.release(e);
+    this.damagedWrites.clear();
+    this.rerequests.clear();
     for (const w of [...this.localWrites.values()]) {
       if (w.peerDone) continue;
       this.startTracking();
@@ -411,7 +485,10 @@ export class MirroredVolume implements Volume {
     this.afterEarlier(entry, () => {
       const data = Buffer.allocUnsafe(range.length);
       this.local.read(data, range.offset, (err) => {
-        if (!err) this.peer.send(PeerMsg.RS_DATA, id, [body.subarray(0, RANGE_SIZE), data]);
+        if (!err) {
+          const head = encodeRange(this.volumeIndex, range.offset, range.length);
+          this.peer.send(PeerMsg.RS_DATA, id, [head, encodeDigest(sealDigest(this.hot.digestOf(data), range.offset)), data]);
+        }
         this.release(entry);
       });
     });
@@ -422,8 +499,15 @@ export class MirroredVolume implements Volume {
     const range = decodeRange(body);
     const entry = this.inFlight.find((e) => e.id === id && e.origin === 'resync');
     const r = this.resyncState;
-    if (!entry || !r) return;
-    this.local.write(body.subarray(RANGE_SIZE), range.offset, false, (err) => {
+    const data = body.subarray(RS_DATA_HEADER_SIZE);
+    if (!entry || !r) return this.peer.release(body);
+    if (!this.intact(id, data, range.offset, 0, readDigest(body, RANGE_SIZE))) {
+      this.peer.release(body);
+      this.peer.send(PeerMsg.RS_REQUEST, id, encodeRange(this.volumeIndex, range.offset, range.length));
+      return;
+    }
+    this.local.write(data, range.offset, false, (err) => {
+      this.peer.release(body);
       if (!err) {
         const [first, count] = this.grains(range.offset, range.length);
         this.meta.clearDirty(first, count);
@@ -460,15 +544,60 @@ export class MirroredVolume implements Volume {
   private onPeerWrite(id: bigint, body: Buffer): void {
     const w = decodeWriteHeader(body);
     const data = body.subarray(WRITE_HEADER_SIZE);
-    this.onPeerChange(id, w.offset, data.length, this.writer(data, w.offset, (w.flags & 1) !== 0));
+    let placeholder = this.damagedWrites.get(id);
+    if (!this.intact(id, data, w.offset, w.flags, w.digest)) {
+      this.peer.release(body);
+      if (!this.peer.connected) return; // the link was reset: the peer marks this write dirty
+      // Hold its place among overlapping writes until the good copy comes.
+      if (!placeholder) this.damagedWrites.set(id, this.track(w.offset, data.length, 'peer', id));
+      this.peer.send(PeerMsg.WRITE_ACK, id, statusCode(STATUS_RESEND));
+      return;
+    }
+    this.damagedWrites.delete(id);
+    if (placeholder && (placeholder.offset !== w.offset || placeholder.end !== w.offset + data.length)) {
+      // The damage was in the range itself: the placeholder guarded the wrong bytes.
+      this.release(placeholder);
+      placeholder = undefined;
+    }
+    const entry = placeholder ?? this.track(w.offset, data.length, 'peer', id);
+    this.applyPeerChange(entry, this.writer(data, w.offset, (w.flags & 1) !== 0), () => this.peer.release(body));
   }
 
   private onPeerChange(id: bigint, offset: number, length: number, piece: Piece): void {
-    const entry = this.track(offset, length, 'peer', id);
+    this.applyPeerChange(this.track(offset, length, 'peer', id), piece);
+  }
+
+  private applyPeerChange(entry: InFlight, piece: Piece, applied?: () => void): void {
     this.applyLocal(entry, piece, (err) => {
+      applied?.();
       this.untrack(entry);
-      this.peer.send(PeerMsg.WRITE_ACK, id, status(err));
+      this.peer.send(PeerMsg.WRITE_ACK, entry.id, status(err));
     });
+  }
+
+  /**
+   * Checks a data frame's digest. A failure is logged and counted, and the caller asks for the
+   * frame again; after MAX_RESENDS failures of one frame the link is reset.
+   */
+  private intact(id: bigint, data: Buffer, offset: number, flags: number, digest: bigint): boolean {
+    if (sealDigest(this.hot.digestOf(data), offset, flags) === digest) {
+      if (this.rerequests.size > 0) this.rerequests.delete(id);
+      return true;
+    }
+    this.integrityErrors++;
+    const tries = (this.rerequests.get(id) ?? 0) + 1;
+    this.rerequests.set(id, tries);
+    this.log.warn({ offset, length: data.length, tries, integrityErrors: this.integrityErrors }, 'data from the peer failed its digest check; asking for it again');
+    if (tries >= MAX_RESENDS) {
+      this.log.error({ offset, tries }, 'data from the peer keeps failing its digest check; resetting the link');
+      this.peer.reset(`a data frame failed its digest check ${tries} times`);
+    }
+    return false;
+  }
+
+  /** The peer asks for a WRITE again (it arrived damaged). */
+  private resend(w: LocalWrite): void {
+    this.peer.send(w.type, w.entry.id, w.frame);
   }
 
   private maybeFinish(w: LocalWrite): void {
@@ -541,8 +670,12 @@ export class MirroredVolume implements Volume {
 }
 
 function status(err: Error | null): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(err ? 5 : 0); // EIO
+  return statusCode(err ? 5 : 0); // EIO
+}
+
+function statusCode(code: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(code);
   return b;
 }
 

@@ -29,6 +29,8 @@ export interface PeerLinkOptions {
   /** PING interval (default timeoutMs / 4). */
   readonly heartbeatMs?: number;
   readonly log: Logger;
+  /** A buffer to receive a frame body of `length` bytes into (default: a fresh Buffer). */
+  allocBody?(length: number): Buffer;
   onConnected?(peer: Hello): void;
   onDisconnected?(reason: string): void;
   /** Frames other than the link's own (HELLO, PING, PONG, ERROR). */
@@ -50,6 +52,8 @@ export class PeerLink {
   private heartbeat: NodeJS.Timeout | undefined;
   private retry: NodeJS.Timeout | undefined;
   private backoffMs = 100;
+  /** Frames queued this turn of the event loop (see send). */
+  private outbox: Buffer[] = [];
   private stopped = false;
   private readonly dialer: boolean;
   private readonly timeoutMs: number;
@@ -88,19 +92,35 @@ export class PeerLink {
     return addr;
   }
 
-  /** Sends a frame to the peer; false when there is no link. */
-  /** Sends a frame to the peer (body given as parts, written without joining them); false when there is no link. */
+  /**
+   * Queues a frame for the peer (body given as parts, never joined); false when there is no link.
+   * Frames queued during one turn of the event loop leave together in one writev, at the end of
+   * that turn: a batch of client writes read in one go costs one syscall on the link, not one each.
+   */
   send(type: PeerMsg, id: bigint, body: Buffer | readonly Buffer[] = [], flags = 0): boolean {
-    const s = this.socket;
-    if (!this.peerHello || !s) return false;
+    if (!this.peerHello || !this.socket) return false;
     const parts = Buffer.isBuffer(body) ? [body] : body;
     const length = parts.reduce((n, b) => n + b.length, 0);
-    s.cork();
-    s.write(encodeFrameHeader(type, id, length, flags));
-    for (const part of parts) s.write(part);
-    s.uncork();
+    this.outbox.push(encodeFrameHeader(type, id, length, flags), ...parts);
+    if (this.outbox.length === parts.length + 1) process.nextTick(this.flushOutbox);
     return true;
   }
+
+  /** Runs `fn` after the frames queued so far have been handed to the socket. */
+  afterSend(fn: () => void): void {
+    if (this.outbox.length === 0) return fn();
+    process.nextTick(fn);
+  }
+
+  private readonly flushOutbox = (): void => {
+    const parts = this.outbox;
+    this.outbox = [];
+    const s = this.socket;
+    if (!s || parts.length === 0) return;
+    s.cork();
+    for (const part of parts) s.write(part);
+    s.uncork();
+  };
 
   /** Drops the current connection so both sides meet again (and decide again) at once. */
   reconnect(reason: string): void {
@@ -129,7 +149,14 @@ export class PeerLink {
       },
     });
     s.resume(); // flowing, so the peer's hang-up is seen as 'end'
-    s.once('connect', () => this.adopt(s, 'dialed'));
+    // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
+    // then 32 s apart) would decide when its return is noticed.
+    const connectLimit = setTimeout(() => s.destroy(new Error('connect timed out')), this.timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(connectLimit);
+      this.adopt(s, 'dialed');
+    });
+    s.once('close', () => clearTimeout(connectLimit));
     s.once('error', (err) => {
       if (this.socket !== s) {
         this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
@@ -153,7 +180,7 @@ export class PeerLink {
     s.setNoDelay(true);
     this.lastSeen = Date.now();
     this.decoder = new FrameDecoder({
-      allocBody: (n) => Buffer.allocUnsafe(n),
+      allocBody: this.o.allocBody ?? ((n) => Buffer.allocUnsafe(n)),
       onFrame: (h, body) => this.onFrame(s, h, body),
     });
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
@@ -244,6 +271,7 @@ export class PeerLink {
     const wasConnected = this.peerHello !== undefined;
     this.socket = undefined;
     this.peerHello = undefined;
+    this.outbox = []; // frames meant for that connection never go to the next one
     clearInterval(this.heartbeat);
     s?.destroy();
     if (wasConnected) {

@@ -4,7 +4,10 @@
 //   magic u32 "NBMR" | type u16 | flags u16 | body length u32 | id u64
 // then `length` bytes of body. `id` pairs a request with its reply (WRITE ↔ WRITE_ACK).
 // HELLO carries JSON (rare, and readable in a packet capture); data frames are binary.
-// This module is the groundwork of two-node mirroring: the link itself is not built yet.
+//
+// Integrity: every frame that carries data (WRITE, RS_DATA, PEER_READ_DATA) carries an XXH3-64
+// digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
+// checks before the data goes near a disk.
 import { MAX_PAYLOAD } from '../protocol/constants.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 
@@ -33,7 +36,7 @@ export const enum PeerMsg {
   BITMAP_RUNS = 40,
   /** Target → source: send me [offset, offset + length) (volume u32, offset u64, length u32). */
   RS_REQUEST = 41,
-  /** Source → target: the data of a request (volume u32, offset u64, length u32, then data). */
+  /** Source → target: the data of a request (range, digest u64, then data). */
   RS_DATA = 42,
   /** Target → source: that range is written; clear its bits (same body as RS_REQUEST). */
   RS_ACK = 43,
@@ -41,8 +44,24 @@ export const enum PeerMsg {
   RS_DONE = 44,
   /** Resync target → source: a client read of ranges not copied yet (range body). */
   PEER_READ = 45,
-  /** Source → target: its answer (range body, status u32, then the data when status is 0). */
+  /** Source → target: its answer (range body, status u32, digest u64, then the data when status is 0). */
   PEER_READ_DATA = 46,
+}
+
+/** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */
+export const STATUS_RESEND = 0x52534e44; // "RSND"
+
+/** Bytes of an RS_DATA body before the data: range, digest. */
+export const RS_DATA_HEADER_SIZE = 24;
+/** Bytes of a PEER_READ_DATA body before the data: range, status, digest. */
+export const PEER_READ_DATA_HEADER_SIZE = 28;
+
+/**
+ * The digest a data frame carries: XXH3-64 of the data, mixed with the frame's offset and flags
+ * so that a flipped bit in them is caught as surely as one in the data.
+ */
+export function sealDigest(dataDigest: bigint, offset: number, flags = 0): bigint {
+  return dataDigest ^ BigInt(offset) ^ (BigInt(flags) << 56n);
 }
 
 /** Body of RS_REQUEST and RS_ACK; RS_DATA starts with it. */
@@ -97,6 +116,18 @@ export function encodeWriteHeader(w: WriteHeader): Buffer {
   b.writeUInt32BE(w.flags, 4);
   b.writeBigUInt64BE(BigInt(w.offset), 8);
   b.writeBigUInt64BE(w.digest, 16);
+  return b;
+}
+
+/** Reads the u64 digest at `at` (RS_DATA, PEER_READ_DATA). */
+export function readDigest(body: Buffer, at: number): bigint {
+  if (body.length < at + 8) throw new ProtocolViolation(`data frame body of ${body.length} bytes is shorter than its header`);
+  return body.readBigUInt64BE(at);
+}
+
+export function encodeDigest(digest: bigint): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(digest);
   return b;
 }
 

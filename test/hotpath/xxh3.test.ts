@@ -44,6 +44,18 @@ describe('XXH3-64', () => {
     hot.slots.release(slot);
   });
 
+  it('digestOf hashes buffers outside WASM memory through staging, and refuses what does not fit', () => {
+    for (const len of [0, 1, 4096, 65536]) {
+      const data = Buffer.alloc(len, 0x5c);
+      expect(hex(hot.digestOf(data)), `length ${len}`).toBe(ref(data));
+    }
+    const inSlot = hot.slots.acquire(1 << 20);
+    inSlot.fill(7);
+    expect(hex(hot.digestOf(inSlot))).toBe(ref(inSlot));
+    hot.slots.release(inSlot);
+    expect(() => hot.digestOf(Buffer.alloc(65537))).toThrow(expect.objectContaining({ code: 'HOTPATH_RANGE' }));
+  });
+
   it('hashes a batch of blocks into a digest list, each equal to the single-block hash', () => {
     const list = hot.digestList(4096);
     const slot = hot.slots.acquire(2 << 20);

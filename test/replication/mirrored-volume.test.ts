@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { Hello } from '../../src/replication/hello.js';
-import { MirroredVolume } from '../../src/replication/mirrored-volume.js';
+import { MirroredVolume, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
@@ -38,7 +38,8 @@ async function cluster() {
   const node = (name: 'a' | 'b') => {
     const peerName = name === 'a' ? 'b' : 'a';
     const file = FileVolume.open(join(dir, `${name}.img`), { createSize: SIZE });
-    const meta = VolumeMeta.open(join(dir, `${name}.meta`), { cluster: 'c', node: name, volumeSize: SIZE, grain: GRAIN }, Hotpath.create({ bitmaps: [SIZE / GRAIN] }));
+    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], slotArenaBytes: 8 * MiB, stagingBytes: 4 * MiB });
+    const meta = VolumeMeta.open(join(dir, `${name}.meta`), { cluster: 'c', node: name, volumeSize: SIZE, grain: GRAIN }, hot);
     let mv: MirroredVolume | undefined;
     const link = new PeerLink({
       hello: () => hello(name),
@@ -47,10 +48,20 @@ async function cluster() {
       peerName,
       timeoutMs: 500,
       log,
+      allocBody: (n) => hot.slots.acquire(n),
       onFrame: (h, body) => mv!.handleFrame(h, body),
       onDisconnected: () => mv!.peerLost(),
     });
-    mv = new MirroredVolume(file, meta, { get connected() { return link.state === 'Connected'; }, send: (t, id, body, flags) => link.send(t, id, body, flags) }, 0, name, peerName, GRAIN);
+    const peer: PeerPort = {
+      get connected() {
+        return link.state === 'Connected';
+      },
+      send: (t, id, body, flags) => link.send(t, id, body, flags),
+      afterSend: (fn) => link.afterSend(fn),
+      reset: (reason) => link.reconnect(reason),
+      release: (body) => hot.slots.release(body),
+    };
+    mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: name, peerName, grain: GRAIN, hot, log });
     cleanups.push(async () => {
       link.stop();
       meta.close();
@@ -187,11 +198,12 @@ describe('mirrored volume (in-process pair)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const file = FileVolume.open(join(dir, 'b.img'), { createSize: SIZE });
-    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, Hotpath.create({ bitmaps: [SIZE / GRAIN] }));
+    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN] });
+    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, hot);
     cleanups.push(async () => (meta.close(), await file.close()));
     const sent: number[] = [];
-    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected) };
-    const mv = new MirroredVolume(file, meta, peer, 0, 'b', 'a', GRAIN);
+    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
+    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'b', peerName: 'a', grain: GRAIN, hot, log });
     let resyncError: Error | null = null;
     mv.startResync('target', (e) => (resyncError = e));
     expect(sent).toContain(PeerMsg.BITMAP_RUNS);

@@ -1,11 +1,63 @@
-// A TCP proxy for cutting and restoring a link between two processes on loopback.
+// A TCP proxy for cutting and restoring a link between two processes on loopback, and for
+// damaging peer-link data frames in flight (client → upstream direction).
 import net from 'node:net';
+import { Transform } from 'node:stream';
+import { FRAME_HEADER_SIZE, PeerMsg } from '../../src/replication/peer-protocol.js';
+
+/** Frame types whose last body byte the proxy may flip: the ones carrying data. */
+const DATA_FRAMES = new Set<number>([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.PEER_READ_DATA]);
+
+/**
+ * Follows the peer-link frame stream (header, then body) across chunks and flips one bit of the
+ * last body byte of data frames while `damage()` says so. Pure bookkeeping; no reframing.
+ */
+export class FrameDamager {
+  private head = Buffer.alloc(FRAME_HEADER_SIZE);
+  private headFill = 0;
+  private bodyLeft = 0;
+  private damaging = false;
+  damaged = 0;
+
+  constructor(private readonly damage: () => boolean) {}
+
+  /** Returns the chunk, with damage applied (a copy is modified, never the input). */
+  pass(chunk: Buffer): Buffer {
+    const out = Buffer.from(chunk);
+    let pos = 0;
+    while (pos < out.length) {
+      if (this.bodyLeft === 0) {
+        const n = Math.min(FRAME_HEADER_SIZE - this.headFill, out.length - pos);
+        out.copy(this.head, this.headFill, pos, pos + n);
+        this.headFill += n;
+        pos += n;
+        if (this.headFill < FRAME_HEADER_SIZE) break;
+        this.headFill = 0;
+        this.bodyLeft = this.head.readUInt32BE(8);
+        this.damaging = this.bodyLeft > 32 && DATA_FRAMES.has(this.head.readUInt16BE(4)) && this.damage();
+        continue;
+      }
+      const n = Math.min(this.bodyLeft, out.length - pos);
+      this.bodyLeft -= n;
+      pos += n;
+      if (this.bodyLeft === 0 && this.damaging) {
+        out[pos - 1] = out[pos - 1]! ^ 0x01;
+        this.damaged++;
+        this.damaging = false;
+      }
+    }
+    return out;
+  }
+}
 
 export class TcpProxy {
   private readonly server: net.Server;
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private open = true;
   port = 0;
+  /** Data frames from client to upstream still to damage (Infinity: all of them). */
+  damageFrames = 0;
+  /** Data frames damaged so far. */
+  damagedFrames = 0;
 
   constructor(private readonly target: { host: string; port: number }) {
     this.server = net.createServer((client) => {
@@ -20,7 +72,13 @@ export class TcpProxy {
       };
       client.on('error', end).on('close', end);
       upstream.on('error', end).on('close', end);
-      client.pipe(upstream);
+      const damager = new FrameDamager(() => {
+        if (this.damageFrames <= 0) return false;
+        this.damageFrames--;
+        this.damagedFrames++;
+        return true;
+      });
+      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, damager.pass(chunk)) })).pipe(upstream);
       upstream.pipe(client);
     });
   }
