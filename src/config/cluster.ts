@@ -46,6 +46,16 @@ const linkSchema = z
   .transform((l) => ({ timeoutMs: l.timeout, heartbeatMs: l.heartbeat ?? Math.max(50, l.timeout / 4) }))
   .refine((l) => l.heartbeatMs * 2 <= l.timeoutMs, { message: 'heartbeat must be at most half of timeout', path: ['heartbeat'] });
 
+/** Activity log: how much of each volume may have writes in flight (crash resync covers it). */
+const activityLogSchema = z
+  .strictObject({
+    /** Size of one extent: a crash resyncs whole extents. */
+    extent: size.default(4 * 1024 * 1024).refine((n) => n >= 64 * 1024 && (n & (n - 1)) === 0, 'must be a power of two of at least 64K'),
+    /** Extents held at most; more means fewer log updates but more to check after a crash. */
+    extents: z.number().int().min(1).max(1000).default(64),
+  })
+  .prefault({});
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -68,6 +78,7 @@ export const clusterSchema = z
     volumes: z.record(name, volumeSchema).refine((v) => Object.keys(v).length > 0, 'define at least one volume'),
     witness: address.optional(),
     link: linkSchema.prefault({}),
+    activityLog: activityLogSchema,
   })
   .superRefine((c, ctx) => {
     const seen = new Map<string, string>();

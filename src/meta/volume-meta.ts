@@ -1,14 +1,17 @@
-// Persistent per-volume metadata: a superblock (identity, generation identifiers, disk state)
-// and the dirty bitmap, in one file beside the volume (NAME.meta). Groundwork for two-node
-// mirroring: when the peer is gone a write may be acknowledged only once the bits covering it
-// are durable here (invariant 1), and a restart must find them again.
+// Persistent per-volume metadata: a superblock (identity, generation identifiers, disk state),
+// the dirty bitmap and the activity log, in one file beside the volume (NAME.meta). When the
+// peer is gone a write may be acknowledged only once the bits covering it are durable here
+// (invariant 1), and a restart must find them again; a restart after a crash turns the
+// activity log's extents into dirty bits (invariant 4).
 //
 // Layout: bytes 0..4095 superblock (big-endian, CRC-32 in the last 4 bytes);
-//         from 4096, the bitmap in the format of src/hotpath/bitmap.ts (bit i = byte i>>3, LSB first).
+//         from 4096, the bitmap in the format of src/hotpath/bitmap.ts (bit i = byte i>>3, LSB first);
+//         then, 4 KiB-aligned, the activity log's two blocks (src/meta/activity-log.ts).
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
 import type { DirtyBitmap, Hotpath } from '../hotpath/index.js';
+import { ActivityLog, AL_BLOCK, readAlRecord } from './activity-log.js';
 
 const MAGIC = Buffer.from('NBMMETA\0', 'latin1');
 const FORMAT_VERSION = 1;
@@ -51,10 +54,22 @@ export function newGenerationId(): string {
   return randomBytes(8).toString('hex');
 }
 
+/** Superblock flag: the next resync compares block digests first (set after a crash). */
+const FLAG_CHECKSUM_RESYNC = 1;
+
 interface Superblock extends MetaIdentity {
   state: DiskState;
   generation: Generation;
+  flags: number;
 }
+
+export interface ActivityLogConfig {
+  readonly extentBytes: number;
+  readonly slots: number;
+}
+
+/** Default activity log: 64 extents of 4 MiB (256 MiB of the volume "hot" at once). */
+export const DEFAULT_ACTIVITY_LOG: ActivityLogConfig = { extentBytes: 4 << 20, slots: 64 };
 
 function encodeSuperblock(s: Superblock): Buffer {
   const b = Buffer.alloc(SUPERBLOCK_SIZE);
@@ -63,6 +78,7 @@ function encodeSuperblock(s: Superblock): Buffer {
   b.writeUInt32BE(s.grain, 12);
   b.writeBigUInt64BE(BigInt(s.volumeSize), 16);
   b.writeUInt32BE(s.state, 24);
+  b.writeUInt32BE(s.flags, 28);
   const g = [s.generation.current, s.generation.bitmap, ...s.generation.history];
   g.forEach((hex, i) => Buffer.from(hex, 'hex').copy(b, 32 + 8 * i));
   writeString(b, 64, s.cluster, 256);
@@ -83,6 +99,7 @@ function decodeSuperblock(b: Buffer, path: string): Superblock {
     grain: b.readUInt32BE(12),
     volumeSize: Number(b.readBigUInt64BE(16)),
     state: b.readUInt32BE(24) as DiskState,
+    flags: b.readUInt32BE(28),
     generation: { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] },
     cluster: readString(b, 64),
     node: readString(b, 324),
@@ -107,12 +124,41 @@ export class VolumeMeta {
   /** fdatasync calls made for the bitmap (one per batch of markDirty calls). */
   bitmapSyncs = 0;
 
+  readonly activityLog: ActivityLog;
+  /** Activity-log extents found at open (the previous run did not stop cleanly), now dirty bits. */
+  readonly recoveredExtents: number;
+
   private constructor(
     readonly path: string,
     private readonly fd: number,
     private sb: Superblock,
     readonly bitmap: DirtyBitmap,
-  ) {}
+    al: ActivityLogConfig,
+  ) {
+    const alAt = SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK;
+    const found = readAlRecord(fd, alAt);
+    this.activityLog = new ActivityLog({ fd, at: alAt, extentBytes: al.extentBytes, slots: al.slots, sequence: found?.sequence ?? 0n });
+    this.recoveredExtents = found?.extents.length ?? 0;
+    if (found && found.extents.length > 0) this.recover(found.extentBytes, found.extents);
+  }
+
+  /**
+   * The last run ended with writes possibly on one node only, somewhere in these extents: mark
+   * them dirty (durably), ask for a checksum resync, then empty the log. Each step is durable
+   * before the next, so a crash in between only repeats the recovery.
+   */
+  private recover(extentBytes: number, extents: readonly number[]): void {
+    const grainsPerExtent = extentBytes / this.sb.grain;
+    for (const e of extents) {
+      const first = e * grainsPerExtent;
+      if (first < this.bitmap.bits) this.bitmap.set(first, Math.min(grainsPerExtent, this.bitmap.bits - first));
+    }
+    const bytes = this.bitmap.bytes();
+    fs.writeSync(this.fd, bytes, 0, bytes.length, SUPERBLOCK_SIZE);
+    fs.fdatasyncSync(this.fd);
+    this.saveIdentity({ checksumResync: true });
+    this.activityLog.clear();
+  }
 
   static bitsFor(volumeSize: number, grain: number): number {
     return Math.ceil(volumeSize / grain);
@@ -122,7 +168,7 @@ export class VolumeMeta {
    * Opens NAME.meta, creating it (state Inconsistent, fresh current generation, empty bitmap)
    * when missing. An existing file must match the identity given; the bitmap comes back as saved.
    */
-  static open(path: string, id: MetaIdentity, hot: Hotpath): VolumeMeta {
+  static open(path: string, id: MetaIdentity, hot: Hotpath, al: ActivityLogConfig = DEFAULT_ACTIVITY_LOG): VolumeMeta {
     const bits = VolumeMeta.bitsFor(id.volumeSize, id.grain);
     const bitmap = hot.bitmap(bits);
     let fd: number;
@@ -132,11 +178,11 @@ export class VolumeMeta {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       fd = fs.openSync(path, 'w+');
-      sb = { ...id, state: DiskState.Inconsistent, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
+      sb = { ...id, state: DiskState.Inconsistent, flags: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
       fs.writeSync(fd, encodeSuperblock(sb), 0, SUPERBLOCK_SIZE, 0);
-      fs.ftruncateSync(fd, SUPERBLOCK_SIZE + bitmap.byteLength);
+      fs.ftruncateSync(fd, SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK + 2 * AL_BLOCK);
       fs.fdatasyncSync(fd);
-      return new VolumeMeta(path, fd, sb, bitmap);
+      return new VolumeMeta(path, fd, sb, bitmap, al);
     }
     const head = Buffer.alloc(SUPERBLOCK_SIZE);
     fs.readSync(fd, head, 0, SUPERBLOCK_SIZE, 0);
@@ -154,7 +200,7 @@ export class VolumeMeta {
     const saved = Buffer.alloc(bitmap.byteLength);
     fs.readSync(fd, saved, 0, saved.length, SUPERBLOCK_SIZE);
     bitmap.load(saved);
-    return new VolumeMeta(path, fd, sb, bitmap);
+    return new VolumeMeta(path, fd, sb, bitmap, al);
   }
 
   get state(): DiskState {
@@ -165,9 +211,16 @@ export class VolumeMeta {
     return structuredClone(this.sb.generation);
   }
 
-  /** Persists a new disk state and/or generation (superblock write + fdatasync). */
-  saveIdentity(change: { state?: DiskState; generation?: Generation }): void {
-    this.sb = { ...this.sb, ...change };
+  /** The next resync should compare block digests first (the last run crashed). */
+  get checksumResync(): boolean {
+    return (this.sb.flags & FLAG_CHECKSUM_RESYNC) !== 0;
+  }
+
+  /** Persists a new disk state, generation and/or checksum-resync wish (superblock write + fdatasync). */
+  saveIdentity(change: { state?: DiskState; generation?: Generation; checksumResync?: boolean }): void {
+    const { checksumResync, ...rest } = change;
+    this.sb = { ...this.sb, ...rest };
+    if (checksumResync !== undefined) this.sb.flags = checksumResync ? this.sb.flags | FLAG_CHECKSUM_RESYNC : this.sb.flags & ~FLAG_CHECKSUM_RESYNC;
     fs.writeSync(this.fd, encodeSuperblock(this.sb), 0, SUPERBLOCK_SIZE, 0);
     fs.fdatasyncSync(this.fd);
   }
@@ -228,7 +281,9 @@ export class VolumeMeta {
     next(0);
   }
 
+  /** A clean stop: the activity log is emptied (nothing is in flight any more). */
   close(): void {
+    this.activityLog.clear();
     fs.closeSync(this.fd);
   }
 }

@@ -93,7 +93,13 @@ export class ClusterNode {
     volumeNames.forEach((name, index) => {
       const size = config.volumes[name]!.size;
       const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
-      const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot);
+      const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot, {
+        extentBytes: config.activityLog.extent,
+        slots: config.activityLog.extents,
+      });
+      if (meta.recoveredExtents > 0) {
+        log.warn({ volume: name, extents: meta.recoveredExtents, outOfSyncBytes: meta.bitmap.count() * GRAIN }, 'volume did not stop cleanly: activity-log extents marked out of sync for a checksum resync');
+      }
       const link = this.link;
       // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
       const slots = this.hot.slots;

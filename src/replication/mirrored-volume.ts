@@ -135,6 +135,8 @@ export class MirroredVolume implements Volume {
   readonly capabilities: VolumeCapabilities;
   private readonly inFlight: InFlight[] = [];
   private readonly localWrites = new Map<bigint, LocalWrite>();
+  /** Mirrored changes waiting for their activity-log extents, in start order. */
+  private readonly outgoing: Array<{ ready: boolean; go: () => void }> = [];
   private readonly flushes = new Map<bigint, Done>();
   /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
   private nextId: bigint;
@@ -242,21 +244,58 @@ export class MirroredVolume implements Volume {
     return (from, to, cb) => this.local.zero(from, to - from, { fua: (flags & 1) !== 0, noHole: (flags & 2) !== 0, fastZero: false }, cb);
   }
 
-  /** A write, trim or zero: on both nodes (protocol C), or locally after its bits are durable. */
+  /**
+   * A write, trim or zero: on both nodes (protocol C), or locally after its bits are durable.
+   * A mirrored change first gets its extents into the activity log (durably, when new). It
+   * starts — is tracked and sent, in one step, as the overlap rule needs — only then, and changes
+   * start in the order they were asked for even when a later one's extents were logged already.
+   */
   private mirrorChange(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
-    const entry = this.track(offset, length, 'local', this.nextId++);
-    if (!this.peer.connected) return this.changeDegraded(entry, piece, done);
-    const w: LocalWrite = { entry, type, frame, diskDone: false, peerDone: false, error: null, done };
-    this.localWrites.set(entry.id, w);
-    this.peer.send(type, entry.id, frame);
-    // The peer's copy goes out first: its round trip then overlaps with the local write.
-    this.peer.afterSend(() =>
-      this.applyLocal(entry, piece, (err) => {
-        w.diskDone = true;
-        w.error ??= err;
-        this.maybeFinish(w);
-      }),
-    );
+    const al = this.meta.activityLog;
+    const logged = this.peer.connected;
+    let alError: Error | null = null;
+    const turn = {
+      ready: !logged,
+      go: () => {
+        if (alError) {
+          al.end(offset, length);
+          return done(alError);
+        }
+        const entry = this.track(offset, length, 'local', this.nextId++);
+        if (!this.peer.connected) {
+          if (logged) al.end(offset, length);
+          return this.changeDegraded(entry, piece, done);
+        }
+        if (!logged) {
+          // Connected again while this change waited behind others: log it first after all.
+          this.untrack(entry);
+          return this.mirrorChange(type, frame, offset, length, piece, done);
+        }
+        const w: LocalWrite = { entry, type, frame, diskDone: false, peerDone: false, error: null, done };
+        this.localWrites.set(entry.id, w);
+        this.peer.send(type, entry.id, frame);
+        // The peer's copy goes out first: its round trip then overlaps with the local write.
+        this.peer.afterSend(() =>
+          this.applyLocal(entry, piece, (e) => {
+            w.diskDone = true;
+            w.error ??= e;
+            this.maybeFinish(w);
+          }),
+        );
+      },
+    };
+    this.outgoing.push(turn);
+    if (!logged) return this.sendReady();
+    al.begin(offset, length, (err) => {
+      alError = err;
+      turn.ready = true;
+      this.sendReady();
+    });
+  }
+
+  /** Sends the changes whose activity-log extents are durable, in the order they started. */
+  private sendReady(): void {
+    while (this.outgoing[0]?.ready) this.outgoing.shift()!.go();
   }
 
   /** The peer is gone: the bits must be durable before the change is made and acknowledged. */
@@ -604,6 +643,7 @@ export class MirroredVolume implements Volume {
     if (!w.diskDone || !w.peerDone) return;
     this.localWrites.delete(w.entry.id);
     this.untrack(w.entry);
+    this.meta.activityLog.end(w.entry.offset, w.entry.end - w.entry.offset);
     w.done(w.error);
   }
 

@@ -19,6 +19,13 @@ describe('cluster config', () => {
     expect(c.nodes.a!.peer).toEqual({ host: '127.0.0.1', port: 7789 });
     expect(c.witness).toBeUndefined();
     expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500 });
+    expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 64 });
+  });
+
+  it('takes the activity log size and refuses odd extents', () => {
+    expect(parseClusterConfig({ ...example, activityLog: { extent: '1M', extents: 500 } }).activityLog).toEqual({ extent: 2 ** 20, extents: 500 });
+    expect(() => parseClusterConfig({ ...example, activityLog: { extent: '3M' } })).toThrow(/activityLog\.extent: must be a power of two/);
+    expect(() => parseClusterConfig({ ...example, activityLog: { extents: 5000 } })).toThrow(/activityLog\.extents/);
   });
 
   it('takes peer link timing as durations and checks heartbeat against timeout', () => {
