@@ -70,6 +70,8 @@ const nodeSchema = z.strictObject({
 const volumeSchema = z.strictObject({
   size: size.refine((n) => n % 4096 === 0, 'must be a multiple of 4096 bytes'),
   description: z.string().max(1024).optional(),
+  /** Every resync of this volume compares block digests first and copies only differing blocks. */
+  checksumResync: z.boolean().default(false),
 });
 
 export const clusterSchema = z

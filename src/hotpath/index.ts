@@ -77,18 +77,24 @@ export class Hotpath {
 
   /**
    * XXH3-64 of any buffer: hashed in place when it is in WASM memory (a slot), else copied into
-   * the staging region first (a 4 KiB copy costs less than the hash call around it).
+   * the staging region first (a 4 KiB copy costs less than the hash call around it). The same
+   * holds for blockDigests.
    */
   digestOf(buf: Uint8Array): bigint {
-    if (this.mem.offsetOf(buf) >= 0) return xxh3(this.mem, buf);
+    return xxh3(this.mem, this.inWasm(buf));
+  }
+
+  /** `buf` itself when it is in WASM memory, else a copy of it in the staging region. */
+  private inWasm(buf: Uint8Array): Uint8Array {
+    if (this.mem.offsetOf(buf) >= 0) return buf;
     if (buf.length > this.staging.length) throw new HotpathError('HOTPATH_RANGE', `${buf.length} bytes exceed the staging region of ${this.staging.length}`);
     this.staging.set(buf);
-    return xxh3(this.mem, this.staging.subarray(0, buf.length));
+    return this.staging.subarray(0, buf.length);
   }
 
   /** XXH3-64 of each `blockSize` block of `buf` (in WASM memory) into `out` from index `at`. */
   blockDigests(buf: Uint8Array, blockSize: number, out: DigestList, at = 0): number {
-    return blockDigests(this.mem, buf, blockSize, out, at);
+    return blockDigests(this.mem, this.inWasm(buf), blockSize, out, at);
   }
 
   /** Runs of indices where two digest lists differ. */

@@ -23,12 +23,12 @@ export interface VolumeStatus {
   connection: LinkState;
   disk: (typeof STATE_NAMES)[number];
   outOfSyncBytes: number;
-  resync: { role: 'source' | 'target'; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
+  resync: { role: 'source' | 'target'; checksum: boolean; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
   /** Data frames from the peer that failed their digest check (and were sent again), since start. */
   integrityErrors: number;
   /** The last resync that finished since start-up: bytes copied and how long it took. */
-  lastResync: { role: 'source' | 'target'; bytes: number; seconds: number; finishedAt: string } | null;
+  lastResync: { role: 'source' | 'target'; checksum: boolean; bytes: number; wireBytes: number; seconds: number; finishedAt: string } | null;
 }
 
 interface NodeVolume {
@@ -40,6 +40,8 @@ interface NodeVolume {
   readonly mirror: MirroredVolume;
   resyncStarted: number;
   lastResync: VolumeStatus['lastResync'];
+  /** The config asks for checksum resync of this volume every time. */
+  readonly checksumAlways: boolean;
 }
 
 export class ClusterNode {
@@ -65,7 +67,14 @@ export class ClusterNode {
     mkdirSync(dataDir, { recursive: true });
     // Volume order (and index on the wire) is the sorted names: the same on both nodes.
     const volumeNames = Object.keys(config.volumes).sort();
-    this.hot = Hotpath.create({ bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)), slotArenaBytes, stagingBytes: MAX_FRAME_BODY });
+    const perVolume = MirroredVolume.sizing(GRAIN);
+    this.hot = Hotpath.create({
+      bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)),
+      digests: perVolume.digests * volumeNames.length,
+      digestLists: perVolume.digestLists * volumeNames.length,
+      slotArenaBytes,
+      stagingBytes: MAX_FRAME_BODY,
+    });
     this.link = new PeerLink({
       hello: () => this.hello(),
       listen: self.peer,
@@ -113,7 +122,7 @@ export class ClusterNode {
         release: (body) => slots.release(body),
       };
       const mirror = new MirroredVolume({ local: file, meta, peer: port, volumeIndex: index, node: nodeName, peerName: this.peerName, grain: GRAIN, hot: this.hot, log: log.child({ volume: name }) });
-      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false };
+      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync };
       this.volumes.push(entry);
     });
   }
@@ -133,6 +142,7 @@ export class ClusterNode {
         generation: v.meta.generation,
         state: STATE_NAMES[v.meta.state],
         dirty: v.meta.bitmap.any(),
+        checksum: v.meta.checksumResync,
       })),
     };
   }
@@ -151,17 +161,17 @@ export class ClusterNode {
             log.info('volume connected and up to date');
             return;
           }
-          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'bits left by a crash');
+          return this.resync(v, d.source === this.nodeName, theirs, 'bits left by a crash or by verify');
         case 'initial':
           if (d.source !== this.nodeName) v.meta.saveIdentity({ generation: { ...v.meta.generation, current: theirs.generation.current } });
           v.meta.saveIdentity({ state: DiskState.UpToDate });
           log.info({ reason: 'both nodes new' }, 'volume connected and up to date');
           return;
         case 'bitmap':
-          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'changed on one node while apart');
+          return this.resync(v, d.source === this.nodeName, theirs, 'changed on one node while apart');
         case 'full':
           if (d.source !== this.nodeName) v.meta.markDirty(0, v.meta.bitmap.bits, () => undefined);
-          return this.resync(v, d.source === this.nodeName, theirs.generation.current, 'new or unrelated copy: full sync');
+          return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
         case 'split-brain':
         case 'unrelated':
           v.diverged = true;
@@ -171,21 +181,31 @@ export class ClusterNode {
     });
   }
 
-  private resync(v: NodeVolume, isSource: boolean, peerCurrent: string, reason: string): void {
+  /**
+   * Starts a resync of `v` with the peer. Block digests are compared first (only differing blocks
+   * move) when either side crashed (its activity-log extents are mostly identical in fact) or
+   * the volume asks for it in the config; never for a full sync.
+   */
+  private resync(v: NodeVolume, isSource: boolean, theirs: Hello['volumes'][number], reason: string, checksumAllowed = true): void {
     const log = this.log.child({ volume: v.name });
     const role = isSource ? 'source' : 'target';
+    const checksum = checksumAllowed && (v.checksumAlways || v.meta.checksumResync || theirs.checksum);
     if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
     v.resyncStarted = Date.now();
-    const copiedBefore = v.mirror.resyncedBytesTotal;
-    log.info({ role, reason }, 'volume resyncing');
-    v.mirror.startResync(role, (err) => {
-      if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
-      const g = v.meta.generation;
-      v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : peerCurrent) });
-      const seconds = (Date.now() - v.resyncStarted) / 1000;
-      v.lastResync = { role, bytes: v.mirror.resyncedBytesTotal - copiedBefore, seconds, finishedAt: new Date().toISOString() };
-      log.info({ role, seconds, bytes: v.lastResync.bytes }, 'volume up to date after resync');
-    });
+    const before = { bytes: v.mirror.resyncedBytesTotal, wire: v.mirror.resyncWireBytesTotal };
+    log.info({ role, reason, checksum }, 'volume resyncing');
+    v.mirror.startResync(
+      role,
+      (err) => {
+        if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
+        const g = v.meta.generation;
+        v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : theirs.generation.current), checksumResync: false });
+        const seconds = (Date.now() - v.resyncStarted) / 1000;
+        v.lastResync = { role, checksum, bytes: v.mirror.resyncedBytesTotal - before.bytes, wireBytes: v.mirror.resyncWireBytesTotal - before.wire, seconds, finishedAt: new Date().toISOString() };
+        log.info({ role, seconds, bytes: v.lastResync.bytes, wireBytes: v.lastResync.wireBytes }, 'volume up to date after resync');
+      },
+      checksum,
+    );
   }
 
   /**

@@ -19,6 +19,8 @@ export const helloSchema = z.strictObject({
       state: z.enum(['UpToDate', 'Inconsistent', 'Outdated']),
       /** Does the sender's dirty bitmap have bits set? */
       dirty: z.boolean(),
+      /** Does the sender want the next resync to compare block digests first (after a crash)? */
+      checksum: z.boolean().default(false),
     }),
   ),
 });

@@ -26,6 +26,7 @@ import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../v
 import type { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import type { VolumeMeta } from '../meta/volume-meta.js';
+import { BlockComparer } from './block-compare.js';
 import { startTracking } from './generation.js';
 import {
   decodeRange,
@@ -91,6 +92,8 @@ const RESYNC_WINDOW = 8;
 
 export interface ResyncProgress {
   role: 'source' | 'target';
+  /** Blocks are compared by digest first and only differing ones are copied. */
+  checksum: boolean;
   totalBytes: number;
   doneBytes: number;
 }
@@ -141,6 +144,9 @@ export class MirroredVolume implements Volume {
   /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
   private nextId: bigint;
   private resyncState: (ResyncProgress & { peerRunsIn: boolean; cursor: number; requests: number; onDone: Done }) | undefined;
+  /** Data bytes resync moved over the link (sent as source, received as target); with checksum resync, less than the ranges covered. */
+  resyncWireBytesTotal = 0;
+  private readonly compare: BlockComparer;
   /** Bytes copied by resyncs since start-up (sent as source or written as target). */
   resyncedBytesTotal = 0;
   /** This node's data may be older than the peer's where bits are set (a resync target). */
@@ -160,6 +166,12 @@ export class MirroredVolume implements Volume {
     this.capabilities = { ...o.local.capabilities, fastZero: false };
     this.winsOverlaps = o.node > o.peerName;
     this.nextId = (BigInt(o.volumeIndex) << 48n) + 1n;
+    this.compare = new BlockComparer(o.hot, o.grain);
+  }
+
+  /** Hot-path memory a mirrored volume needs besides its bitmap. */
+  static sizing(grain: number): { digests: number; digestLists: number } {
+    return BlockComparer.sizing(grain);
   }
 
   /**
@@ -351,7 +363,7 @@ export class MirroredVolume implements Volume {
   handleFrame(h: FrameHeader, body: Buffer): void {
     // Data frames keep their body until it is on disk; the rest are done with it at once.
     if (h.type === PeerMsg.WRITE) return this.onPeerWrite(h.id, body);
-    if (h.type === PeerMsg.RS_DATA) return this.onResyncData(h.id, body);
+    if (h.type === PeerMsg.RS_DATA || h.type === PeerMsg.RS_DIFF) return this.onResyncData(h.type, h.id, body);
     try {
       this.handleControlFrame(h, body);
     } finally {
@@ -376,6 +388,8 @@ export class MirroredVolume implements Volume {
         return this.onPeerRuns(h.flags, body);
       case PeerMsg.RS_REQUEST:
         return this.onResyncRequest(h.id, body);
+      case PeerMsg.RS_CSUM_REQUEST:
+        return this.onChecksumRequest(h.id, body);
       case PeerMsg.RS_ACK: {
         const r = decodeRange(body);
         const [first, count] = this.grains(r.offset, r.length);
@@ -454,16 +468,16 @@ export class MirroredVolume implements Volume {
   /** Progress of a running resync, if any. */
   get resync(): ResyncProgress | undefined {
     const r = this.resyncState;
-    return r && { role: r.role, totalBytes: r.totalBytes, doneBytes: r.doneBytes };
+    return r && { role: r.role, checksum: r.checksum, totalBytes: r.totalBytes, doneBytes: r.doneBytes };
   }
 
   /**
    * Starts a resync in the given role (decided by generation ids); `done` runs when all dirty
    * ranges are copied and both bitmaps are clear and durable.
    */
-  startResync(role: 'source' | 'target', done: Done): void {
+  startResync(role: 'source' | 'target', done: Done, checksum = false): void {
     if (!this.peer.connected) return done(new Error('cannot resync without the peer'));
-    this.resyncState = { role, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done };
+    this.resyncState = { role, checksum, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done };
     if (role === 'target') {
       this.stale = true;
       this.unionKnown = false;
@@ -512,9 +526,50 @@ export class MirroredVolume implements Volume {
       const length = Math.min(grains * this.grain, this.size - offset);
       const entry = this.track(offset, length, 'resync', this.nextId++);
       r.requests++;
-      this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
+      if (r.checksum) this.requestByChecksum(entry);
+      else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
     }
     if (r.requests === 0 && r.cursor >= bits) this.finishResync();
+  }
+
+  /**
+   * Target, checksum resync: digest what we hold of the range (once earlier writes to it are on
+   * disk; later ones wait for the entry) and send the digests instead of asking for the data.
+   */
+  private requestByChecksum(entry: InFlight): void {
+    const length = entry.end - entry.offset;
+    this.afterEarlier(entry, () => {
+      const data = this.hot.slots.acquire(length);
+      this.local.read(data, entry.offset, (err) => {
+        if (err) {
+          this.hot.slots.release(data);
+          // Unreadable here: ask for the whole range instead.
+          this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, entry.offset, length));
+          return;
+        }
+        const body = this.compare.digestRequest(this.volumeIndex, entry.offset, data);
+        this.hot.slots.release(data);
+        this.peer.send(PeerMsg.RS_CSUM_REQUEST, entry.id, body);
+      });
+    });
+  }
+
+  /** Source, checksum resync: compare with the target's digests, send only the blocks that differ. */
+  private onChecksumRequest(id: bigint, body: Buffer): void {
+    const req = this.compare.decodeDigests(body);
+    const theirs = Buffer.from(req.digests); // the body is given back when this returns
+    const entry = this.track(req.offset, req.length, 'resync', id);
+    this.afterEarlier(entry, () => {
+      const data = Buffer.allocUnsafe(req.length);
+      this.local.read(data, req.offset, (err) => {
+        if (!err) {
+          const parts = this.compare.diffBody(this.volumeIndex, req.offset, data, this.compare.differing(data, theirs));
+          for (let i = 1; i < parts.length; i++) this.resyncWireBytesTotal += parts[i]!.length;
+          this.peer.send(PeerMsg.RS_DIFF, id, parts);
+        }
+        this.release(entry);
+      });
+    });
   }
 
   /** Source: answer once every earlier write to the range is on disk. */
@@ -526,6 +581,7 @@ export class MirroredVolume implements Volume {
       this.local.read(data, range.offset, (err) => {
         if (!err) {
           const head = encodeRange(this.volumeIndex, range.offset, range.length);
+          this.resyncWireBytesTotal += data.length;
           this.peer.send(PeerMsg.RS_DATA, id, [head, encodeDigest(sealDigest(this.hot.digestOf(data), range.offset)), data]);
         }
         this.release(entry);
@@ -533,35 +589,63 @@ export class MirroredVolume implements Volume {
     });
   }
 
-  /** Target: write the data (later writes to the range wait for it), clear the bits, ack. */
-  private onResyncData(id: bigint, body: Buffer): void {
-    const range = decodeRange(body);
+  /**
+   * Target: write the data — the whole range (RS_DATA) or the blocks that differed (RS_DIFF) —
+   * (later writes to the range wait for it), clear the bits, ack.
+   */
+  private onResyncData(type: PeerMsg, id: bigint, body: Buffer): void {
     const entry = this.inFlight.find((e) => e.id === id && e.origin === 'resync');
     const r = this.resyncState;
-    const data = body.subarray(RS_DATA_HEADER_SIZE);
     if (!entry || !r) return this.peer.release(body);
-    if (!this.intact(id, data, range.offset, 0, readDigest(body, RANGE_SIZE))) {
+    let range: { offset: number; length: number };
+    let pieces: Array<{ offset: number; data: Buffer }>;
+    let intact: boolean;
+    if (type === PeerMsg.RS_DIFF) {
+      ({ pieces, intact, ...range } = this.compare.decodeDiff(body));
+      if (!intact) this.countDamage(id, range.offset, range.length);
+    } else {
+      range = decodeRange(body);
+      const data = body.subarray(RS_DATA_HEADER_SIZE);
+      pieces = [{ offset: range.offset, data }];
+      intact = this.intact(id, data, range.offset, 0, readDigest(body, RANGE_SIZE));
+    }
+    if (!intact) {
       this.peer.release(body);
-      this.peer.send(PeerMsg.RS_REQUEST, id, encodeRange(this.volumeIndex, range.offset, range.length));
+      this.pullAgain(entry, r);
       return;
     }
-    this.local.write(data, range.offset, false, (err) => {
+    if (this.rerequests.size > 0) this.rerequests.delete(id);
+    let left = pieces.length;
+    let error: Error | null = null;
+    const written = (err: Error | null): void => {
+      error ??= err;
+      if (--left > 0) return;
       this.peer.release(body);
-      if (!err) {
+      if (!error) {
         const [first, count] = this.grains(range.offset, range.length);
         this.meta.clearDirty(first, count);
         r.doneBytes += range.length;
         this.resyncedBytesTotal += range.length;
+        for (const p of pieces) this.resyncWireBytesTotal += p.data.length;
         this.peer.send(PeerMsg.RS_ACK, id, encodeRange(this.volumeIndex, range.offset, range.length));
       }
       this.release(entry);
       r.requests--;
-      if (err) {
+      if (error) {
         this.resyncState = undefined;
-        return r.onDone(err);
+        return r.onDone(error);
       }
       this.pullMore();
-    });
+    };
+    if (left === 0) return void (left = 1, written(null));
+    for (const p of pieces) this.local.write(p.data, p.offset, false, written);
+  }
+
+  /** Target: resync data arrived damaged; ask for it again the way it was asked for. */
+  private pullAgain(entry: InFlight, r: NonNullable<typeof this.resyncState>): void {
+    if (!this.peer.connected) return;
+    if (r.checksum) this.requestByChecksum(entry);
+    else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, entry.offset, entry.end - entry.offset));
   }
 
   private finishResync(): void {
@@ -623,15 +707,19 @@ export class MirroredVolume implements Volume {
       if (this.rerequests.size > 0) this.rerequests.delete(id);
       return true;
     }
+    this.countDamage(id, offset, data.length);
+    return false;
+  }
+
+  private countDamage(id: bigint, offset: number, length: number): void {
     this.integrityErrors++;
     const tries = (this.rerequests.get(id) ?? 0) + 1;
     this.rerequests.set(id, tries);
-    this.log.warn({ offset, length: data.length, tries, integrityErrors: this.integrityErrors }, 'data from the peer failed its digest check; asking for it again');
+    this.log.warn({ offset, length, tries, integrityErrors: this.integrityErrors }, 'data from the peer failed its digest check; asking for it again');
     if (tries >= MAX_RESENDS) {
       this.log.error({ offset, tries }, 'data from the peer keeps failing its digest check; resetting the link');
       this.peer.reset(`a data frame failed its digest check ${tries} times`);
     }
-    return false;
   }
 
   /** The peer asks for a WRITE again (it arrived damaged). */

@@ -5,7 +5,7 @@
 // then `length` bytes of body. `id` pairs a request with its reply (WRITE ↔ WRITE_ACK).
 // HELLO carries JSON (rare, and readable in a packet capture); data frames are binary.
 //
-// Integrity: every frame that carries data (WRITE, RS_DATA, PEER_READ_DATA) carries an XXH3-64
+// Integrity: every frame that carries data (WRITE, RS_DATA, RS_DIFF, PEER_READ_DATA) carries an XXH3-64
 // digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
 // checks before the data goes near a disk.
 import { MAX_PAYLOAD } from '../protocol/constants.js';
@@ -46,6 +46,10 @@ export const enum PeerMsg {
   PEER_READ = 45,
   /** Source → target: its answer (range body, status u32, digest u64, then the data when status is 0). */
   PEER_READ_DATA = 46,
+  /** Checksum resync, target → source: range, then the target's XXH3 of each 4 KiB block (u64 LE). */
+  RS_CSUM_REQUEST = 47,
+  /** Checksum resync, source → target: only the blocks that differ (see block-compare.ts); answered by RS_ACK. */
+  RS_DIFF = 48,
 }
 
 /** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */

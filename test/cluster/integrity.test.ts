@@ -1,7 +1,7 @@
 // Peer-link integrity with real node processes: a proxy between a and b flips a bit in data
 // frames. A damaged WRITE is caught by its digest, sent again and lands intact; damage that
 // keeps coming resets the link, and once it stops the nodes reconnect, resync and match.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';

@@ -54,6 +54,12 @@ describe('XXH3-64', () => {
     expect(hex(hot.digestOf(inSlot))).toBe(ref(inSlot));
     hot.slots.release(inSlot);
     expect(() => hot.digestOf(Buffer.alloc(65537))).toThrow(expect.objectContaining({ code: 'HOTPATH_RANGE' }));
+    const list = hot.digestList(16);
+    const plain = Buffer.alloc(65536);
+    plain.fill(9, 4096 * 3, 4096 * 4);
+    expect(hot.blockDigests(plain, 4096, list)).toBe(16);
+    expect(hex(list.values[3]!)).toBe(ref(plain.subarray(4096 * 3, 4096 * 4)));
+    expect(hex(list.values[0]!)).toBe(ref(plain.subarray(0, 4096)));
   });
 
   it('hashes a batch of blocks into a digest list, each equal to the single-block hash', () => {

@@ -45,8 +45,8 @@ describe('ActivityLog', () => {
     const { fd, al } = open(8);
     await Promise.all([begin(al, 0, 4096), begin(al, 4 * MiB, 4096), begin(al, 4 * MiB + 8192, 4096), begin(al, 9 * MiB, 4096)]);
     expect(al.updates).toBe(1);
-    expect(al.extents.sort()).toEqual([0, 1, 2]);
-    expect(readAlRecord(fd, 0)?.extents.sort()).toEqual([0, 1, 2]);
+    expect([...al.extents].sort()).toEqual([0, 1, 2]);
+    expect([...(readAlRecord(fd, 0)?.extents ?? [])].sort()).toEqual([0, 1, 2]);
     await begin(al, 100, 4096);
     expect(al.updates).toBe(1);
     expect(begin(al, 4 * MiB - 4096, 8192)).resolves.toBeUndefined(); // spans extents 0 and 1, both logged
@@ -59,15 +59,15 @@ describe('ActivityLog', () => {
     await begin(al, 4 * MiB, 4096); // extent 1
     al.end(0, 4096); // extent 0 idle
     await begin(al, 8 * MiB, 4096); // extent 2 replaces 0
-    expect(al.extents.sort()).toEqual([1, 2]);
+    expect([...al.extents].sort()).toEqual([1, 2]);
     let through = false;
     const waiting = begin(al, 12 * MiB, 4096).then(() => (through = true));
     await new Promise((r) => setTimeout(r, 20));
     expect(through).toBe(false); // extents 1 and 2 have writes in flight
     al.end(4 * MiB, 4096);
     await waiting;
-    expect(al.extents.sort()).toEqual([2, 3]);
-    expect(readAlRecord(fd, 0)?.extents.sort()).toEqual([2, 3]);
+    expect([...al.extents].sort()).toEqual([2, 3]);
+    expect([...(readAlRecord(fd, 0)?.extents ?? [])].sort()).toEqual([2, 3]);
     closeSync(fd);
   });
 });

@@ -1,0 +1,112 @@
+// Comparing a range on both nodes by block digests (WASM XXH3 per 4 KiB block, WASM diff),
+// for checksum resync (send only the blocks that differ) and online verify (report them).
+// Frame bodies are pure bytes in and out; the digests live in two DigestLists per volume, used
+// synchronously only (fill, compare, done), so two lists serve every request of a volume.
+import type { DigestList, Hotpath } from '../hotpath/index.js';
+import { ProtocolViolation } from '../protocol/errors.js';
+import { decodeRange, encodeDigest, encodeRange, RANGE_SIZE, sealDigest } from './peer-protocol.js';
+
+/** Largest range one digest request covers. */
+export const COMPARE_CHUNK = 1024 * 1024;
+
+export interface BlockRun {
+  /** First block, counted from the range's start. */
+  start: number;
+  length: number;
+}
+
+export class BlockComparer {
+  private readonly ours: DigestList;
+  private readonly theirs: DigestList;
+  readonly blocksPerChunk: number;
+
+  constructor(
+    private readonly hot: Hotpath,
+    readonly blockSize: number,
+  ) {
+    this.blocksPerChunk = COMPARE_CHUNK / blockSize;
+    this.ours = hot.digestList(this.blocksPerChunk);
+    this.theirs = hot.digestList(this.blocksPerChunk);
+  }
+
+  /** What a volume's comparer takes from the hot path's sizing. */
+  static sizing(blockSize: number): { digests: number; digestLists: number } {
+    return { digests: 2 * (COMPARE_CHUNK / blockSize), digestLists: 2 };
+  }
+
+  /** Body asking the peer to compare [offset, offset + data.length): range, then our digests. */
+  digestRequest(volume: number, offset: number, data: Buffer): Buffer[] {
+    const n = this.fill(this.ours, data);
+    return [encodeRange(volume, offset, data.length), Buffer.from(this.ours.bytes().subarray(0, n * 8))];
+  }
+
+  /** The range and the peer's digests of a digest request (or reply) body. */
+  decodeDigests(body: Buffer): { offset: number; length: number; digests: Buffer } {
+    const range = decodeRange(body);
+    const digests = body.subarray(RANGE_SIZE);
+    if (range.length > COMPARE_CHUNK || range.length % this.blockSize !== 0 || digests.length !== (range.length / this.blockSize) * 8) {
+      throw new ProtocolViolation(`digest body for ${range.length} bytes carries ${digests.length} bytes of digests`);
+    }
+    return { offset: range.offset, length: range.length, digests };
+  }
+
+  /** Runs of blocks where `data` (ours) differs from the peer's `digests` of the same range. */
+  differing(data: Buffer, digests: Buffer): BlockRun[] {
+    const n = this.fill(this.ours, data);
+    const theirs = this.theirs.bytes();
+    digests.copy(theirs, 0, 0, n * 8);
+    theirs.fill(0, n * 8); // beyond the range both lists hold zeroes: never a difference
+    return this.hot.diffRuns(this.ours, this.theirs);
+  }
+
+  /**
+   * RS_DIFF body: range, sealed digest, run count u32, runs (start u32, blocks u32), then the
+   * data of those runs; `parts` are views of `data`, not copies.
+   */
+  diffBody(volume: number, offset: number, data: Buffer, runs: readonly BlockRun[]): Buffer[] {
+    const head = Buffer.allocUnsafe(RANGE_SIZE + 8 + 4 + 8 * runs.length);
+    encodeRange(volume, offset, data.length).copy(head);
+    head.writeUInt32BE(runs.length, RANGE_SIZE + 8);
+    const parts: Buffer[] = [];
+    let digest = 0n;
+    runs.forEach((r, i) => {
+      head.writeUInt32BE(r.start, RANGE_SIZE + 12 + 8 * i);
+      head.writeUInt32BE(r.length, RANGE_SIZE + 16 + 8 * i);
+      const piece = data.subarray(r.start * this.blockSize, (r.start + r.length) * this.blockSize);
+      digest ^= sealDigest(this.hot.digestOf(piece), offset + r.start * this.blockSize);
+      parts.push(piece);
+    });
+    encodeDigest(digest).copy(head, RANGE_SIZE);
+    return [head, ...parts];
+  }
+
+  /** Parses an RS_DIFF body into its pieces and checks its digest (false: damaged in transit). */
+  decodeDiff(body: Buffer): { offset: number; length: number; pieces: Array<{ offset: number; data: Buffer }>; intact: boolean } {
+    const range = decodeRange(body);
+    if (body.length < RANGE_SIZE + 12) throw new ProtocolViolation(`RS_DIFF body of ${body.length} bytes`);
+    const count = body.readUInt32BE(RANGE_SIZE + 8);
+    let at = RANGE_SIZE + 12 + 8 * count;
+    if (at > body.length) throw new ProtocolViolation(`RS_DIFF names ${count} runs in ${body.length} bytes`);
+    const pieces: Array<{ offset: number; data: Buffer }> = [];
+    let digest = 0n;
+    for (let i = 0; i < count; i++) {
+      const start = body.readUInt32BE(RANGE_SIZE + 12 + 8 * i);
+      const blocks = body.readUInt32BE(RANGE_SIZE + 16 + 8 * i);
+      const bytes = blocks * this.blockSize;
+      if ((start + blocks) * this.blockSize > range.length || at + bytes > body.length) throw new ProtocolViolation('RS_DIFF run outside its range');
+      const piece = { offset: range.offset + start * this.blockSize, data: body.subarray(at, at + bytes) };
+      digest ^= sealDigest(this.hot.digestOf(piece.data), piece.offset);
+      pieces.push(piece);
+      at += bytes;
+    }
+    return { offset: range.offset, length: range.length, pieces, intact: digest === body.readBigUInt64BE(RANGE_SIZE) };
+  }
+
+  private fill(list: DigestList, data: Buffer): number {
+    if (data.length > COMPARE_CHUNK || data.length % this.blockSize !== 0) throw new RangeError(`cannot compare ${data.length} bytes in blocks of ${this.blockSize}`);
+    const n = data.length / this.blockSize;
+    this.hot.blockDigests(data, this.blockSize, list);
+    if (n < list.length) list.bytes().fill(0, n * 8);
+    return n;
+  }
+}
