@@ -28,6 +28,8 @@ import type { Logger } from '../log.js';
 import type { VolumeMeta } from '../meta/volume-meta.js';
 import { BlockComparer } from './block-compare.js';
 import { startTracking } from './generation.js';
+import { DEFAULT_RATE, RateLimiter, type RatePolicy } from './rate-limit.js';
+import { VerifyRun, type VerifyReport } from './verify.js';
 import {
   decodeRange,
   decodeWriteHeader,
@@ -70,6 +72,10 @@ export interface MirroredVolumeOptions {
   /** Digests for integrity checks (WASM XXH3). */
   readonly hot: Hotpath;
   readonly log: Logger;
+  /** Pacing of resync and verify (default: unlimited, 64 MiB/s while clients are busy). */
+  readonly rate?: RatePolicy;
+  /** The peer asks for a resync now (after a verify with repair), this node in `role`. */
+  onResyncAsked?(role: 'source' | 'target'): void;
 }
 
 /** A data frame failing its digest this many times in a row resets the link. */
@@ -147,6 +153,10 @@ export class MirroredVolume implements Volume {
   /** Data bytes resync moved over the link (sent as source, received as target); with checksum resync, less than the ranges covered. */
   resyncWireBytesTotal = 0;
   private readonly compare: BlockComparer;
+  /** Paces resync and verify; told about every client request. */
+  readonly rate: RateLimiter;
+  private verifyRun: VerifyRun | undefined;
+  private readonly onResyncAsked: ((role: 'source' | 'target') => void) | undefined;
   /** Bytes copied by resyncs since start-up (sent as source or written as target). */
   resyncedBytesTotal = 0;
   /** This node's data may be older than the peer's where bits are set (a resync target). */
@@ -167,6 +177,8 @@ export class MirroredVolume implements Volume {
     this.winsOverlaps = o.node > o.peerName;
     this.nextId = (BigInt(o.volumeIndex) << 48n) + 1n;
     this.compare = new BlockComparer(o.hot, o.grain);
+    this.rate = new RateLimiter(o.rate ?? DEFAULT_RATE);
+    this.onResyncAsked = o.onResyncAsked;
   }
 
   /** Hot-path memory a mirrored volume needs besides its bitmap. */
@@ -181,6 +193,7 @@ export class MirroredVolume implements Volume {
    * rather than return old data.
    */
   read(buf: Buffer, offset: number, done: Done): void {
+    this.rate.clientIo();
     if (!this.stale) return this.local.read(buf, offset, done);
     const r = this.resyncState;
     if (r && !r.peerRunsIn) return void this.readsWaitingForRuns.push(() => this.read(buf, offset, done));
@@ -229,16 +242,19 @@ export class MirroredVolume implements Volume {
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
+    this.rate.clientIo();
     const flags = fua ? 1 : 0;
     const header = encodeWriteHeader({ volume: this.volumeIndex, flags, offset, digest: sealDigest(this.hot.digestOf(buf), offset, flags) });
     this.mirrorChange(PeerMsg.WRITE, [header, buf], offset, buf.length, this.writer(buf, offset, fua), done);
   }
 
   trim(offset: number, length: number, fua: boolean, done: Done): void {
+    this.rate.clientIo();
     this.mirrorChange(PeerMsg.TRIM, changeBody(this.volumeIndex, offset, length, fua ? 1 : 0), offset, length, this.trimmer(fua), done);
   }
 
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
+    this.rate.clientIo();
     const flags = (opts.fua ? 1 : 0) | (opts.noHole ? 2 : 0);
     this.mirrorChange(PeerMsg.ZERO, changeBody(this.volumeIndex, offset, length, flags), offset, length, this.zeroer(flags), done);
   }
@@ -390,6 +406,12 @@ export class MirroredVolume implements Volume {
         return this.onResyncRequest(h.id, body);
       case PeerMsg.RS_CSUM_REQUEST:
         return this.onChecksumRequest(h.id, body);
+      case PeerMsg.VERIFY_REQUEST:
+        return this.onVerifyRequest(h.id, body);
+      case PeerMsg.VERIFY_DIGESTS:
+        return this.verifyRun?.onDigests(h.id, this.compare.decodeDigests(body).digests);
+      case PeerMsg.RESYNC_NOW:
+        return this.onResyncAsked?.(body.readUInt32BE(0) === 1 ? 'source' : 'target');
       case PeerMsg.RS_ACK: {
         const r = decodeRange(body);
         const [first, count] = this.grains(r.offset, r.length);
@@ -462,7 +484,9 @@ export class MirroredVolume implements Volume {
     }
     // Reads that waited for the runs are decided again (now without a peer).
     for (const waiting of this.readsWaitingForRuns.splice(0)) waiting();
+    this.rate.cancel();
     r?.onDone(new Error('peer link lost during resync'));
+    this.verifyRun?.abort('peer link lost during verify');
   }
 
   /** Progress of a running resync, if any. */
@@ -482,7 +506,11 @@ export class MirroredVolume implements Volume {
       this.stale = true;
       this.unionKnown = false;
     }
-    const runs = this.meta.bitmap.runs(0, Infinity);
+    this.sendRuns(this.meta.bitmap.runs(0, Infinity), true);
+  }
+
+  /** Sends dirty runs (grain units) for the peer to mark too; `last` ends a resync's exchange. */
+  private sendRuns(runs: ReadonlyArray<{ start: number; length: number }>, last: boolean): void {
     for (let i = 0; i < runs.length || i === 0; i += 4096) {
       const part = runs.slice(i, i + 4096);
       const body = Buffer.alloc(4 + 16 * part.length);
@@ -491,8 +519,74 @@ export class MirroredVolume implements Volume {
         body.writeDoubleBE(r.start, 4 + 16 * j);
         body.writeDoubleBE(r.length, 12 + 16 * j);
       });
-      this.peer.send(PeerMsg.BITMAP_RUNS, this.nextId++, body, i + 4096 >= runs.length ? 1 : 0);
+      this.peer.send(PeerMsg.BITMAP_RUNS, this.nextId++, body, last && i + 4096 >= runs.length ? 1 : 0);
     }
+  }
+
+  /**
+   * Online verify (see verify.ts): compares every block with the peer while clients work. The
+   * differing ranges are marked out of sync on both nodes (not repaired: see askResync).
+   */
+  verify(done: (err: Error | null, report: VerifyReport | undefined) => void): void {
+    if (!this.peer.connected) return done(new Error('cannot verify without the peer'), undefined);
+    if (this.resyncState) return done(new Error('a resync is running; verify after it'), undefined);
+    if (this.verifyRun) return done(new Error('a verify of this volume is already running'), undefined);
+    const run = new VerifyRun(
+      {
+        size: this.size,
+        blockSize: this.grain,
+        comparer: this.compare,
+        rate: this.rate,
+        requestDigests: (id, offset, length) => this.peer.send(PeerMsg.VERIFY_REQUEST, id, encodeRange(this.volumeIndex, offset, length)),
+        inFlight: (offset, end) => this.inFlight.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
+        readLocal: (offset, length, cb) => {
+          const data = this.hot.slots.acquire(length);
+          this.local.read(data, offset, (err) => cb(err, data));
+        },
+        releaseLocal: (data) => this.hot.slots.release(data),
+        nextId: () => this.nextId++,
+      },
+      (err, report) => {
+        this.verifyRun = undefined;
+        const grains = report.ranges.map((r) => {
+          const [start, length] = this.grains(r.offset, r.length);
+          return { start, length };
+        });
+        if (grains.length === 0) return done(err, report);
+        // Out of sync on both nodes: marked durably here, and the peer marks them too.
+        if (this.peer.connected) this.sendRuns(grains, false);
+        let left = grains.length;
+        for (const g of grains) this.meta.markDirty(g.start, g.length, () => --left === 0 && done(err, report));
+      },
+    );
+    this.verifyRun = run;
+    run.start();
+  }
+
+  /** Progress of a running verify, if any. */
+  get verifying(): VerifyReport | undefined {
+    return this.verifyRun?.report;
+  }
+
+  /** Asks the peer to start a resync now with this node in `role` (the caller starts its own side). */
+  askResync(role: 'source' | 'target'): boolean {
+    const body = Buffer.alloc(4);
+    body.writeUInt32BE(role === 'source' ? 0 : 1); // the peer's role is the other one
+    return this.peer.send(PeerMsg.RESYNC_NOW, this.nextId++, body);
+  }
+
+  /** Peer verifying: our digests of a range, once earlier writes to it are on disk; later ones wait. */
+  private onVerifyRequest(id: bigint, body: Buffer): void {
+    const range = decodeRange(body);
+    const entry = this.track(range.offset, range.length, 'resync', id);
+    this.afterEarlier(entry, () => {
+      const data = this.hot.slots.acquire(range.length);
+      this.local.read(data, range.offset, (err) => {
+        this.release(entry);
+        if (!err) this.peer.send(PeerMsg.VERIFY_DIGESTS, id, this.compare.digestRequest(this.volumeIndex, range.offset, data));
+        this.hot.slots.release(data);
+      });
+    });
   }
 
   private onPeerRuns(flags: number, body: Buffer): void {
@@ -737,6 +831,7 @@ export class MirroredVolume implements Volume {
 
   private track(offset: number, length: number, origin: InFlight['origin'], id: bigint): InFlight {
     const entry: InFlight = { id, offset, end: offset + length, origin, onDisk: false, whenOnDisk: [] };
+    if (origin !== 'resync') this.verifyRun?.touch(offset, offset + length);
     this.inFlight.push(entry);
     return entry;
   }

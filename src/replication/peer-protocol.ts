@@ -50,6 +50,12 @@ export const enum PeerMsg {
   RS_CSUM_REQUEST = 47,
   /** Checksum resync, source → target: only the blocks that differ (see block-compare.ts); answered by RS_ACK. */
   RS_DIFF = 48,
+  /** Verify, verifier → peer: send me your block digests of this range (range body). */
+  VERIFY_REQUEST = 49,
+  /** Verify, peer → verifier: range, then XXH3 of each 4 KiB block (u64 LE). */
+  VERIFY_DIGESTS = 50,
+  /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
+  RESYNC_NOW = 51,
 }
 
 /** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */

@@ -1,7 +1,7 @@
 // Two mirrored volumes in one process, linked through a cuttable proxy: writes land on both
 // files, racing overlapping writes end identical, and a cut link turns writes into durable
 // dirty bits.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -10,6 +10,7 @@ import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { Hello } from '../../src/replication/hello.js';
 import { MirroredVolume, type PeerPort } from '../../src/replication/mirrored-volume.js';
+import type { VerifyReport } from '../../src/replication/verify.js';
 import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
@@ -192,6 +193,48 @@ describe('mirrored volume (in-process pair)', () => {
     expect(a.mv.resyncWireBytesTotal).toBe(8192);
     expect(a.meta.bitmap.count() + b.meta.bitmap.count()).toBe(0);
     expect(readFileSync(a.path).equals(readFileSync(b.path))).toBe(true);
+  });
+
+  it('online verify finds exactly the blocks that differ while clients write on both nodes, and marks them on both', async () => {
+    const { a, b } = await cluster();
+    for (let off = 0; off < SIZE; off += MiB) await write(a.mv, off, Buffer.alloc(MiB, 0x42));
+    // Damage b's copy behind its back: 4 KiB at 5 MiB + 4 KiB, 8 KiB at 9 MiB.
+    const fd = openSync(b.path, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0xee), 0, 4096, 5 * MiB + 4096);
+    writeSync(fd, Buffer.alloc(8192, 0xee), 0, 8192, 9 * MiB);
+    closeSync(fd);
+    // Clients hammer both nodes during the verify, next to the damage but not on it.
+    let stop = false;
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    const hammer = async (mv: MirroredVolume) => {
+      let n = 0;
+      for (; !stop && n < 5000; n++) {
+        const off = [4 * MiB, 5 * MiB + 8192, 9 * MiB + 8192, 12 * MiB][rnd(4)]! + 4096 * rnd(8);
+        await write(mv, off, Buffer.alloc(4096, rnd(256)));
+      }
+      return n;
+    };
+    const hammers = [a.mv, a.mv, a.mv, b.mv, b.mv, b.mv].map(hammer);
+    const reports: VerifyReport[] = [];
+    for (let i = 0; i < 3; i++) reports.push(await new Promise<VerifyReport>((res, rej) => a.mv.verify((e, r) => (e ? rej(e) : res(r!)))));
+    stop = true;
+    expect((await Promise.all(hammers)).every((n) => n > 0)).toBe(true);
+    for (const r of reports) {
+      expect(r.ranges).toEqual([
+        { offset: 5 * MiB + 4096, length: 4096 },
+        { offset: 9 * MiB, length: 8192 },
+      ]);
+    }
+    const report = reports[0]!;
+    expect(report.outOfSyncBytes).toBe(12288);
+    expect(report.doneBytes).toBe(SIZE);
+    expect(report.unverifiedBytes).toBe(0);
+    expect(a.meta.bitmap.runs(0, Infinity)).toEqual([
+      { start: (5 * MiB + 4096) / 4096, length: 1 },
+      { start: (9 * MiB) / 4096, length: 2 },
+    ]);
+    await until(() => b.meta.bitmap.count() === 3);
   });
 
   it('a resync target serves reads of ranges not copied yet from the source, never stale data', async () => {
