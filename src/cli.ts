@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
+import { runVerify } from './admin/verify-command.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
 import { ClusterNode, type VolumeStatus } from './replication/cluster-node.js';
@@ -91,6 +92,7 @@ async function serveClusterNode(opts: { config?: string; node?: string; io: IoMo
         if (discard !== opts.node) throw new Error(`this is node ${opts.node}: send the resolve to the admin address of node ${discard}`);
         return node.discardLocalChanges(volume);
       },
+      verify: (volume, source) => node.startVerify(volume, source),
     },
     log,
   );
@@ -236,6 +238,18 @@ export function buildProgram(): Command {
     .requiredOption('--volume <name>', 'the diverged volume')
     .requiredOption('--discard <node>', 'the node whose changes are thrown away (must be the node at --admin)')
     .action(resolveSplitBrain);
+
+  program
+    .command('verify')
+    .description('compare every block of a volume on both nodes (online, rate-limited) and report the ranges that differ')
+    .requiredOption('--volume <name>', 'the volume to verify')
+    .addOption(new Option('--admin <host:port>', 'admin address of the node that runs the verify').argParser(argParser(parseHostPort)).default({ host: '127.0.0.1', port: 9180 }, '127.0.0.1:9180'))
+    .option('--repair', 'copy the differing ranges from --source afterwards (nothing is repaired without it)')
+    .option('--source <node>', 'with --repair: the node whose copy is right')
+    .option('--json', 'print the result as JSON (outOfSyncBytes, ranges, …)')
+    .action(async (opts: { volume: string; admin: ListenAddress; repair?: boolean; source?: string; json?: boolean }) => {
+      process.exitCode = await runVerify(opts);
+    });
 
   program
     .command('status')

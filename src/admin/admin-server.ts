@@ -1,5 +1,6 @@
 // The HTTP admin endpoint of a node: GET /status answers JSON (what `nbd-mirror status` prints);
-// POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard.
+// POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard;
+// POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair).
 // Listens where the cluster config says (`admin`): keep it on loopback or a management network.
 import http from 'node:http';
 import type { HostPort } from '../config/units.js';
@@ -9,6 +10,8 @@ export interface AdminActions {
   status(): unknown;
   /** Discard this node's changes to `volume` (split brain); returns what happens next. */
   discard(volume: string, node: string): string;
+  /** Start an online verify of `volume`; with `repairSource`, repair from that node. */
+  verify(volume: string, repairSource: string | null): string;
 }
 
 export function startAdminServer(addr: HostPort, actions: AdminActions, log: Logger): Promise<http.Server> {
@@ -19,19 +22,21 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
       res.end(JSON.stringify(actions.status()));
       return;
     }
-    if (req.method === 'POST' && url.pathname === '/resolve') {
+    const q = url.searchParams;
+    const act = (fn: () => string): void => {
       try {
-        const msg = actions.discard(url.searchParams.get('volume') ?? '', url.searchParams.get('discard') ?? '');
+        const msg = fn();
         res.writeHead(200, { 'content-type': 'text/plain' });
-        res.end(`${msg}\n`);
+        res.end(msg.endsWith('\n') ? msg : `${msg}\n`);
       } catch (err) {
         res.writeHead(409, { 'content-type': 'text/plain' });
         res.end(`${(err as Error).message}\n`);
       }
-      return;
-    }
+    };
+    if (req.method === 'POST' && url.pathname === '/resolve') return act(() => actions.discard(q.get('volume') ?? '', q.get('discard') ?? ''));
+    if (req.method === 'POST' && url.pathname === '/verify') return act(() => actions.verify(q.get('volume') ?? '', q.get('source')));
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE\n');
+    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE]\n');
   });
   server.on('error', (err) => log.error({ err }, 'admin endpoint error'));
   return new Promise((resolve, reject) => {

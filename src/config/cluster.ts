@@ -56,6 +56,26 @@ const activityLogSchema = z
   })
   .prefault({});
 
+const rate = z.union([z.string(), z.number().int().positive()]).transform((v, ctx): number => {
+  if (v === 'unlimited') return Infinity;
+  try {
+    return typeof v === 'number' ? v : parseSize(v.replace(/\/s$/, ''));
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `${(err as Error).message} (a rate per second, e.g. 100M or 100M/s, or "unlimited")` });
+    return z.NEVER;
+  }
+});
+
+/** Pacing of resync and verify. */
+const resyncSchema = z
+  .strictObject({
+    /** Never faster than this. */
+    maxRate: rate.default(Infinity),
+    /** While clients are doing I/O on the volume, no faster than this: their requests come first. */
+    busyRate: rate.default(64 * 1024 * 1024),
+  })
+  .prefault({});
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -81,6 +101,7 @@ export const clusterSchema = z
     witness: address.optional(),
     link: linkSchema.prefault({}),
     activityLog: activityLogSchema,
+    resync: resyncSchema,
   })
   .superRefine((c, ctx) => {
     const seen = new Map<string, string>();

@@ -11,6 +11,7 @@ import { FileVolume } from '../volume/file-volume.js';
 import { decide, finishSync, NO_GENERATION, type NodeGeneration } from './generation.js';
 import type { Hello } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
+import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkState } from './peer-link.js';
 import { MAX_FRAME_BODY } from './peer-protocol.js';
 
@@ -18,6 +19,17 @@ import { MAX_FRAME_BODY } from './peer-protocol.js';
 export const GRAIN = 4096;
 
 const STATE_NAMES = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
+
+export interface VerifyStatus extends VerifyReport {
+  running: boolean;
+  startedAt: string;
+  finishedAt: string | null;
+  seconds: number;
+  /** Why it stopped early, if it did (the ranges found until then are kept). */
+  error: string | null;
+  /** With --repair: the node the differing ranges are copied from. */
+  repairSource: string | null;
+}
 
 export interface VolumeStatus {
   connection: LinkState;
@@ -27,6 +39,8 @@ export interface VolumeStatus {
   resyncedBytesTotal: number;
   /** Data frames from the peer that failed their digest check (and were sent again), since start. */
   integrityErrors: number;
+  /** The running or last verify started on this node since start-up. */
+  verify: VerifyStatus | null;
   /** The last resync that finished since start-up: bytes copied and how long it took. */
   lastResync: { role: 'source' | 'target'; checksum: boolean; bytes: number; wireBytes: number; seconds: number; finishedAt: string } | null;
 }
@@ -42,6 +56,7 @@ interface NodeVolume {
   lastResync: VolumeStatus['lastResync'];
   /** The config asks for checksum resync of this volume every time. */
   readonly checksumAlways: boolean;
+  verify: VerifyStatus | null;
 }
 
 export class ClusterNode {
@@ -121,8 +136,20 @@ export class ClusterNode {
         reset: (reason) => link.reconnect(reason),
         release: (body) => slots.release(body),
       };
-      const mirror = new MirroredVolume({ local: file, meta, peer: port, volumeIndex: index, node: nodeName, peerName: this.peerName, grain: GRAIN, hot: this.hot, log: log.child({ volume: name }) });
-      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync };
+      const mirror = new MirroredVolume({
+        local: file,
+        meta,
+        peer: port,
+        volumeIndex: index,
+        node: nodeName,
+        peerName: this.peerName,
+        grain: GRAIN,
+        hot: this.hot,
+        log: log.child({ volume: name }),
+        rate: { maxBytesPerSecond: config.resync.maxRate, busyBytesPerSecond: config.resync.busyRate, busyWindowMs: 100 },
+        onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
+      });
+      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
       this.volumes.push(entry);
     });
   }
@@ -236,7 +263,62 @@ export class ClusterNode {
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
       integrityErrors: v.mirror.integrityErrors,
       lastResync: v.lastResync,
+      verify: v.verify && { ...v.verify, ...(v.verify.running ? { ...v.mirror.verifying, seconds: (Date.now() - Date.parse(v.verify.startedAt)) / 1000 } : {}) },
     };
+  }
+
+  /**
+   * Starts an online verify of `volume` against the peer. Differing ranges are marked out of
+   * sync on both nodes; with `repairSource` they are then resynced from that node. Returns at
+   * once; progress and the result are in the status (`verify`).
+   */
+  startVerify(volume: string, repairSource: string | null): string {
+    const v = this.volumes.find((x) => x.name === volume);
+    if (!v) throw new Error(`no volume "${volume}" (volumes: ${this.volumes.map((x) => x.name).join(', ')})`);
+    if (repairSource !== null && repairSource !== this.nodeName && repairSource !== this.peerName) {
+      throw new Error(`--source must name a node of this cluster (${this.nodeName} or ${this.peerName}), not "${repairSource}"`);
+    }
+    if (v.diverged) throw new Error(`volume "${volume}" has diverged from the peer (split brain): resolve it first`);
+    if (v.verify?.running) throw new Error(`a verify of "${volume}" is already running`);
+    const started = Date.now();
+    const log = this.log.child({ volume });
+    const status: VerifyStatus = {
+      running: true,
+      startedAt: new Date(started).toISOString(),
+      finishedAt: null,
+      seconds: 0,
+      error: null,
+      repairSource,
+      totalBytes: v.file.size,
+      doneBytes: 0,
+      outOfSyncBytes: 0,
+      ranges: [],
+      unverifiedBytes: 0,
+      rechecks: 0,
+    };
+    let refused: Error | null = null;
+    v.mirror.verify((err, report) => {
+      if (err && !report) return void (refused = err);
+      Object.assign(status, report, { running: false, finishedAt: new Date().toISOString(), seconds: (Date.now() - started) / 1000, error: err?.message ?? null });
+      const summary = { outOfSyncBytes: status.outOfSyncBytes, ranges: status.ranges.length, unverifiedBytes: status.unverifiedBytes, seconds: status.seconds };
+      if (err) return log.warn({ ...summary, err: err.message }, 'verify stopped early');
+      if (status.outOfSyncBytes === 0) return log.info(summary, 'verify done: both copies are identical');
+      log.warn({ ...summary, firstRanges: status.ranges.slice(0, 10) }, 'verify done: ranges differ between the nodes, marked out of sync');
+      if (repairSource === null) return;
+      const role = repairSource === this.nodeName ? 'source' : 'target';
+      if (v.mirror.askResync(role)) this.resyncNow(v, role, `verify repair from ${repairSource}`);
+    });
+    if (refused) throw refused;
+    v.verify = status;
+    log.info({ repairSource }, 'verify started');
+    return `verify of ${volume} started on node ${this.nodeName} against ${this.peerName}${repairSource ? `; differences will be repaired from ${repairSource}` : ''}\n`;
+  }
+
+  /** A resync now, outside a reconnect (verify repair): both nodes start it, in opposite roles. */
+  private resyncNow(v: NodeVolume, role: 'source' | 'target', reason: string): void {
+    const theirs = this.link.peer?.volumes[this.volumes.indexOf(v)];
+    if (!theirs) return;
+    this.resync(v, role === 'source', theirs, reason, false);
   }
 
   statusAll(): { node: string; volumes: Record<string, VolumeStatus> } {

@@ -95,6 +95,8 @@ interface InFlight {
 const RESYNC_CHUNK = 1024 * 1024;
 /** Resync requests in flight at once. */
 const RESYNC_WINDOW = 8;
+/** A resync target writes its cleared bits back every this many bytes copied. */
+const RESYNC_CHECKPOINT = 64 * 1024 * 1024;
 
 export interface ResyncProgress {
   role: 'source' | 'target';
@@ -618,10 +620,15 @@ export class MirroredVolume implements Volume {
       r.cursor = run.start + grains;
       const offset = run.start * this.grain;
       const length = Math.min(grains * this.grain, this.size - offset);
-      const entry = this.track(offset, length, 'resync', this.nextId++);
       r.requests++;
-      if (r.checksum) this.requestByChecksum(entry);
-      else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
+      // Paced (resync.maxRate, and slower while clients are busy). The range is tracked only
+      // when its request leaves, so client writes to it are not held while it waits its turn.
+      this.rate.take(length, () => {
+        if (this.resyncState !== r) return;
+        const entry = this.track(offset, length, 'resync', this.nextId++);
+        if (r.checksum) this.requestByChecksum(entry);
+        else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
+      });
     }
     if (r.requests === 0 && r.cursor >= bits) this.finishResync();
   }
@@ -721,6 +728,8 @@ export class MirroredVolume implements Volume {
         r.doneBytes += range.length;
         this.resyncedBytesTotal += range.length;
         for (const p of pieces) this.resyncWireBytesTotal += p.data.length;
+        // Cleared bits reach the disk every 64 MiB, so a resync cut short resumes near where it stopped.
+        if (Math.floor(r.doneBytes / RESYNC_CHECKPOINT) !== Math.floor((r.doneBytes - range.length) / RESYNC_CHECKPOINT)) this.meta.flushBitmap(() => undefined);
         this.peer.send(PeerMsg.RS_ACK, id, encodeRange(this.volumeIndex, range.offset, range.length));
       }
       this.release(entry);
