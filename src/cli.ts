@@ -6,10 +6,12 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
+import { fetchStatus, postAction } from './admin/admin-client.js';
 import { runVerify } from './admin/verify-command.js';
+import { startWitness } from './witness/witness-server.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
-import { ClusterNode, type VolumeStatus } from './replication/cluster-node.js';
+import { ClusterNode } from './replication/cluster-node.js';
 import { ExportRegistry } from './server/exports.js';
 import { Hotpath } from './hotpath/index.js';
 import { NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress } from './server/server.js';
@@ -93,6 +95,10 @@ async function serveClusterNode(opts: { config?: string; node?: string; io: IoMo
         return node.discardLocalChanges(volume);
       },
       verify: (volume, source) => node.startVerify(volume, source),
+      stop: () => {
+        setImmediate(() => process.kill(process.pid, 'SIGTERM'));
+        return `node ${opts.node} is stopping: it tells ${node.peerName} it is leaving, finishes requests in flight and exits`;
+      },
     },
     log,
   );
@@ -103,6 +109,8 @@ async function serveClusterNode(opts: { config?: string; node?: string; io: IoMo
   printAttachHelp(addr, registry);
   stopOnSignals(log, async () => {
     await server.shutdown();
+    // Requests in flight are done: tell the peer, so it goes on alone without the witness.
+    await node.leave();
     admin.close();
     await node.close();
   });
@@ -163,16 +171,11 @@ async function demo(opts: { dir: string }): Promise<void> {
 }
 
 async function resolveSplitBrain(opts: { admin: ListenAddress; volume: string; discard: string }): Promise<void> {
-  const q = new URLSearchParams({ volume: opts.volume, discard: opts.discard });
-  const res = await fetch(`http://${opts.admin.host}:${opts.admin.port}/resolve?${q}`, { method: 'POST' });
-  const text = await res.text();
-  if (!res.ok) throw new Error(text.trim());
-  process.stdout.write(text);
+  process.stdout.write(`${await postAction(opts.admin, '/resolve', { volume: opts.volume, discard: opts.discard })}\n`);
 }
 
 async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
-  const res = await fetch(`http://${opts.admin.host}:${opts.admin.port}/status`);
-  const body = (await res.json()) as { node: string; volumes: Record<string, VolumeStatus> };
+  const body = await fetchStatus(opts.admin);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const lines = [`node ${body.node}`];
   for (const [name, v] of Object.entries(body.volumes)) {
@@ -249,6 +252,28 @@ export function buildProgram(): Command {
     .option('--json', 'print the result as JSON (outOfSyncBytes, ranges, …)')
     .action(async (opts: { volume: string; admin: ListenAddress; repair?: boolean; source?: string; json?: boolean }) => {
       process.exitCode = await runVerify(opts);
+    });
+
+  program
+    .command('stop')
+    .description('stop a node gracefully: it tells its peer it is leaving (the peer goes on writing alone), finishes requests in flight and exits')
+    .requiredOption('--admin <host:port>', "the node's admin address", argParser(parseHostPort))
+    .action(async (opts: { admin: ListenAddress }) => {
+      process.stdout.write(`${await postAction(opts.admin, '/stop', {})}\n`);
+    });
+
+  program
+    .command('witness')
+    .description('run the witness: a small process with no data that lets one node of a pair write alone when the two lose each other')
+    .requiredOption('--listen <host:port>', 'address to listen on (the "witness" of the cluster config)', argParser(parseHostPort))
+    .option('--state <file>', 'where the witness keeps who holds the write grant (survives restarts)', 'nbd-mirror-witness.json')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .action(async (opts: { listen: ListenAddress; state: string; logLevel: (typeof LOG_LEVELS)[number] }) => {
+      const log = createLogger(opts.logLevel).child({ component: 'witness' });
+      const server = await startWitness(opts.listen, resolve(opts.state), log);
+      const a = server.address() as { address: string; port: number };
+      log.info({ address: a.address, port: a.port, state: resolve(opts.state) }, 'listening');
+      for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
     });
 
   program

@@ -1,6 +1,7 @@
 // The HTTP admin endpoint of a node: GET /status answers JSON (what `nbd-mirror status` prints);
 // POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard;
-// POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair).
+// POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair);
+// POST /stop stops the node gracefully (it tells its peer it is leaving).
 // Listens where the cluster config says (`admin`): keep it on loopback or a management network.
 import http from 'node:http';
 import type { HostPort } from '../config/units.js';
@@ -12,6 +13,8 @@ export interface AdminActions {
   discard(volume: string, node: string): string;
   /** Start an online verify of `volume`; with `repairSource`, repair from that node. */
   verify(volume: string, repairSource: string | null): string;
+  /** Stop this node gracefully (as SIGTERM does). */
+  stop(): string;
 }
 
 export function startAdminServer(addr: HostPort, actions: AdminActions, log: Logger): Promise<http.Server> {
@@ -35,8 +38,9 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
     };
     if (req.method === 'POST' && url.pathname === '/resolve') return act(() => actions.discard(q.get('volume') ?? '', q.get('discard') ?? ''));
     if (req.method === 'POST' && url.pathname === '/verify') return act(() => actions.verify(q.get('volume') ?? '', q.get('source')));
+    if (req.method === 'POST' && url.pathname === '/stop') return act(() => actions.stop());
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE]\n');
+    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop\n');
   });
   server.on('error', (err) => log.error({ err }, 'admin endpoint error'));
   return new Promise((resolve, reject) => {

@@ -5,7 +5,8 @@
 // Exit codes: 0 both copies identical (or repaired); 1 ranges differ (not repaired); 2 error.
 import type { HostPort } from '../config/units.js';
 import { formatSize } from '../config/units.js';
-import type { VerifyStatus, VolumeStatus } from '../replication/cluster-node.js';
+import type { VerifyStatus } from '../replication/cluster-node.js';
+import { fetchStatus, postAction } from './admin-client.js';
 
 export interface VerifyOptions {
   admin: HostPort;
@@ -31,26 +32,18 @@ export interface VerifyResult {
   repairSource: string | null;
 }
 
-async function getStatus(admin: HostPort): Promise<{ node: string; volumes: Record<string, VolumeStatus> }> {
-  const res = await fetch(`http://${admin.host}:${admin.port}/status`);
-  return (await res.json()) as { node: string; volumes: Record<string, VolumeStatus> };
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function runVerify(o: VerifyOptions, out: (text: string) => void = (t) => process.stdout.write(t), progress: (text: string) => void = (t) => process.stderr.write(t)): Promise<number> {
   if (o.repair && !o.source) throw new Error('--repair needs --source NODE: the node whose copy is right');
   if (o.source && !o.repair) throw new Error('--source only goes with --repair');
-  const q = new URLSearchParams({ volume: o.volume, ...(o.repair ? { source: o.source! } : {}) });
-  const started = await fetch(`http://${o.admin.host}:${o.admin.port}/verify?${q}`, { method: 'POST' });
-  const answer = (await started.text()).trim();
-  if (!started.ok) throw new Error(answer);
+  const answer = await postAction(o.admin, '/verify', { volume: o.volume, ...(o.repair ? { source: o.source! } : {}) });
   if (!o.json) progress(`${answer}\n`);
   const poll = o.pollMs ?? 250;
   let node = '';
   let v: VerifyStatus | null = null;
   for (;;) {
-    const s = await getStatus(o.admin);
+    const s = await fetchStatus(o.admin);
     node = s.node;
     v = s.volumes[o.volume]?.verify ?? null;
     if (!v) throw new Error(`node ${node} reports no verify of ${o.volume}`);
@@ -64,7 +57,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
   if (o.repair && v.outOfSyncBytes > 0) {
     // The resync starts when the verify ends; wait until nothing is out of sync any more.
     for (;;) {
-      const s = (await getStatus(o.admin)).volumes[o.volume]!;
+      const s = (await fetchStatus(o.admin)).volumes[o.volume]!;
       if (s.connection !== 'Connected') throw new Error(`the peer link went down during the repair (${s.connection}); it finishes on reconnect`);
       if (s.resync === null && s.outOfSyncBytes === 0 && s.disk === 'UpToDate') break;
       await sleep(poll);

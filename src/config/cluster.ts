@@ -52,7 +52,7 @@ const activityLogSchema = z
     /** Size of one extent: a crash resyncs whole extents. */
     extent: size.default(4 * 1024 * 1024).refine((n) => n >= 64 * 1024 && (n & (n - 1)) === 0, 'must be a power of two of at least 64K'),
     /** Extents held at most; more means fewer log updates but more to check after a crash. */
-    extents: z.number().int().min(1).max(1000).default(64),
+    extents: z.number().int().min(1).max(1000).default(1000),
   })
   .prefault({});
 
@@ -75,6 +75,25 @@ const resyncSchema = z
     busyRate: rate.default(64 * 1024 * 1024),
   })
   .prefault({});
+
+/** What a node without its peer does when the witness does not let it write alone. */
+const quorumSchema = z
+  .strictObject({
+    /** `suspend`: hold writes (and, on a node the witness declared outdated, reads) up to `suspendTimeout`, then EIO; `io-error`: EIO at once. */
+    onNoQuorum: z.enum(['suspend', 'io-error']).default('suspend'),
+    suspendTimeout: duration.default(30_000),
+  })
+  .prefault({});
+
+/** Split brain in a cluster without a witness: who gives up its changes. */
+const splitBrainSchema = z
+  .discriminatedUnion('policy', [
+    z.strictObject({ policy: z.literal('manual') }),
+    z.strictObject({ policy: z.literal('discard-least-changes') }),
+    z.strictObject({ policy: z.literal('discard-younger') }),
+    z.strictObject({ policy: z.literal('discard-node'), node: name }),
+  ])
+  .default({ policy: 'manual' });
 
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
@@ -102,8 +121,13 @@ export const clusterSchema = z
     link: linkSchema.prefault({}),
     activityLog: activityLogSchema,
     resync: resyncSchema,
+    quorum: quorumSchema,
+    splitBrain: splitBrainSchema,
   })
   .superRefine((c, ctx) => {
+    if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
+      ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
+    }
     const seen = new Map<string, string>();
     for (const [node, n] of Object.entries(c.nodes)) {
       for (const key of ['nbd', 'peer', 'admin'] as const) {

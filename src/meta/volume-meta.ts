@@ -61,6 +61,8 @@ interface Superblock extends MetaIdentity {
   state: DiskState;
   generation: Generation;
   flags: number;
+  /** When this node started writing without its peer (ms since 1970; 0: not tracking). */
+  trackingSince: number;
 }
 
 export interface ActivityLogConfig {
@@ -68,8 +70,12 @@ export interface ActivityLogConfig {
   readonly slots: number;
 }
 
-/** Default activity log: 64 extents of 4 MiB (256 MiB of the volume "hot" at once). */
-export const DEFAULT_ACTIVITY_LOG: ActivityLogConfig = { extentBytes: 4 << 20, slots: 64 };
+/**
+ * Default activity log: 1000 extents of 4 MiB (4 GiB of the volume "hot" at once, like DRBD's
+ * default of 1237). With 64 the log cost 47 % of 4k random-write IOPS over a 1 GiB region
+ * (docs/BENCHMARKS.md); a crash resync compares at most this much by checksum.
+ */
+export const DEFAULT_ACTIVITY_LOG: ActivityLogConfig = { extentBytes: 4 << 20, slots: 1000 };
 
 function encodeSuperblock(s: Superblock): Buffer {
   const b = Buffer.alloc(SUPERBLOCK_SIZE);
@@ -83,6 +89,7 @@ function encodeSuperblock(s: Superblock): Buffer {
   g.forEach((hex, i) => Buffer.from(hex, 'hex').copy(b, 32 + 8 * i));
   writeString(b, 64, s.cluster, 256);
   writeString(b, 324, s.node, 64);
+  b.writeBigUInt64BE(BigInt(s.trackingSince), 400);
   b.writeUInt32BE(zlib.crc32(b.subarray(0, SUPERBLOCK_SIZE - 4)), SUPERBLOCK_SIZE - 4);
   return b;
 }
@@ -103,6 +110,7 @@ function decodeSuperblock(b: Buffer, path: string): Superblock {
     generation: { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] },
     cluster: readString(b, 64),
     node: readString(b, 324),
+    trackingSince: Number(b.readBigUInt64BE(400)),
   };
 }
 
@@ -178,7 +186,7 @@ export class VolumeMeta {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       fd = fs.openSync(path, 'w+');
-      sb = { ...id, state: DiskState.Inconsistent, flags: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
+      sb = { ...id, state: DiskState.Inconsistent, flags: 0, trackingSince: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
       fs.writeSync(fd, encodeSuperblock(sb), 0, SUPERBLOCK_SIZE, 0);
       fs.ftruncateSync(fd, SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK + 2 * AL_BLOCK);
       fs.fdatasyncSync(fd);
@@ -211,13 +219,18 @@ export class VolumeMeta {
     return structuredClone(this.sb.generation);
   }
 
+  /** When this node started writing without its peer (ms since 1970), 0 when it is not. */
+  get trackingSince(): number {
+    return this.sb.trackingSince;
+  }
+
   /** The next resync should compare block digests first (the last run crashed). */
   get checksumResync(): boolean {
     return (this.sb.flags & FLAG_CHECKSUM_RESYNC) !== 0;
   }
 
   /** Persists a new disk state, generation and/or checksum-resync wish (superblock write + fdatasync). */
-  saveIdentity(change: { state?: DiskState; generation?: Generation; checksumResync?: boolean }): void {
+  saveIdentity(change: { state?: DiskState; generation?: Generation; checksumResync?: boolean; trackingSince?: number }): void {
     const { checksumResync, ...rest } = change;
     this.sb = { ...this.sb, ...rest };
     if (checksumResync !== undefined) this.sb.flags = checksumResync ? this.sb.flags | FLAG_CHECKSUM_RESYNC : this.sb.flags & ~FLAG_CHECKSUM_RESYNC;

@@ -8,12 +8,14 @@ import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
-import { decide, finishSync, NO_GENERATION, type NodeGeneration } from './generation.js';
+import { decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkState } from './peer-link.js';
-import { MAX_FRAME_BODY } from './peer-protocol.js';
+import { MAX_FRAME_BODY, PeerMsg } from './peer-protocol.js';
+import { QuorumGate, type QuorumState } from './quorum.js';
+import { WitnessClient } from '../witness/witness-client.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
@@ -39,8 +41,12 @@ export interface VolumeStatus {
   resyncedBytesTotal: number;
   /** Data frames from the peer that failed their digest check (and were sent again), since start. */
   integrityErrors: number;
+  /** Activity-log block writes since start-up (each one write + fdatasync): its cost. */
+  activityLogUpdates: number;
   /** The running or last verify started on this node since start-up. */
   verify: VerifyStatus | null;
+  /** May this node write without its peer (see src/replication/quorum.ts)? */
+  quorum: QuorumState;
   /** The last resync that finished since start-up: bytes copied and how long it took. */
   lastResync: { role: 'source' | 'target'; checksum: boolean; bytes: number; wireBytes: number; seconds: number; finishedAt: string } | null;
 }
@@ -63,8 +69,12 @@ export class ClusterNode {
   readonly volumes: NodeVolume[] = [];
   readonly link: PeerLink;
   readonly hot: Hotpath;
+  readonly quorum: QuorumGate;
+  private readonly splitBrainPolicy: SplitBrainPolicy;
+  /** The peer sent LEAVING: its coming disconnect is a graceful stop. */
+  private peerLeaving = false;
   private readonly clusterId: string;
-  private readonly peerName: string;
+  readonly peerName: string;
 
   constructor(
     config: ClusterConfig,
@@ -98,22 +108,43 @@ export class ClusterNode {
       timeoutMs: config.link.timeoutMs,
       heartbeatMs: config.link.heartbeatMs,
       log: log.child({ component: 'peer-link' }),
-      onConnected: (peer) => this.onConnected(peer),
+      onConnected: (peer) => {
+        this.quorum.peerConnected();
+        this.onConnected(peer);
+        this.checkInSync();
+      },
       onDisconnected: (reason) => {
+        const leaving = this.peerLeaving;
+        this.peerLeaving = false;
+        // The gate first: writes waiting for the peer are then acknowledged only with quorum.
+        this.quorum.peerLost(leaving);
         for (const v of this.volumes) {
           if (v.diverged) continue;
           v.mirror.peerLost();
-          this.log.warn({ volume: v.name, reason }, 'volume degraded: writing alone, tracking changes');
+          this.log.warn({ volume: v.name, reason: leaving ? 'peer left gracefully' : reason, quorum: this.quorum.state }, 'volume degraded: peer gone, tracking changes');
         }
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
       onFrame: (h, body) => {
+        if (h.type === PeerMsg.LEAVING) {
+          this.hot.slots.release(body);
+          this.peerLeaving = true;
+          return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
+        }
         const v = this.volumes[Number(h.id >> 48n)];
         if (v && !v.diverged) v.mirror.handleFrame(h, body);
         else this.hot.slots.release(body);
       },
     });
+    this.quorum = new QuorumGate({
+      witness: config.witness ? new WitnessClient(config.witness, this.clusterId, nodeName, Math.max(200, config.link.timeoutMs / 2)) : undefined,
+      onNoQuorum: config.quorum.onNoQuorum,
+      suspendMs: config.quorum.suspendTimeout,
+      retryMs: 500,
+      log: log.child({ component: 'quorum' }),
+    });
+    this.splitBrainPolicy = config.splitBrain;
     volumeNames.forEach((name, index) => {
       const size = config.volumes[name]!.size;
       const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
@@ -148,6 +179,7 @@ export class ClusterNode {
         log: log.child({ volume: name }),
         rate: { maxBytesPerSecond: config.resync.maxRate, busyBytesPerSecond: config.resync.busyRate, busyWindowMs: 100 },
         onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
+        quorum: this.quorum,
       });
       const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
       this.volumes.push(entry);
@@ -170,6 +202,8 @@ export class ClusterNode {
         state: STATE_NAMES[v.meta.state],
         dirty: v.meta.bitmap.any(),
         checksum: v.meta.checksumResync,
+        dirtyBytes: v.meta.bitmap.count() * GRAIN,
+        trackingSince: v.meta.trackingSince,
       })),
     };
   }
@@ -200,10 +234,18 @@ export class ClusterNode {
           if (d.source !== this.nodeName) v.meta.markDirty(0, v.meta.bitmap.bits, () => undefined);
           return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
         case 'split-brain':
-        case 'unrelated':
+        case 'unrelated': {
           v.diverged = true;
-          log.error({ decision: d.kind, ours: mine.generation, theirs: other.generation, ourDirtyBytes: v.meta.bitmap.count() * GRAIN }, 'volume not resynced: data diverged; both nodes keep serving');
+          const ours = { node: this.nodeName, dirtyBytes: v.meta.bitmap.count() * GRAIN, trackingSince: v.meta.trackingSince };
+          const peerSide = { node: peer.node, dirtyBytes: theirs.dirtyBytes, trackingSince: theirs.trackingSince };
+          const verdict = d.kind === 'split-brain' ? splitBrainLoser(this.splitBrainPolicy, ours, peerSide) : { loser: null, why: 'no common history: an operator chooses' };
+          const facts = { decision: d.kind, ours: { ...ours, generation: mine.generation }, theirs: { ...peerSide, generation: other.generation }, policy: this.splitBrainPolicy.policy, loser: verdict.loser, why: verdict.why };
+          if (verdict.loser === null) return log.error(facts, 'volume not resynced: data diverged; both nodes keep serving');
+          log.error(facts, `split brain resolved by policy: node ${verdict.loser} discards its changes`);
+          // The loser steps back and reconnects; after this connection's handling, not inside it.
+          if (verdict.loser === this.nodeName) setImmediate(() => this.discardLocalChanges(v.name));
           return;
+        }
       }
     });
   }
@@ -226,10 +268,11 @@ export class ClusterNode {
       (err) => {
         if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
         const g = v.meta.generation;
-        v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : theirs.generation.current), checksumResync: false });
+        v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : theirs.generation.current), checksumResync: false, trackingSince: 0 });
         const seconds = (Date.now() - v.resyncStarted) / 1000;
         v.lastResync = { role, checksum, bytes: v.mirror.resyncedBytesTotal - before.bytes, wireBytes: v.mirror.resyncWireBytesTotal - before.wire, seconds, finishedAt: new Date().toISOString() };
         log.info({ role, seconds, bytes: v.lastResync.bytes, wireBytes: v.lastResync.wireBytes }, 'volume up to date after resync');
+        this.checkInSync();
       },
       checksum,
     );
@@ -245,7 +288,7 @@ export class ClusterNode {
     if (!v) throw new Error(`no volume "${volume}"`);
     if (!v.diverged) throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
     const g = v.meta.generation;
-    v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history } });
+    v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history }, trackingSince: 0 });
     this.log.warn({ volume, discardedBytes: v.meta.bitmap.count() * GRAIN }, 'split brain resolved: discarding this node\'s changes, resyncing from the peer');
     this.link.reconnect('split brain resolved');
     return `node ${this.nodeName} discards its changes to ${volume}; resync from ${this.peerName} follows`;
@@ -262,6 +305,8 @@ export class ClusterNode {
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
       integrityErrors: v.mirror.integrityErrors,
+      activityLogUpdates: v.meta.activityLog.updates,
+      quorum: this.quorum.state,
       lastResync: v.lastResync,
       verify: v.verify && { ...v.verify, ...(v.verify.running ? { ...v.mirror.verifying, seconds: (Date.now() - Date.parse(v.verify.startedAt)) / 1000 } : {}) },
     };
@@ -325,7 +370,28 @@ export class ClusterNode {
     return { node: this.nodeName, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
+  /**
+   * Connected and every volume in sync on both sides: a write grant held from the witness is
+   * given back (the peer may write alone again next time).
+   */
+  private checkInSync(): void {
+    if (this.link.state !== 'Connected') return;
+    if (this.volumes.every((v) => !v.diverged && v.mirror.resync === undefined && v.meta.state === DiskState.UpToDate && !v.meta.bitmap.any())) this.quorum.inSync();
+  }
+
+  /**
+   * Graceful stop, first step: tell the peer this node is leaving, so it goes on writing alone
+   * without asking the witness (DRBD's "last man standing"). Resolves once the frame is sent.
+   */
+  leave(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.link.send(PeerMsg.LEAVING, 0n)) return resolve();
+      this.link.afterSend(() => this.link.drain(resolve));
+    });
+  }
+
   async close(): Promise<void> {
+    this.quorum.stop();
     this.link.stop();
     for (const v of this.volumes) {
       await new Promise<void>((res) => v.meta.flushBitmap(() => res()));

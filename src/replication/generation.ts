@@ -30,6 +30,35 @@ export type SyncDecision =
   /** No common history: these are not replicas of one volume. */
   | { kind: 'unrelated' };
 
+export type SplitBrainPolicy = { policy: 'manual' } | { policy: 'discard-least-changes' } | { policy: 'discard-younger' } | { policy: 'discard-node'; node: string };
+
+export interface SplitBrainSide {
+  readonly node: string;
+  /** Bytes it changed while apart. */
+  readonly dirtyBytes: number;
+  /** When it started writing alone (ms since 1970; 0: unknown). */
+  readonly trackingSince: number;
+}
+
+/**
+ * Which node gives up its changes after a split brain, by policy; null leaves it to an operator
+ * (`manual`, or a tie the policy cannot break). The same answer on both nodes.
+ */
+export function splitBrainLoser(p: SplitBrainPolicy, x: SplitBrainSide, y: SplitBrainSide): { loser: string | null; why: string } {
+  switch (p.policy) {
+    case 'manual':
+      return { loser: null, why: 'policy manual: an operator chooses (nbd-mirror resolve)' };
+    case 'discard-node':
+      return { loser: p.node, why: `policy discard-node ${p.node}` };
+    case 'discard-least-changes':
+      if (x.dirtyBytes === y.dirtyBytes) return { loser: null, why: 'discard-least-changes: both changed as much; an operator chooses' };
+      return { loser: x.dirtyBytes < y.dirtyBytes ? x.node : y.node, why: 'policy discard-least-changes' };
+    case 'discard-younger':
+      if (x.trackingSince === y.trackingSince || !x.trackingSince || !y.trackingSince) return { loser: null, why: 'discard-younger: cannot tell who started writing alone later; an operator chooses' };
+      return { loser: x.trackingSince > y.trackingSince ? x.node : y.node, why: 'policy discard-younger (the node that started writing alone later)' };
+  }
+}
+
 /** Called when a node starts writing without its peer: the bitmap now counts from `current`. */
 export function startTracking(g: Generation): Generation {
   if (g.bitmap !== NO_GENERATION) return g; // already tracking since the last split

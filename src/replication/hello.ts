@@ -21,6 +21,10 @@ export const helloSchema = z.strictObject({
       dirty: z.boolean(),
       /** Does the sender want the next resync to compare block digests first (after a crash)? */
       checksum: z.boolean().default(false),
+      /** Bytes the sender's dirty bitmap covers (split-brain policies compare them). */
+      dirtyBytes: z.number().int().nonnegative().default(0),
+      /** When the sender started writing without its peer (ms since 1970; 0: it did not). */
+      trackingSince: z.number().int().nonnegative().default(0),
     }),
   ),
 });

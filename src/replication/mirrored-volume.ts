@@ -76,7 +76,19 @@ export interface MirroredVolumeOptions {
   readonly rate?: RatePolicy;
   /** The peer asks for a resync now (after a verify with repair), this node in `role`. */
   onResyncAsked?(role: 'source' | 'target'): void;
+  /** May this node write (and read) without its peer? Default: always (no witness). */
+  readonly quorum?: QuorumPort;
 }
+
+/** What the mirrored volume asks of the quorum gate (src/replication/quorum.ts). */
+export interface QuorumPort {
+  readonly writable: boolean;
+  readonly readable: boolean;
+  whenWritable(cb: (err: Error | null) => void): void;
+  whenReadable(cb: (err: Error | null) => void): void;
+}
+
+const ALWAYS: QuorumPort = { writable: true, readable: true, whenWritable: (cb) => cb(null), whenReadable: (cb) => cb(null) };
 
 /** A data frame failing its digest this many times in a row resets the link. */
 export const MAX_RESENDS = 3;
@@ -159,6 +171,7 @@ export class MirroredVolume implements Volume {
   readonly rate: RateLimiter;
   private verifyRun: VerifyRun | undefined;
   private readonly onResyncAsked: ((role: 'source' | 'target') => void) | undefined;
+  private readonly quorum: QuorumPort;
   /** Bytes copied by resyncs since start-up (sent as source or written as target). */
   resyncedBytesTotal = 0;
   /** This node's data may be older than the peer's where bits are set (a resync target). */
@@ -181,6 +194,7 @@ export class MirroredVolume implements Volume {
     this.compare = new BlockComparer(o.hot, o.grain);
     this.rate = new RateLimiter(o.rate ?? DEFAULT_RATE);
     this.onResyncAsked = o.onResyncAsked;
+    this.quorum = o.quorum ?? ALWAYS;
   }
 
   /** Hot-path memory a mirrored volume needs besides its bitmap. */
@@ -196,6 +210,7 @@ export class MirroredVolume implements Volume {
    */
   read(buf: Buffer, offset: number, done: Done): void {
     this.rate.clientIo();
+    if (!this.quorum.readable) return this.quorum.whenReadable((err) => (err ? done(err) : this.read(buf, offset, done)));
     if (!this.stale) return this.local.read(buf, offset, done);
     const r = this.resyncState;
     if (r && !r.peerRunsIn) return void this.readsWaitingForRuns.push(() => this.read(buf, offset, done));
@@ -285,10 +300,10 @@ export class MirroredVolume implements Volume {
     const logged = this.peer.connected;
     let alError: Error | null = null;
     const turn = {
-      ready: !logged,
+      ready: false,
       go: () => {
         if (alError) {
-          al.end(offset, length);
+          if (logged) al.end(offset, length);
           return done(alError);
         }
         const entry = this.track(offset, length, 'local', this.nextId++);
@@ -315,7 +330,14 @@ export class MirroredVolume implements Volume {
       },
     };
     this.outgoing.push(turn);
-    if (!logged) return this.sendReady();
+    // Without the peer: only with quorum (the gate holds or fails the write otherwise).
+    if (!logged) {
+      return this.quorum.whenWritable((err) => {
+        alError = err;
+        turn.ready = true;
+        this.sendReady();
+      });
+    }
     al.begin(offset, length, (err) => {
       alError = err;
       turn.ready = true;
@@ -348,7 +370,7 @@ export class MirroredVolume implements Volume {
   private startTracking(): void {
     const g = this.meta.generation;
     const next = startTracking(g);
-    if (next !== g) this.meta.saveIdentity({ generation: next });
+    if (next !== g) this.meta.saveIdentity({ generation: next, trackingSince: Date.now() });
   }
 
   flush(done: Done): void {
@@ -459,12 +481,17 @@ export class MirroredVolume implements Volume {
     this.rerequests.clear();
     for (const w of [...this.localWrites.values()]) {
       if (w.peerDone) continue;
-      this.startTracking();
       const [first, count] = this.grains(w.entry.offset, w.entry.end - w.entry.offset);
       this.meta.markDirty(first, count, (err) => {
-        w.error ??= err;
-        w.peerDone = true;
-        this.maybeFinish(w);
+        // Acknowledged only with quorum: the peer may hold the grant and never get this write.
+        // Only then has this node written alone (a new generation); a write failed for want of
+        // quorum leaves the generation alone, so the resync from the holder covers its bits.
+        this.quorum.whenWritable((qErr) => {
+          if (!qErr) this.startTracking();
+          w.error ??= err ?? qErr;
+          w.peerDone = true;
+          this.maybeFinish(w);
+        });
       });
     }
     for (const [id, f] of this.flushes) {

@@ -106,6 +106,18 @@ export class PeerLink {
     return true;
   }
 
+  /** Calls `done` once everything written to the socket has left this process (or there is no socket). */
+  drain(done: () => void): void {
+    const s = this.socket;
+    if (!s || s.writableLength === 0) return done();
+    let called = false;
+    const once = (): void => {
+      if (!called) (called = true), done();
+    };
+    s.once('drain', once);
+    s.once('close', once);
+  }
+
   /** Runs `fn` after the frames queued so far have been handed to the socket. */
   afterSend(fn: () => void): void {
     if (this.outbox.length === 0) return fn();

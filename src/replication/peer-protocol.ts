@@ -56,6 +56,8 @@ export const enum PeerMsg {
   VERIFY_DIGESTS = 50,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
   RESYNC_NOW = 51,
+  /** The sender stops gracefully: the receiver goes on writing alone without the witness. */
+  LEAVING = 60,
 }
 
 /** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */

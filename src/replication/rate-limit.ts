@@ -2,7 +2,7 @@
 //   - never faster than `maxBytesPerSecond`;
 //   - while clients are doing I/O on the volume (seen within the last `busyWindowMs`), no faster
 //     than `busyBytesPerSecond`, so their requests do not queue behind bulk copies.
-// A token bucket with one second of burst; `take` calls back when the bytes may go.
+// A token bucket with 100 ms of burst; `take` calls back when the bytes may go.
 
 export interface RatePolicy {
   /** Upper limit, bytes per second (Infinity: none). */
@@ -67,8 +67,9 @@ export class RateLimiter {
       for (const w of this.queue.splice(0)) w.go();
       return;
     }
-    // One second of burst at most, so an idle period does not turn into a flood.
-    this.tokens = Math.min(this.tokens + ((t - this.last) / 1000) * rate, Math.max(rate, this.queue[0]?.bytes ?? 0));
+    // A tenth of a second of burst at most, so a quiet moment does not turn into a flood that
+    // client requests then queue behind.
+    this.tokens = Math.min(this.tokens + ((t - this.last) / 1000) * rate, Math.max(rate / 10, this.queue[0]?.bytes ?? 0));
     this.last = t;
     while (this.queue.length > 0) {
       const head = this.queue[0]!;

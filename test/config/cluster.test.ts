@@ -19,7 +19,7 @@ describe('cluster config', () => {
     expect(c.nodes.a!.peer).toEqual({ host: '127.0.0.1', port: 7789 });
     expect(c.witness).toBeUndefined();
     expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500 });
-    expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 64 });
+    expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 1000 });
   });
 
   it('takes the activity log size and refuses odd extents', () => {

@@ -3,7 +3,7 @@ import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello } from '../../src/replication/hello.js';
 
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const a: Hello = { version: 1, cluster: 'hospital', node: 'a', volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false }] };
+const a: Hello = { version: 1, cluster: 'hospital', node: 'a', volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] };
 const b: Hello = { ...a, node: 'b' };
 
 describe('peer HELLO', () => {

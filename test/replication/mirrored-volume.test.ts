@@ -23,7 +23,7 @@ const SIZE = 16 * MiB;
 const GRAIN = 4096;
 const log = pino({ level: 'silent' });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false }] });
+const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] });
 
 
 const cleanups: Array<() => unknown> = [];

@@ -17,7 +17,7 @@ const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
   version: 1,
   cluster: 'hospital',
   node,
-  volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false }],
+  volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }],
   ...over,
 });
 
@@ -88,7 +88,7 @@ describe('peer link', () => {
   });
 
   it('refuses a peer from another cluster or with another volume size, and says why', async () => {
-    for (const bHello of [hello('b', { cluster: 'elsewhere' }), hello('b', { volumes: [{ name: 'vol0', size: 2 ** 31, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false }] })]) {
+    for (const bHello of [hello('b', { cluster: 'elsewhere' }), hello('b', { volumes: [{ name: 'vol0', size: 2 ** 31, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] })]) {
       logged.length = 0;
       const { a, b } = await pair({ bHello });
       await until(() => logged.filter((m) => m === 'refusing the peer link' || m === 'peer refused the link').length >= 2);

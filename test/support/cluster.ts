@@ -1,6 +1,7 @@
 // Shared pieces of the real-process cluster tests: config files, admin status, polling.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fetchStatus } from '../../src/admin/admin-client.js';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
 import { freePort } from './processes.js';
 
@@ -18,8 +19,12 @@ export async function pairPorts(): Promise<PairPorts> {
   return { nbdA: nbdA!, nbdB: nbdB!, peerA: peerA!, peerB: peerB!, adminA: adminA!, adminB: adminB! };
 }
 
-/** Writes a two-node config with one volume `vol0`; `bPeer` lets a reach b through a proxy. */
-export function writePairConfig(path: string, p: PairPorts, size: string, bPeer = p.peerB): string {
+/**
+ * Writes a two-node config with one volume `vol0`; `bPeer` lets a reach b through a proxy;
+ * `extra` adds top-level settings (activityLog, resync, link) and volume settings (`volume`).
+ */
+export function writePairConfig(path: string, p: PairPorts, size: string, bPeer = p.peerB, extra: { volume?: Record<string, unknown>; [key: string]: unknown } = {}): string {
+  const { volume, ...top } = extra;
   writeFileSync(
     path,
     JSON.stringify({
@@ -27,7 +32,8 @@ export function writePairConfig(path: string, p: PairPorts, size: string, bPeer 
         a: { nbd: `127.0.0.1:${p.nbdA}`, peer: `127.0.0.1:${p.peerA}`, admin: `127.0.0.1:${p.adminA}`, dataDir: 'a' },
         b: { nbd: `127.0.0.1:${p.nbdB}`, peer: `127.0.0.1:${bPeer}`, admin: `127.0.0.1:${p.adminB}`, dataDir: 'b' },
       },
-      volumes: { vol0: { size } },
+      volumes: { vol0: { size, ...volume } },
+      ...top,
     }),
   );
   return path;
@@ -38,8 +44,7 @@ export function dataFile(dir: string, node: 'a' | 'b'): string {
 }
 
 export async function volumeStatus(adminPort: number): Promise<VolumeStatus> {
-  const res = await fetch(`http://127.0.0.1:${adminPort}/status`);
-  return ((await res.json()) as { volumes: Record<string, VolumeStatus> }).volumes.vol0!;
+  return (await fetchStatus({ host: '127.0.0.1', port: adminPort })).volumes.vol0!;
 }
 
 /** Polls until `cond` holds (every 50 ms, at most `ms`). */

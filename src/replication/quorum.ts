@@ -1,0 +1,194 @@
+// May this node write without its peer? The quorum gate answers for every write that cannot be
+// mirrored, and holds or fails it when the answer is no.
+//
+//   connected   the peer is there: writes are mirrored, nothing to decide
+//   alone       writing alone is allowed: no witness is configured (DRBD-like, split brain then
+//               possible and detected), or the peer said it was leaving, or the witness granted it
+//   claiming    the peer is gone and the witness is being asked
+//   denied      the witness gave the grant to the peer: this copy is, or will be, outdated;
+//               writes AND reads wait (policy below), so no client sees old data
+//   no-quorum   neither peer nor witness answers: this node cannot know whether the peer writes;
+//               writes wait or fail by policy, reads go on
+//
+// Policy `on-no-quorum` for writes that may not go on: `suspend` holds them up to `suspendMs`
+// (a peer or witness coming back in time lets them through), then fails them with EIO;
+// `io-error` fails them at once. Failing is safe: a write that fails may be on this disk or not,
+// and the resync from the grant holder settles it.
+import type { Logger } from '../log.js';
+import type { WitnessClient } from '../witness/witness-client.js';
+
+export type QuorumState = 'connected' | 'alone' | 'claiming' | 'denied' | 'no-quorum';
+export type NoQuorumPolicy = 'suspend' | 'io-error';
+
+export interface QuorumOptions {
+  /** Absent: no witness, a node without its peer always writes alone. */
+  readonly witness?: WitnessClient;
+  readonly onNoQuorum: NoQuorumPolicy;
+  /** How long `suspend` holds a request before failing it with EIO. */
+  readonly suspendMs: number;
+  /** How often the witness is asked again while the answer is not yes. */
+  readonly retryMs: number;
+  readonly log: Logger;
+}
+
+interface Held {
+  readonly cb: (err: Error | null) => void;
+  readonly timer: NodeJS.Timeout;
+  readonly read: boolean;
+}
+
+function eio(why: string): Error {
+  return Object.assign(new Error(why), { code: 'EIO' });
+}
+
+export class QuorumGate {
+  private current: QuorumState = 'alone';
+  private held: Held[] = [];
+  private retry: NodeJS.Timeout | undefined;
+  /** The witness gave this node the grant and it has not given it back yet. */
+  private holdsGrant = false;
+  private releasing = false;
+  private reason = 'starting';
+
+  constructor(private readonly o: QuorumOptions) {
+    // Until the peer is seen, a node with a witness must ask before writing alone.
+    if (o.witness) this.current = 'no-quorum';
+  }
+
+  get state(): QuorumState {
+    return this.current;
+  }
+
+  get grantHeld(): boolean {
+    return this.holdsGrant;
+  }
+
+  /** For status: the state and why. */
+  describe(): { state: QuorumState; reason: string; witness: boolean; grantHeld: boolean } {
+    return { state: this.current, reason: this.reason, witness: this.o.witness !== undefined, grantHeld: this.holdsGrant };
+  }
+
+  /** Writes may go on (mirrored or alone) right now. */
+  get writable(): boolean {
+    return this.current === 'connected' || this.current === 'alone';
+  }
+
+  /** Reads may go on right now (not on a node the witness declared outdated). */
+  get readable(): boolean {
+    return this.current !== 'denied';
+  }
+
+  whenWritable(cb: (err: Error | null) => void): void {
+    if (this.writable) return cb(null);
+    this.hold(cb, false);
+  }
+
+  whenReadable(cb: (err: Error | null) => void): void {
+    if (this.readable) return cb(null);
+    this.hold(cb, true);
+  }
+
+  peerConnected(): void {
+    clearTimeout(this.retry);
+    this.set('connected', 'peer connected');
+  }
+
+  /** The peer is gone; `leaving`: it said so first (graceful stop), so this node goes on alone. */
+  peerLost(leaving: boolean): void {
+    if (!this.o.witness) return this.set('alone', 'peer gone; no witness configured: writing alone');
+    if (leaving) {
+      this.set('alone', 'peer left gracefully: writing alone (last man standing)');
+      // Tell the witness too, so the leaver cannot write alone later while this node is away.
+      void this.claim(true);
+      return;
+    }
+    this.set('claiming', 'peer gone: asking the witness');
+    void this.claim(false);
+  }
+
+  /** The pair is connected and in sync again: a grant held is given back. */
+  inSync(): void {
+    if (!this.holdsGrant || this.releasing || !this.o.witness) return;
+    this.releasing = true;
+    this.o.witness.release().then(
+      () => {
+        this.releasing = false;
+        this.holdsGrant = false;
+        this.o.log.info('in sync with the peer again: write grant given back to the witness');
+      },
+      (err: unknown) => {
+        this.releasing = false;
+        this.o.log.warn({ err: (err as Error).message }, 'could not give the write grant back yet; trying again later');
+      },
+    );
+  }
+
+  stop(): void {
+    clearTimeout(this.retry);
+    for (const h of this.held.splice(0)) {
+      clearTimeout(h.timer);
+      h.cb(eio('node stopping'));
+    }
+  }
+
+  private async claim(bestEffort: boolean): Promise<void> {
+    clearTimeout(this.retry);
+    try {
+      const answer = await this.o.witness!.claim();
+      if (this.current === 'connected') return; // the peer came back meanwhile
+      if (answer.granted) {
+        this.holdsGrant = true;
+        this.set('alone', `witness granted writing alone: ${answer.reason}`);
+      } else if (!bestEffort) {
+        this.set('denied', `witness refused: ${answer.reason}`);
+        this.scheduleClaim();
+      }
+    } catch (err) {
+      if (this.current === 'connected' || bestEffort) return;
+      this.set('no-quorum', `neither peer nor witness reachable (${(err as Error).message})`);
+      this.scheduleClaim();
+    }
+  }
+
+  private scheduleClaim(): void {
+    clearTimeout(this.retry);
+    this.retry = setTimeout(() => {
+      if (this.current !== 'connected' && this.current !== 'alone') void this.claim(false);
+    }, this.o.retryMs);
+  }
+
+  private set(state: QuorumState, reason: string): void {
+    const changed = state !== this.current;
+    this.current = state;
+    this.reason = reason;
+    if (changed) {
+      const level = state === 'connected' || state === 'alone' ? 'info' : 'warn';
+      this.o.log[level]({ quorum: state, reason }, `quorum: ${state}`);
+    }
+    const keep: Held[] = [];
+    for (const h of this.held) {
+      const go = h.read ? this.readable : this.writable;
+      if (go) {
+        clearTimeout(h.timer);
+        h.cb(null);
+      } else if (this.o.onNoQuorum === 'io-error' && state !== 'claiming') {
+        clearTimeout(h.timer);
+        h.cb(eio(`no quorum: ${reason}`));
+      } else keep.push(h);
+    }
+    this.held = keep;
+  }
+
+  private hold(cb: (err: Error | null) => void, read: boolean): void {
+    if (this.o.onNoQuorum === 'io-error' && this.current !== 'claiming') return cb(eio(`no quorum: ${this.reason}`));
+    const h: Held = {
+      cb,
+      read,
+      timer: setTimeout(() => {
+        this.held = this.held.filter((x) => x !== h);
+        cb(eio(`no quorum for ${this.o.suspendMs} ms: ${this.reason}`));
+      }, this.o.suspendMs),
+    };
+    this.held.push(h);
+  }
+}
