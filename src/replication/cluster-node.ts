@@ -73,6 +73,8 @@ export class ClusterNode {
   private readonly splitBrainPolicy: SplitBrainPolicy;
   /** The peer sent LEAVING: its coming disconnect is a graceful stop. */
   private peerLeaving = false;
+  private startAlone: NodeJS.Timeout | undefined;
+  private readonly linkTimeoutMs: number;
   private readonly clusterId: string;
   readonly peerName: string;
 
@@ -109,8 +111,10 @@ export class ClusterNode {
       heartbeatMs: config.link.heartbeatMs,
       log: log.child({ component: 'peer-link' }),
       onConnected: (peer) => {
-        this.quorum.peerConnected();
+        // The decision (and a resync marking stale ranges) first: held reads that the gate then
+        // lets through must not see a local copy the peer has newer data for.
         this.onConnected(peer);
+        this.quorum.peerConnected();
         this.checkInSync();
       },
       onDisconnected: (reason) => {
@@ -145,6 +149,7 @@ export class ClusterNode {
       log: log.child({ component: 'quorum' }),
     });
     this.splitBrainPolicy = config.splitBrain;
+    this.linkTimeoutMs = config.link.timeoutMs;
     volumeNames.forEach((name, index) => {
       const size = config.volumes[name]!.size;
       const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
@@ -186,8 +191,13 @@ export class ClusterNode {
     });
   }
 
-  start(): Promise<unknown> {
-    return this.link.start();
+  async start(): Promise<void> {
+    await this.link.start();
+    // A node that starts and does not find its peer within the link timeout asks the witness
+    // whether it may write alone (both nodes rebooted and only this one came back, say).
+    this.startAlone = setTimeout(() => {
+      if (this.link.state !== 'Connected' && this.quorum.state === 'no-quorum') this.quorum.peerLost(false);
+    }, this.linkTimeoutMs);
   }
 
   private hello(): Hello {
@@ -391,6 +401,7 @@ export class ClusterNode {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.startAlone);
     this.quorum.stop();
     this.link.stop();
     for (const v of this.volumes) {

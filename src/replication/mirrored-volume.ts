@@ -391,7 +391,15 @@ export class MirroredVolume implements Volume {
     this.local.cache(offset, length, done);
   }
 
+  /**
+   * Allocation status, which clients use to skip reading holes: it must not describe old data
+   * either. A node the witness declared outdated holds it like a read; a resync target reports
+   * the whole range as data (always allowed), so the client's reads come through `read`, which
+   * fetches the ranges not copied yet from the source, instead of trusting local holes.
+   */
   extents(offset: number, length: number, max: number, done: (err: Error | null, extents: Extent[]) => void): void {
+    if (!this.quorum.readable) return this.quorum.whenReadable((err) => (err ? done(err, []) : this.extents(offset, length, max, done)));
+    if (this.stale) return done(null, [{ length, flags: 0 }]);
     this.local.extents(offset, length, max, done);
   }
 

@@ -35,6 +35,20 @@ describe('cluster config', () => {
     expect(() => parseClusterConfig({ ...example, link: { timeout: 'soon' } })).toThrow(/link\.timeout: "soon" is not a duration/);
   });
 
+  it('takes the witness, the no-quorum policy and the split-brain policy', () => {
+    const c = parseClusterConfig(example);
+    expect(c.quorum).toEqual({ onNoQuorum: 'suspend', suspendTimeout: 30_000 });
+    expect(c.splitBrain).toEqual({ policy: 'manual' });
+    const w = parseClusterConfig({ ...example, witness: '127.0.0.1:7800', quorum: { onNoQuorum: 'io-error', suspendTimeout: '5s' }, splitBrain: { policy: 'discard-node', node: 'b' } });
+    expect(w.witness).toEqual({ host: '127.0.0.1', port: 7800 });
+    expect(w.quorum).toEqual({ onNoQuorum: 'io-error', suspendTimeout: 5000 });
+    expect(w.splitBrain).toEqual({ policy: 'discard-node', node: 'b' });
+    expect(() => parseClusterConfig({ ...example, witness: 'somewhere' })).toThrow(/witness:/);
+    expect(() => parseClusterConfig({ ...example, quorum: { onNoQuorum: 'panic' } })).toThrow(/quorum\.onNoQuorum/);
+    expect(() => parseClusterConfig({ ...example, splitBrain: { policy: 'discard-node', node: 'c' } })).toThrow(/splitBrain\.node: "c" is not a node/);
+    expect(() => parseClusterConfig({ ...example, splitBrain: { policy: 'coin-toss' } })).toThrow(/splitBrain\.policy/);
+  });
+
   it('names every bad field in one error', () => {
     const bad = structuredClone(example) as Record<string, any>;
     bad.nodes.a.nbd = 'nowhere';

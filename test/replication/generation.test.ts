@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { DiskState, type Generation } from '../../src/meta/volume-meta.js';
-import { decide, finishSync, NO_GENERATION, startTracking, type NodeGeneration } from '../../src/replication/generation.js';
+import { decide, finishSync, NO_GENERATION, splitBrainLoser, startTracking, type NodeGeneration } from '../../src/replication/generation.js';
 
 const Z = NO_GENERATION;
 const g = (current: string, bitmap = Z, history: [string, string] = [Z, Z]): Generation => ({ current, bitmap, history });
@@ -50,5 +50,26 @@ describe('generation identifiers decide the sync direction', () => {
   it('an older common ancestor in history: full sync from the newer side; none at all: unrelated', () => {
     expect(both(node('a', g('5555555555555555', Z, [common, Z])), node('b', g(common)))).toEqual({ kind: 'full', source: 'a' });
     expect(both(node('a', g('6666666666666666')), node('b', g('7777777777777777')))).toEqual({ kind: 'unrelated' });
+  });
+});
+
+describe('split-brain policies name the same loser on both nodes', () => {
+  const a = { node: 'a', dirtyBytes: 8192, trackingSince: 1000 };
+  const b = { node: 'b', dirtyBytes: 4096, trackingSince: 2000 };
+  const loser = (p: Parameters<typeof splitBrainLoser>[0], x = a, y = b) => {
+    const v = splitBrainLoser(p, x, y);
+    expect(splitBrainLoser(p, y, x).loser).toBe(v.loser);
+    return v.loser;
+  };
+
+  it('manual leaves it to an operator', () => expect(loser({ policy: 'manual' })).toBeNull());
+  it('discard-node names the node', () => expect(loser({ policy: 'discard-node', node: 'a' })).toBe('a'));
+  it('discard-least-changes: fewer changed bytes lose; a tie goes to an operator', () => {
+    expect(loser({ policy: 'discard-least-changes' })).toBe('b');
+    expect(loser({ policy: 'discard-least-changes' }, a, { ...b, dirtyBytes: 8192 })).toBeNull();
+  });
+  it('discard-younger: the node that started writing alone later loses; unknown times go to an operator', () => {
+    expect(loser({ policy: 'discard-younger' })).toBe('b');
+    expect(loser({ policy: 'discard-younger' }, a, { ...b, trackingSince: 0 })).toBeNull();
   });
 });

@@ -252,6 +252,9 @@ describe('mirrored volume (in-process pair)', () => {
     const got = Buffer.alloc(65536);
     const read = new Promise<void>((res, rej) => b.mv.read(got, 3 * MiB, (e) => (e ? rej(e) : res())));
     expect(b.mv.resync?.role).toBe('target');
+    // Its local file has a hole there; allocation status must not send clients past the data.
+    const extents = await new Promise<Array<{ length: number; flags: number }>>((res, rej) => b.mv.extents(3 * MiB, 65536, 16, (e, x) => (e ? rej(e) : res(x))));
+    expect(extents).toEqual([{ length: 65536, flags: 0 }]);
     await read;
     expect(got.every((x) => x === 0x5e)).toBe(true);
     await done;

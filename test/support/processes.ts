@@ -33,16 +33,22 @@ function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null>
  * once it logs `listening` with the port the kernel picked.
  */
 export function startNbdMirror(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunningServer> {
-  return startServe(['--listen', '127.0.0.1:0', ...args], opts);
+  return startCli(['serve', '--listen', '127.0.0.1:0', ...args], opts);
 }
 
 /** Starts one node of a cluster: `nbd-mirror serve --config FILE --node NAME`. */
 export function startClusterNode(config: string, node: string): Promise<RunningServer> {
-  return startServe(['--config', config, '--node', node], {});
+  return startCli(['serve', '--config', config, '--node', node], {});
 }
 
-function startServe(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<RunningServer> {
-  const proc = spawn(process.execPath, [cliPath, 'serve', ...args], {
+/** Starts `nbd-mirror witness` on a port the kernel picks, keeping its grant in `stateFile`. */
+export function startWitnessProcess(stateFile: string): Promise<RunningServer> {
+  return startCli(['witness', '--listen', '127.0.0.1:0', '--state', stateFile], {});
+}
+
+/** Runs `nbd-mirror ARGS…` and resolves once it logs `listening` with its port. */
+function startCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<RunningServer> {
+  const proc = spawn(process.execPath, [cliPath, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });
