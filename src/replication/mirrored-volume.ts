@@ -495,6 +495,10 @@ export class MirroredVolume implements Volume {
         // Only then has this node written alone (a new generation); a write failed for want of
         // quorum leaves the generation alone, so the resync from the holder covers its bits.
         this.quorum.whenWritable((qErr) => {
+          // Let through because the peer is back, not because this node may write alone: the
+          // write never reached the peer, and the resync just decided may copy the peer's data
+          // over its bits. It fails (EIO), so no client counts on it; never acknowledged.
+          if (!qErr && this.peer.connected) qErr = Object.assign(new Error('the peer came back before this write could be acknowledged alone'), { code: 'EIO' });
           if (!qErr) this.startTracking();
           w.error ??= err ?? qErr;
           w.peerDone = true;

@@ -287,4 +287,33 @@ describe('mirrored volume (in-process pair)', () => {
     expect(await read(3 * MiB)).toMatchObject({ code: 'EIO' });
     expect(await read(10 * MiB)).toBeNull();
   });
+
+  it('a write waiting for quorum when its peer vanished fails (EIO) if the peer comes back first: never acknowledged, never lost', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = FileVolume.open(join(dir, 'b.img'), { createSize: SIZE });
+    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
+    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, hot);
+    cleanups.push(async () => (meta.close(), await file.close()));
+    const sent: number[] = [];
+    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
+    // A quorum gate that holds writes, as one does while the witness is asked or refuses.
+    const held: Array<(err: Error | null) => void> = [];
+    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'b', peerName: 'a', grain: GRAIN, hot, log, quorum });
+    const before = meta.generation;
+    let result: Error | null | undefined;
+    mv.write(Buffer.alloc(4096, 7), 0, false, (e) => (result = e));
+    await until(() => sent.includes(PeerMsg.WRITE)); // mirrored, the peer never answers
+    peer.connected = false;
+    mv.peerLost();
+    await until(() => held.length === 1); // its bit is durable; it waits for quorum
+    expect(result).toBeUndefined();
+    expect(meta.bitmap.count()).toBe(1);
+    peer.connected = true; // the link is back before any grant
+    held[0]!(null);
+    await until(() => result !== undefined);
+    expect(result).toMatchObject({ code: 'EIO' });
+    expect(meta.generation).toEqual(before); // this node did not start writing alone
+  });
 });
