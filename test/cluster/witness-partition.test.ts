@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { dataFile, pairPorts, until, volumeStatus, writePairConfig } from '../support/cluster.js';
+import { dataFile, pairPorts, until, volumeStatus, witnessGrants, writePairConfig } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { NbdClient, NbdReplyError } from '../support/nbd-client.js';
 import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
@@ -24,11 +24,6 @@ function watch<T>(p: Promise<T>): { settled: boolean; value?: T; error?: unknown
     (e: unknown) => void Object.assign(w, { settled: true, error: e }),
   );
   return w;
-}
-
-async function grants(witnessPort: number): Promise<Record<string, { holder: string }>> {
-  const res = await fetch(`http://127.0.0.1:${witnessPort}/status`);
-  return ((await res.json()) as { grants: Record<string, { holder: string }> }).grants;
 }
 
 describe('witness quorum: partitions and graceful leave', () => {
@@ -80,7 +75,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     });
     const winner = (await volumeStatus(p.adminA)).quorum === 'alone' ? 'a' : 'b';
     const loser = winner === 'a' ? 'b' : 'a';
-    expect(await grants(witness.port)).toMatchObject({ 'a+b': { holder: winner } });
+    expect(await witnessGrants(witness.port)).toMatchObject({ 'a+b': { holder: winner } });
     const fresh = Buffer.alloc(MiB, 0x22);
     await client[winner].write(2 * MiB, fresh);
     // The denied node holds writes and reads: its copy is older than the winner's.
@@ -97,7 +92,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     expect(heldRead.error).toBeUndefined();
     expect(heldRead.value!.equals(fresh)).toBe(true);
     await until(() => both(inSync));
-    await until(async () => Object.keys(await grants(witness.port)).length === 0); // given back once in sync
+    await until(async () => Object.keys(await witnessGrants(witness.port)).length === 0); // given back once in sync
     await Promise.all([client.a.flush(), client.b.flush()]);
     expect(identical()).toBe(true);
 

@@ -47,6 +47,12 @@ export async function volumeStatus(adminPort: number): Promise<VolumeStatus> {
   return (await fetchStatus({ host: '127.0.0.1', port: adminPort })).volumes.vol0!;
 }
 
+/** The witness's grants (GET /status): cluster id → holder. */
+export async function witnessGrants(witnessPort: number): Promise<Record<string, { holder: string }>> {
+  const res = await fetch(`http://127.0.0.1:${witnessPort}/status`);
+  return ((await res.json()) as { grants: Record<string, { holder: string }> }).grants;
+}
+
 /** Polls until `cond` holds (every 50 ms, at most `ms`). */
 export async function until(cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
   for (const end = Date.now() + ms; !(await cond()); ) {
