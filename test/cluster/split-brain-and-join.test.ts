@@ -68,6 +68,42 @@ describe('two-node cluster: divergence and joining', () => {
     b.close();
   });
 
+  it('split brain with policy discard-least-changes: the node that changed less discards its changes by itself, logged with both sides', async () => {
+    const dir = tempDir();
+    const p = await pairPorts();
+    const proxy = new TcpProxy({ host: '127.0.0.1', port: p.peerB });
+    await proxy.start();
+    cleanups.push(() => proxy.stop());
+    const policy = { splitBrain: { policy: 'discard-least-changes' } };
+    const nodeA = track(await startClusterNode(writePairConfig(join(dir, 'a.json'), p, '16M', proxy.port, policy), 'a'));
+    track(await startClusterNode(writePairConfig(join(dir, 'b.json'), p, '16M', p.peerB, policy), 'b'));
+    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
+    proxy.cut();
+    await until(async () => (await volumeStatus(p.adminA)).connection !== 'Connected' && (await volumeStatus(p.adminB)).connection !== 'Connected');
+    const a = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    const b = await NbdClient.connect({ port: p.nbdB, exportName: 'vol0' });
+    await a.write(MiB, Buffer.alloc(MiB, 0xaa)); // a changes 1 MiB
+    await b.write(4 * MiB, Buffer.alloc(3 * MiB, 0xbb)); // b changes 3 MiB: b wins
+    await Promise.all([a.flush(), b.flush()]);
+    proxy.restore();
+    await until(async () => {
+      const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
+      return sa.connection === 'Connected' && sb.connection === 'Connected' && sa.disk === 'UpToDate' && sa.resync === null && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0;
+    });
+    // a's changes are gone (its range holds b's data again, zeroes), b's are on both.
+    expect((await a.read(MiB, MiB)).every((x) => x === 0)).toBe(true);
+    expect((await a.read(4 * MiB, 3 * MiB)).every((x) => x === 0xbb)).toBe(true);
+    await Promise.all([a.flush(), b.flush()]);
+    expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
+    const decision = nodeA.logs.find((l) => String(l.msg).startsWith('split brain resolved by policy'));
+    expect(decision).toMatchObject({ policy: 'discard-least-changes', loser: 'a', ours: { node: 'a', dirtyBytes: MiB }, theirs: { node: 'b', dirtyBytes: 3 * MiB } });
+    const facts = (decision as { ours: { generation: { current: string } }; theirs: { generation: { current: string } } });
+    expect(facts.ours.generation.current).toMatch(/^[0-9a-f]{16}$/);
+    expect(ours.theirs.generation.current).not.toBe(facts.ours.generation.current);
+    a.close();
+    b.close();
+  });
+
   it('a fresh empty node joining a used volume gets a full copy', async () => {
     const dir = tempDir();
     const p = await pairPorts();
