@@ -99,7 +99,7 @@ describe('two-node cluster: divergence and joining', () => {
     expect(decision).toMatchObject({ policy: 'discard-least-changes', loser: 'a', ours: { node: 'a', dirtyBytes: MiB }, theirs: { node: 'b', dirtyBytes: 3 * MiB } });
     const facts = (decision as { ours: { generation: { current: string } }; theirs: { generation: { current: string } } });
     expect(facts.ours.generation.current).toMatch(/^[0-9a-f]{16}$/);
-    expect(ours.theirs.generation.current).not.toBe(facts.ours.generation.current);
+    expect(facts.theirs.generation.current).not.toBe(facts.ours.generation.current);
     a.close();
     b.close();
   });
