@@ -77,14 +77,16 @@ export function decide(a: NodeGeneration, b: NodeGeneration): SyncDecision {
   const ga = a.generation;
   const gb = b.generation;
   if (ga.current === gb.current) return { kind: 'in-sync', resync: a.dirty || b.dirty, source: first.node };
-  const aNew = a.state === DiskState.Inconsistent && ga.bitmap === NO_GENERATION && ga.history[0] === NO_GENERATION;
-  const bNew = b.state === DiskState.Inconsistent && gb.bitmap === NO_GENERATION && gb.history[0] === NO_GENERATION;
-  if (aNew && bNew) return { kind: 'initial', source: first.node };
-  if (aNew !== bNew) return { kind: 'full', source: aNew ? b.node : a.node };
+  // One side tracked its changes from the other's current: a bitmap resync, even when the other
+  // is Inconsistent (a resync to it was cut short: the union of bits still covers every difference).
   const aTracked = ga.bitmap !== NO_GENERATION && ga.bitmap === gb.current;
   const bTracked = gb.bitmap !== NO_GENERATION && gb.bitmap === ga.current;
   if (aTracked && !bTracked) return { kind: 'bitmap', source: a.node };
   if (bTracked && !aTracked) return { kind: 'bitmap', source: b.node };
+  const aNew = a.state === DiskState.Inconsistent && ga.bitmap === NO_GENERATION && ga.history[0] === NO_GENERATION;
+  const bNew = b.state === DiskState.Inconsistent && gb.bitmap === NO_GENERATION && gb.history[0] === NO_GENERATION;
+  if (aNew && bNew) return { kind: 'initial', source: first.node };
+  if (aNew !== bNew) return { kind: 'full', source: aNew ? b.node : a.node };
   if (ga.bitmap !== NO_GENERATION && ga.bitmap === gb.bitmap) return { kind: 'split-brain' };
   if (ga.history.includes(gb.current) && gb.current !== NO_GENERATION) return { kind: 'full', source: a.node };
   if (gb.history.includes(ga.current) && ga.current !== NO_GENERATION) return { kind: 'full', source: b.node };

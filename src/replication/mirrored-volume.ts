@@ -105,10 +105,27 @@ interface InFlight {
 
 /** Largest range one resync request asks for. */
 const RESYNC_CHUNK = 1024 * 1024;
+/** While clients are busy: smaller requests, so a client's write never queues behind much resync data. */
+const RESYNC_CHUNK_BUSY = 256 * 1024;
 /** Resync requests in flight at once. */
 const RESYNC_WINDOW = 8;
-/** A resync target writes its cleared bits back every this many bytes copied. */
+/** A resync target makes copied data durable and clears its bits every this many bytes. */
 const RESYNC_CHECKPOINT = 64 * 1024 * 1024;
+
+/** A running resync (either role). */
+interface ResyncRun extends ResyncProgress {
+  peerRunsIn: boolean;
+  cursor: number;
+  requests: number;
+  onDone: Done;
+  /** Target: ranges written since the last checkpoint, not known durable yet (their RS_ACK waits). */
+  unsynced: Array<{ id: bigint; offset: number; length: number }>;
+  unsyncedBytes: number;
+  /** Target: a checkpoint's fdatasync is running; later checkpoints wait for it. */
+  syncing: boolean;
+  afterSync: Array<() => void>;
+  finishing: boolean;
+}
 
 export interface ResyncProgress {
   role: 'source' | 'target';
@@ -163,7 +180,7 @@ export class MirroredVolume implements Volume {
   private readonly flushes = new Map<bigint, Done>();
   /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
   private nextId: bigint;
-  private resyncState: (ResyncProgress & { peerRunsIn: boolean; cursor: number; requests: number; onDone: Done }) | undefined;
+  private resyncState: ResyncRun | undefined;
   /** Data bytes resync moved over the link (sent as source, received as target); with checksum resync, less than the ranges covered. */
   resyncWireBytesTotal = 0;
   private readonly compare: BlockComparer;
@@ -542,7 +559,7 @@ export class MirroredVolume implements Volume {
    */
   startResync(role: 'source' | 'target', done: Done, checksum = false): void {
     if (!this.peer.connected) return done(new Error('cannot resync without the peer'));
-    this.resyncState = { role, checksum, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done };
+    this.resyncState = { role, checksum, totalBytes: 0, doneBytes: 0, peerRunsIn: false, cursor: 0, requests: 0, onDone: done, unsynced: [], unsyncedBytes: 0, syncing: false, afterSync: [], finishing: false };
     if (role === 'target') {
       this.stale = true;
       this.unionKnown = false;
@@ -655,7 +672,7 @@ export class MirroredVolume implements Volume {
         r.cursor = bits;
         break;
       }
-      const grains = Math.min(run.length, RESYNC_CHUNK / this.grain);
+      const grains = Math.min(run.length, (this.rate.busy ? RESYNC_CHUNK_BUSY : RESYNC_CHUNK) / this.grain);
       r.cursor = run.start + grains;
       const offset = run.start * this.grain;
       const length = Math.min(grains * this.grain, this.size - offset);
@@ -669,7 +686,39 @@ export class MirroredVolume implements Volume {
         else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, offset, length));
       });
     }
-    if (r.requests === 0 && r.cursor >= bits) this.finishResync();
+    if (r.requests === 0 && r.cursor >= bits && !r.finishing) {
+      r.finishing = true;
+      this.checkpoint(r, () => this.finishResync());
+    }
+  }
+
+  /**
+   * Target: makes the resync data written so far durable (the volume's flush), and only then
+   * clears its bits and acknowledges the ranges to the source, which clears its own. Until then
+   * both nodes keep the bits, so a power loss here cannot leave a range counted as in sync whose
+   * data never reached this disk; a resync cut short resumes from the last checkpoint.
+   */
+  private checkpoint(r: ResyncRun, then?: () => void): void {
+    if (r.syncing) return void r.afterSync.push(() => this.checkpoint(r, then));
+    const batch = r.unsynced.splice(0);
+    r.unsyncedBytes = 0;
+    r.syncing = true;
+    this.local.flush((err) => {
+      r.syncing = false;
+      if (this.resyncState !== r) return; // cut short: the bits stay set on both nodes
+      if (err) {
+        this.resyncState = undefined;
+        return r.onDone(err);
+      }
+      for (const b of batch) {
+        const [first, count] = this.grains(b.offset, b.length);
+        this.meta.clearDirty(first, count);
+        this.peer.send(PeerMsg.RS_ACK, b.id, encodeRange(this.volumeIndex, b.offset, b.length));
+      }
+      this.meta.flushBitmap(() => undefined);
+      for (const next of r.afterSync.splice(0)) next();
+      then?.();
+    });
   }
 
   /**
@@ -762,14 +811,11 @@ export class MirroredVolume implements Volume {
       if (--left > 0) return;
       this.peer.release(body);
       if (!error) {
-        const [first, count] = this.grains(range.offset, range.length);
-        this.meta.clearDirty(first, count);
         r.doneBytes += range.length;
         this.resyncedBytesTotal += range.length;
         for (const p of pieces) this.resyncWireBytesTotal += p.data.length;
-        // Cleared bits reach the disk every 64 MiB, so a resync cut short resumes near where it stopped.
-        if (Math.floor(r.doneBytes / RESYNC_CHECKPOINT) !== Math.floor((r.doneBytes - range.length) / RESYNC_CHECKPOINT)) this.meta.flushBitmap(() => undefined);
-        this.peer.send(PeerMsg.RS_ACK, id, encodeRange(this.volumeIndex, range.offset, range.length));
+        r.unsynced.push({ id, offset: range.offset, length: range.length });
+        r.unsyncedBytes += range.length;
       }
       this.release(entry);
       r.requests--;
@@ -777,6 +823,8 @@ export class MirroredVolume implements Volume {
         this.resyncState = undefined;
         return r.onDone(error);
       }
+      // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).
+      if (r.unsyncedBytes >= RESYNC_CHECKPOINT) this.checkpoint(r);
       this.pullMore();
     };
     if (left === 0) return void (left = 1, written(null));
@@ -784,7 +832,7 @@ export class MirroredVolume implements Volume {
   }
 
   /** Target: resync data arrived damaged; ask for it again the way it was asked for. */
-  private pullAgain(entry: InFlight, r: NonNullable<typeof this.resyncState>): void {
+  private pullAgain(entry: InFlight, r: ResyncRun): void {
     if (!this.peer.connected) return;
     if (r.checksum) this.requestByChecksum(entry);
     else this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, entry.offset, entry.end - entry.offset));
@@ -833,6 +881,8 @@ export class MirroredVolume implements Volume {
   }
 
   private applyPeerChange(entry: InFlight, piece: Piece, applied?: () => void): void {
+    // A client's write on the peer is client I/O here too: a resync this node pulls yields to it.
+    this.rate.clientIo();
     this.applyLocal(entry, piece, (err) => {
       applied?.();
       this.untrack(entry);

@@ -38,10 +38,14 @@ export class RateLimiter {
     this.lastClientIo = this.now();
   }
 
+  /** Clients did I/O on the volume within the busy window. */
+  get busy(): boolean {
+    return this.now() - this.lastClientIo < this.policy.busyWindowMs;
+  }
+
   /** The rate that applies now. */
   get currentRate(): number {
-    const busy = this.now() - this.lastClientIo < this.policy.busyWindowMs;
-    return busy ? Math.min(this.policy.busyBytesPerSecond, this.policy.maxBytesPerSecond) : this.policy.maxBytesPerSecond;
+    return this.busy ? Math.min(this.policy.busyBytesPerSecond, this.policy.maxBytesPerSecond) : this.policy.maxBytesPerSecond;
   }
 
   /** Calls `go` once `bytes` may be moved (at once when the budget allows). */

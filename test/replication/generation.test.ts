@@ -19,6 +19,11 @@ describe('generation identifiers decide the sync direction', () => {
     expect(both(node('a', g(common)), node('b', g(common), DiskState.UpToDate, true))).toEqual({ kind: 'in-sync', resync: true, source: 'a' });
   });
 
+  it('a resync target cut short (Inconsistent, never synced before) resumes by bitmap, not by a full copy', () => {
+    const aAlone = startTracking(g(common));
+    expect(both(node('a', aAlone, DiskState.UpToDate, true), node('b', g(common), DiskState.Inconsistent, true))).toEqual({ kind: 'bitmap', source: 'a' });
+  });
+
   it('one side wrote alone (node died, link cut, maintenance): bitmap resync from it', () => {
     const aAlone = startTracking(g(common));
     expect(aAlone.bitmap).toBe(common);
