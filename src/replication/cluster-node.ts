@@ -407,6 +407,7 @@ export class ClusterNode {
     for (const v of this.volumes) {
       await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
       v.meta.close();
+      await v.file.close();
     }
   }
 }

@@ -153,6 +153,8 @@ interface LocalWrite {
   readonly frame: Buffer | readonly Buffer[];
   diskDone: boolean;
   peerDone: boolean;
+  /** The peer answered with an error; its bits are being made durable. */
+  peerFailed?: boolean;
   error: Error | null;
   readonly done: Done;
 }
@@ -349,11 +351,18 @@ export class MirroredVolume implements Volume {
     this.outgoing.push(turn);
     // Without the peer: only with quorum (the gate holds or fails the write otherwise).
     if (!logged) {
-      return this.quorum.whenWritable((err) => {
+      let waited = false;
+      this.quorum.whenWritable((err) => {
+        // Held, then let through because the peer is back: by now the client may have given up
+        // on this request and written the same blocks through the other node; applying it
+        // late could overwrite that newer data on both. It fails instead (never acknowledged).
+        if (!err && waited && this.peer.connected) err = Object.assign(new Error('held without quorum until the peer came back; not applied'), { code: 'EIO' });
         alError = err;
         turn.ready = true;
         this.sendReady();
       });
+      waited = !turn.ready;
+      return;
     }
     al.begin(offset, length, (err) => {
       alError = err;
@@ -420,8 +429,12 @@ export class MirroredVolume implements Volume {
     this.local.extents(offset, length, max, done);
   }
 
+  /**
+   * The NBD server is done with this volume. The file stays open: writes from the peer may still
+   * arrive until the node has told it that it is leaving; the cluster node closes it after that.
+   */
   close(): Promise<void> {
-    return this.local.close();
+    return Promise.resolve();
   }
 
   /** Frames from the peer for this volume; the body is given back (peer.release) once used. */
@@ -443,9 +456,19 @@ export class MirroredVolume implements Volume {
         if (!w) return;
         const st = body.length >= 4 ? body.readUInt32BE(0) : 0;
         if (st === STATUS_RESEND) return this.resend(w);
-        w.peerDone = true;
-        if (st !== 0) w.error ??= new Error(`peer failed the write with error ${st}`);
-        return this.maybeFinish(w);
+        if (st === 0) {
+          w.peerDone = true;
+          return this.maybeFinish(w);
+        }
+        // The peer could not write it: the copies may differ there. Marked out of sync (durably)
+        // before the client hears of the failure, so the next resync or verify repairs it.
+        const [first, count] = this.grains(w.entry.offset, w.entry.end - w.entry.offset);
+        w.peerFailed = true;
+        return this.meta.markDirty(first, count, () => {
+          w.peerDone = true;
+          w.error ??= new Error(`peer failed the write with error ${st}`);
+          this.maybeFinish(w);
+        });
       }
       case PeerMsg.FLUSH:
         return this.local.flush((err) => void this.peer.send(PeerMsg.FLUSH_ACK, h.id, status(err)));
@@ -505,7 +528,7 @@ export class MirroredVolume implements Volume {
     this.damagedWrites.clear();
     this.rerequests.clear();
     for (const w of [...this.localWrites.values()]) {
-      if (w.peerDone) continue;
+      if (w.peerDone || w.peerFailed) continue;
       const [first, count] = this.grains(w.entry.offset, w.entry.end - w.entry.offset);
       this.meta.markDirty(first, count, (err) => {
         // Acknowledged only with quorum: the peer may hold the grant and never get this write.

@@ -8,7 +8,10 @@
 //   denied      the witness gave the grant to the peer: this copy is, or will be, outdated;
 //               writes AND reads wait (policy below), so no client sees old data
 //   no-quorum   neither peer nor witness answers: this node cannot know whether the peer writes;
-//               writes wait or fail by policy, reads go on
+//               writes wait or fail by policy, reads go on — unless this copy may be old: the
+//               witness refused it earlier, or the node has just started and has seen neither
+//               peer nor witness yet (the peer may have written alone while it was down); such
+//               a node holds reads too until its peer connects or the witness grants it
 //
 // Policy `on-no-quorum` for writes that may not go on: `suspend` holds them up to `suspendMs`
 // (a peer or witness coming back in time lets them through), then fails them with EIO;
@@ -49,10 +52,16 @@ export class QuorumGate {
   private holdsGrant = false;
   private releasing = false;
   private reason = 'starting';
+  /** This copy may be older than the peer's (see the file comment): reads wait too. */
+  private maybeOld = false;
 
   constructor(private readonly o: QuorumOptions) {
-    // Until the peer is seen, a node with a witness must ask before writing alone.
-    if (o.witness) this.current = 'no-quorum';
+    // Until the peer is seen, a node with a witness must ask before writing alone, and before
+    // serving reads (it cannot know whether the peer wrote alone while it was down).
+    if (o.witness) {
+      this.current = 'no-quorum';
+      this.maybeOld = true;
+    }
   }
 
   get state(): QuorumState {
@@ -75,7 +84,7 @@ export class QuorumGate {
 
   /** Reads may go on right now (not on a node the witness declared outdated). */
   get readable(): boolean {
-    return this.current !== 'denied';
+    return this.current === 'connected' || this.current === 'alone' || !this.maybeOld;
   }
 
   whenWritable(cb: (err: Error | null) => void): void {
@@ -90,6 +99,8 @@ export class QuorumGate {
 
   peerConnected(): void {
     clearTimeout(this.retry);
+    // The connection decides what is old (a resync marks it); reads are safe from here on.
+    this.maybeOld = false;
     this.set('connected', 'peer connected');
   }
 
@@ -119,6 +130,10 @@ export class QuorumGate {
       (err: unknown) => {
         this.releasing = false;
         this.o.log.warn({ err: (err as Error).message }, 'could not give the write grant back yet; trying again later');
+        clearTimeout(this.retry);
+        this.retry = setTimeout(() => {
+          if (this.current === 'connected') this.inSync();
+        }, this.o.retryMs);
       },
     );
   }
@@ -138,8 +153,10 @@ export class QuorumGate {
       if (this.current === 'connected') return; // the peer came back meanwhile
       if (answer.granted) {
         this.holdsGrant = true;
+        this.maybeOld = false;
         this.set('alone', `witness granted writing alone: ${answer.reason}`);
       } else if (!bestEffort) {
+        this.maybeOld = true;
         this.set('denied', `witness refused: ${answer.reason}`);
         this.scheduleClaim();
       }

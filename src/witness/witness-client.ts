@@ -1,6 +1,6 @@
 // A node's side of the witness: ask for the write grant, give it back. Every request is bounded
 // in time; a witness that does not answer counts as absent.
-import type { HostPort } from '../config/units.js';
+import { httpUrl, type HostPort } from '../config/units.js';
 import type { WitnessAnswer } from './witness-server.js';
 
 export class WitnessClient {
@@ -20,7 +20,7 @@ export class WitnessClient {
   }
 
   private async post(path: string): Promise<WitnessAnswer> {
-    const res = await fetch(`http://${this.addr.host}:${this.addr.port}${path}`, {
+    const res = await fetch(httpUrl(this.addr, path), {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ cluster: this.cluster, node: this.node }),

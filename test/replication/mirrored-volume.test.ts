@@ -316,4 +316,24 @@ describe('mirrored volume (in-process pair)', () => {
     expect(result).toMatchObject({ code: 'EIO' });
     expect(meta.generation).toEqual(before); // this node did not start writing alone
   });
+
+  it('a write the peer fails is reported failed and marked out of sync, so the copies never differ unnoticed', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = FileVolume.open(join(dir, 'a.img'), { createSize: SIZE });
+    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
+    const meta = VolumeMeta.open(join(dir, 'a.meta'), { cluster: 'c', node: 'a', volumeSize: SIZE, grain: GRAIN }, hot);
+    cleanups.push(async () => (meta.close(), await file.close()));
+    const sent: Array<{ type: number; id: bigint }> = [];
+    const peer = { connected: true, send: (type: number, id: bigint) => (sent.push({ type, id }), true), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
+    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'a', peerName: 'b', grain: GRAIN, hot, log });
+    const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE));
+    const frame = sent.find((f) => f.type === PeerMsg.WRITE)!;
+    const eio = Buffer.alloc(4);
+    eio.writeUInt32BE(5);
+    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: frame.id }, eio);
+    expect(await result).toBeInstanceOf(Error);
+    expect(meta.bitmap.count()).toBe(2);
+  });
 });

@@ -142,6 +142,29 @@ describe('quorum gate', () => {
     h.stop();
   });
 
+  it('a node that may hold an old copy serves no reads: just started, or refused, even after losing the witness', async () => {
+    const reachable = { up: false };
+    const w = new WitnessState();
+    w.claim({ cluster: 'a+b', node: 'b' }); // b wrote alone while a was down
+    const a = gate('a', w, reachable);
+    const read = outcome(a, true);
+    expect(read.err).toBeUndefined(); // started, has seen neither peer nor witness
+    a.peerLost(false); // the link timeout at start-up: ask the witness
+    await settle();
+    expect(a.state).toBe('no-quorum');
+    expect(read.err).toBeUndefined();
+    reachable.up = true;
+    await new Promise((r) => setTimeout(r, 150)); // the next retry reaches the witness
+    expect(a.state).toBe('denied');
+    reachable.up = false;
+    await new Promise((r) => setTimeout(r, 150));
+    expect(a.state).toBe('no-quorum');
+    expect(outcome(a, true).err).toBeUndefined(); // still held: refused once, its copy is old
+    a.peerConnected();
+    expect(read.err).toBeNull();
+    a.stop();
+  });
+
   it('stopping fails held requests', () => {
     const g = gate('a', new WitnessState(), { up: false });
     const o = outcome(g); // a new node with a witness starts without quorum
