@@ -9,7 +9,7 @@
 // 3. checksum resync of identical data: b away while a rewrites 10 % of the volume with the
 //    bytes it already held (volume set to checksumResync): out of sync vs on the wire.
 // 4. client latency: fio 4k randwrite QD1 p99 on a, idle vs during a full resync of b (the
-//    resync falls to resync.busyRate, 64 MiB/s by default, while clients are busy). Target <= 2x.
+//    resync falls to resync.busyRate, 16 MiB/s by default, while clients are busy). Target <= 2x.
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -135,10 +135,13 @@ async function main(): Promise<void> {
     );
 
     // 4. client latency during a resync ----------------------------------------------------------
+    // Written-back page cache before each measurement, so both see only their own I/O.
+    execFileSync('sync');
     const idle = fioJson(p.nbdA, randwrite(1));
     await b.stop('SIGKILL');
     await until(async () => (await volumeStatus(p.adminA)).connection !== 'Connected');
     execFileSync('fio', fioArgs(p.nbdA, ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`]), { env: toolEnv(), stdio: 'ignore' });
+    execFileSync('sync');
     b = await startClusterNode(config, 'b');
     procs.push(b);
     await until(async () => (await volumeStatus(p.adminB)).resync !== null);

@@ -72,7 +72,7 @@ const resyncSchema = z
     /** Never faster than this. */
     maxRate: rate.default(Infinity),
     /** While clients are doing I/O on the volume, no faster than this: their requests come first. */
-    busyRate: rate.default(64 * 1024 * 1024),
+    busyRate: rate.default(16 * 1024 * 1024),
   })
   .prefault({});
 

@@ -72,7 +72,7 @@ export interface MirroredVolumeOptions {
   /** Digests for integrity checks (WASM XXH3). */
   readonly hot: Hotpath;
   readonly log: Logger;
-  /** Pacing of resync and verify (default: unlimited, 64 MiB/s while clients are busy). */
+  /** Pacing of resync and verify (default: unlimited, 16 MiB/s while clients are busy). */
   readonly rate?: RatePolicy;
   /** The peer asks for a resync now (after a verify with repair), this node in `role`. */
   onResyncAsked?(role: 'source' | 'target'): void;

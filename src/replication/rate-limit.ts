@@ -13,7 +13,7 @@ export interface RatePolicy {
   readonly busyWindowMs: number;
 }
 
-export const DEFAULT_RATE: RatePolicy = { maxBytesPerSecond: Infinity, busyBytesPerSecond: 64 * 1024 * 1024, busyWindowMs: 100 };
+export const DEFAULT_RATE: RatePolicy = { maxBytesPerSecond: Infinity, busyBytesPerSecond: 16 * 1024 * 1024, busyWindowMs: 100 };
 
 export class RateLimiter {
   private tokens = 0;
