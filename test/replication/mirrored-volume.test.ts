@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { Hello } from '../../src/replication/hello.js';
-import { MirroredVolume, type PeerPort } from '../../src/replication/mirrored-volume.js';
+import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
 import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
@@ -84,6 +84,24 @@ async function cluster() {
 
 const write = (mv: MirroredVolume, off: number, data: Buffer) => new Promise<void>((res, rej) => mv.write(data, off, false, (e) => (e ? rej(e) : res())));
 const flush = (mv: MirroredVolume) => new Promise<void>((res, rej) => mv.flush((e) => (e ? rej(e) : res())));
+
+/**
+ * One mirrored volume whose peer is a stub that records the frames sent and never answers, so a
+ * test controls every step (`deliver` hands it a frame as if from the peer).
+ */
+function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum']) {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const file = FileVolume.open(join(dir, `${node}.img`), { createSize: SIZE });
+  const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
+  const meta = VolumeMeta.open(join(dir, `${node}.meta`), { cluster: 'c', node, volumeSize: SIZE, grain: GRAIN }, hot);
+  cleanups.push(async () => (meta.close(), await file.close()));
+  const sent: Array<{ type: number; id: bigint }> = [];
+  const peer = { connected: true, send: (type: number, id: bigint) => (sent.push({ type, id }), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
+  const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node, peerName: node === 'a' ? 'b' : 'a', grain: GRAIN, hot, log, quorum });
+  const types = () => sent.map((f) => f.type);
+  return { mv, meta, peer, sent, types };
+}
 
 describe('mirrored volume (in-process pair)', () => {
   it('a write acknowledged on either node is on both files', async () => {
@@ -261,25 +279,16 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('a resync target that loses its source fails reads of ranges it lacks (EIO), serves the rest', async () => {
-    // A stub peer that records frames and never answers, so the test controls every step.
-    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const file = FileVolume.open(join(dir, 'b.img'), { createSize: SIZE });
-    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
-    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, hot);
-    cleanups.push(async () => (meta.close(), await file.close()));
-    const sent: number[] = [];
-    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
-    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'b', peerName: 'a', grain: GRAIN, hot, log });
+    const { mv, peer, types } = withStubPeer('b');
     let resyncError: Error | null = null;
     mv.startResync('target', (e) => (resyncError = e));
-    expect(sent).toContain(PeerMsg.BITMAP_RUNS);
+    expect(types()).toContain(PeerMsg.BITMAP_RUNS);
     // The source's runs: grains 768..783 (3 MiB .. 3 MiB + 64 KiB) are stale here.
     const runs = Buffer.alloc(20);
     runs.writeDoubleBE(768, 4);
     runs.writeDoubleBE(16, 12);
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
-    expect(sent).toContain(PeerMsg.RS_REQUEST);
+    expect(types()).toContain(PeerMsg.RS_REQUEST);
     peer.connected = false;
     mv.peerLost();
     expect(resyncError).toBeInstanceOf(Error);
@@ -289,22 +298,14 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('a write waiting for quorum when its peer vanished fails (EIO) if the peer comes back first: never acknowledged, never lost', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const file = FileVolume.open(join(dir, 'b.img'), { createSize: SIZE });
-    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
-    const meta = VolumeMeta.open(join(dir, 'b.meta'), { cluster: 'c', node: 'b', volumeSize: SIZE, grain: GRAIN }, hot);
-    cleanups.push(async () => (meta.close(), await file.close()));
-    const sent: number[] = [];
-    const peer = { connected: true, send: (t: number) => (sent.push(t), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
     // A quorum gate that holds writes, as one does while the witness is asked or refuses.
     const held: Array<(err: Error | null) => void> = [];
     const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
-    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'b', peerName: 'a', grain: GRAIN, hot, log, quorum });
+    const { mv, meta, peer, types } = withStubPeer('b', quorum);
     const before = meta.generation;
     let result: Error | null | undefined;
     mv.write(Buffer.alloc(4096, 7), 0, false, (e) => (result = e));
-    await until(() => sent.includes(PeerMsg.WRITE)); // mirrored, the peer never answers
+    await until(() => types().includes(PeerMsg.WRITE)); // mirrored, the peer never answers
     peer.connected = false;
     mv.peerLost();
     await until(() => held.length === 1); // its bit is durable; it waits for quorum
@@ -318,15 +319,7 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('a write the peer fails is reported failed and marked out of sync, so the copies never differ unnoticed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const file = FileVolume.open(join(dir, 'a.img'), { createSize: SIZE });
-    const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
-    const meta = VolumeMeta.open(join(dir, 'a.meta'), { cluster: 'c', node: 'a', volumeSize: SIZE, grain: GRAIN }, hot);
-    cleanups.push(async () => (meta.close(), await file.close()));
-    const sent: Array<{ type: number; id: bigint }> = [];
-    const peer = { connected: true, send: (type: number, id: bigint) => (sent.push({ type, id }), true), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
-    const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: 'a', peerName: 'b', grain: GRAIN, hot, log });
+    const { mv, meta, sent } = withStubPeer('a');
     const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);
     await until(() => sent.some((f) => f.type === PeerMsg.WRITE));
     const frame = sent.find((f) => f.type === PeerMsg.WRITE)!;
