@@ -241,7 +241,15 @@ export class ClusterNode {
         case 'bitmap':
           return this.resync(v, d.source === this.nodeName, theirs, 'changed on one node while apart');
         case 'full':
-          if (d.source !== this.nodeName) v.meta.markDirty(0, v.meta.bitmap.bits, () => undefined);
+          if (d.source !== this.nodeName) {
+            // Every bit set, durably; then this node takes the source's generation (staying
+            // Inconsistent, its old one kept in the history), so a full sync cut short resumes
+            // from its bits next time instead of starting over.
+            v.meta.markDirty(0, v.meta.bitmap.bits, (err) => {
+              const g = v.meta.generation;
+              if (!err && v.meta.state === DiskState.Inconsistent) v.meta.saveIdentity({ generation: { current: theirs.generation.current, bitmap: NO_GENERATION, history: [g.current, g.history[0]] } });
+            });
+          }
           return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
         case 'split-brain':
         case 'unrelated': {

@@ -17,7 +17,11 @@ export interface NodeGeneration {
 }
 
 export type SyncDecision =
-  /** Same data lineage: nothing to copy unless bits are set (then a bitmap resync, `source` names who sends). */
+  /**
+   * Same data lineage: nothing to copy unless bits are set (then a bitmap resync, `source` names
+   * who sends: the consistent side when the other is Inconsistent — a full sync cut short — else
+   * the node whose name sorts first).
+   */
   | { kind: 'in-sync'; resync: boolean; source: string }
   /** One side changed alone since they parted: copy its dirty bits' ranges from `source`. */
   | { kind: 'bitmap'; source: string }
@@ -76,7 +80,11 @@ export function decide(a: NodeGeneration, b: NodeGeneration): SyncDecision {
   const first = a.node < b.node ? a : b;
   const ga = a.generation;
   const gb = b.generation;
-  if (ga.current === gb.current) return { kind: 'in-sync', resync: a.dirty || b.dirty, source: first.node };
+  if (ga.current === gb.current) {
+    const inconsistent = [a, b].filter((n) => n.state === DiskState.Inconsistent);
+    const source = inconsistent.length === 1 ? (inconsistent[0] === a ? b : a) : first;
+    return { kind: 'in-sync', resync: a.dirty || b.dirty, source: source.node };
+  }
   // One side tracked its changes from the other's current: a bitmap resync, even when the other
   // is Inconsistent (a resync to it was cut short: the union of bits still covers every difference).
   const aTracked = ga.bitmap !== NO_GENERATION && ga.bitmap === gb.current;

@@ -25,9 +25,9 @@
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import type { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
-import type { VolumeMeta } from '../meta/volume-meta.js';
+import { DiskState, type VolumeMeta } from '../meta/volume-meta.js';
 import { BlockComparer } from './block-compare.js';
-import { startTracking } from './generation.js';
+import { NO_GENERATION, startTracking } from './generation.js';
 import { DEFAULT_RATE, RateLimiter, type RatePolicy } from './rate-limit.js';
 import { VerifyRun, type VerifyReport } from './verify.js';
 import {
@@ -328,6 +328,11 @@ export class MirroredVolume implements Volume {
         const entry = this.track(offset, length, 'local', this.nextId++);
         if (!this.peer.connected) {
           if (logged) al.end(offset, length);
+          const incomplete = this.incompleteAlone();
+          if (incomplete) {
+            this.untrack(entry);
+            return done(incomplete);
+          }
           return this.changeDegraded(entry, piece, done);
         }
         if (!logged) {
@@ -392,11 +397,28 @@ export class MirroredVolume implements Volume {
     });
   }
 
+  /**
+   * An Inconsistent copy (a resync to it was cut short) takes no writes without its peer: it
+   * would then have changes of its own on top of partial data and could become a resync source.
+   */
+  private incompleteAlone(): Error | null {
+    if (this.meta.state !== DiskState.Inconsistent || this.brandNew()) return null;
+    return Object.assign(new Error('this copy is incomplete (its resync was cut short): it takes writes only with its peer connected'), { code: 'EIO' });
+  }
+
   /** First write without the peer: new current generation, the bitmap counts from the old one. */
   private startTracking(): void {
     const g = this.meta.generation;
     const next = startTracking(g);
-    if (next !== g) this.meta.saveIdentity({ generation: next, trackingSince: Date.now() });
+    if (next === g) return;
+    // A brand-new node writing alone holds the only copy of its data: up to date by definition.
+    this.meta.saveIdentity({ generation: next, trackingSince: Date.now(), ...(this.brandNew() ? { state: DiskState.UpToDate } : {}) });
+  }
+
+  /** Never synced with anything and never written alone (a fresh volume). */
+  private brandNew(): boolean {
+    const g = this.meta.generation;
+    return this.meta.state === DiskState.Inconsistent && g.bitmap === NO_GENERATION && g.history[0] === NO_GENERATION;
   }
 
   flush(done: Done): void {
@@ -539,6 +561,7 @@ export class MirroredVolume implements Volume {
           // write never reached the peer, and the resync just decided may copy the peer's data
           // over its bits. It fails (EIO), so no client counts on it; never acknowledged.
           if (!qErr && this.peer.connected) qErr = Object.assign(new Error('the peer came back before this write could be acknowledged alone'), { code: 'EIO' });
+          qErr ??= this.incompleteAlone();
           if (!qErr) this.startTracking();
           w.error ??= err ?? qErr;
           w.peerDone = true;

@@ -1,7 +1,8 @@
 // A resync interrupted by another failure resumes where it stopped: b is killed (-9) in the
-// middle of catching up 256 MiB; restarted, it copies only what the last checkpoint (every
-// 64 MiB the copied data is made durable and its bits cleared on both nodes) had not covered.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+// middle of catching up 256 MiB (a bitmap resync, then a new node's full sync); restarted, it
+// copies only what the last checkpoint (every 64 MiB the copied data is made durable and its
+// bits cleared on both nodes) had not covered.
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -57,5 +58,35 @@ describe('resync interrupted by a crash', () => {
     console.log(`resync of ${CHANGED / MiB} MiB cut by kill -9 of the target; after restart it copied ${second.bytes / MiB} MiB`);
     client.close();
     expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
+  });
+
+  it('kill -9 of a new node during its full sync: after restart it copies only what was not checkpointed', async () => {
+    const sub = join(dir, 'full');
+    mkdirSync(sub);
+    const p = await pairPorts();
+    const config = writePairConfig(join(sub, 'cluster.json'), p, '256M', p.peerB, { resync: { maxRate: '96M' } });
+    // a serves alone and is written; b appears later with nothing (the migration case).
+    const a = await startClusterNode(config, 'a');
+    procs.push(a);
+    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    for (let off = 0; off < 256 * MiB; off += 4 * MiB) await client.write(off, Buffer.alloc(4 * MiB, 7 + ((off / MiB) % 100)));
+    await client.flush();
+    let b = await startClusterNode(config, 'b');
+    procs.push(b);
+    await until(async () => ((await volumeStatus(p.adminB)).resync?.doneBytes ?? 0) >= 160 * MiB, 30_000);
+    expect((await volumeStatus(p.adminB)).resync!.totalBytes).toBe(256 * MiB);
+    await b.stop('SIGKILL');
+    await until(async () => (await volumeStatus(p.adminA)).connection !== 'Connected');
+    b = await startClusterNode(config, 'b');
+    procs.push(b);
+    await until(async () => {
+      const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
+      return sa.connection === 'Connected' && sb.disk === 'UpToDate' && sb.resync === null && sb.outOfSyncBytes === 0;
+    }, 30_000);
+    const second = (await volumeStatus(p.adminB)).lastResync!;
+    expect(second.bytes).toBeLessThanOrEqual(256 * MiB - 64 * MiB);
+    console.log(`full sync of 256 MiB cut by kill -9 of the new node; after restart it copied ${second.bytes / MiB} MiB`);
+    client.close();
+    expect(readFileSync(join(sub, 'a', 'vol0.img')).equals(readFileSync(join(sub, 'b', 'vol0.img')))).toBe(true);
   });
 });

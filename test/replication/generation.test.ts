@@ -19,6 +19,12 @@ describe('generation identifiers decide the sync direction', () => {
     expect(both(node('a', g(common)), node('b', g(common), DiskState.UpToDate, true))).toEqual({ kind: 'in-sync', resync: true, source: 'a' });
   });
 
+  it('a full sync cut short (the new node took the source\'s current, bits set) resumes from the consistent side', () => {
+    // b, a new node, sorts last; a, the new one here, sorts first: the source must still be the consistent side.
+    expect(both(node('a', g(common), DiskState.Inconsistent, true), node('b', g(common)))).toEqual({ kind: 'in-sync', resync: true, source: 'b' });
+    expect(both(node('a', g(common)), node('b', g(common), DiskState.Inconsistent, true))).toEqual({ kind: 'in-sync', resync: true, source: 'a' });
+  });
+
   it('a resync target cut short (Inconsistent, never synced before) resumes by bitmap, not by a full copy', () => {
     const aAlone = startTracking(g(common));
     expect(both(node('a', aAlone, DiskState.UpToDate, true), node('b', g(common), DiskState.Inconsistent, true))).toEqual({ kind: 'bitmap', source: 'a' });

@@ -329,4 +329,18 @@ describe('mirrored volume (in-process pair)', () => {
     expect(await result).toBeInstanceOf(Error);
     expect(meta.bitmap.count()).toBe(2);
   });
+
+  it('an incomplete copy (a resync to it cut short) takes no writes without its peer; a brand-new one does', async () => {
+    const cut = withStubPeer('b');
+    cut.meta.saveIdentity({ state: DiskState.Inconsistent, generation: { ...gen, history: ['1111111111111111', '0000000000000000'] } });
+    cut.peer.connected = false;
+    const before = cut.meta.generation;
+    await expect(write(cut.mv, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'EIO' });
+    expect(cut.meta.generation).toEqual(before);
+    const fresh = withStubPeer('a');
+    fresh.peer.connected = false;
+    await write(fresh.mv, 0, Buffer.alloc(4096, 1));
+    expect(fresh.meta.state).toBe(DiskState.UpToDate); // the only copy of its data
+    await write(fresh.mv, 4096, Buffer.alloc(4096, 2));
+  });
 });
