@@ -135,7 +135,7 @@ function stopOnSignals(log: Logger, shutdown: () => Promise<void>): void {
   process.on('SIGTERM', stop);
 }
 
-/** Two node processes on loopback, from a generated cluster config (the quick way to try mirroring). */
+/** Two node processes and a witness on loopback, from a generated cluster config (the quick way to try mirroring and fail-over). */
 async function demo(opts: { dir: string }): Promise<void> {
   const dir = resolve(opts.dir);
   mkdirSync(dir, { recursive: true });
@@ -146,21 +146,29 @@ async function demo(opts: { dir: string }): Promise<void> {
       b: { nbd: '127.0.0.1:10810', peer: '127.0.0.1:7790', admin: '127.0.0.1:9181', dataDir: 'b' },
     },
     volumes: { vol0: { size: '1G' } },
+    witness: '127.0.0.1:7800',
   };
   writeFileSync(configPath, `${JSON.stringify(config, null, 2)}\n`);
-  const children = (['a', 'b'] as const).map((node) =>
-    spawn(process.execPath, [fileURLToPath(import.meta.url), 'serve', '--config', configPath, '--node', node], { stdio: ['ignore', 'inherit', 'inherit'] }),
-  );
+  const self = fileURLToPath(import.meta.url);
+  const run = (args: string[]) => spawn(process.execPath, [self, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const children = [
+    run(['witness', '--listen', '127.0.0.1:7800', '--state', join(dir, 'witness.json')]),
+    ...(['a', 'b'] as const).map((node) => run(['serve', '--config', configPath, '--node', node])),
+  ];
   process.stderr.write(
     [
       '',
-      `nbd-mirror demo: two nodes mirroring volume "vol0" (1 GiB), config ${configPath}`,
+      `nbd-mirror demo: two nodes mirroring volume "vol0" (1 GiB) and a witness, config ${configPath}`,
       '  node a: nbd://127.0.0.1:10809/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9180',
       '  node b: nbd://127.0.0.1:10810/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9181',
+      '  witness: 127.0.0.1:7800 (curl http://127.0.0.1:7800/status)',
       '  write on one, read on the other:',
       "    qemu-io -f raw nbd://127.0.0.1:10809/vol0 -c 'write -P 0xab 0 1M'",
       "    qemu-io -f raw nbd://127.0.0.1:10810/vol0 -c 'read -P 0xab 0 1M'",
-      '  or attach both with nbd-client (one per node) under dm-multipath.',
+      '  fail-over: stop b (npx nbd-mirror stop --admin 127.0.0.1:9181, or kill -9 its process);',
+      '    writes on a go on; bring b back and it catches up by itself:',
+      `    npx nbd-mirror serve --config ${configPath} --node b`,
+      '  or attach both with nbd-client (one per node) under dm-multipath (docs/OPERATIONS.md).',
       'Stop with Ctrl-C.',
       '',
     ].join('\n'),
@@ -181,7 +189,7 @@ async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<v
   for (const [name, v] of Object.entries(body.volumes)) {
     const resync = v.resync ? `  resync ${v.resync.role} ${formatSize(v.resync.doneBytes)}/${formatSize(v.resync.totalBytes)}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
-    lines.push(`  ${name}: ${v.connection} ${v.disk}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+    lines.push(`  ${name}: ${v.connection} ${v.disk}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }

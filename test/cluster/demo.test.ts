@@ -1,15 +1,17 @@
-// `nbd-mirror demo` (what `npm run demo` runs): two mirrored nodes on the fixed demo ports.
+// `nbd-mirror demo` (what `npm start` runs): two mirrored nodes and a witness on the fixed demo ports.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
+import { until, volumeStatus } from '../support/cluster.js';
+import { run } from '../support/fixture.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { cliPath } from '../support/processes.js';
 
 describe('nbd-mirror demo', () => {
-  it('starts two mirrored nodes; a write on one reads back on the other; SIGTERM stops both', async () => {
+  it('starts two mirrored nodes and a witness; a write on one reads back on the other; a stopped node leaves the other writing; SIGTERM stops all', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-demo-'));
     const demo = spawn(process.execPath, [cliPath, 'demo', '--dir', dir], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
@@ -29,8 +31,14 @@ describe('nbd-mirror demo', () => {
       await a.write(65536, Buffer.alloc(4096, 0xd3));
       const b = await NbdClient.connect({ port: 10810, exportName: 'vol0' });
       expect((await b.read(65536, 4096)).every((x) => x === 0xd3)).toBe(true);
-      a.close();
+      expect(await (await fetch('http://127.0.0.1:7800/status')).json()).toEqual({ grants: {} });
       b.close();
+      // The fail-over the demo suggests: stop b, a goes on writing alone.
+      expect(await run(process.execPath, [cliPath, 'stop', '--admin', '127.0.0.1:9181'])).toMatch(/node b is stopping/);
+      await until(async () => (await volumeStatus(9180)).quorum === 'alone');
+      await a.write(131072, Buffer.alloc(4096, 0xd4));
+      expect((await volumeStatus(9180)).outOfSyncBytes).toBe(4096);
+      a.close();
       const exit = new Promise<number | null>((r) => demo.once('exit', r));
       demo.kill('SIGTERM');
       expect(await exit).toBe(0);
