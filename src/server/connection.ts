@@ -57,6 +57,8 @@ export class Connection implements RequestSink {
   private inFlightBytes = 0;
   private disconnecting = false;
   private writeBlocked = false;
+  /** The socket is corked until the end of this event-loop turn (see `send`). */
+  private replyCorked = false;
   /** Stop taking new requests (backpressure); the socket is paused while this or a backlog holds. */
   private readPaused = false;
   /** Received bytes not yet decoded because reading was paused at a request boundary. */
@@ -353,6 +355,17 @@ export class Connection implements RequestSink {
   /** Queues `b` for the client; `onSent` runs once the socket is done with it (sent or failed). */
   private send(b: Buffer, onSent?: () => void): void {
     if (this.socket.destroyed || !this.socket.writable) return onSent?.();
+    // Replies completed outside the receive handler (a mirrored write's peer ACKs arrive in
+    // batches on the peer link) also leave together: one writev per event-loop turn, not one
+    // write per reply.
+    if (!this.feeding && !this.replyCorked) {
+      this.replyCorked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.replyCorked = false;
+        this.socket.uncork();
+      });
+    }
     if (onSent) this.socket.write(b, () => onSent());
     else this.socket.write(b);
     if (!this.writeBlocked && this.socket.writableLength > MAX_QUEUED_REPLY_BYTES) {
