@@ -5,13 +5,15 @@
 //   instant → the survivor goes on → restart → both UpToDate → online verify finds nothing →
 //   every acknowledged write reads back through both nodes → the resync copied no more than the
 //   survivor's dirty bits plus the activity log of the killed node.
+// With a witness the survivor goes on only once the witness grants it, and the grant must be
+// given back before the next round (else killing the holder would leave no writer).
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
-import { pairPorts, until, volumeStatus, type PairPorts } from './cluster.js';
+import { pairPorts, until, volumeStatus, witnessGrants, type PairPorts } from './cluster.js';
 import { NbdClient } from './nbd-client.js';
-import { cliPath, startClusterNode, type RunningServer } from './processes.js';
+import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
 import { toolEnv } from './tools.js';
 
 const MiB = 2 ** 20;
@@ -26,6 +28,7 @@ export interface ChaosCluster {
   readonly ports: PairPorts;
   readonly config: string;
   nodes: Record<'a' | 'b', RunningServer>;
+  readonly witness?: RunningServer;
   /** Write id last acknowledged per 4 KiB block (0: never written), and ids in flight at a kill. */
   readonly acked: Uint32Array;
   readonly maybe: Map<number, number[]>;
@@ -45,9 +48,10 @@ export interface RoundResult {
   seconds: number;
 }
 
-export async function startChaosCluster(dir: string): Promise<ChaosCluster> {
+export async function startChaosCluster(dir: string, opts: { witness?: boolean } = {}): Promise<ChaosCluster> {
   const ports = await pairPorts();
   const config = join(dir, 'cluster.json');
+  const witness = opts.witness ? await startWitnessProcess(join(dir, 'witness.json')) : undefined;
   writeFileSync(
     config,
     JSON.stringify({
@@ -57,10 +61,11 @@ export async function startChaosCluster(dir: string): Promise<ChaosCluster> {
       },
       volumes: { vol0: { size: CHAOS_SIZE } },
       activityLog: { extent: CHAOS_AL.extent, extents: CHAOS_AL.extents },
+      ...(witness ? { witness: `127.0.0.1:${witness.port}` } : {}),
     }),
   );
   const nodes = { a: await startClusterNode(config, 'a'), b: await startClusterNode(config, 'b') };
-  const c: ChaosCluster = { dir, ports, config, nodes, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1 };
+  const c: ChaosCluster = { dir, ports, config, nodes, witness, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1 };
   await untilHealthy(c);
   return c;
 }
@@ -72,7 +77,8 @@ async function untilHealthy(c: ChaosCluster): Promise<[VolumeStatus, VolumeStatu
   let last: [VolumeStatus, VolumeStatus] | undefined;
   await until(async () => {
     last = [await volumeStatus(c.ports.adminA), await volumeStatus(c.ports.adminB)];
-    return last.every((s) => s.connection === 'Connected' && s.disk === 'UpToDate' && s.resync === null && s.outOfSyncBytes === 0);
+    const synced = last.every((s) => s.connection === 'Connected' && s.disk === 'UpToDate' && s.resync === null && s.outOfSyncBytes === 0);
+    return synced && (!c.witness || Object.keys(await witnessGrants(c.witness.port)).length === 0);
   }, 60_000);
   return last!;
 }
@@ -202,6 +208,7 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
 
 export async function stopChaosCluster(c: ChaosCluster): Promise<void> {
   for (const n of Object.values(c.nodes)) await n.stop('SIGKILL');
+  await c.witness?.stop('SIGKILL');
 }
 
 export function formatRound(r: RoundResult): string {
