@@ -1,0 +1,63 @@
+// The witness process's HTTP side, in-process: grants through the real client, a restart keeps
+// the grant (state file), a damaged state file stops it from starting, bad requests get clear
+// errors and change nothing.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/log.js';
+import { WitnessClient } from '../../src/witness/witness-client.js';
+import { startWitness } from '../../src/witness/witness-server.js';
+
+const log = createLogger('silent');
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function witness(state: string): Promise<{ server: http.Server; port: number; client: (node: string) => WitnessClient }> {
+  const server = await startWitness({ host: '127.0.0.1', port: 0 }, state, log);
+  cleanups.push(() => new Promise((r) => server.close(r)));
+  const port = (server.address() as { port: number }).port;
+  return { server, port, client: (node) => new WitnessClient({ host: '127.0.0.1', port }, 'a+b', node, 2000) };
+}
+
+function tempState(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-witness-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return join(dir, 'witness.json');
+}
+
+describe('witness server', () => {
+  it('grants one node, refuses the other, and still knows the holder after a restart', async () => {
+    const state = tempState();
+    const w = await witness(state);
+    expect(await w.client('a').claim()).toMatchObject({ granted: true, holder: 'a' });
+    expect(await w.client('b').claim()).toMatchObject({ granted: false, holder: 'a' });
+    await new Promise((r) => w.server.close(r));
+    const again = await witness(state);
+    expect(await again.client('b').claim()).toMatchObject({ granted: false, holder: 'a' });
+    expect(await again.client('a').release()).toMatchObject({ holder: null });
+    expect(await again.client('b').claim()).toMatchObject({ granted: true, holder: 'b' });
+    expect(await (await fetch(`http://127.0.0.1:${again.port}/status`)).json()).toMatchObject({ grants: { 'a+b': { holder: 'b' } } });
+  });
+
+  it('refuses to start on a damaged state file rather than forget a grant', async () => {
+    const state = tempState();
+    writeFileSync(state, '{"a+b": {"holder": ');
+    await expect(startWitness({ host: '127.0.0.1', port: 0 }, state, log)).rejects.toThrow(/damaged.*refusing to start/);
+  });
+
+  it('answers bad requests with an error and changes nothing', async () => {
+    const w = await witness(tempState());
+    const post = (path: string, body: string) => fetch(`http://127.0.0.1:${w.port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    expect((await post('/claim', 'not json')).status).toBe(400);
+    expect((await post('/claim', JSON.stringify({ cluster: 'a+b' }))).status).toBe(400);
+    expect((await post('/claim', JSON.stringify({ cluster: 'a+b', node: 'a', extra: 1 }))).status).toBe(400);
+    expect((await post('/grant-me-everything', '{}')).status).toBe(404);
+    await expect(post('/claim', 'x'.repeat(100_000))).rejects.toThrow(); // oversized: connection dropped
+    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
+    expect(await w.client('a').claim()).toMatchObject({ granted: true }); // still serving
+  });
+});
