@@ -35,12 +35,6 @@ export function parseHostPort(text: string): HostPort {
   return { host: m[1] ?? m[2]!, port };
 }
 
-/** An http:// base URL for an address (IPv6 hosts in brackets). */
-export function httpUrl(addr: HostPort, path: string): string {
-  const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-  return `http://${host}:${addr.port}${path}`;
-}
-
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000 };
 
 /** "2s", "500ms", "1.5s", "1m"; a bare number is milliseconds. Returns milliseconds. */

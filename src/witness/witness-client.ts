@@ -1,6 +1,7 @@
 // A node's side of the witness: ask for the write grant, give it back. Every request is bounded
 // in time; a witness that does not answer counts as absent.
-import { httpUrl, type HostPort } from '../config/units.js';
+import type { HostPort } from '../config/units.js';
+import { httpRequest } from '../net/http-request.js';
 import type { WitnessAnswer } from './witness-server.js';
 
 export class WitnessClient {
@@ -20,13 +21,8 @@ export class WitnessClient {
   }
 
   private async post(path: string): Promise<WitnessAnswer> {
-    const res = await fetch(httpUrl(this.addr, path), {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ cluster: this.cluster, node: this.node }),
-      signal: AbortSignal.timeout(this.timeoutMs),
-    });
-    if (!res.ok) throw new Error(`witness answered ${res.status}: ${await res.text()}`);
-    return (await res.json()) as WitnessAnswer;
+    const res = await httpRequest(this.addr, 'POST', path, { json: { cluster: this.cluster, node: this.node }, timeoutMs: this.timeoutMs });
+    if (res.status !== 200) throw new Error(`witness answered ${res.status}: ${res.body}`);
+    return JSON.parse(res.body) as WitnessAnswer;
   }
 }

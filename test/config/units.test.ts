@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatSize, httpUrl, parseDuration, parseHostPort, parseSize } from '../../src/config/units.js';
+import { formatSize, parseDuration, parseHostPort, parseSize } from '../../src/config/units.js';
 
 describe('parseSize', () => {
   it('reads plain bytes and binary units', () => {
@@ -15,13 +15,6 @@ describe('parseSize', () => {
   it('formats sizes for people', () => {
     expect(formatSize(2 ** 30)).toBe('1 GiB');
     expect(formatSize(1536)).toBe('1.5 KiB');
-  });
-});
-
-describe('httpUrl', () => {
-  it('brackets IPv6 hosts, so the witness and admin endpoints work on them too', () => {
-    expect(httpUrl(parseHostPort('[::1]:7800'), '/claim')).toBe('http://[::1]:7800/claim');
-    expect(httpUrl(parseHostPort('10.0.0.5:9180'), '/status')).toBe('http://10.0.0.5:9180/status');
   });
 });
 

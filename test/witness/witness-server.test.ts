@@ -3,6 +3,7 @@
 // errors and change nothing.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -41,6 +42,32 @@ describe('witness server', () => {
     expect(await again.client('a').release()).toMatchObject({ holder: null });
     expect(await again.client('b').claim()).toMatchObject({ granted: true, holder: 'b' });
     expect(await (await fetch(`http://127.0.0.1:${again.port}/status`)).json()).toMatchObject({ grants: { 'a+b': { holder: 'b' } } });
+  });
+
+  it('is reached on IPv6 and on ports fetch would refuse (6000)', async () => {
+    const v6 = await startWitness({ host: '::1', port: 0 }, tempState(), log);
+    cleanups.push(() => new Promise((r) => v6.close(r)));
+    const port = (v6.address() as { port: number }).port;
+    expect(await new WitnessClient({ host: '::1', port }, 'a+b', 'a', 2000).claim()).toMatchObject({ granted: true });
+    let bad: http.Server;
+    try {
+      bad = await startWitness({ host: '127.0.0.1', port: 6000 }, tempState(), log);
+    } catch {
+      return void console.warn('port 6000 is busy here; the bad-port half of this test did not run');
+    }
+    cleanups.push(() => new Promise((r) => bad.close(r)));
+    expect(await new WitnessClient({ host: '127.0.0.1', port: 6000 }, 'a+b', 'b', 2000).claim()).toMatchObject({ granted: true });
+  });
+
+  it('a witness that does not answer in time counts as absent', async () => {
+    const held: net.Socket[] = [];
+    const silent = net.createServer((s) => void held.push(s)); // accepts, never answers
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => (held.forEach((s) => s.destroy()), silent.close(r))));
+    const port = (silent.address() as { port: number }).port;
+    const started = Date.now();
+    await expect(new WitnessClient({ host: '127.0.0.1', port }, 'a+b', 'a', 300).claim()).rejects.toThrow(/no answer in 300 ms/);
+    expect(Date.now() - started).toBeLessThan(2000);
   });
 
   it('refuses to start on a damaged state file rather than forget a grant', async () => {
