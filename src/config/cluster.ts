@@ -128,20 +128,29 @@ export const clusterSchema = z
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
       ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
     }
-    const seen = new Map<string, string>();
+    // Two services on one address collide — within a node always, across nodes only where the
+    // address names one machine: two servers may each keep their admin (or NBD) endpoint on
+    // their own loopback. Peer addresses are dialed by the other node, so they must differ.
+    const seen = new Map<string, { node: string; field: string }>();
     for (const [node, n] of Object.entries(c.nodes)) {
       for (const key of ['nbd', 'peer', 'admin'] as const) {
         const where = `${n[key].host}:${n[key].port}`;
         const other = seen.get(where);
-        if (other && n[key].port !== 0) {
-          ctx.addIssue({ code: 'custom', path: ['nodes', node, key], message: `${where} is also used by ${other}` });
+        const perMachine = key !== 'peer' && isLocalOnly(n[key].host);
+        if (other && n[key].port !== 0 && (other.node === node || !perMachine)) {
+          ctx.addIssue({ code: 'custom', path: ['nodes', node, key], message: `${where} is also used by ${other.field}` });
         }
-        seen.set(where, `nodes.${node}.${key}`);
+        seen.set(where, { node, field: `nodes.${node}.${key}` });
       }
     }
   });
 
 export type ClusterConfig = z.output<typeof clusterSchema>;
+
+/** Loopback and wildcard hosts: the same text means a different endpoint on each machine. */
+function isLocalOnly(host: string): boolean {
+  return host === 'localhost' || host.startsWith('127.') || host === '::1' || host === '0.0.0.0' || host === '::';
+}
 
 /** Thrown for an unreadable or invalid config; the message lists every problem with its field. */
 export class ConfigError extends Error {

@@ -72,6 +72,24 @@ describe('cluster config', () => {
     const dup = structuredClone(example);
     dup.nodes.b.peer = '127.0.0.1:7789';
     expect(() => parseClusterConfig(dup)).toThrow(/nodes\.b\.peer: 127\.0\.0\.1:7789 is also used by nodes\.a\.peer/);
+    const sameNode = structuredClone(example);
+    sameNode.nodes.a.admin = '127.0.0.1:10809';
+    expect(() => parseClusterConfig(sameNode)).toThrow(/nodes\.a\.admin: 127\.0\.0\.1:10809 is also used by nodes\.a\.nbd/);
+    const sameIp = structuredClone(example);
+    sameIp.nodes.a.nbd = '10.0.0.5:10809';
+    sameIp.nodes.b.nbd = '10.0.0.5:10809';
+    expect(() => parseClusterConfig(sameIp)).toThrow(/nodes\.b\.nbd: 10\.0\.0\.5:10809 is also used by nodes\.a\.nbd/);
+  });
+
+  it('lets two servers each keep their admin endpoint on their own loopback (the README example)', () => {
+    const c = parseClusterConfig({
+      nodes: {
+        a: { nbd: '10.0.0.1:10809', peer: '10.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: '/srv/nbd-mirror' },
+        b: { nbd: '10.0.0.2:10809', peer: '10.0.0.2:7789', admin: '127.0.0.1:9180', dataDir: '/srv/nbd-mirror' },
+      },
+      volumes: { vol0: { size: '1T' } },
+    });
+    expect(c.nodes.b!.admin).toEqual({ host: '127.0.0.1', port: 9180 });
   });
 
   it('insists on two nodes, at least one volume, 4 KiB-multiple sizes', () => {
