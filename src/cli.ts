@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
 import { fetchStatus, postAction } from './admin/admin-client.js';
 import { runVerify } from './admin/verify-command.js';
+import { createMetrics } from './admin/metrics.js';
 import { startWitness } from './witness/witness-server.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
@@ -90,6 +91,7 @@ async function serveClusterNode(opts: { config?: string; node?: string; io: IoMo
     self.admin,
     {
       status: () => node.statusAll(),
+      metrics: createMetrics(() => node.statusAll()),
       discard: (volume, discard) => {
         if (discard !== opts.node) throw new Error(`this is node ${opts.node}: send the resolve to the admin address of node ${discard}`);
         return node.discardLocalChanges(volume);

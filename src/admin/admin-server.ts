@@ -1,4 +1,5 @@
 // The HTTP admin endpoint of a node: GET /status answers JSON (what `nbd-mirror status` prints);
+// GET /metrics answers Prometheus metrics (src/admin/metrics.ts);
 // POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard;
 // POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair);
 // POST /stop stops the node gracefully (it tells its peer it is leaving).
@@ -6,9 +7,11 @@
 import http from 'node:http';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
+import type { NodeMetrics } from './metrics.js';
 
 export interface AdminActions {
   status(): unknown;
+  readonly metrics: NodeMetrics;
   /** Discard this node's changes to `volume` (split brain); returns what happens next. */
   discard(volume: string, node: string): string;
   /** Start an online verify of `volume`; with `repairSource`, repair from that node. */
@@ -23,6 +26,20 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
     if (req.method === 'GET' && url.pathname === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(actions.status()));
+      return;
+    }
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      actions.metrics.scrape().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': actions.metrics.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          log.error({ err }, 'metrics scrape failed');
+          res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end(`${(err as Error).message}\n`);
+        },
+      );
       return;
     }
     const q = url.searchParams;
@@ -40,7 +57,7 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
     if (req.method === 'POST' && url.pathname === '/verify') return act(() => actions.verify(q.get('volume') ?? '', q.get('source')));
     if (req.method === 'POST' && url.pathname === '/stop') return act(() => actions.stop());
     res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found: GET /status, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop\n');
+    res.end('not found: GET /status, GET /metrics, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop\n');
   });
   server.on('error', (err) => log.error({ err }, 'admin endpoint error'));
   return new Promise((resolve, reject) => {

@@ -60,6 +60,10 @@ describe('two-node cluster: racing writes and a cut link', () => {
     await clients[0]!.write(16 * MiB, Buffer.alloc(MiB, 0x5a));
     await clients[0]!.flush();
     expect((await status(adminA)).outOfSyncBytes).toBe(MiB);
+    // The same facts for Prometheus, from the admin endpoint.
+    const metrics = await (await fetch(`http://127.0.0.1:${adminA}/metrics`)).text();
+    expect(metrics).toMatch(/^nbd_mirror_volume_out_of_sync_bytes\{volume="vol0"\} 1048576$/m);
+    expect(metrics).toMatch(/^nbd_mirror_volume_connection\{volume="vol0",state="Connected"\} 0$/m);
     proxy.restore();
     await until(async () => {
       const [sa, sb] = [await status(adminA), await status(adminB)];

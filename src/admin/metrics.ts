@@ -1,0 +1,85 @@
+// Prometheus metrics of a node (GET /metrics on the admin endpoint): the same facts the JSON
+// status gives, read once per scrape, in the shape alerting rules want (one 0/1 series per
+// state, byte gauges, counters since start-up), plus the process's own metrics (CPU, memory,
+// event-loop lag) from prom-client's defaults.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { NodeStatus } from './admin-client.js';
+import type { VolumeStatus } from '../replication/cluster-node.js';
+
+const CONNECTION = ['Connected', 'Connecting', 'StandAlone'] as const;
+const DISK = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
+const QUORUM = ['connected', 'alone', 'claiming', 'denied', 'no-quorum'] as const;
+
+export interface NodeMetrics {
+  readonly contentType: string;
+  /** The exposition text, from a fresh status snapshot. */
+  scrape(): Promise<string>;
+}
+
+export function createMetrics(status: () => NodeStatus): NodeMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  let snapshot: NodeStatus = { node: '', volumes: {} };
+  const volumes = (): Array<[string, VolumeStatus]> => Object.entries(snapshot.volumes);
+
+  /** One series per state, 1 for the current one: `max by (state)` and alerts on `== 1` work. */
+  const states = (name: string, help: string, names: readonly string[], current: (v: VolumeStatus) => string): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['volume', 'state'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [volume, v] of volumes()) for (const state of names) this.set({ volume, state }, current(v) === state ? 1 : 0);
+      },
+    });
+  };
+  const perVolume = (name: string, help: string, value: (v: VolumeStatus) => number | null): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['volume'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [volume, v] of volumes()) {
+          const x = value(v);
+          if (x !== null) this.set({ volume }, x);
+        }
+      },
+    });
+  };
+  /** A count the node keeps since start-up, exposed as a counter. */
+  const counted = (name: string, help: string, value: (v: VolumeStatus) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['volume'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [volume, v] of volumes()) this.inc({ volume }, value(v));
+      },
+    });
+  };
+
+  states('nbd_mirror_volume_connection', 'Peer link state of the volume (1 for the current state)', CONNECTION, (v) => v.connection);
+  states('nbd_mirror_volume_disk_state', 'Disk state of the local copy (1 for the current state)', DISK, (v) => v.disk);
+  states('nbd_mirror_volume_quorum', 'May this node write without its peer (1 for the current state)', QUORUM, (v) => v.quorum);
+  perVolume('nbd_mirror_volume_out_of_sync_bytes', 'Bytes marked out of sync (dirty bits) on this node', (v) => v.outOfSyncBytes);
+  perVolume('nbd_mirror_volume_resync_remaining_bytes', 'Bytes the running resync has still to cover (0: no resync)', (v) => (v.resync ? v.resync.totalBytes - v.resync.doneBytes : 0));
+  perVolume('nbd_mirror_volume_resync_bytes_per_second', 'Rate of the running resync (0: no resync)', (v) => v.resync?.bytesPerSecond ?? 0);
+  perVolume('nbd_mirror_volume_verify_out_of_sync_bytes', 'Bytes the last finished online verify found differing (absent before the first)', (v) => (v.verify && !v.verify.running ? v.verify.outOfSyncBytes : null));
+  counted('nbd_mirror_volume_resynced_bytes_total', 'Bytes copied by resyncs since start-up', (v) => v.resyncedBytesTotal);
+  counted('nbd_mirror_volume_integrity_errors_total', 'Data frames from the peer that failed their digest check, since start-up', (v) => v.integrityErrors);
+  counted('nbd_mirror_volume_activity_log_updates_total', 'Activity-log writes (each with an fdatasync) since start-up', (v) => v.activityLogUpdates);
+
+  return {
+    contentType: registry.contentType,
+    scrape() {
+      snapshot = status();
+      return registry.metrics();
+    },
+  };
+}
