@@ -189,7 +189,9 @@ async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<v
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const lines = [`node ${body.node}`];
   for (const [name, v] of Object.entries(body.volumes)) {
-    const resync = v.resync ? `  resync ${v.resync.role} ${formatSize(v.resync.doneBytes)}/${formatSize(v.resync.totalBytes)}` : '';
+    const r = v.resync;
+    const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
+    const resync = r ? `  resync ${r.role} ${formatSize(r.doneBytes)}/${formatSize(r.totalBytes)} at ${formatSize(r.bytesPerSecond)}/s${eta}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
     lines.push(`  ${name}: ${v.connection} ${v.disk}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
   }

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dataFile, pairPorts, until, volumeStatus, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { startClusterNode, type RunningServer } from '../support/processes.js';
+import { run } from '../support/fixture.js';
+import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
 
 const MiB = 2 ** 20;
 const CHANGED = 256 * MiB;
@@ -38,6 +39,9 @@ describe('resync interrupted by a crash', () => {
 
     b = await startClusterNode(config, 'b');
     procs.push(b);
+    // `nbd-mirror status` shows the progress in words while it runs.
+    await until(async () => ((await volumeStatus(p.adminB)).resync?.doneBytes ?? 0) >= 80 * MiB, 30_000);
+    expect(await run(process.execPath, [cliPath, 'status', '--admin', `127.0.0.1:${p.adminB}`])).toMatch(/vol0: Connected Inconsistent .* resync target [\d.]+ MiB\/256 MiB at [\d.]+ MiB\/s, \d+ s left/);
     // Past two checkpoints (64 and 128 MiB), then b dies.
     await until(async () => ((await volumeStatus(p.adminB)).resync?.doneBytes ?? 0) >= 160 * MiB, 30_000);
     await b.stop('SIGKILL');
