@@ -187,7 +187,8 @@ async function resolveSplitBrain(opts: { admin: ListenAddress; volume: string; d
 async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
   const body = await fetchStatus(opts.admin);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
-  const lines = [`node ${body.node}`];
+  const q = body.quorum;
+  const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';

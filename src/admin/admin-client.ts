@@ -1,12 +1,7 @@
 // Talking to a node's admin endpoint from the command line (status, verify, resolve, stop).
 import type { HostPort } from '../config/units.js';
 import { httpRequest } from '../net/http-request.js';
-import type { VolumeStatus } from '../replication/cluster-node.js';
-
-export interface NodeStatus {
-  node: string;
-  volumes: Record<string, VolumeStatus>;
-}
+import type { NodeStatus } from '../replication/cluster-node.js';
 
 /** The request, with a failure to reach the node said in words an operator can act on. */
 async function ask(admin: HostPort, method: 'GET' | 'POST', path: string): Promise<{ status: number; body: string }> {

@@ -3,8 +3,9 @@
 // state, byte gauges, counters since start-up), plus the process's own metrics (CPU, memory,
 // event-loop lag) from prom-client's defaults.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { NodeStatus } from './admin-client.js';
-import type { VolumeStatus } from '../replication/cluster-node.js';
+import type { NodeStatus, VolumeStatus } from '../replication/cluster-node.js';
+
+type VolumesStatus = Pick<NodeStatus, 'volumes'>;
 
 const CONNECTION = ['Connected', 'Connecting', 'StandAlone'] as const;
 const DISK = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
@@ -16,10 +17,10 @@ export interface NodeMetrics {
   scrape(): Promise<string>;
 }
 
-export function createMetrics(status: () => NodeStatus): NodeMetrics {
+export function createMetrics(status: () => VolumesStatus): NodeMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
-  let snapshot: NodeStatus = { node: '', volumes: {} };
+  let snapshot: VolumesStatus = { volumes: {} };
   const volumes = (): Array<[string, VolumeStatus]> => Object.entries(snapshot.volumes);
 
   /** One series per state, 1 for the current one: `max by (state)` and alerts on `== 1` work. */

@@ -14,7 +14,7 @@ import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkState } from './peer-link.js';
 import { MAX_FRAME_BODY, PeerMsg } from './peer-protocol.js';
-import { QuorumGate, type QuorumState } from './quorum.js';
+import { QuorumGate, type QuorumDescription, type QuorumState } from './quorum.js';
 import { WitnessClient } from '../witness/witness-client.js';
 
 /** Dirty-bitmap grain. */
@@ -31,6 +31,14 @@ export interface VerifyStatus extends VerifyReport {
   error: string | null;
   /** With --repair: the node the differing ranges are copied from. */
   repairSource: string | null;
+}
+
+/** What `GET /status` answers. */
+export interface NodeStatus {
+  node: string;
+  /** The node's quorum gate: state, why, whether a witness is configured and its grant held here. */
+  quorum: QuorumDescription;
+  volumes: Record<string, VolumeStatus>;
 }
 
 export interface VolumeStatus {
@@ -384,8 +392,8 @@ export class ClusterNode {
     this.resync(v, role === 'source', theirs, reason, false);
   }
 
-  statusAll(): { node: string; volumes: Record<string, VolumeStatus> } {
-    return { node: this.nodeName, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+  statusAll(): NodeStatus {
+    return { node: this.nodeName, quorum: this.quorum.describe(), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**

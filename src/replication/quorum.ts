@@ -21,6 +21,13 @@ import type { Logger } from '../log.js';
 import type { WitnessClient } from '../witness/witness-client.js';
 
 export type QuorumState = 'connected' | 'alone' | 'claiming' | 'denied' | 'no-quorum';
+
+export interface QuorumDescription {
+  state: QuorumState;
+  reason: string;
+  witness: boolean;
+  grantHeld: boolean;
+}
 export type NoQuorumPolicy = 'suspend' | 'io-error';
 
 export interface QuorumOptions {
@@ -73,7 +80,7 @@ export class QuorumGate {
   }
 
   /** For status: the state and why. */
-  describe(): { state: QuorumState; reason: string; witness: boolean; grantHeld: boolean } {
+  describe(): QuorumDescription {
     return { state: this.current, reason: this.reason, witness: this.o.witness !== undefined, grantHeld: this.holdsGrant };
   }
 

@@ -1,8 +1,7 @@
 // Prometheus metrics from a node's status: one 0/1 series per state, byte gauges, counters.
 import { describe, expect, it } from 'vitest';
-import type { NodeStatus } from '../../src/admin/admin-client.js';
 import { createMetrics } from '../../src/admin/metrics.js';
-import type { VolumeStatus } from '../../src/replication/cluster-node.js';
+import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
 
 const volume = (over: Partial<VolumeStatus>): VolumeStatus => ({
   connection: 'Connected',
@@ -26,7 +25,7 @@ function value(text: string, series: string): number | undefined {
 
 describe('metrics', () => {
   it('exposes each volume\'s states, bytes and counts as of the scrape', async () => {
-    let status: NodeStatus = { node: 'a', volumes: { vol0: volume({}), vol1: volume({}) } };
+    let status: Pick<NodeStatus, 'volumes'> = { volumes: { vol0: volume({}), vol1: volume({}) } };
     const m = createMetrics(() => status);
     expect(m.contentType).toMatch(/text\/plain/);
     let text = await m.scrape();
@@ -37,7 +36,6 @@ describe('metrics', () => {
     expect(text).toMatch(/^process_cpu_seconds_total /m); // the process's own metrics too
 
     status = {
-      node: 'a',
       volumes: {
         vol0: volume({
           connection: 'Connecting',

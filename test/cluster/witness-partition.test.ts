@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { fetchStatus } from '../../src/admin/admin-client.js';
 import { dataFile, pairPorts, until, volumeStatus, witnessGrants, writePairConfig } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { NbdClient, NbdReplyError } from '../support/nbd-client.js';
@@ -77,6 +78,11 @@ describe('witness quorum: partitions and graceful leave', () => {
     const winner = (await volumeStatus(p.adminA)).quorum === 'alone' ? 'a' : 'b';
     const loser = winner === 'a' ? 'b' : 'a';
     expect(await witnessGrants(witness.port)).toMatchObject({ 'a+b': { holder: winner } });
+    // Status says who may write and why, in JSON and in words.
+    const q = (await fetchStatus({ host: '127.0.0.1', port: admin[loser] })).quorum;
+    expect(q).toMatchObject({ state: 'denied', witness: true, grantHeld: false });
+    expect(q.reason).toMatch(new RegExp(`witness refused: node ${winner} has written alone`));
+    expect(await run(process.execPath, [cliPath, 'status', '--admin', `127.0.0.1:${admin[winner]}`])).toMatch(/quorum alone \(holds the witness grant\): witness granted writing alone/);
     const fresh = Buffer.alloc(MiB, 0x22);
     await client[winner].write(2 * MiB, fresh);
     // The denied node holds writes and reads: its copy is older than the winner's.
