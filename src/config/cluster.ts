@@ -115,6 +115,11 @@ const volumeSchema = z.strictObject({
 
 export const clusterSchema = z
   .strictObject({
+    /**
+     * The cluster's identity (peer link handshake, volume metadata, witness grant). Default: the
+     * two node names, sorted, joined by "+". Set it before the volumes are created.
+     */
+    name: name.optional(),
     nodes: z.record(name, nodeSchema).refine((n) => Object.keys(n).length === 2, 'a cluster has exactly two nodes'),
     volumes: z.record(name, volumeSchema).refine((v) => Object.keys(v).length > 0, 'define at least one volume'),
     witness: address.optional(),

@@ -96,7 +96,8 @@ export class ClusterNode {
     const names = Object.keys(config.nodes).sort();
     if (!names.includes(nodeName)) throw new Error(`node "${nodeName}" is not in the config (nodes: ${names.join(', ')})`);
     this.peerName = names.find((n) => n !== nodeName)!;
-    this.clusterId = names.join('+');
+    // The cluster's identity on the peer link, in the volume metadata and at the witness.
+    this.clusterId = config.name ?? names.join('+');
     const self = config.nodes[nodeName]!;
     const dataDir = resolve(configDir, self.dataDir);
     mkdirSync(dataDir, { recursive: true });

@@ -93,6 +93,7 @@ describe('client-visible failover and failback with a witness', () => {
     const failoverStall = (await failOver('b')) - killedAt;
     await writeSome(500);
     expect((await volumeStatus(p.adminB)).quorum).toBe('alone');
+    expect(await witnessGrants(witness.port)).toEqual({ 'a+b': expect.objectContaining({ holder: 'b' }) }); // default cluster id
 
     // 2. a returns and resyncs by itself; the client moves back to a as soon as a is connected.
     a = await startClusterNode(config, 'a');

@@ -50,7 +50,8 @@ describe('witness quorum: partitions and graceful leave', () => {
       return x.start().then(() => x);
     };
     const [link, toWitnessA, toWitnessB] = await Promise.all([proxy(p.peerB), proxy(witness.port), proxy(witness.port)]);
-    const extra = (w: TcpProxy) => ({ witness: `127.0.0.1:${w.port}`, quorum: { onNoQuorum: 'suspend', suspendTimeout: SUSPEND_MS } });
+    // A named cluster: the witness keys its grant by the name (default: the node names, "a+b").
+    const extra = (w: TcpProxy) => ({ name: 'ward-7', witness: `127.0.0.1:${w.port}`, quorum: { onNoQuorum: 'suspend', suspendTimeout: SUSPEND_MS } });
     const aConfig = writePairConfig(join(dir, 'a.json'), p, '16M', link.port, extra(toWitnessA));
     const bConfig = writePairConfig(join(dir, 'b.json'), p, '16M', p.peerB, extra(toWitnessB));
     const a = await startClusterNode(aConfig, 'a');
@@ -77,7 +78,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     });
     const winner = (await volumeStatus(p.adminA)).quorum === 'alone' ? 'a' : 'b';
     const loser = winner === 'a' ? 'b' : 'a';
-    expect(await witnessGrants(witness.port)).toMatchObject({ 'a+b': { holder: winner } });
+    expect(await witnessGrants(witness.port)).toEqual({ 'ward-7': expect.objectContaining({ holder: winner }) });
     // Status says who may write and why, in JSON and in words.
     const q = (await fetchStatus({ host: '127.0.0.1', port: admin[loser] })).quorum;
     expect(q).toMatchObject({ state: 'denied', witness: true, grantHeld: false });

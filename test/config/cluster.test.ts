@@ -18,6 +18,9 @@ describe('cluster config', () => {
     expect(c.volumes.vol0!.size).toBe(2 ** 30);
     expect(c.nodes.a!.peer).toEqual({ host: '127.0.0.1', port: 7789 });
     expect(c.witness).toBeUndefined();
+    expect(c.name).toBeUndefined();
+    expect(parseClusterConfig({ ...example, name: 'pair-1' }).name).toBe('pair-1');
+    expect(() => parseClusterConfig({ ...example, name: 'two words' })).toThrow(/name: use 1-64 letters/);
     expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500 });
     expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 1000 });
   });
