@@ -4,7 +4,7 @@
 // since their client may have written the same blocks elsewhere meanwhile); a lost witness alone changes
 // nothing; peer and witness both lost stop writes as `quorum.onNoQuorum: suspend` says; a node
 // stopped gracefully lets its peer write alone without the witness.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -12,7 +12,7 @@ import { fetchStatus } from '../../src/admin/admin-client.js';
 import { dataFile, pairPorts, until, volumeStatus, witnessGrants, writePairConfig } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { NbdClient, NbdReplyError } from '../support/nbd-client.js';
-import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
+import { cliPath, freePort, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 const MiB = 2 ** 20;
@@ -149,5 +149,28 @@ describe('witness quorum: partitions and graceful leave', () => {
     await until(() => both(inSync));
     await client.a.flush();
     expect(identical()).toBe(true);
+  });
+
+  it('with onNoQuorum io-error, a node without peer and witness fails writes at once and still reads', async () => {
+    const p = await pairPorts();
+    const sub = join(dir, 'io-error');
+    mkdirSync(sub);
+    const link = new TcpProxy({ host: '127.0.0.1', port: p.peerB });
+    proxies.push(link);
+    await link.start();
+    // The witness address answers nothing: nobody listens there.
+    const extra = { witness: `127.0.0.1:${await freePort()}`, quorum: { onNoQuorum: 'io-error' } };
+    procs.push(await startClusterNode(writePairConfig(join(sub, 'a.json'), p, '16M', link.port, extra), 'a'));
+    procs.push(await startClusterNode(writePairConfig(join(sub, 'b.json'), p, '16M', p.peerB, extra), 'b'));
+    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
+    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    clients.push(client);
+    await client.write(0, Buffer.alloc(4096, 0x42));
+    link.cut();
+    await until(async () => (await volumeStatus(p.adminA)).quorum === 'no-quorum');
+    const started = Date.now();
+    await expect(client.write(8192, Buffer.alloc(4096, 0x43))).rejects.toMatchObject({ errno: 5 });
+    expect(Date.now() - started).toBeLessThan(1000); // not held
+    expect((await client.read(0, 4096)).every((x) => x === 0x42)).toBe(true);
   });
 });
