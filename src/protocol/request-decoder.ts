@@ -36,6 +36,23 @@ export class RequestDecoder {
     private readonly sink: RequestSink,
   ) {}
 
+  /**
+   * While a WRITE payload with at least `min` bytes still to come is being received: the part of
+   * its buffer those bytes go to, so the socket can read straight into it (no second copy).
+   */
+  payloadTarget(min: number): Buffer | undefined {
+    if (this.state !== State.PAYLOAD) return undefined;
+    const payload = this.payload!;
+    return payload.length - this.payloadFill >= min ? payload.subarray(this.payloadFill) : undefined;
+  }
+
+  /** `n` bytes arrived straight into the region `payloadTarget` gave. */
+  payloadArrived(n: number): void {
+    const payload = this.payload!;
+    this.payloadFill += n;
+    if (this.payloadFill === payload.length) this.complete(payload);
+  }
+
   /** True while a request is only partly received (used to tell a clean close from a cut one). */
   get midRequest(): boolean {
     return this.state !== State.HEADER || this.headFill !== 0;

@@ -78,7 +78,7 @@ export class PeerLink {
     // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
     this.server = net.createServer({ pauseOnConnect: true }, (accepted) => {
       let s: net.Socket | undefined = undefined;
-      s = adoptWithOnRead(accepted, (chunk) => this.receive(s!, chunk));
+      s = adoptWithOnRead(accepted, { onChunk: (chunk) => this.receive(s!, chunk) });
       this.adopt(s, 'accepted');
     });
     const addr = await new Promise<HostPort>((resolve, reject) => {

@@ -37,6 +37,8 @@ const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
  * 16 KiB highWaterMark on purpose: pausing after every large READ reply would stall the pipeline.
  */
 const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
+/** A WRITE payload with at least this much still to come is read straight into its buffer. */
+const DIRECT_PAYLOAD_MIN = 64 * 1024;
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
@@ -115,15 +117,27 @@ export class Connection implements RequestSink {
   }
 
   /**
+   * Where the next read may go instead of the shared receive buffer: the rest of a large WRITE
+   * payload (64 KiB or more to come), so its bytes land in the payload buffer without a copy.
+   */
+  directTarget(): Buffer | undefined {
+    if (this.disconnecting || this.backlog) return undefined;
+    return this.decoder?.payloadTarget(DIRECT_PAYLOAD_MIN);
+  }
+
+  /** `n` payload bytes were read straight into the region `directTarget` gave. */
+  receiveDirect(n: number): void {
+    if (this.disconnecting) return;
+    this.decoding(() => this.decoder!.payloadArrived(n));
+  }
+
+  /**
    * Runs bytes through the handshake or the decoder. What the decoder leaves (it stops at a
    * request boundary under backpressure) becomes the backlog, copied if it is a view of the
    * reused receive buffer.
    */
   private consume(bytes: Buffer, isReceiveBuffer: boolean): void {
-    // Replies produced while handling these bytes leave in one writev.
-    this.socket.cork();
-    this.feeding = true;
-    try {
+    this.decoding(() => {
       if (!this.decoder) this.onHandshakeData(bytes);
       else {
         const used = this.decoder.feed(bytes);
@@ -132,6 +146,15 @@ export class Connection implements RequestSink {
           this.backlog = isReceiveBuffer ? Buffer.from(rest) : rest;
         }
       }
+    });
+  }
+
+  /** Runs `work` on received bytes: replies it produces leave in one writev; a failure ends this connection only. */
+  private decoding(work: () => void): void {
+    this.socket.cork();
+    this.feeding = true;
+    try {
+      work();
     } catch (err) {
       // Whatever goes wrong with one client's bytes ends that connection only, never the process.
       if (err instanceof ProtocolViolation) this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');

@@ -11,22 +11,38 @@ import net from 'node:net';
 /** Per-read buffer: large enough that a 1 MiB WRITE payload arrives in a few reads. */
 export const RECEIVE_BUFFER_SIZE = 256 * 1024;
 
+export interface ReceiveSink {
+  /** Bytes read into the shared buffer; only valid during the call: copy what must outlive it. */
+  onChunk(chunk: Buffer): void;
+  /**
+   * Where the next read may go instead of the shared buffer: the rest of a large payload being
+   * received, so it needs no copy. Asked before every read.
+   */
+  directTarget?(): Buffer | undefined;
+  /** `n` bytes were read straight into the last `directTarget`. */
+  onDirect?(n: number): void;
+}
+
 /**
- * Moves a paused, freshly accepted socket's handle into a socket that calls `onChunk` for each
- * read. `onChunk`'s buffer is only valid during the call: copy what must outlive it.
- * Returning false from `onChunk` pauses reading (resume with socket.resume()).
+ * Moves a paused, freshly accepted socket's handle into a socket that reads into a buffer we own
+ * (or straight into the sink's `directTarget`) and hands each read to the sink.
  */
-export function adoptWithOnRead(accepted: net.Socket, onChunk: (chunk: Buffer) => boolean | void): net.Socket {
+export function adoptWithOnRead(accepted: net.Socket, sink: ReceiveSink): net.Socket {
   const holder = accepted as unknown as { _handle: unknown };
   const handle = holder._handle;
   if (!handle) throw new Error('net.Socket._handle is missing: this Node.js version is not supported');
   holder._handle = null;
-  const buffer = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+  const shared = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+  // Node asks for the next read's buffer after each read (and once at the start).
+  const nextBuffer = (): Buffer => sink.directTarget?.() ?? shared;
   const socket = new net.Socket({
     handle,
     readable: true,
     writable: true,
-    onread: { buffer, callback: (n: number, buf: Uint8Array) => onChunk((buf as Buffer).subarray(0, n)) },
+    onread: {
+      buffer: nextBuffer,
+      callback: (n: number, buf: Uint8Array) => (buf === shared ? sink.onChunk(shared.subarray(0, n)) : sink.onDirect!(n)),
+    },
   } as net.SocketConstructorOpts & { handle: unknown });
   // Flowing mode, so the end of the client's stream is emitted as 'end' (and the socket closes).
   socket.resume();

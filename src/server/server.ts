@@ -51,7 +51,11 @@ export class NbdServer {
     const log = this.log.child({ conn: id, remote: `${accepted.remoteAddress}:${accepted.remotePort}` });
     log.info('connection opened');
     let conn: Connection | undefined;
-    const socket = adoptWithOnRead(accepted, (chunk) => conn!.receive(chunk));
+    const socket = adoptWithOnRead(accepted, {
+      onChunk: (chunk) => conn!.receive(chunk),
+      directTarget: () => conn?.directTarget(),
+      onDirect: (n) => conn!.receiveDirect(n),
+    });
     conn = new Connection(socket, this, log);
     this.connections.add(conn);
     socket.once('close', () => this.connections.delete(conn));

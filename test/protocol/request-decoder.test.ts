@@ -67,6 +67,30 @@ describe('RequestDecoder', () => {
     check(got);
   });
 
+  it('hands out the rest of a large payload for the socket to read into, mixing with fed bytes', () => {
+    const { got, decoder } = collect();
+    const payload = Buffer.alloc(200_000, 0x61);
+    payload.write('start', 0);
+    payload.write('end', payload.length - 3);
+    expect(decoder.payloadTarget(1)).toBeUndefined(); // no payload in progress
+    decoder.feed(Buffer.concat([header(Cmd.WRITE, 0, payload.length, 7), payload.subarray(0, 1000)]));
+    expect(decoder.payloadTarget(250_000)).toBeUndefined(); // less than asked for is left
+    let target = decoder.payloadTarget(64 * 1024)!;
+    expect(target.length).toBe(payload.length - 1000);
+    payload.copy(target, 0, 1000, 150_000); // a read straight into the payload buffer
+    decoder.payloadArrived(149_000);
+    target = decoder.payloadTarget(1)!;
+    expect(target.length).toBe(50_000);
+    payload.copy(target, 0, 150_000);
+    decoder.payloadArrived(50_000);
+    expect(decoder.payloadTarget(1)).toBeUndefined();
+    decoder.feed(header(Cmd.FLUSH, 0, 0, 8));
+    expect(got.map((g) => [g.req.cookieLo, g.payload?.length, g.payload?.slice(0, 5), g.payload?.slice(-3)])).toEqual([
+      [7, 200_000, 'start', 'end'],
+      [8, undefined, undefined, undefined],
+    ]);
+  });
+
   it('never keeps a view of the chunk (the receive buffer is reused)', () => {
     const { got, decoder } = collect();
     const s = stream();
