@@ -9,7 +9,7 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
-import { adoptWithOnRead, RECEIVE_BUFFER_SIZE } from '../server/receive.js';
+import { adoptWithOnRead, onReadOptions, type ReceiveSink } from '../server/receive.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello } from './hello.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
 
@@ -39,6 +39,8 @@ export interface PeerLinkOptions {
 
 /** Capped low: a returning peer should be found within a quarter second (4 tries a second is cheap). */
 const MAX_BACKOFF_MS = 250;
+/** A frame body with at least this much still to come is read straight into its buffer. */
+const DIRECT_BODY_MIN = 64 * 1024;
 
 export class PeerLink {
   private server: net.Server | undefined;
@@ -78,7 +80,7 @@ export class PeerLink {
     // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
     this.server = net.createServer({ pauseOnConnect: true }, (accepted) => {
       let s: net.Socket | undefined = undefined;
-      s = adoptWithOnRead(accepted, { onChunk: (chunk) => this.receive(s!, chunk) });
+      s = adoptWithOnRead(accepted, this.receiveSink(() => s));
       this.adopt(s, 'accepted');
     });
     const addr = await new Promise<HostPort>((resolve, reject) => {
@@ -148,18 +150,7 @@ export class PeerLink {
 
   private dial(): void {
     if (this.stopped || this.socket) return;
-    const buffer = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
-    const s: net.Socket = net.connect({
-      port: this.o.peer.port,
-      host: this.o.peer.host,
-      onread: {
-        buffer,
-        callback: (n: number, buf: Uint8Array) => {
-          this.receive(s, (buf as Buffer).subarray(0, n));
-          return true;
-        },
-      },
-    });
+    const s: net.Socket = net.connect({ port: this.o.peer.port, host: this.o.peer.host, onread: onReadOptions(this.receiveSink(() => s)) });
     s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
     // then 32 s apart) would decide when its return is noticed.
@@ -205,13 +196,23 @@ export class PeerLink {
     this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
   }
 
-  /** Bytes from a peer socket (`chunk` is a view of a reused buffer: only valid during the call). */
-  private receive(s: net.Socket, chunk: Buffer): void {
+  /** What reads from peer socket `socket()` go to; large frame bodies are read straight into their buffer. */
+  private receiveSink(socket: () => net.Socket | undefined): ReceiveSink {
+    const mine = (): FrameDecoder | undefined => (this.socket !== undefined && this.socket === socket() ? this.decoder : undefined);
+    return {
+      // `chunk` is a view of a reused buffer: only valid during the call.
+      onChunk: (chunk) => this.decoding(socket()!, (d) => d.feed(chunk)),
+      directTarget: () => mine()?.bodyTarget(DIRECT_BODY_MIN),
+      onDirect: (n) => this.decoding(socket()!, (d) => d.bodyArrived(n)),
+    };
+  }
+
+  private decoding(s: net.Socket, work: (d: FrameDecoder) => void): void {
     if (this.socket !== s || !this.decoder) return;
     // Replies produced while handling one read (e.g. the ACKs of a batch of WRITEs) leave in one writev.
     s.cork();
     try {
-      this.decoder.feed(chunk);
+      work(this.decoder);
     } catch (err) {
       // A rogue or broken peer costs the link, never the process (data is not touched).
       const reason = (err as Error).message;

@@ -189,15 +189,30 @@ export class FrameDecoder {
       const body = this.body!;
       const n = Math.min(body.length - this.bodyFill, chunk.length - pos);
       chunk.copy(body, this.bodyFill, pos, pos + n);
-      this.bodyFill += n;
       pos += n;
-      if (this.bodyFill === body.length) {
-        const header = this.header;
-        this.header = undefined;
-        this.body = undefined;
-        this.sink.onFrame(header, body);
-      }
+      this.bodyArrived(n);
     }
+  }
+
+  /**
+   * While a frame body with at least `min` bytes still to come is being received: the part of
+   * its buffer those bytes go to, so the socket can read straight into it (no second copy).
+   */
+  bodyTarget(min: number): Buffer | undefined {
+    if (!this.header) return undefined;
+    const body = this.body!;
+    return body.length - this.bodyFill >= min ? body.subarray(this.bodyFill) : undefined;
+  }
+
+  /** `n` body bytes are in place (copied by `feed`, or read straight into `bodyTarget`). */
+  bodyArrived(n: number): void {
+    this.bodyFill += n;
+    const body = this.body!;
+    if (this.bodyFill < body.length) return;
+    const header = this.header!;
+    this.header = undefined;
+    this.body = undefined;
+    this.sink.onFrame(header, body);
   }
 }
 

@@ -32,19 +32,22 @@ export function adoptWithOnRead(accepted: net.Socket, sink: ReceiveSink): net.So
   const handle = holder._handle;
   if (!handle) throw new Error('net.Socket._handle is missing: this Node.js version is not supported');
   holder._handle = null;
-  const shared = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
-  // Node asks for the next read's buffer after each read (and once at the start).
-  const nextBuffer = (): Buffer => sink.directTarget?.() ?? shared;
-  const socket = new net.Socket({
-    handle,
-    readable: true,
-    writable: true,
-    onread: {
-      buffer: nextBuffer,
-      callback: (n: number, buf: Uint8Array) => (buf === shared ? sink.onChunk(shared.subarray(0, n)) : sink.onDirect!(n)),
-    },
-  } as net.SocketConstructorOpts & { handle: unknown });
+  const socket = new net.Socket({ handle, readable: true, writable: true, onread: onReadOptions(sink) } as net.SocketConstructorOpts & { handle: unknown });
   // Flowing mode, so the end of the client's stream is emitted as 'end' (and the socket closes).
   socket.resume();
   return socket;
+}
+
+/** The `onread` option of a socket that feeds `sink` (for sockets we create, like a dialed one). */
+export function onReadOptions(sink: ReceiveSink): net.OnReadOpts {
+  const shared = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+  return {
+    // Node asks for the next read's buffer after each read (and once at the start).
+    buffer: () => sink.directTarget?.() ?? shared,
+    callback: (n, buf) => {
+      if (buf === shared) sink.onChunk(shared.subarray(0, n));
+      else sink.onDirect!(n);
+      return true; // keep reading
+    },
+  };
 }

@@ -74,4 +74,21 @@ describe('peer frames', () => {
   it('headers are 20 bytes', () => {
     expect(encodeFrameHeader(PeerMsg.FLUSH, 9n, 0).length).toBe(FRAME_HEADER_SIZE);
   });
+
+  it('hands out the rest of a large frame body for the socket to read into', () => {
+    const { frames, decoder } = collect();
+    const body = Buffer.alloc(300_000, 0x5a);
+    expect(decoder.bodyTarget(1)).toBeUndefined();
+    decoder.feed(Buffer.concat([encodeFrameHeader(PeerMsg.RS_DATA, 9n, body.length), body.subarray(0, 100)]));
+    const target = decoder.bodyTarget(64 * 1024)!;
+    expect(target.length).toBe(body.length - 100);
+    body.copy(target, 0, 100); // a read straight into the body buffer
+    decoder.bodyArrived(body.length - 100);
+    expect(decoder.bodyTarget(1)).toBeUndefined();
+    decoder.feed(encodeFrame(PeerMsg.PING, 10n));
+    expect(frames.map((f) => [f.header.id, f.body.length, f.body.equals(f.header.id === 9n ? body : Buffer.alloc(0))])).toEqual([
+      [9n, 300_000, true],
+      [10n, 0, true],
+    ]);
+  });
 });
