@@ -1,4 +1,5 @@
-// Receiving from a client socket into one reusable buffer instead of a fresh Buffer per read.
+// Receiving from a socket into memory we own instead of a fresh Buffer per read: one reusable
+// buffer, or, while a large payload is coming, straight into that payload's own buffer.
 //
 // Node's 'data' events allocate a new 64 KiB buffer per read and go through the stream
 // machinery; `onread` (a public net.Socket option) reads into a buffer we own with a plain
