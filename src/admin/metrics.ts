@@ -36,33 +36,32 @@ export function createMetrics(status: () => VolumesStatus): NodeMetrics {
       },
     });
   };
-  const perVolume = (name: string, help: string, value: (v: VolumeStatus) => number | null): void => {
-    new Gauge({
-      name,
-      help,
-      labelNames: ['volume'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const [volume, v] of volumes()) {
-          const x = value(v);
-          if (x !== null) this.set({ volume }, x);
-        }
-      },
-    });
-  };
-  /** A count the node keeps since start-up, exposed as a counter. */
-  const counted = (name: string, help: string, value: (v: VolumeStatus) => number): void => {
-    new Counter({
-      name,
-      help,
-      labelNames: ['volume'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const [volume, v] of volumes()) this.inc({ volume }, value(v));
-      },
-    });
+  /** One series per volume; `counter`: a count the node keeps since start-up. */
+  const perVolume = (name: string, help: string, value: (v: VolumeStatus) => number | null, counter = false): void => {
+    const config = { name, help, labelNames: ['volume'] as const, registers: [registry] };
+    const each = (put: (volume: string, x: number) => void): void => {
+      for (const [volume, v] of volumes()) {
+        const x = value(v);
+        if (x !== null) put(volume, x);
+      }
+    };
+    if (counter) {
+      new Counter({
+        ...config,
+        collect() {
+          this.reset();
+          each((volume, x) => this.inc({ volume }, x));
+        },
+      });
+    } else {
+      new Gauge({
+        ...config,
+        collect() {
+          this.reset();
+          each((volume, x) => this.set({ volume }, x));
+        },
+      });
+    }
   };
 
   states('nbd_mirror_volume_connection', 'Peer link state of the volume (1 for the current state)', CONNECTION, (v) => v.connection);
@@ -72,9 +71,9 @@ export function createMetrics(status: () => VolumesStatus): NodeMetrics {
   perVolume('nbd_mirror_volume_resync_remaining_bytes', 'Bytes the running resync has still to cover (0: no resync)', (v) => (v.resync ? v.resync.totalBytes - v.resync.doneBytes : 0));
   perVolume('nbd_mirror_volume_resync_bytes_per_second', 'Rate of the running resync (0: no resync)', (v) => v.resync?.bytesPerSecond ?? 0);
   perVolume('nbd_mirror_volume_verify_out_of_sync_bytes', 'Bytes the last finished online verify found differing (absent before the first)', (v) => (v.verify && !v.verify.running ? v.verify.outOfSyncBytes : null));
-  counted('nbd_mirror_volume_resynced_bytes_total', 'Bytes copied by resyncs since start-up', (v) => v.resyncedBytesTotal);
-  counted('nbd_mirror_volume_integrity_errors_total', 'Data frames from the peer that failed their digest check, since start-up', (v) => v.integrityErrors);
-  counted('nbd_mirror_volume_activity_log_updates_total', 'Activity-log writes (each with an fdatasync) since start-up', (v) => v.activityLogUpdates);
+  perVolume('nbd_mirror_volume_resynced_bytes_total', 'Bytes copied by resyncs since start-up', (v) => v.resyncedBytesTotal, true);
+  perVolume('nbd_mirror_volume_integrity_errors_total', 'Data frames from the peer that failed their digest check, since start-up', (v) => v.integrityErrors, true);
+  perVolume('nbd_mirror_volume_activity_log_updates_total', 'Activity-log writes (each with an fdatasync) since start-up', (v) => v.activityLogUpdates, true);
 
   return {
     contentType: registry.contentType,
