@@ -325,21 +325,15 @@ export class MirroredVolume implements Volume {
           if (logged) al.end(offset, length);
           return done(alError);
         }
-        const entry = this.track(offset, length, 'local', this.nextId++);
         if (!this.peer.connected) {
           if (logged) al.end(offset, length);
           const incomplete = this.incompleteAlone();
-          if (incomplete) {
-            this.untrack(entry);
-            return done(incomplete);
-          }
-          return this.changeDegraded(entry, piece, done);
+          if (incomplete) return done(incomplete);
+          return this.changeDegraded(this.track(offset, length, 'local', this.nextId++), piece, done);
         }
-        if (!logged) {
-          // Connected again while this change waited behind others: log it first after all.
-          this.untrack(entry);
-          return this.mirrorChange(type, frame, offset, length, piece, done);
-        }
+        // Connected again while this change waited behind others: log it first after all.
+        if (!logged) return this.mirrorChange(type, frame, offset, length, piece, done);
+        const entry = this.track(offset, length, 'local', this.nextId++);
         const w: LocalWrite = { entry, type, frame, diskDone: false, peerDone: false, error: null, done };
         this.localWrites.set(entry.id, w);
         this.peer.send(type, entry.id, frame);

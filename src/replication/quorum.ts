@@ -89,7 +89,7 @@ export class QuorumGate {
     return this.current === 'connected' || this.current === 'alone';
   }
 
-  /** Reads may go on right now (not on a node the witness declared outdated). */
+  /** Reads may go on right now: not on a node whose copy may be old (see the file comment). */
   get readable(): boolean {
     return this.current === 'connected' || this.current === 'alone' || !this.maybeOld;
   }
