@@ -111,15 +111,30 @@ export async function startNbdkit(file: string, extra: string[] = []): Promise<R
   };
 }
 
+/**
+ * A port nothing listens on, for a server a test starts. Taken below the kernel's ephemeral range
+ * (32768+), where outgoing connections pick their source ports — one of those could take a port
+ * between our check and the server's bind — and from a block of its own per test worker, so
+ * parallel test files never pick the same one.
+ */
+const PORT_BLOCK = 400;
+const portBase = 20_000 + (Number(process.env.VITEST_POOL_ID ?? 0) % 30) * PORT_BLOCK;
+let portCursor = 0;
+
 export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < PORT_BLOCK; tries++) {
+    const port = portBase + (portCursor++ % PORT_BLOCK);
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free port in ${portBase}-${portBase + PORT_BLOCK - 1}`);
+}
+
+async function canListen(port: number): Promise<boolean> {
   const net = await import('node:net');
-  return new Promise((resolve, reject) => {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
 
