@@ -12,5 +12,6 @@ export interface FileOps {
   mapShared(fd: number, offset: number, length: number): ArrayBuffer;
 }
 
-// The same relative path works from src/volume/ (tests) and build/volume/ (compiled).
-export const fileOps = createRequire(import.meta.url)('../../build/Release/fileops.node') as FileOps;
+// The same relative path works from src/volume/ (tests) and build/volume/ (compiled). The addon
+// builds into native/build/, apart from build/ (tsc, asc): node-gyp rebuild wipes its own folder.
+export const fileOps = createRequire(import.meta.url)('../../native/build/Release/fileops.node') as FileOps;
