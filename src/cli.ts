@@ -15,8 +15,8 @@ import { createLogger, LOG_LEVELS, type Logger } from './log.js';
 import { ClusterNode } from './replication/cluster-node.js';
 import { ExportRegistry } from './server/exports.js';
 import { Hotpath } from './hotpath/index.js';
-import { NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress } from './server/server.js';
-import { formatSize, parseHostPort, parseSize } from './config/units.js';
+import { DEFAULT_LIMITS, NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress, type ServerLimits } from './server/server.js';
+import { formatSize, parseDuration, parseHostPort, parseSize } from './config/units.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
 
 interface ExportArg {
@@ -43,7 +43,19 @@ function parseExport(text: string, previous: ExportArg[] = []): ExportArg[] {
   return [...previous, { name, path }];
 }
 
-async function serve(opts: {
+/** A whole number of at least 1. */
+function parseCount(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < 1) throw new Error(`"${text}" is not a whole number of at least 1`);
+  return n;
+}
+
+/** Seconds ("30", "2.5"), or a duration with its unit ("500ms", "1m"); returns milliseconds. */
+function parseSeconds(text: string): number {
+  return /^\s*\d+(?:\.\d+)?\s*$/.test(text) ? parseDuration(`${text.trim()}s`) : parseDuration(text);
+}
+
+interface ServeOptions {
   listen?: ListenAddress;
   export?: ExportArg[];
   config?: string;
@@ -52,7 +64,15 @@ async function serve(opts: {
   readOnly: boolean;
   logLevel: (typeof LOG_LEVELS)[number];
   io: IoMode;
-}): Promise<void> {
+  maxConnections: number;
+  sendTimeout: number;
+}
+
+function serverLimits(opts: ServeOptions): ServerLimits {
+  return { ...DEFAULT_LIMITS, maxConnections: opts.maxConnections, sendTimeoutMs: opts.sendTimeout };
+}
+
+async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger(opts.logLevel);
   if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log);
   if (!opts.listen || !opts.export) throw new Error('give --listen and --export, or --config and --node');
@@ -70,7 +90,7 @@ async function serve(opts: {
   // WASM memory is sized here, once: room for every request in flight (the server budget) plus
   // the partly received payload of each connection.
   const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
-  const server = new NbdServer(registry, hot.slots, log);
+  const server = new NbdServer(registry, hot.slots, log, serverLimits(opts));
   const addr = await server.listen(opts.listen);
   log.info({ address: addr.host, port: addr.port }, 'listening');
   printAttachHelp(addr, registry);
@@ -78,14 +98,14 @@ async function serve(opts: {
 }
 
 /** One node of a mirrored pair, as the cluster config describes it (issue 4, in progress). */
-async function serveClusterNode(opts: { config?: string; node?: string; io: IoMode }, log: Logger): Promise<void> {
+async function serveClusterNode(opts: ServeOptions, log: Logger): Promise<void> {
   if (!opts.config || !opts.node) throw new Error('--config and --node go together');
   const config = loadClusterConfig(opts.config);
   log = log.child({ node: opts.node });
   const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log);
   const registry = new ExportRegistry();
   for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
-  const server = new NbdServer(registry, node.hot.slots, log);
+  const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts));
   const self = config.nodes[opts.node]!;
   const admin = await startAdminServer(
     self.admin,
@@ -157,9 +177,15 @@ async function demo(opts: { dir: string }): Promise<void> {
     run(['witness', '--listen', '127.0.0.1:7800', '--state', join(dir, 'witness.json')]),
     ...(['a', 'b'] as const).map((node) => run(['serve', '--config', configPath, '--node', node])),
   ];
+  let exited = 0;
+  for (const child of children) child.once('exit', () => ++exited === children.length && process.exit(0));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => children.forEach((c) => c.kill('SIGTERM')));
+  // The how-to comes last, once both nodes are up and connected, so start-up logs do not bury it.
+  const connected = await untilConnected(['127.0.0.1:9180', '127.0.0.1:9181'].map(parseHostPort), 30_000);
   process.stderr.write(
     [
       '',
+      ...(connected ? [] : ['(the nodes did not report Connected within 30 s: see the log above)']),
       `nbd-mirror demo: two nodes mirroring volume "vol0" (1 GiB) and a witness, config ${configPath}`,
       '  node a: nbd://127.0.0.1:10809/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9180',
       '  node b: nbd://127.0.0.1:10810/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9181',
@@ -175,9 +201,15 @@ async function demo(opts: { dir: string }): Promise<void> {
       '',
     ].join('\n'),
   );
-  let exited = 0;
-  for (const child of children) child.once('exit', () => ++exited === children.length && process.exit(0));
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => children.forEach((c) => c.kill('SIGTERM')));
+}
+
+/** Polls the nodes' admin endpoints until every volume is Connected (true), or `ms` pass (false). */
+async function untilConnected(admins: ListenAddress[], ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 200))) {
+    const states = await Promise.all(admins.map((a) => fetchStatus(a).then((s) => Object.values(s.volumes).every((v) => v.connection === 'Connected'), () => false)));
+    if (states.every(Boolean)) return true;
+  }
+  return false;
 }
 
 async function resolveSplitBrain(opts: { admin: ListenAddress; volume: string; discard: string }): Promise<void> {
@@ -238,6 +270,16 @@ export function buildProgram(): Command {
       new Option('--io <mode>', 'file I/O: auto (small on the event loop, large in the thread pool), sync, async, or mmap (zero-copy reads; see docs/CONFIG.md)')
         .choices(['auto', 'sync', 'async', 'mmap'])
         .default('auto'),
+    )
+    .addOption(
+      new Option('--max-connections <n>', 'NBD connections served at once; more are refused (closed at once, logged)')
+        .argParser(argParser(parseCount))
+        .default(DEFAULT_LIMITS.maxConnections),
+    )
+    .addOption(
+      new Option('--send-timeout <seconds>', 'drop a client that takes no reply bytes for this long while replies wait')
+        .argParser(argParser(parseSeconds))
+        .default(DEFAULT_LIMITS.sendTimeoutMs, `${DEFAULT_LIMITS.sendTimeoutMs / 1000}`),
     )
     .action(serve);
 

@@ -15,10 +15,18 @@ export const REQUEST_HEADER_SIZE = 28;
 export const SIMPLE_REPLY_HEADER_SIZE = 16;
 export const STRUCTURED_REPLY_HEADER_SIZE = 20;
 
-/** Largest READ/WRITE payload we accept (advertised as the maximum block size). */
+/** Largest READ/WRITE payload we advertise (the maximum block size clients should keep to). */
 export const MAX_PAYLOAD = 32 * 1024 * 1024;
-/** Longest option payload we buffer during the handshake; longer ones drop the connection. */
+/**
+ * Largest READ/WRITE payload we serve. Some clients ignore the advertised maximum
+ * (nbd-tester-client's integrityhuge sends ~47.5 MiB); nbdkit serves up to 64 MiB, so do we.
+ * Longer ones get EINVAL (EOVERFLOW for a READ with DF) and the connection stays.
+ */
+export const MAX_REQUEST = 64 * 1024 * 1024;
+/** Longest option payload we buffer during the handshake; longer ones are skipped with ERR_TOO_BIG. */
 export const MAX_OPTION_LENGTH = 64 * 1024;
+/** Options one handshake may send (as nbdkit): the next one gets ERR_TOO_BIG and a hang-up. */
+export const MAX_OPTIONS = 32;
 /** Longest export name, description or metadata-context query the spec lets us insist on. */
 export const MAX_STRING = 4096;
 

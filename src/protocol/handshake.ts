@@ -8,6 +8,7 @@ import {
   IHAVEOPT,
   Info,
   MAX_OPTION_LENGTH,
+  MAX_OPTIONS,
   MAX_STRING,
   NBD_MAGIC,
   Opt,
@@ -58,9 +59,11 @@ export interface HandshakeStep {
  *   clientFlags  — 4 bytes of client flags after our greeting
  *   optionHeader — 16 bytes: IHAVEOPT, option, data length
  *   optionData   — the option's data (length from the header)
+ *   optionSkip   — the data of an option over MAX_OPTION_LENGTH, dropped as it arrives (never
+ *                  buffered), then answered with ERR_TOO_BIG
  *   done         — negotiation finished (transmission) or connection closed; accepts nothing
  */
-type State = 'clientFlags' | 'optionHeader' | 'optionData' | 'done';
+type State = 'clientFlags' | 'optionHeader' | 'optionData' | 'optionSkip' | 'done';
 
 const CONTINUE: HandshakeOutcome = { kind: 'continue' };
 
@@ -71,6 +74,10 @@ export class Handshake {
   private structured = false;
   private option = 0;
   private optionLength = 0;
+  /** Options received so far (at most MAX_OPTIONS). */
+  private options = 0;
+  /** optionSkip: bytes of the oversize option still to drop. */
+  private skipRemaining = 0;
   /** Export name and whether base:allocation was selected by the last SET_META_CONTEXT. */
   private metaExport: string | undefined;
   private metaBaseAllocation = false;
@@ -90,10 +97,16 @@ export class Handshake {
   }
 
   receive(chunk: Buffer): HandshakeStep {
+    const out: Buffer[] = [];
+    // Oversize option data is dropped straight from the chunk, so it is never copied.
+    if (this.state === 'optionSkip' && this.pending.length === 0) chunk = this.skip(chunk, out);
     // Copied: chunks may be views of a reused receive buffer. Handshake messages are small.
     this.pending = Buffer.concat([this.pending, chunk]);
-    const out: Buffer[] = [];
     for (;;) {
+      if (this.state === 'optionSkip') {
+        this.pending = this.skip(this.pending, out);
+        if (this.state === 'optionSkip') return { out, outcome: CONTINUE };
+      }
       const need = this.bytesNeeded();
       if (need < 0 || this.pending.length < need) return { out, outcome: CONTINUE };
       const data = this.pending.subarray(0, need);
@@ -101,6 +114,17 @@ export class Handshake {
       const outcome = this.step(data, out);
       if (outcome !== CONTINUE) return { out, outcome };
     }
+  }
+
+  /** Drops what is left of an oversize option from `b`; once all of it is gone, answers ERR_TOO_BIG. */
+  private skip(b: Buffer, out: Buffer[]): Buffer {
+    const n = Math.min(this.skipRemaining, b.length);
+    this.skipRemaining -= n;
+    if (this.skipRemaining === 0) {
+      this.state = 'optionHeader';
+      out.push(optionReply(this.option, Rep.ERR_TOO_BIG, `option data of ${this.optionLength} bytes is over the limit of ${MAX_OPTION_LENGTH}`));
+    }
+    return b.subarray(n);
   }
 
   private bytesNeeded(): number {
@@ -111,6 +135,7 @@ export class Handshake {
         return 16;
       case 'optionData':
         return this.optionLength;
+      case 'optionSkip':
       case 'done':
         return -1;
     }
@@ -121,10 +146,11 @@ export class Handshake {
       case 'clientFlags':
         return this.onClientFlags(data.readUInt32BE(0));
       case 'optionHeader':
-        return this.onOptionHeader(data);
+        return this.onOptionHeader(data, out);
       case 'optionData':
         this.state = 'optionHeader';
         return this.onOption(this.option, data, out);
+      case 'optionSkip':
       case 'done':
         return this.close('data after the handshake ended', false);
     }
@@ -143,12 +169,20 @@ export class Handshake {
     return CONTINUE;
   }
 
-  private onOptionHeader(h: Buffer): HandshakeOutcome {
+  private onOptionHeader(h: Buffer, out: Buffer[]): HandshakeOutcome {
     if (h.readBigUInt64BE(0) !== IHAVEOPT) return this.close('bad option magic', false);
     this.option = h.readUInt32BE(8);
     this.optionLength = h.readUInt32BE(12);
+    if (++this.options > MAX_OPTIONS) {
+      out.push(optionReply(this.option, Rep.ERR_TOO_BIG, `more than ${MAX_OPTIONS} options in one handshake`));
+      return this.close(`more than ${MAX_OPTIONS} options in one handshake`, false);
+    }
     if (this.optionLength > MAX_OPTION_LENGTH) {
-      return this.close(`option ${this.option} has ${this.optionLength} bytes of data (limit ${MAX_OPTION_LENGTH})`, false);
+      // EXPORT_NAME has no error reply: the spec's only answer is to hang up.
+      if (this.option === Opt.EXPORT_NAME) return this.close(`EXPORT_NAME of ${this.optionLength} bytes (limit ${MAX_OPTION_LENGTH})`, false);
+      this.skipRemaining = this.optionLength;
+      this.state = 'optionSkip';
+      return CONTINUE;
     }
     this.state = 'optionData';
     return CONTINUE;

@@ -2,6 +2,10 @@
 // Keeps an offset into each chunk instead of concatenating. Chunks may be views of a reused
 // receive buffer, so nothing keeps a reference to them: a WRITE payload is copied once into a
 // buffer the sink provides. Rejected WRITEs have their payload skipped, not stored.
+//
+// Backpressure is per request: each decoded header is offered to the sink (`admit`), which
+// knows what the request will cost; a request not admitted yet is held (nothing of it is
+// allocated) and the rest of the bytes stay with the caller until `feed` is called again.
 import { Cmd, NbdErr, REQUEST_HEADER_SIZE } from './constants.js';
 import { decodeRequestHeader, validateRequest, type Request, type TransmissionContext } from './requests.js';
 
@@ -10,13 +14,21 @@ export interface RequestSink {
   allocPayload(length: number): Buffer;
   /** A complete request: `err` is OK or the code to refuse it with; `payload` only for accepted WRITEs. */
   onRequest(req: Request, err: NbdErr, payload: Buffer | null): void;
-  /** Asked before each new request: false stops decoding at that request boundary (backpressure). */
-  wantsRequests(): boolean;
+  /**
+   * Asked once a header is decoded (and again on each later `feed` while it is held): true lets
+   * the request go on (its payload is allocated, or it is handed to `onRequest`), false holds it.
+   */
+  admit(req: Request, err: NbdErr): boolean;
 }
 
 const enum State {
+  /** Gathering a 28-byte header. */
   HEADER,
+  /** A decoded header the sink has not admitted yet. */
+  HELD,
+  /** Copying a WRITE payload into its buffer. */
   PAYLOAD,
+  /** Skipping the payload of a refused WRITE. */
   DISCARD,
 }
 
@@ -55,23 +67,31 @@ export class RequestDecoder {
 
   /** True while a request is only partly received (used to tell a clean close from a cut one). */
   get midRequest(): boolean {
-    return this.state !== State.HEADER || this.headFill !== 0;
+    return (this.state !== State.HEADER && this.state !== State.HELD) || this.headFill !== 0;
+  }
+
+  /** True while a decoded request waits for the sink to admit it. */
+  get holding(): boolean {
+    return this.state === State.HELD;
   }
 
   /**
-   * Consumes a chunk up to the first request boundary where the sink wants no more; returns the
-   * number of bytes used (the caller keeps the rest). Throws ProtocolViolation on bytes that are
-   * not a request.
+   * Consumes a chunk up to the first request the sink does not admit; returns the number of
+   * bytes used (the caller keeps the rest and feeds it again later, an empty chunk to retry a
+   * held request alone). Throws ProtocolViolation on bytes that are not a request.
    */
   feed(chunk: Buffer): number {
     let pos = 0;
     const end = chunk.length;
-    while (pos < end) {
+    for (;;) {
+      if (this.state === State.HELD) {
+        if (!this.start()) return pos;
+        continue;
+      }
+      if (pos >= end) return pos;
       if (this.state === State.HEADER) {
-        if (this.headFill === 0 && !this.sink.wantsRequests()) return pos;
-        let req: Request;
         if (this.headFill === 0 && end - pos >= REQUEST_HEADER_SIZE) {
-          req = decodeRequestHeader(chunk, pos);
+          this.req = decodeRequestHeader(chunk, pos);
           pos += REQUEST_HEADER_SIZE;
         } else {
           const n = Math.min(REQUEST_HEADER_SIZE - this.headFill, end - pos);
@@ -80,23 +100,10 @@ export class RequestDecoder {
           pos += n;
           if (this.headFill < REQUEST_HEADER_SIZE) return pos;
           this.headFill = 0;
-          req = decodeRequestHeader(this.head, 0);
+          this.req = decodeRequestHeader(this.head, 0);
         }
-        const err = validateRequest(req, this.ctx);
-        if (req.type !== Cmd.WRITE || req.length === 0) {
-          this.sink.onRequest(req, err, null);
-          continue;
-        }
-        this.req = req;
-        this.err = err;
-        if (err !== NbdErr.OK) {
-          this.state = State.DISCARD;
-          this.remaining = req.length;
-        } else {
-          this.state = State.PAYLOAD;
-          this.payload = this.sink.allocPayload(req.length);
-          this.payloadFill = 0;
-        }
+        this.err = validateRequest(this.req, this.ctx);
+        this.state = State.HELD;
       } else if (this.state === State.PAYLOAD) {
         const payload = this.payload!;
         const n = Math.min(payload.length - this.payloadFill, end - pos);
@@ -111,7 +118,23 @@ export class RequestDecoder {
         if (this.remaining === 0) this.complete(null);
       }
     }
-    return pos;
+  }
+
+  /** Offers the held request to the sink; once admitted it is handed on or its payload is awaited. */
+  private start(): boolean {
+    const req = this.req!;
+    if (!this.sink.admit(req, this.err)) return false;
+    if (req.type !== Cmd.WRITE || req.length === 0) {
+      this.complete(null);
+    } else if (this.err !== NbdErr.OK) {
+      this.state = State.DISCARD;
+      this.remaining = req.length;
+    } else {
+      this.state = State.PAYLOAD;
+      this.payload = this.sink.allocPayload(req.length);
+      this.payloadFill = 0;
+    }
+    return true;
   }
 
   private complete(payload: Buffer | null): void {

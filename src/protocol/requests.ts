@@ -1,5 +1,5 @@
 // Transmission-phase requests: the 28-byte header, and the one place requests are validated.
-import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErr, REQUEST_MAGIC } from './constants.js';
+import { Cmd, CmdFlag, MAX_REQUEST, NbdErr, REQUEST_MAGIC } from './constants.js';
 import { ProtocolViolation } from './errors.js';
 
 export interface Request {
@@ -45,6 +45,8 @@ export interface TransmissionContext {
   readonly readOnly: boolean;
   readonly structuredReplies: boolean;
   readonly baseAllocation: boolean;
+  /** The export advertised NBD_FLAG_SEND_FAST_ZERO. */
+  readonly fastZero: boolean;
 }
 
 /** Flags each command accepts (DF additionally needs structured replies). */
@@ -68,6 +70,7 @@ export function validateRequest(r: Request, ctx: TransmissionContext): NbdErr {
   if (allowed === undefined) return NbdErr.EINVAL;
   if ((r.flags & ~allowed) !== 0) return NbdErr.EINVAL;
   if ((r.flags & CmdFlag.DF) !== 0 && !ctx.structuredReplies) return NbdErr.EINVAL;
+  if ((r.flags & CmdFlag.FAST_ZERO) !== 0 && !ctx.fastZero) return NbdErr.EINVAL; // a flag not advertised
   const writes = r.type === Cmd.WRITE || r.type === Cmd.TRIM || r.type === Cmd.WRITE_ZEROES;
   if (writes && ctx.readOnly) return NbdErr.EPERM;
   switch (r.type) {
@@ -79,10 +82,10 @@ export function validateRequest(r: Request, ctx: TransmissionContext): NbdErr {
       if (!ctx.baseAllocation) return NbdErr.EINVAL;
       break;
     case Cmd.READ:
-      if (r.length > MAX_PAYLOAD) return (r.flags & CmdFlag.DF) !== 0 ? NbdErr.EOVERFLOW : NbdErr.EINVAL;
+      if (r.length > MAX_REQUEST) return (r.flags & CmdFlag.DF) !== 0 ? NbdErr.EOVERFLOW : NbdErr.EINVAL;
       break;
     case Cmd.WRITE:
-      if (r.length > MAX_PAYLOAD) return NbdErr.EINVAL;
+      if (r.length > MAX_REQUEST) return NbdErr.EINVAL;
       break;
   }
   if (r.length === 0) return NbdErr.EINVAL;

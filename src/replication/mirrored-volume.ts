@@ -22,6 +22,8 @@
 // overlapping writes and is answered with STATUS_RESEND, so the sender sends it again; resync
 // data and peer-read data are asked for again. A frame failing MAX_RESENDS times resets the link
 // (the writes waiting for the peer then complete as degraded writes, bits set).
+import { NbdErr } from '../protocol/constants.js';
+import { NbdError } from '../protocol/errors.js';
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import type { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
@@ -206,8 +208,8 @@ export class MirroredVolume implements Volume {
   constructor(o: MirroredVolumeOptions) {
     ({ local: this.local, meta: this.meta, peer: this.peer, grain: this.grain, hot: this.hot, log: this.log, volumeIndex: this.volumeIndex } = o);
     this.size = o.local.size;
-    // FAST_ZERO is not offered: its ENOTSUP could not be told apart from a failure on the peer.
-    this.capabilities = { ...o.local.capabilities, fastZero: false };
+    // FAST_ZERO is offered as the local volume offers it; see zero().
+    this.capabilities = o.local.capabilities;
     this.winsOverlaps = o.node > o.peerName;
     this.nextId = (BigInt(o.volumeIndex) << 48n) + 1n;
     this.compare = new BlockComparer(o.hot, o.grain);
@@ -290,6 +292,10 @@ export class MirroredVolume implements Volume {
   }
 
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
+    // FAST_ZERO: refused here, before anything changes on either node, once this node's volume
+    // has found it cannot zero quickly. Otherwise both nodes zero, and a node that finds itself
+    // slow falls back to writing zeroes: the copies must match whatever the speed.
+    if (opts.fastZero && this.local.zeroesFast?.() === false) return done(new NbdError(NbdErr.ENOTSUP, 'this node cannot zero quickly'));
     this.rate.clientIo();
     const flags = (opts.fua ? 1 : 0) | (opts.noHole ? 2 : 0);
     this.mirrorChange(PeerMsg.ZERO, changeBody(this.volumeIndex, offset, length, flags), offset, length, this.zeroer(flags), done);

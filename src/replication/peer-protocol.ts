@@ -8,7 +8,7 @@
 // Integrity: every frame that carries data (WRITE, RS_DATA, RS_DIFF, PEER_READ_DATA) carries an XXH3-64
 // digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
 // checks before the data goes near a disk.
-import { MAX_PAYLOAD } from '../protocol/constants.js';
+import { MAX_REQUEST } from '../protocol/constants.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 
 export const PEER_MAGIC = 0x4e424d52; // "NBMR"
@@ -17,7 +17,7 @@ export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
 export const WRITE_HEADER_SIZE = 24;
 /** Largest body: one maximal WRITE. Anything longer is a rogue peer. */
-export const MAX_FRAME_BODY = WRITE_HEADER_SIZE + MAX_PAYLOAD;
+export const MAX_FRAME_BODY = WRITE_HEADER_SIZE + MAX_REQUEST;
 
 export const enum PeerMsg {
   HELLO = 1,

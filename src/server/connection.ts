@@ -1,10 +1,13 @@
 // One client socket: the handshake, then transmission requests carried out on the export's volume.
 // Protocol decisions live in src/protocol/; this file only moves bytes and calls the volume.
 //
-// Backpressure: reading stops while the socket's send buffer is full or too many bytes of
-// requests are in flight, so a fast writer cannot make the server buffer without bound.
+// Backpressure: each request is admitted only when this connection's account in the server's
+// IoBudget has room for what it costs (see io-budget.ts); a request not admitted yet is held by
+// the decoder, the socket stops reading, and decoding goes on when bytes are given back, the
+// socket drains, or the pool has room. All decoding runs in one loop (`pump`), never by re-entry:
+// completions that free room while the loop runs only ask it to go round again.
 import type { Socket } from 'node:net';
-import { AllocState, BASE_ALLOCATION_ID, Cmd, CmdFlag, NbdErr } from '../protocol/constants.js';
+import { AllocState, BASE_ALLOCATION_ID, Cmd, CmdFlag, NbdErr, TransmissionFlag } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 import { Handshake, type Negotiated } from '../protocol/handshake.js';
 import {
@@ -22,7 +25,7 @@ import type { Logger } from '../log.js';
 import type { Extent, Volume } from '../volume/volume.js';
 import type { ExportRegistry } from './exports.js';
 import type { SlotPool } from '../hotpath/index.js';
-import type { IoBudget } from './io-budget.js';
+import type { BudgetAccount, IoBudget } from './io-budget.js';
 
 /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
 const SPARSE_READ_MIN = 256 * 1024;
@@ -30,22 +33,43 @@ const SPARSE_READ_MIN = 256 * 1024;
 const MAX_EXTENTS = 1024;
 /** A client must finish the handshake within this time (as qemu-nbd's --handshake-limit). */
 const HANDSHAKE_LIMIT_MS = 10_000;
-/** Pause reading once this connection has this many request bytes (payloads, read replies) in flight. */
-const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /**
- * Pause reading once this many reply bytes wait in the socket's send queue. Far above Node's
- * 16 KiB highWaterMark on purpose: pausing after every large READ reply would stall the pipeline.
+ * Stop admitting requests once this many reply bytes wait in the socket's send queue. Far above
+ * Node's 16 KiB highWaterMark on purpose: pausing after every large READ reply would stall the pipeline.
  */
 const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 /** A WRITE payload with at least this much still to come is read straight into its buffer. */
 const DIRECT_PAYLOAD_MIN = 64 * 1024;
+/** What a CACHE request holds while it runs: the volume's scratch buffer (at most 1 MiB). */
+const CACHE_BUFFER = 1024 * 1024;
+/** A BLOCK_STATUS reply: header, context id and up to MAX_EXTENTS descriptors. */
+const BLOCK_STATUS_REPLY = 32 + 8 * MAX_EXTENTS;
+const EMPTY = Buffer.alloc(0);
+
+/** Bytes a request holds while in flight: what it allocates, or what its reply holds until sent. */
+export function requestCost(req: Request): number {
+  switch (req.type) {
+    case Cmd.READ:
+      return readReplyHeaderSize(true) + req.length;
+    case Cmd.WRITE:
+      return req.length;
+    case Cmd.CACHE:
+      return Math.min(req.length, CACHE_BUFFER);
+    case Cmd.BLOCK_STATUS:
+      return BLOCK_STATUS_REPLY;
+    default:
+      return 0; // FLUSH, TRIM, WRITE_ZEROES, DISC: a 16-byte reply (they count as requests in flight)
+  }
+}
 
 export interface ConnectionHost {
   readonly exports: ExportRegistry;
   /** Payload and READ reply buffers: WASM-memory slots, reused. */
   readonly buffers: SlotPool;
-  /** Shared by all connections: in-flight bytes across the server. */
+  /** Shared by all connections: request bytes in flight across the server. */
   readonly budget: IoBudget;
+  /** A client that takes no reply bytes for this long while replies wait is dropped. */
+  readonly sendTimeoutMs: number;
   isShuttingDown(): boolean;
 }
 
@@ -55,18 +79,17 @@ export class Connection implements RequestSink {
   private decoder: RequestDecoder | undefined;
   private volume: Volume | undefined;
   private negotiated: Negotiated | undefined;
-  private inFlight = 0;
-  private inFlightBytes = 0;
+  private readonly account: BudgetAccount;
   private disconnecting = false;
   private writeBlocked = false;
   /** The socket is corked until the end of this event-loop turn (see `send`). */
   private replyCorked = false;
-  /** Stop taking new requests (backpressure); the socket is paused while this or a backlog holds. */
-  private readPaused = false;
-  /** Received bytes not yet decoded because reading was paused at a request boundary. */
+  /** Received bytes not decoded yet (owned: never a view of the shared receive buffer). */
   private backlog: Buffer | undefined;
-  /** True while bytes are being decoded (updateReading must not re-enter the decoder then). */
-  private feeding = false;
+  /** True while `pump` runs: replies it produces leave together, and nothing re-enters it. */
+  private pumping = false;
+  /** Room was freed while `pump` ran: it goes round once more before it stops. */
+  private pumpAgain = false;
   private idleWaiters: Array<() => void> = [];
   private requests = 0;
   private errors = 0;
@@ -76,13 +99,20 @@ export class Connection implements RequestSink {
     private readonly host: ConnectionHost,
     private readonly log: Logger,
   ) {
+    this.account = host.budget.account(() => this.pump());
     socket.setNoDelay(true);
     socket.on('drain', () => {
       this.writeBlocked = false;
-      this.updateReading();
+      this.pump();
     });
     socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
     socket.on('close', () => this.onClose());
+    // No read or write activity for the send timeout while replies wait: the client stopped reading.
+    socket.setTimeout(host.sendTimeoutMs, () => {
+      if (socket.writableLength === 0) return; // idle, with nothing to send: that is allowed
+      this.log.warn({ sendTimeoutS: host.sendTimeoutMs / 1000, unsentBytes: socket.writableLength }, 'client took no reply bytes within the send timeout, dropping connection');
+      socket.destroy();
+    });
     this.handshake = new Handshake(host.exports, () => host.isShuttingDown());
     this.handshakeTimer = setTimeout(() => {
       this.log.warn({ limitMs: HANDSHAKE_LIMIT_MS }, 'handshake not finished in time, dropping connection');
@@ -93,7 +123,7 @@ export class Connection implements RequestSink {
 
   /** Resolves when no request is in flight (used by graceful shutdown). */
   idle(): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
+    if (this.account.requests === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -105,15 +135,15 @@ export class Connection implements RequestSink {
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 
-  /** Bytes from the client; `chunk` is only valid during the call. */
+  /** Bytes from the client, in the shared receive buffer: only valid during the call. */
   receive(chunk: Buffer): void {
     if (this.disconnecting) return;
-    if (this.backlog) {
-      // Reading was already asked to stop; keep the bytes in order behind the backlog.
-      this.backlog = Buffer.concat([this.backlog, chunk]);
-      return;
+    if (this.backlog || this.pumping) {
+      // Reading was already asked to stop (one more read can land): keep the bytes in order.
+      this.backlog = this.backlog ? Buffer.concat([this.backlog, chunk]) : Buffer.from(chunk);
+      return this.pump();
     }
-    this.consume(chunk, true);
+    this.pump(chunk);
   }
 
   /**
@@ -128,49 +158,84 @@ export class Connection implements RequestSink {
   /** `n` payload bytes were read straight into the region `directTarget` gave. */
   receiveDirect(n: number): void {
     if (this.disconnecting) return;
-    this.decoding(() => this.decoder!.payloadArrived(n));
+    this.pump(undefined, n);
   }
 
   /**
-   * Runs bytes through the handshake or the decoder. What the decoder leaves (it stops at a
-   * request boundary under backpressure) becomes the backlog, copied if it is a view of the
-   * reused receive buffer.
+   * Decodes all that can be decoded now — `fresh` bytes from the socket (or `direct` payload
+   * bytes already in place), then the backlog while requests are admitted — in one loop. Called
+   * again while it runs (a request completed at once and freed room), it only asks the loop to go
+   * round again. Whatever goes wrong in it ends this connection only, never the process.
    */
-  private consume(bytes: Buffer, isReceiveBuffer: boolean): void {
-    this.decoding(() => {
-      if (!this.decoder) this.onHandshakeData(bytes);
-      else {
-        const used = this.decoder.feed(bytes);
-        if (used < bytes.length) {
-          const rest = bytes.subarray(used);
-          this.backlog = isReceiveBuffer ? Buffer.from(rest) : rest;
-        }
-      }
-    });
-  }
-
-  /** Runs `work` on received bytes: replies it produces leave in one writev; a failure ends this connection only. */
-  private decoding(work: () => void): void {
+  private pump(fresh?: Buffer, direct = 0): void {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    if (this.socket.destroyed) return;
+    this.pumping = true;
     this.socket.cork();
-    this.feeding = true;
     try {
-      work();
+      if (direct > 0) this.decoder!.payloadArrived(direct);
+      else if (fresh) {
+        const used = this.decode(fresh);
+        if (used < fresh.length) this.backlog = Buffer.from(fresh.subarray(used)); // a copy: the receive buffer is reused
+      }
+      do {
+        this.pumpAgain = false;
+        while (!this.disconnecting && (this.backlog || this.decoder?.holding) && this.decodeBacklog());
+      } while (this.pumpAgain && !this.disconnecting);
     } catch (err) {
-      // Whatever goes wrong with one client's bytes ends that connection only, never the process.
-      if (err instanceof ProtocolViolation) this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
-      else this.log.error({ err }, 'internal error while handling a request, dropping connection');
-      this.backlog = undefined;
-      this.disconnecting = true;
-      this.socket.destroy();
+      this.dropOnError(err);
     } finally {
-      this.feeding = false;
+      this.pumping = false;
       this.socket.uncork();
     }
     this.updateReading();
   }
 
-  wantsRequests(): boolean {
-    return !this.readPaused && !this.disconnecting;
+  /** Decodes the backlog (or retries a held request); true if anything moved. */
+  private decodeBacklog(): boolean {
+    const bytes = this.backlog ?? EMPTY;
+    this.backlog = undefined;
+    const wasHolding = this.decoder?.holding ?? false;
+    const used = this.decode(bytes);
+    if (used < bytes.length) this.backlog = bytes.subarray(used);
+    return used > 0 || (wasHolding && !this.decoder!.holding);
+  }
+
+  /** Bytes to the handshake or the request decoder; returns how many were used. */
+  private decode(bytes: Buffer): number {
+    if (this.decoder) return this.decoder.feed(bytes);
+    this.onHandshakeData(bytes);
+    return bytes.length;
+  }
+
+  private dropOnError(err: unknown): void {
+    if (err instanceof ProtocolViolation) this.log.warn({ reason: err.message }, 'protocol violation, dropping connection');
+    else this.log.error({ err }, 'internal error while handling a request, dropping connection');
+    this.backlog = undefined;
+    this.disconnecting = true;
+    this.socket.destroy();
+  }
+
+  /** A completion callback that cannot take the process down: an error in it ends this connection. */
+  private guarded<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void {
+    return (...args: A) => {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.dropOnError(err);
+      }
+    };
+  }
+
+  /** Decoder: may this request start now? Refused ones cost nothing; the rest wait for room in the budget. */
+  admit(req: Request, err: NbdErr): boolean {
+    if (this.disconnecting) return false; // nothing may follow NBD_CMD_DISC
+    if (this.writeBlocked) return false; // the client is not taking its replies: take no more requests
+    if (err !== NbdErr.OK) return true;
+    return this.account.tryCharge(requestCost(req));
   }
 
   private onHandshakeData(chunk: Buffer): void {
@@ -182,12 +247,13 @@ export class Connection implements RequestSink {
       else this.log.warn({ reason: o.reason }, 'handshake failed, dropping connection');
       this.handshake = undefined;
       this.disconnecting = true;
-      if (o.clean) this.socket.end();
-      else this.socket.destroy();
+      // end(), not destroy(): a last error reply (too many options) still reaches the client.
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 2000).unref();
     } else if (o.kind === 'ready') {
       this.handshake = undefined;
       this.startTransmission(o.negotiated);
-      if (o.rest.length > 0) this.backlog = o.rest; // handled by updateReading once consume returns
+      if (o.rest.length > 0) this.backlog = o.rest; // the handshake's own copy; the pump loop decodes it next
     }
   }
 
@@ -202,6 +268,7 @@ export class Connection implements RequestSink {
         readOnly: entry.volume.capabilities.readOnly,
         structuredReplies: n.structuredReplies,
         baseAllocation: n.baseAllocation,
+        fastZero: (n.transmissionFlags & TransmissionFlag.SEND_FAST_ZERO) !== 0,
       },
       this,
     );
@@ -212,46 +279,50 @@ export class Connection implements RequestSink {
   }
 
   allocPayload(length: number): Buffer {
-    // Counted against the in-flight budget once the WRITE starts (one payload assembles at a time).
+    // Its cost was charged when the WRITE was admitted.
     return this.host.buffers.acquire(length);
   }
 
   onRequest(req: Request, err: NbdErr, payload: Buffer | null): void {
-    if (this.disconnecting) return; // nothing may follow NBD_CMD_DISC
     this.requests++;
     if (err !== NbdErr.OK) return this.refuse(req, err, 'request refused by validation');
-    if (this.host.isShuttingDown() && req.type !== Cmd.DISC) return this.refuse(req, NbdErr.ESHUTDOWN, 'server is shutting down');
+    // Admitted: from here on every path ends in `end(req)`, which gives its cost back.
+    if (this.host.isShuttingDown() && req.type !== Cmd.DISC) {
+      this.refuse(req, NbdErr.ESHUTDOWN, 'server is shutting down');
+      return this.end(req);
+    }
     const v = this.volume!;
     const fua = (req.flags & CmdFlag.FUA) !== 0;
     switch (req.type) {
       case Cmd.READ:
         return this.read(req);
       case Cmd.WRITE:
-        this.begin(payload!.length);
-        return v.write(payload!, req.offset, fua, (e) => {
-          this.host.buffers.release(payload!);
-          this.finish(req, e, payload!.length);
-        });
+        return v.write(
+          payload!,
+          req.offset,
+          fua,
+          this.guarded((e: Error | null) => {
+            this.host.buffers.release(payload!);
+            this.finish(req, e);
+          }),
+        );
       case Cmd.FLUSH:
-        this.begin(0);
-        return v.flush((e) => this.finish(req, e, 0));
+        return v.flush(this.finisher(req));
       case Cmd.TRIM:
-        this.begin(0);
-        return v.trim(req.offset, req.length, fua, (e) => this.finish(req, e, 0));
+        return v.trim(req.offset, req.length, fua, this.finisher(req));
       case Cmd.WRITE_ZEROES:
-        this.begin(0);
         return v.zero(
           req.offset,
           req.length,
           { noHole: (req.flags & CmdFlag.NO_HOLE) !== 0, fastZero: (req.flags & CmdFlag.FAST_ZERO) !== 0, fua },
-          (e) => this.finish(req, e, 0),
+          this.finisher(req),
         );
       case Cmd.CACHE:
-        this.begin(0);
-        return v.cache(req.offset, req.length, (e) => this.finish(req, e, 0));
+        return v.cache(req.offset, req.length, this.finisher(req));
       case Cmd.BLOCK_STATUS:
         return this.blockStatus(req);
       case Cmd.DISC:
+        this.end(req);
         return this.disconnect();
     }
   }
@@ -264,36 +335,43 @@ export class Connection implements RequestSink {
       const header = Buffer.allocUnsafe(readReplyHeaderSize(structured));
       writeReadReplyHeader(header, structured, req, req.offset, req.length, true);
       this.send(header);
-      return this.send(view);
+      return this.send(view, () => this.end(req));
     }
     if (structured && req.length >= SPARSE_READ_MIN && (req.flags & CmdFlag.DF) === 0) return this.readSparse(req);
     const hs = readReplyHeaderSize(structured);
     const reply = this.host.buffers.acquire(hs + req.length);
-    this.begin(reply.length);
-    this.volume!.read(reply.subarray(hs), req.offset, (e) => {
-      if (e) {
-        this.host.buffers.release(reply);
-        return this.fail(req, e, reply.length);
-      }
-      writeReadReplyHeader(reply, structured, req, req.offset, req.length, true);
-      // In flight until sent: queued replies count against the budget too.
-      this.send(reply, () => {
-        this.host.buffers.release(reply);
-        this.end(reply.length);
-      });
-    });
+    this.volume!.read(
+      reply.subarray(hs),
+      req.offset,
+      this.guarded((e: Error | null) => {
+        if (e) {
+          this.host.buffers.release(reply);
+          return this.fail(req, e);
+        }
+        writeReadReplyHeader(reply, structured, req, req.offset, req.length, true);
+        // In flight until sent: queued replies count against the budget too.
+        this.send(reply, () => {
+          this.host.buffers.release(reply);
+          this.end(req);
+        });
+      }),
+    );
   }
 
   /** A large structured read: holes go out as OFFSET_HOLE chunks, data as OFFSET_DATA chunks. */
   private readSparse(req: Request): void {
-    this.begin(req.length);
-    this.volume!.extents(req.offset, req.length, MAX_EXTENTS, (e, extents) => {
-      if (e) return this.fail(req, e, req.length);
-      const covered = extents.reduce((sum, x) => sum + x.length, 0);
-      // Whatever the extent list did not reach is read as data.
-      if (covered < req.length) extents.push({ length: req.length - covered, flags: 0 });
-      this.sendExtents(req, extents, 0, req.offset);
-    });
+    this.volume!.extents(
+      req.offset,
+      req.length,
+      MAX_EXTENTS,
+      this.guarded((e: Error | null, extents: Extent[]) => {
+        if (e) return this.fail(req, e);
+        const covered = extents.reduce((sum, x) => sum + x.length, 0);
+        // Whatever the extent list did not reach is read as data.
+        if (covered < req.length) extents.push({ length: req.length - covered, flags: 0 });
+        this.sendExtents(req, extents, 0, req.offset);
+      }),
+    );
   }
 
   private sendExtents(req: Request, extents: Extent[], i: number, offset: number): void {
@@ -303,42 +381,50 @@ export class Connection implements RequestSink {
       this.send(holeChunk(req, offset, x.length, false));
       offset += x.length;
     }
-    if (i === extents.length) return this.send(structuredDone(req), () => this.end(req.length));
+    if (i === extents.length) return this.send(structuredDone(req), () => this.end(req));
     const len = extents[i]!.length;
     const hs = readReplyHeaderSize(true);
     const chunk = this.host.buffers.acquire(hs + len);
-    this.volume!.read(chunk.subarray(hs), offset, (e) => {
-      if (e) {
-        this.host.buffers.release(chunk);
-        return this.fail(req, e, req.length);
-      }
-      const last = i === extents.length - 1;
-      writeReadReplyHeader(chunk, true, req, offset, len, last);
-      // Chunks leave in order: once the last is sent, the whole reply is out of our memory.
-      this.send(chunk, () => {
-        this.host.buffers.release(chunk);
-        if (last) this.end(req.length);
-      });
-      if (!last) this.sendExtents(req, extents, i + 1, offset + len);
-    });
+    this.volume!.read(
+      chunk.subarray(hs),
+      offset,
+      this.guarded((e: Error | null) => {
+        if (e) {
+          this.host.buffers.release(chunk);
+          return this.fail(req, e);
+        }
+        const last = i === extents.length - 1;
+        writeReadReplyHeader(chunk, true, req, offset, len, last);
+        // Chunks leave in order: once the last is sent, the whole reply is out of our memory.
+        this.send(chunk, () => {
+          this.host.buffers.release(chunk);
+          if (last) this.end(req);
+        });
+        if (!last) this.sendExtents(req, extents, i + 1, offset + len);
+      }),
+    );
   }
 
   private blockStatus(req: Request): void {
     const max = (req.flags & CmdFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS;
-    this.begin(0);
-    this.volume!.extents(req.offset, req.length, max, (e, extents) => {
-      if (e) return this.fail(req, e, 0);
-      this.send(
-        blockStatusReply(
-          req,
-          BASE_ALLOCATION_ID,
-          extents.map((x) => x.length),
-          extents.map((x) => x.flags),
-          extents.length,
-        ),
-      );
-      this.end(0);
-    });
+    this.volume!.extents(
+      req.offset,
+      req.length,
+      max,
+      this.guarded((e: Error | null, extents: Extent[]) => {
+        if (e) return this.fail(req, e);
+        this.send(
+          blockStatusReply(
+            req,
+            BASE_ALLOCATION_ID,
+            extents.map((x) => x.length),
+            extents.map((x) => x.flags),
+            extents.length,
+          ),
+        );
+        this.end(req);
+      }),
+    );
   }
 
   private disconnect(): void {
@@ -354,19 +440,24 @@ export class Connection implements RequestSink {
     this.sendError(req, err, reason);
   }
 
-  private finish(req: Request, e: Error | null, bytes: number): void {
-    if (e) return this.fail(req, e, bytes);
+  /** The completion of a request answered by a simple reply. */
+  private finisher(req: Request): (e: Error | null) => void {
+    return this.guarded((e: Error | null) => this.finish(req, e));
+  }
+
+  private finish(req: Request, e: Error | null): void {
+    if (e) return this.fail(req, e);
     this.send(simpleReply(req, NbdErr.OK));
-    this.end(bytes);
+    this.end(req);
   }
 
   /** A started request failed: log the real cause, send the wire code. */
-  private fail(req: Request, e: Error, bytes: number): void {
+  private fail(req: Request, e: Error): void {
     const code = nbdErrno(e);
     this.errors++;
     this.log.warn({ err: e, type: req.type, offset: req.offset, length: req.length, error: nbdErrName(code) }, 'request failed');
     this.sendError(req, code, e.message);
-    this.end(bytes);
+    this.end(req);
   }
 
   private sendError(req: Request, err: NbdErr, message: string): void {
@@ -378,10 +469,10 @@ export class Connection implements RequestSink {
   /** Queues `b` for the client; `onSent` runs once the socket is done with it (sent or failed). */
   private send(b: Buffer, onSent?: () => void): void {
     if (this.socket.destroyed || !this.socket.writable) return onSent?.();
-    // Replies completed outside the receive handler (a mirrored write's peer ACKs arrive in
+    // Replies completed outside the decoding loop (a mirrored write's peer ACKs arrive in
     // batches on the peer link) also leave together: one writev per event-loop turn, not one
     // write per reply.
-    if (!this.feeding && !this.replyCorked) {
+    if (!this.pumping && !this.replyCorked) {
       this.replyCorked = true;
       this.socket.cork();
       process.nextTick(() => {
@@ -397,47 +488,29 @@ export class Connection implements RequestSink {
     }
   }
 
-  private begin(bytes: number): void {
-    this.inFlight++;
-    if (bytes > 0) this.track(bytes);
-  }
-
-  private end(bytes: number): void {
-    this.inFlight--;
-    if (bytes > 0) this.track(-bytes);
-    if (this.inFlight === 0 && this.idleWaiters.length > 0) {
+  /** An admitted request is over (answered, or its connection gone): its cost goes back. */
+  private end(req: Request): void {
+    this.account.release(requestCost(req));
+    if (this.account.requests === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       for (const w of waiters) w();
     }
+    // Room for a held request: decode on (or, inside the loop, ask it to go round again).
+    if (this.decoder?.holding || this.backlog) this.pump();
   }
 
-  private track(delta: number): void {
-    this.inFlightBytes += delta;
-    if (delta > 0) this.host.budget.take(delta);
-    else this.host.budget.give(-delta);
-    this.updateReading();
-  }
-
-  private readonly retryReading = (): void => this.updateReading();
-
+  /** The socket reads while requests can be taken, and stops while one is held or bytes wait. */
   private updateReading(): void {
-    const budgetSpent = this.host.budget.exhausted();
-    this.readPaused = this.writeBlocked || this.inFlightBytes > MAX_INFLIGHT_BYTES || budgetSpent;
-    if (this.readPaused && budgetSpent) this.host.budget.whenAvailable(this.retryReading);
-    if (this.feeding || this.socket.destroyed) return;
-    if (!this.readPaused && this.backlog) {
-      const backlog = this.backlog;
-      this.backlog = undefined;
-      return this.consume(backlog, false); // ends by calling updateReading again
-    }
-    const pause = this.readPaused || this.backlog !== undefined;
+    if (this.socket.destroyed) return;
+    const pause = this.writeBlocked || this.backlog !== undefined || this.decoder?.holding === true;
     if (pause && !this.socket.isPaused()) this.socket.pause();
     else if (!pause && this.socket.isPaused()) this.socket.resume();
   }
 
   private onClose(): void {
     clearTimeout(this.handshakeTimer);
+    this.account.close();
     if (this.decoder?.midRequest) this.log.warn('client disconnected in the middle of a request');
     this.log.info({ requests: this.requests, errors: this.errors, export: this.negotiated?.export.name }, 'connection closed');
   }

@@ -39,14 +39,22 @@ export function adoptWithOnRead(accepted: net.Socket, sink: ReceiveSink): net.So
   return socket;
 }
 
+/**
+ * One receive buffer for every socket of the process. A read is handed to its sink and consumed
+ * before the event loop runs another, and sinks copy what must outlive the call, so sockets never
+ * need one each: an idle connection holds no receive buffer at all.
+ */
+let shared: Buffer | undefined;
+
 /** The `onread` option of a socket that feeds `sink` (for sockets we create, like a dialed one). */
 export function onReadOptions(sink: ReceiveSink): net.OnReadOpts {
-  const shared = Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+  shared ??= Buffer.allocUnsafe(RECEIVE_BUFFER_SIZE);
+  const buffer = shared;
   return {
     // Node asks for the next read's buffer after each read (and once at the start).
-    buffer: () => sink.directTarget?.() ?? shared,
+    buffer: () => sink.directTarget?.() ?? buffer,
     callback: (n, buf) => {
-      if (buf === shared) sink.onChunk(shared.subarray(0, n));
+      if (buf === buffer) sink.onChunk(buffer.subarray(0, n));
       else sink.onDirect!(n);
       return true; // keep reading
     },

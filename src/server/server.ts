@@ -1,16 +1,37 @@
-// The NBD listener: accepts sockets, gives each a Connection, and shuts down gracefully
-// (stop accepting, answer requests in flight, refuse new ones with ESHUTDOWN, flush, close).
+// The NBD listener: accepts sockets (up to a limit), gives each a Connection, and shuts down
+// gracefully (stop accepting, answer requests in flight, refuse new ones with ESHUTDOWN, flush, close).
 import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
 import type { SlotPool } from '../hotpath/index.js';
-import { IoBudget } from './io-budget.js';
+import { IoBudget, type BudgetLimits } from './io-budget.js';
 import { adoptWithOnRead } from './receive.js';
-
-/** Request bytes in flight across all connections before they stop reading (see IoBudget). */
-export const SERVER_INFLIGHT_BYTES = 32 * 1024 * 1024;
 import type { ExportRegistry } from './exports.js';
+import { MAX_REQUEST } from '../protocol/constants.js';
+
+/** The server pool for request bytes beyond each connection's guarantee (see IoBudget): one largest request fits. */
+export const SERVER_INFLIGHT_BYTES = MAX_REQUEST;
+
+export const DEFAULT_BUDGET: BudgetLimits = {
+  limit: SERVER_INFLIGHT_BYTES,
+  guaranteed: 256 * 1024,
+  share: 8 * 1024 * 1024,
+  maxRequests: 256,
+};
+
+export interface ServerLimits {
+  /** Connections served at once; more are refused (closed at once, logged). */
+  readonly maxConnections: number;
+  /** A client that takes no reply bytes for this long while replies wait is dropped. */
+  readonly sendTimeoutMs: number;
+  readonly budget: BudgetLimits;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = { maxConnections: 4096, sendTimeoutMs: 30_000, budget: DEFAULT_BUDGET };
+
+/** Refused connections are logged at most this often (a flood must not flood the log). */
+const REFUSAL_LOG_INTERVAL_MS = 1000;
 
 export type ListenAddress = HostPort;
 
@@ -18,15 +39,21 @@ export class NbdServer {
   private readonly server: net.Server;
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
-  readonly budget = new IoBudget(SERVER_INFLIGHT_BYTES);
+  readonly budget: IoBudget;
+  readonly sendTimeoutMs: number;
   private nextId = 1;
+  private refused = 0;
+  private lastRefusalLog = 0;
 
   constructor(
     readonly exports: ExportRegistry,
     /** Where payloads and READ replies live: slots of the hot path's WASM memory. */
     readonly buffers: SlotPool,
     private readonly log: Logger,
+    private readonly limits: ServerLimits = DEFAULT_LIMITS,
   ) {
+    this.budget = new IoBudget(limits.budget);
+    this.sendTimeoutMs = limits.sendTimeoutMs;
     this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
   }
@@ -47,6 +74,7 @@ export class NbdServer {
   }
 
   private accept(accepted: net.Socket): void {
+    if (this.connections.size >= this.limits.maxConnections) return this.refuse(accepted);
     const id = this.nextId++;
     const log = this.log.child({ conn: id, remote: `${accepted.remoteAddress}:${accepted.remotePort}` });
     log.info('connection opened');
@@ -59,6 +87,19 @@ export class NbdServer {
     conn = new Connection(socket, this, log);
     this.connections.add(conn);
     socket.once('close', () => this.connections.delete(conn));
+  }
+
+  private refuse(socket: net.Socket): void {
+    this.refused++;
+    const now = Date.now();
+    if (now - this.lastRefusalLog >= REFUSAL_LOG_INTERVAL_MS) {
+      this.lastRefusalLog = now;
+      this.log.warn(
+        { remote: `${socket.remoteAddress}:${socket.remotePort}`, maxConnections: this.limits.maxConnections, refusedSoFar: this.refused },
+        'connection refused: the server has --max-connections connections already',
+      );
+    }
+    socket.destroy();
   }
 
   /** Graceful stop: in-flight requests finish, volumes are flushed and closed. */

@@ -36,6 +36,8 @@ let zeroChunk: Buffer | undefined;
 export class FileVolume implements Volume {
   readonly capabilities: VolumeCapabilities;
   private closed = false;
+  /** fallocate could not zero a range here (the filesystem lacks the modes): zeroing is slow. */
+  private cannotZeroFast = false;
   /** `mmap` mode: window i maps [i * MAP_WINDOW, (i + 1) * MAP_WINDOW + MAX_PAYLOAD), made on first use. */
   private readonly windows: Array<Buffer | undefined> = [];
 
@@ -166,9 +168,14 @@ export class FileVolume implements Volume {
     else done(null);
   }
 
+  zeroesFast(): boolean {
+    return !this.cannotZeroFast;
+  }
+
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
     try {
       if (!this.zeroFast(offset, length, opts.noHole)) {
+        this.cannotZeroFast = true;
         if (opts.fastZero) return done(new NbdError(NbdErr.ENOTSUP, 'this filesystem cannot zero quickly'));
         // Rare fallback (filesystems without fallocate modes): plain writes of zeroes.
         zeroChunk ??= Buffer.alloc(CHUNK);

@@ -52,6 +52,11 @@ export interface Volume {
   /** Advisory: the range may read back as anything afterwards (we return zeroes). */
   trim(offset: number, length: number, fua: boolean, done: Done): void;
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void;
+  /**
+   * False once this layer has found it cannot zero quickly (so a FAST_ZERO request would fail
+   * with ENOTSUP): lets an upper layer refuse one before anything changes anywhere.
+   */
+  zeroesFast?(): boolean;
   /** Advisory prefetch. */
   cache(offset: number, length: number, done: Done): void;
   /** Allocation status from `offset`, at most `max` extents, covering at most `length` bytes. */

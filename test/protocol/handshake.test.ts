@@ -3,6 +3,7 @@ import {
   IHAVEOPT,
   Info,
   MAX_OPTION_LENGTH,
+  MAX_OPTIONS,
   NBD_MAGIC,
   Opt,
   OPTION_REPLY_MAGIC,
@@ -85,12 +86,38 @@ describe('handshake greeting and client flags', () => {
     expect(started().receive(bad).outcome).toMatchObject({ kind: 'close', clean: false });
   });
 
-  it('drops a client announcing an option longer than the limit', () => {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(IHAVEOPT, 0);
-    h.writeUInt32BE(Opt.GO, 8);
-    h.writeUInt32BE(MAX_OPTION_LENGTH + 1, 12);
-    expect(started().receive(h).outcome).toMatchObject({ kind: 'close' });
+  it('skips an option longer than the limit without buffering it, answers ERR_TOO_BIG, and goes on', () => {
+    const h = started();
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64BE(IHAVEOPT, 0);
+    head.writeUInt32BE(Opt.GO, 8);
+    head.writeUInt32BE(3 * MAX_OPTION_LENGTH, 12);
+    expect(h.receive(head).out).toHaveLength(0);
+    // The data arrives in pieces, the last one followed by a valid option in the same chunk.
+    expect(h.receive(Buffer.alloc(2 * MAX_OPTION_LENGTH, 0x55)).out).toHaveLength(0);
+    const step = h.receive(Buffer.concat([Buffer.alloc(MAX_OPTION_LENGTH, 0x55), option(Opt.LIST)]));
+    expect(step.outcome.kind).toBe('continue');
+    const r = replies(step);
+    expect(r[0]).toMatchObject({ opt: Opt.GO, type: Rep.ERR_TOO_BIG });
+    expect(r.at(-1)).toMatchObject({ opt: Opt.LIST, type: Rep.ACK });
+  });
+
+  it('drops a client whose EXPORT_NAME is longer than the limit (that option has no error reply)', () => {
+    const head = Buffer.alloc(16);
+    head.writeBigUInt64BE(IHAVEOPT, 0);
+    head.writeUInt32BE(Opt.EXPORT_NAME, 8);
+    head.writeUInt32BE(MAX_OPTION_LENGTH + 1, 12);
+    expect(started().receive(head).outcome).toMatchObject({ kind: 'close', clean: false });
+  });
+
+  it(`answers option ${MAX_OPTIONS + 1} with ERR_TOO_BIG and hangs up`, () => {
+    const h = started();
+    const many = h.receive(Buffer.concat(Array.from({ length: MAX_OPTIONS }, () => option(Opt.STRUCTURED_REPLY))));
+    expect(many.outcome.kind).toBe('continue');
+    expect(replies(many).every((r) => r.type === Rep.ACK)).toBe(true);
+    const last = h.receive(option(Opt.LIST));
+    expect(last.outcome).toMatchObject({ kind: 'close', clean: false });
+    expect(replies(last)).toEqual([expect.objectContaining({ opt: Opt.LIST, type: Rep.ERR_TOO_BIG })]);
   });
 
   it('handles options split into single bytes', () => {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErr } from '../../src/protocol/constants.js';
+import { Cmd, CmdFlag, MAX_REQUEST, NbdErr } from '../../src/protocol/constants.js';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { RequestDecoder } from '../../src/protocol/request-decoder.js';
 import { encodeRequestHeader, type Request, type TransmissionContext } from '../../src/protocol/requests.js';
 
-const ctx: TransmissionContext = { size: 1 << 30, readOnly: false, structuredReplies: true, baseAllocation: true };
+const ctx: TransmissionContext = { size: 1 << 30, readOnly: false, structuredReplies: true, baseAllocation: true, fastZero: true };
 
 function header(type: number, offset: number, length: number, cookieLo: number, flags = 0): Buffer {
   const b = Buffer.alloc(28);
@@ -16,7 +16,7 @@ function collect(c: TransmissionContext = ctx) {
   const got: Array<{ req: Request; err: NbdErr; payload: string | null }> = [];
   const decoder = new RequestDecoder(c, {
     allocPayload: (n) => Buffer.alloc(n),
-    wantsRequests: () => true,
+    admit: () => true,
     onRequest: (req, err, payload) => got.push({ req, err, payload: payload && payload.toString() }),
   });
   return { got, decoder };
@@ -47,6 +47,30 @@ function check(got: ReturnType<typeof collect>['got']): void {
 }
 
 describe('RequestDecoder', () => {
+  it('holds a request the sink does not admit (allocating nothing for it) and goes on from there when fed again', () => {
+    const got: number[] = [];
+    const allocated: number[] = [];
+    let room = 2;
+    const decoder = new RequestDecoder(ctx, {
+      allocPayload: (n) => (allocated.push(n), Buffer.alloc(n)),
+      admit: () => room-- > 0,
+      onRequest: (req) => got.push(req.cookieLo),
+    });
+    const bytes = stream();
+    const used = decoder.feed(bytes);
+    // READ and WRITE admitted; FLUSH decoded and held; what follows is left to the caller.
+    expect(got).toEqual([1, 2]);
+    expect(decoder.holding).toBe(true);
+    expect(used).toBe(28 + 28 + 19 + 28);
+    expect(decoder.feed(Buffer.alloc(0))).toBe(0); // still no room: still held
+    room = 10;
+    expect(decoder.feed(Buffer.alloc(0))).toBe(0); // room: the held FLUSH goes on, nothing else is consumed
+    expect(got).toEqual([1, 2, 3]);
+    decoder.feed(bytes.subarray(used));
+    expect(got).toEqual([1, 2, 3, 4, 5]);
+    expect(allocated).toEqual([19]); // the refused WRITE's payload was skipped, never allocated
+  });
+
   it('decodes pipelined requests from one chunk', () => {
     const { got, decoder } = collect();
     decoder.feed(stream());
@@ -102,7 +126,7 @@ describe('RequestDecoder', () => {
 
   it('skips the payload of an oversize WRITE and keeps decoding', () => {
     const { got, decoder } = collect();
-    const n = MAX_PAYLOAD + 10;
+    const n = MAX_REQUEST + 10;
     decoder.feed(header(Cmd.WRITE, 0, n, 7));
     for (let left = n; left > 0; left -= 1 << 20) decoder.feed(Buffer.alloc(Math.min(left, 1 << 20)));
     expect(decoder.midRequest).toBe(false);

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { Cmd, CmdFlag, MAX_PAYLOAD, NbdErr } from '../../src/protocol/constants.js';
+import { Cmd, CmdFlag, MAX_REQUEST, NbdErr } from '../../src/protocol/constants.js';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { decodeRequestHeader, encodeRequestHeader, validateRequest, type Request, type TransmissionContext } from '../../src/protocol/requests.js';
 
-const ctx: TransmissionContext = { size: 1 << 20, readOnly: false, structuredReplies: true, baseAllocation: true };
+const ctx: TransmissionContext = { size: 1 << 20, readOnly: false, structuredReplies: true, baseAllocation: true, fastZero: true };
 const req = (type: number, offset: number, length: number, flags = 0): Request => ({ type, offset, length, flags, cookieHi: 1, cookieLo: 2 });
 
 describe('request header', () => {
@@ -41,6 +41,8 @@ describe('validateRequest', () => {
     expect(validateRequest(req(Cmd.WRITE, 0, 4096, CmdFlag.REQ_ONE), ctx)).toBe(NbdErr.EINVAL);
     expect(validateRequest(req(Cmd.WRITE, 0, 4096, 1 << 5), ctx)).toBe(NbdErr.EINVAL);
     expect(validateRequest(req(Cmd.READ, 0, 4096, CmdFlag.DF), { ...ctx, structuredReplies: false })).toBe(NbdErr.EINVAL);
+    // FAST_ZERO only where the export advertised it
+    expect(validateRequest(req(Cmd.WRITE_ZEROES, 0, 4096, CmdFlag.FAST_ZERO), { ...ctx, fastZero: false })).toBe(NbdErr.EINVAL);
   });
 
   it('past the end: WRITE and WRITE_ZEROES get ENOSPC, the rest EINVAL', () => {
@@ -53,12 +55,12 @@ describe('validateRequest', () => {
 
   it('requests over the maximum payload: EINVAL, or EOVERFLOW for a DF read', () => {
     const big = { ...ctx, size: 2 ** 40 };
-    expect(validateRequest(req(Cmd.WRITE, 0, MAX_PAYLOAD + 1), big)).toBe(NbdErr.EINVAL);
-    expect(validateRequest(req(Cmd.READ, 0, MAX_PAYLOAD + 1), big)).toBe(NbdErr.EINVAL);
-    expect(validateRequest(req(Cmd.READ, 0, MAX_PAYLOAD + 1, CmdFlag.DF), big)).toBe(NbdErr.EOVERFLOW);
+    expect(validateRequest(req(Cmd.WRITE, 0, MAX_REQUEST + 1), big)).toBe(NbdErr.EINVAL);
+    expect(validateRequest(req(Cmd.READ, 0, MAX_REQUEST + 1), big)).toBe(NbdErr.EINVAL);
+    expect(validateRequest(req(Cmd.READ, 0, MAX_REQUEST + 1, CmdFlag.DF), big)).toBe(NbdErr.EOVERFLOW);
     // Commands without a payload may cover more than the maximum block size.
-    expect(validateRequest(req(Cmd.TRIM, 0, MAX_PAYLOAD * 4), big)).toBe(NbdErr.OK);
-    expect(validateRequest(req(Cmd.WRITE, 0, MAX_PAYLOAD), big)).toBe(NbdErr.OK);
+    expect(validateRequest(req(Cmd.TRIM, 0, MAX_REQUEST * 4), big)).toBe(NbdErr.OK);
+    expect(validateRequest(req(Cmd.WRITE, 0, MAX_REQUEST), big)).toBe(NbdErr.OK);
   });
 
   it('writes to a read-only export are EPERM', () => {

@@ -4,15 +4,52 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startNbdMirror, type RunningServer } from './processes.js';
+import { startClusterNode, startNbdMirror, type RunningServer } from './processes.js';
+import { pairPorts, until, volumeStatus, writePairConfig } from './cluster.js';
 import { toolEnv } from './tools.js';
 
 export interface Fixture {
   readonly dir: string;
   readonly file: string;
+  /** The server clients talk to (node a of a mirrored pair). */
   readonly server: RunningServer;
   readonly uri: string;
+  readonly exportName: string;
+  /** A mirrored pair's other node (it must stay alive and connected through whatever a's clients do). */
+  readonly peer?: RunningServer;
   cleanup(): Promise<void>;
+}
+
+/** Standalone or mirrored: the two ways an export is served, for suites that run against both. */
+export type ServeMode = 'standalone' | 'mirrored';
+
+export function serveExport(mode: ServeMode, opts: { size?: string; extraArgs?: string[] } = {}): Promise<Fixture> {
+  return mode === 'standalone' ? serveTempExport(opts) : serveMirroredExport(opts);
+}
+
+/**
+ * A mirrored pair on loopback serving volume `vol0`: resolves once
+ * a and b are connected and b is UpToDate. Clients attach to node a (`uri`).
+ */
+export async function serveMirroredExport(opts: { size?: string; extraArgs?: string[] } = {}): Promise<Fixture> {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-pair-'));
+  const p = await pairPorts();
+  const config = writePairConfig(join(dir, 'cluster.json'), p, opts.size ?? '64M');
+  const a = await startClusterNode(config, 'a', opts.extraArgs);
+  const b = await startClusterNode(config, 'b', opts.extraArgs);
+  await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
+  return {
+    dir,
+    file: join(dir, 'a', 'vol0.img'),
+    server: a,
+    peer: b,
+    uri: a.uri('vol0'),
+    exportName: 'vol0',
+    cleanup: async () => {
+      await Promise.all([a.stop(), b.stop()]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 export async function serveTempExport(opts: { size?: string; name?: string; extraArgs?: string[] } = {}): Promise<Fixture> {
@@ -25,6 +62,7 @@ export async function serveTempExport(opts: { size?: string; name?: string; extr
     file,
     server,
     uri: server.uri(name),
+    exportName: name,
     cleanup: async () => {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });

@@ -36,9 +36,9 @@ export function startNbdMirror(args: string[], opts: { timeoutMs?: number; env?:
   return startCli(['serve', '--listen', '127.0.0.1:0', ...args], opts);
 }
 
-/** Starts one node of a cluster: `nbd-mirror serve --config FILE --node NAME`. */
-export function startClusterNode(config: string, node: string): Promise<RunningServer> {
-  return startCli(['serve', '--config', config, '--node', node], {});
+/** Starts one node of a cluster: `nbd-mirror serve --config FILE --node NAME [ARGS…]`. */
+export function startClusterNode(config: string, node: string, args: string[] = []): Promise<RunningServer> {
+  return startCli(['serve', '--config', config, '--node', node, ...args], {});
 }
 
 /** Starts `nbd-mirror witness` on a port the kernel picks, keeping its grant in `stateFile`. */
