@@ -32,7 +32,7 @@ function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null>
  * Starts `nbd-mirror serve` with the given arguments plus `--listen 127.0.0.1:0`, and resolves
  * once it logs `listening` with the port the kernel picked.
  */
-export function startNbdMirror(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunningServer> {
+export function startNbdMirror(args: string[], opts: StartOptions = {}): Promise<RunningServer> {
   return startCli(['serve', '--listen', '127.0.0.1:0', ...args], opts);
 }
 
@@ -46,9 +46,16 @@ export function startWitnessProcess(stateFile: string): Promise<RunningServer> {
   return startCli(['witness', '--listen', '127.0.0.1:0', '--state', stateFile], {});
 }
 
+interface StartOptions {
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  /** Another build's cli.js (benchmarks compare builds A/B); default: this tree's. */
+  cli?: string;
+}
+
 /** Runs `nbd-mirror ARGS…` and resolves once it logs `listening` with its port. */
-function startCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<RunningServer> {
-  const proc = spawn(process.execPath, [cliPath, ...args], {
+function startCli(args: string[], opts: StartOptions): Promise<RunningServer> {
+  const proc = spawn(process.execPath, [opts.cli ?? cliPath, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });
