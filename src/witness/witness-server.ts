@@ -13,6 +13,7 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
+import { guardedHandler, requestPath } from '../http-request.js';
 
 export const claimSchema = z.strictObject({
   cluster: z.string().min(1).max(256),
@@ -96,38 +97,40 @@ function save(path: string, state: WitnessState): void {
 
 export async function startWitness(addr: HostPort, statePath: string, log: Logger): Promise<http.Server> {
   const state = load(statePath);
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://witness');
-    const reply = (code: number, body: unknown): void => {
-      res.writeHead(code, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(body));
-    };
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { grants: state.toJSON() });
-    if (req.method !== 'POST' || (url.pathname !== '/claim' && url.pathname !== '/release')) return reply(404, { error: 'GET /status, POST /claim, POST /release' });
-    let body = '';
-    req.setEncoding('utf8');
-    req.on('data', (d: string) => {
-      body += d;
-      if (body.length > 4096) req.destroy();
-    });
-    req.on('end', () => {
-      let r: WitnessRequest;
-      try {
-        r = claimSchema.parse(JSON.parse(body));
-      } catch (err) {
-        return reply(400, { error: `bad request: ${(err as Error).message}` });
-      }
-      const before = JSON.stringify(state);
-      const answer = url.pathname === '/claim' ? state.claim(r) : state.release(r);
-      if (JSON.stringify(state) !== before) {
-        save(statePath, state); // durable before the node hears the answer
-        log.info({ cluster: r.cluster, node: r.node, holder: answer.holder, action: url.pathname.slice(1) }, url.pathname === '/claim' ? 'write grant given' : 'write grant released');
-      } else if (url.pathname === '/claim' && !answer.granted) {
-        log.warn({ cluster: r.cluster, node: r.node, holder: answer.holder }, 'write grant refused: held by the other node');
-      }
-      reply(200, answer);
-    });
-  });
+  const server = http.createServer(
+    guardedHandler(log, (req, res) => {
+      const path = requestPath(req.url);
+      const reply = (code: number, body: unknown): void => {
+        res.writeHead(code, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(body));
+      };
+      if (req.method === 'GET' && path === '/status') return reply(200, { grants: state.toJSON() });
+      if (req.method !== 'POST' || (path !== '/claim' && path !== '/release')) return reply(404, { error: 'GET /status, POST /claim, POST /release' });
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (d: string) => {
+        body += d;
+        if (body.length > 4096) req.destroy();
+      });
+      req.on('end', () => {
+        let r: WitnessRequest;
+        try {
+          r = claimSchema.parse(JSON.parse(body));
+        } catch (err) {
+          return reply(400, { error: `bad request: ${(err as Error).message}` });
+        }
+        const before = JSON.stringify(state);
+        const answer = path === '/claim' ? state.claim(r) : state.release(r);
+        if (JSON.stringify(state) !== before) {
+          save(statePath, state); // durable before the node hears the answer
+          log.info({ cluster: r.cluster, node: r.node, holder: answer.holder, action: path.slice(1) }, path === '/claim' ? 'write grant given' : 'write grant released');
+        } else if (path === '/claim' && !answer.granted) {
+          log.warn({ cluster: r.cluster, node: r.node, holder: answer.holder }, 'write grant refused: held by the other node');
+        }
+        reply(200, answer);
+      });
+    }),
+  );
   server.on('error', (err) => log.error({ err }, 'witness error'));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -24,6 +24,18 @@ async function witness(state: string): Promise<{ server: http.Server; port: numb
   return { server, port, client: (node) => new WitnessClient({ host: '127.0.0.1', port }, 'a+b', node, 2000) };
 }
 
+/** Sends raw bytes, returns the status line of the answer. */
+function rawStatusLine(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write(request));
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString()));
+    s.on('close', () => resolve(got.split('\r\n', 1)[0]!));
+    s.on('error', reject);
+    s.setTimeout(5000, () => s.destroy(new Error('no answer in 5 s')));
+  });
+}
+
 function tempState(): string {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-witness-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
@@ -83,6 +95,8 @@ describe('witness server', () => {
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b' }))).status).toBe(400);
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b', node: 'a', extra: 1 }))).status).toBe(400);
     expect((await post('/grant-me-everything', '{}')).status).toBe(404);
+    // Request targets `new URL` cannot parse (the fuzzer's find: they used to end the process).
+    for (const target of ['//', '//x:99999/', 'http://[bad/']) expect(await rawStatusLine(w.port, `GET ${target} HTTP/1.0\r\n\r\n`)).toMatch(/^HTTP\/1\.[01] 404/);
     await expect(post('/claim', 'x'.repeat(100_000))).rejects.toThrow(); // oversized: connection dropped
     expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
     expect(await w.client('a').claim()).toMatchObject({ granted: true }); // still serving
