@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cmd, NbdErr } from '../../src/protocol/constants.js';
 import { encodeRequestHeader } from '../../src/protocol/requests.js';
 import { NbdClient, NbdReplyError } from '../support/nbd-client.js';
-import { serveTempExport, type Fixture } from '../support/fixture.js';
+import { serveExport, type Fixture, type ServeMode } from '../support/fixture.js';
 
 /** A deterministic byte source (xorshift32), so a failure can be replayed. */
 function prng(seed: number): (n: number) => Buffer {
@@ -51,14 +51,14 @@ function header(type: number, offset: number, length: number, cookieLo = 1): Buf
   return b;
 }
 
-describe('hostile input', () => {
+describe.each<ServeMode>(['standalone', 'mirrored'])('hostile input (%s)', (mode) => {
   let f: Fixture;
   let witness: NbdClient;
   const probe = Buffer.alloc(4096, 0x42);
 
   beforeAll(async () => {
-    f = await serveTempExport({ size: '64M' });
-    witness = await NbdClient.connect({ port: f.server.port, exportName: 'disk' });
+    f = await serveExport(mode, { size: '64M' });
+    witness = await NbdClient.connect({ port: f.server.port, exportName: f.exportName });
     await witness.write(0, probe);
   });
   afterAll(async () => {
@@ -69,10 +69,11 @@ describe('hostile input', () => {
   /** The server still answers the open connection and a new one. */
   async function stillServing(): Promise<void> {
     expect((await witness.read(0, 4096)).equals(probe)).toBe(true);
-    const fresh = await NbdClient.connect({ port: f.server.port, exportName: 'disk' });
+    const fresh = await NbdClient.connect({ port: f.server.port, exportName: f.exportName });
     expect((await fresh.read(0, 4096)).equals(probe)).toBe(true);
     await fresh.disconnect();
     expect(f.server.proc.exitCode).toBeNull();
+    if (f.peer) expect(f.peer.proc.exitCode).toBeNull();
   }
 
   it('random bytes during the handshake (50 rounds)', async () => {
@@ -88,7 +89,7 @@ describe('hostile input', () => {
   it('random bytes during transmission (50 rounds)', async () => {
     const rnd = prng(2);
     for (let round = 0; round < 50; round++) {
-      const c = await NbdClient.connect({ port: f.server.port, exportName: 'disk' });
+      const c = await NbdClient.connect({ port: f.server.port, exportName: f.exportName });
       c.socket.write(rnd(1 + rnd(1)[0]! * 4));
       c.socket.end();
       await new Promise<void>((resolve) => {
@@ -104,7 +105,7 @@ describe('hostile input', () => {
   });
 
   it('a bad request magic drops that connection only', async () => {
-    const c = await NbdClient.connect({ port: f.server.port, exportName: 'disk' });
+    const c = await NbdClient.connect({ port: f.server.port, exportName: f.exportName });
     const closed = new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
     c.socket.write(Buffer.alloc(28, 0xee));
     await closed;
@@ -112,7 +113,7 @@ describe('hostile input', () => {
   });
 
   it('a write over 64 MiB is refused with EINVAL, its payload skipped, and the connection goes on', async () => {
-    const c = await NbdClient.connect({ port: f.server.port, exportName: 'disk', strict: false });
+    const c = await NbdClient.connect({ port: f.server.port, exportName: f.exportName, strict: false });
     const big = Buffer.alloc((64 << 20) + 1, 0x77);
     await expect(c.write(0, big)).rejects.toMatchObject({ code: 'EINVAL' });
     expect((await c.read(0, 4096)).equals(probe)).toBe(true);
@@ -121,7 +122,7 @@ describe('hostile input', () => {
   });
 
   it('unknown commands and flags get EINVAL and the connection goes on', async () => {
-    const c = await NbdClient.connect({ port: f.server.port, exportName: 'disk', strict: false });
+    const c = await NbdClient.connect({ port: f.server.port, exportName: f.exportName, strict: false });
     await expect(c.request(42, 0, 4096)).rejects.toMatchObject({ errno: NbdErr.EINVAL });
     await expect(c.request(Cmd.READ, 0, 4096, 1 << 9)).rejects.toMatchObject({ errno: NbdErr.EINVAL });
     await expect(c.request(Cmd.FLUSH, 0, 4096)).rejects.toMatchObject({ errno: NbdErr.EINVAL });
@@ -130,7 +131,7 @@ describe('hostile input', () => {
   });
 
   it('a client that disconnects in the middle of a write payload', async () => {
-    const c = await NbdClient.connect({ port: f.server.port, exportName: 'disk', strict: false });
+    const c = await NbdClient.connect({ port: f.server.port, exportName: f.exportName, strict: false });
     c.socket.write(Buffer.concat([header(Cmd.WRITE, 0, 1 << 20), Buffer.alloc(100_000, 0x99)]));
     c.socket.destroy();
     await stillServing();

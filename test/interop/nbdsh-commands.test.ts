@@ -2,7 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run, serveTempExport, type Fixture } from '../support/fixture.js';
+import { run, serveExport, type Fixture, type ServeMode } from '../support/fixture.js';
 import { startNbdMirror } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
 
@@ -106,12 +106,18 @@ except nbd.Error as e:
 print("ALL OK")
 `;
 
-describe.skipIf(missingTools('nbdsh').length > 0).each(['auto', 'mmap'])('nbdsh: every command and error code (--io %s)', (io) => {
+const variants: Array<[ServeMode, string]> = [
+  ['standalone', 'auto'],
+  ['standalone', 'mmap'],
+  ['mirrored', 'auto'],
+];
+
+describe.skipIf(missingTools('nbdsh').length > 0).each(variants)('nbdsh: every command and error code (%s, --io %s)', (mode, io) => {
   let f: Fixture;
   let roUri: string;
   let stopRo: () => Promise<unknown>;
   beforeAll(async () => {
-    f = await serveTempExport({ size: '64M', extraArgs: ['--io', io] });
+    f = await serveExport(mode, { size: '64M', extraArgs: ['--io', io] });
     const ro = await startNbdMirror(['--export', `ro=${f.dir}/ro.img`, '--size', '1M', '--read-only']);
     roUri = ro.uri('ro');
     stopRo = () => ro.stop();

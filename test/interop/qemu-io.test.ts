@@ -1,12 +1,12 @@
 // qemu's NBD client: pattern writes and reads, FUA, write-zeroes, discard and async I/O.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run, serveTempExport, type Fixture } from '../support/fixture.js';
+import { run, serveExport, type Fixture, type ServeMode } from '../support/fixture.js';
 import { missingTools } from '../support/tools.js';
 
-describe.skipIf(missingTools('qemu-io', 'qemu-img').length > 0)('qemu-io', () => {
+describe.skipIf(missingTools('qemu-io', 'qemu-img').length > 0).each<ServeMode>(['standalone', 'mirrored'])('qemu-io (%s)', (mode) => {
   let f: Fixture;
   beforeAll(async () => {
-    f = await serveTempExport({ size: '64M' });
+    f = await serveExport(mode, { size: '64M' });
   });
   afterAll(() => f?.cleanup());
 
