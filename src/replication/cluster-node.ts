@@ -6,9 +6,9 @@ import { join, resolve } from 'node:path';
 import type { ClusterConfig } from '../config/cluster.js';
 import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
-import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
+import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
-import { decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
+import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
@@ -260,6 +260,13 @@ export class ClusterNode {
             });
           }
           return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
+        case 'no-consistent-source':
+          // Not mirrored until an operator decides: neither copy is overwritten.
+          v.diverged = true;
+          return log.error(
+            { decision: d.kind, node: d.node, ours: { state: STATE_NAMES[mine.state], generation: mine.generation }, theirs: { state: theirs.state, generation: other.generation } },
+            `volume not resynced: the copy on ${d.node} would be the source but is incomplete (a sync into it was cut short); nbd-mirror resolve on ${d.node} discards it for a full sync`,
+          );
         case 'split-brain':
         case 'unrelated': {
           v.diverged = true;
@@ -285,6 +292,13 @@ export class ClusterNode {
   private resync(v: NodeVolume, isSource: boolean, theirs: Hello['volumes'][number], reason: string, checksumAllowed = true): void {
     const log = this.log.child({ volume: v.name });
     const role = isSource ? 'source' : 'target';
+    // decide() never names an incomplete copy as source; a RESYNC_NOW from the peer may.
+    if (isSource && !canBeSource(v.meta.state)) {
+      // The peer may have started its target side already: the reconnect ends it, and the
+      // next connection decides by generation.
+      log.error({ reason, state: STATE_NAMES[v.meta.state] }, 'not resyncing: this copy is incomplete and cannot be a sync source');
+      return this.link.reconnect('asked to be the source of a resync with an incomplete copy');
+    }
     const checksum = checksumAllowed && (v.checksumAlways || v.meta.checksumResync || theirs.checksum);
     if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
     v.resyncStarted = Date.now();
@@ -315,6 +329,14 @@ export class ClusterNode {
     if (!v) throw new Error(`no volume "${volume}"`);
     if (!v.diverged) throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
     const g = v.meta.generation;
+    if (v.meta.state === DiskState.Inconsistent) {
+      // An incomplete copy has no changes worth keeping: it becomes a new node, so the next
+      // connection makes it the target of a full sync from the consistent copy.
+      v.meta.saveIdentity({ generation: { current: newGenerationId(), bitmap: NO_GENERATION, history: [NO_GENERATION, NO_GENERATION] }, trackingSince: 0 });
+      this.log.warn({ volume }, 'incomplete copy discarded: a full sync from the peer follows');
+      this.link.reconnect('incomplete copy discarded');
+      return `node ${this.nodeName} discards its incomplete copy of ${volume}; a full sync from ${this.peerName} follows`;
+    }
     v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history }, trackingSince: 0 });
     this.log.warn({ volume, discardedBytes: v.meta.bitmap.count() * GRAIN }, 'split brain resolved: discarding this node\'s changes, resyncing from the peer');
     this.link.reconnect('split brain resolved');
