@@ -9,11 +9,13 @@ import type { Logger } from '../log.js';
 import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
 import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
-import type { Hello } from './hello.js';
+import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkState } from './peer-link.js';
-import { MAX_FRAME_BODY, PeerMsg } from './peer-protocol.js';
+import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
+import { frameName } from './peer-frames.js';
+import { ProtocolViolation } from '../protocol/errors.js';
 import { QuorumGate, type QuorumDescription, type QuorumState } from './quorum.js';
 import { WitnessClient } from '../witness/witness-client.js';
 
@@ -79,8 +81,13 @@ export class ClusterNode {
   readonly hot: Hotpath;
   readonly quorum: QuorumGate;
   private readonly splitBrainPolicy: SplitBrainPolicy;
-  /** The peer sent LEAVING: its coming disconnect is a graceful stop. */
-  private peerLeaving = false;
+  /**
+   * When the peer sent LEAVING on this link: a disconnect within link.timeout of it is a graceful
+   * stop (the peer closes the link right after sending it). Later, the word has lapsed: a link
+   * that stayed up after LEAVING and then fails is a failure like any other, and the witness is
+   * asked.
+   */
+  private peerLeavingAt: number | undefined;
   private startAlone: NodeJS.Timeout | undefined;
   private readonly linkTimeoutMs: number;
   private readonly clusterId: string;
@@ -127,8 +134,9 @@ export class ClusterNode {
         this.checkInSync();
       },
       onDisconnected: (reason) => {
-        const leaving = this.peerLeaving;
-        this.peerLeaving = false;
+        const leaving = this.peerLeavingAt !== undefined && Date.now() - this.peerLeavingAt <= this.linkTimeoutMs;
+        if (this.peerLeavingAt !== undefined && !leaving) this.log.warn({ reason }, 'the peer said it was leaving but kept the link up; its disconnect is treated as a failure');
+        this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
         for (const v of this.volumes) {
@@ -139,15 +147,23 @@ export class ClusterNode {
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
+      releaseBody: (body) => this.hot.slots.release(body),
       onFrame: (h, body) => {
+        // Only frames of the live link, after its HELLO, get here (peer-link.ts).
         if (h.type === PeerMsg.LEAVING) {
           this.hot.slots.release(body);
-          this.peerLeaving = true;
+          this.peerLeavingAt ??= Date.now();
           return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
         }
-        const v = this.volumes[Number(h.id >> 48n)];
-        if (v && !v.diverged) v.mirror.handleFrame(h, body);
-        else this.hot.slots.release(body);
+        const index = Number(h.id >> 48n);
+        const v = this.volumes[index];
+        if (!v) {
+          this.hot.slots.release(body);
+          throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
+        }
+        // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
+        if (v.diverged) return this.hot.slots.release(body);
+        v.mirror.handleFrame(h, body);
       },
     });
     this.quorum = new QuorumGate({
@@ -209,9 +225,9 @@ export class ClusterNode {
     }, this.linkTimeoutMs);
   }
 
-  private hello(): Hello {
+  private hello(): HelloFields {
     return {
-      version: 1,
+      version: PEER_VERSION,
       cluster: this.clusterId,
       node: this.nodeName,
       volumes: this.volumes.map((v) => ({

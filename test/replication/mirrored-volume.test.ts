@@ -8,10 +8,10 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
-import type { Hello } from '../../src/replication/hello.js';
+import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
-import { PeerMsg } from '../../src/replication/peer-protocol.js';
+import { PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -23,7 +23,7 @@ const SIZE = 16 * MiB;
 const GRAIN = 4096;
 const log = pino({ level: 'silent' });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] });
+const hello = (node: string): HelloFields => ({ version: PEER_VERSION, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] });
 
 
 const cleanups: Array<() => unknown> = [];

@@ -2,9 +2,9 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import type { Hello } from '../../src/replication/hello.js';
+import type { HelloFields } from '../../src/replication/hello.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { encodeFrame, PeerMsg } from '../../src/replication/peer-protocol.js';
+import { encodeFrame, PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
 import { freePort } from '../support/processes.js';
 import { until } from '../support/cluster.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
@@ -13,8 +13,8 @@ import { TcpProxy } from '../support/tcp-proxy.js';
 const logged: string[] = [];
 const log = pino({ level: 'debug' }, { write: (line: string) => void logged.push(JSON.parse(line).msg) });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
-  version: 1,
+const hello = (node: string, over: Partial<HelloFields> = {}): HelloFields => ({
+  version: PEER_VERSION,
   cluster: 'hospital',
   node,
   volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }],
@@ -28,7 +28,7 @@ afterEach(async () => {
 });
 
 /** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
-async function pair(opts: { bHello?: Hello; timeoutMs?: number } = {}) {
+async function pair(opts: { bHello?: HelloFields; timeoutMs?: number } = {}) {
   const bPort = await freePort();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
   await proxy.start();
