@@ -52,6 +52,9 @@ export function decodeHello(body: Buffer): Hello {
   } catch {
     throw new ProtocolViolation('peer HELLO is not JSON');
   }
+  // The version first: a peer of another version fails the schema too, but this says why.
+  const version = (json as { version?: unknown } | null)?.version;
+  if (typeof version === 'number' && version !== PEER_VERSION) throw new ProtocolViolation(`peer speaks link version ${version}, we speak ${PEER_VERSION}`);
   const r = helloSchema.safeParse(json);
   if (!r.success) throw new ProtocolViolation(`peer HELLO invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   if (r.data.version !== PEER_VERSION) throw new ProtocolViolation(`peer speaks link version ${r.data.version}, we speak ${PEER_VERSION}`);
