@@ -4,10 +4,11 @@
 // synchronously only (fill, compare, done), so two lists serve every request of a volume.
 import type { DigestList, Hotpath } from '../hotpath/index.js';
 import { ProtocolViolation } from '../protocol/errors.js';
+import { MAX_COMPARE_RANGE } from './peer-frames.js';
 import { decodeRange, encodeDigest, encodeRange, RANGE_SIZE, sealDigest } from './peer-protocol.js';
 
-/** Largest range one digest request covers. */
-export const COMPARE_CHUNK = 1024 * 1024;
+/** Largest range one digest request covers (the peer refuses larger ones). */
+export const COMPARE_CHUNK = MAX_COMPARE_RANGE;
 
 export interface BlockRun {
   /** First block, counted from the range's start. */

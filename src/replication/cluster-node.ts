@@ -6,14 +6,16 @@ import { join, resolve } from 'node:path';
 import type { ClusterConfig } from '../config/cluster.js';
 import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
-import { DiskState, VolumeMeta } from '../meta/volume-meta.js';
+import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
-import { decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
-import type { Hello } from './hello.js';
+import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
+import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkState } from './peer-link.js';
-import { MAX_FRAME_BODY, PeerMsg } from './peer-protocol.js';
+import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
+import { frameName } from './peer-frames.js';
+import { ProtocolViolation } from '../protocol/errors.js';
 import { QuorumGate, type QuorumDescription, type QuorumState } from './quorum.js';
 import { WitnessClient } from '../witness/witness-client.js';
 
@@ -79,8 +81,13 @@ export class ClusterNode {
   readonly hot: Hotpath;
   readonly quorum: QuorumGate;
   private readonly splitBrainPolicy: SplitBrainPolicy;
-  /** The peer sent LEAVING: its coming disconnect is a graceful stop. */
-  private peerLeaving = false;
+  /**
+   * When the peer sent LEAVING on this link: a disconnect within link.timeout of it is a graceful
+   * stop (the peer closes the link right after sending it). Later, the word has lapsed: a link
+   * that stayed up after LEAVING and then fails is a failure like any other, and the witness is
+   * asked.
+   */
+  private peerLeavingAt: number | undefined;
   private startAlone: NodeJS.Timeout | undefined;
   private readonly linkTimeoutMs: number;
   private readonly clusterId: string;
@@ -127,8 +134,9 @@ export class ClusterNode {
         this.checkInSync();
       },
       onDisconnected: (reason) => {
-        const leaving = this.peerLeaving;
-        this.peerLeaving = false;
+        const leaving = this.peerLeavingAt !== undefined && Date.now() - this.peerLeavingAt <= this.linkTimeoutMs;
+        if (this.peerLeavingAt !== undefined && !leaving) this.log.warn({ reason }, 'the peer said it was leaving but kept the link up; its disconnect is treated as a failure');
+        this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
         for (const v of this.volumes) {
@@ -139,15 +147,23 @@ export class ClusterNode {
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
+      releaseBody: (body) => this.hot.slots.release(body),
       onFrame: (h, body) => {
+        // Only frames of the live link, after its HELLO, get here (peer-link.ts).
         if (h.type === PeerMsg.LEAVING) {
           this.hot.slots.release(body);
-          this.peerLeaving = true;
+          this.peerLeavingAt ??= Date.now();
           return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
         }
-        const v = this.volumes[Number(h.id >> 48n)];
-        if (v && !v.diverged) v.mirror.handleFrame(h, body);
-        else this.hot.slots.release(body);
+        const index = Number(h.id >> 48n);
+        const v = this.volumes[index];
+        if (!v) {
+          this.hot.slots.release(body);
+          throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
+        }
+        // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
+        if (v.diverged) return this.hot.slots.release(body);
+        v.mirror.handleFrame(h, body);
       },
     });
     this.quorum = new QuorumGate({
@@ -209,9 +225,9 @@ export class ClusterNode {
     }, this.linkTimeoutMs);
   }
 
-  private hello(): Hello {
+  private hello(): HelloFields {
     return {
-      version: 1,
+      version: PEER_VERSION,
       cluster: this.clusterId,
       node: this.nodeName,
       volumes: this.volumes.map((v) => ({
@@ -260,6 +276,13 @@ export class ClusterNode {
             });
           }
           return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
+        case 'no-consistent-source':
+          // Not mirrored until an operator decides: neither copy is overwritten.
+          v.diverged = true;
+          return log.error(
+            { decision: d.kind, node: d.node, ours: { state: STATE_NAMES[mine.state], generation: mine.generation }, theirs: { state: theirs.state, generation: other.generation } },
+            `volume not resynced: the copy on ${d.node} would be the source but is incomplete (a sync into it was cut short); nbd-mirror resolve on ${d.node} discards it for a full sync`,
+          );
         case 'split-brain':
         case 'unrelated': {
           v.diverged = true;
@@ -285,6 +308,13 @@ export class ClusterNode {
   private resync(v: NodeVolume, isSource: boolean, theirs: Hello['volumes'][number], reason: string, checksumAllowed = true): void {
     const log = this.log.child({ volume: v.name });
     const role = isSource ? 'source' : 'target';
+    // decide() never names an incomplete copy as source; a RESYNC_NOW from the peer may.
+    if (isSource && !canBeSource(v.meta.state)) {
+      // The peer may have started its target side already: the reconnect ends it, and the
+      // next connection decides by generation.
+      log.error({ reason, state: STATE_NAMES[v.meta.state] }, 'not resyncing: this copy is incomplete and cannot be a sync source');
+      return this.link.reconnect('asked to be the source of a resync with an incomplete copy');
+    }
     const checksum = checksumAllowed && (v.checksumAlways || v.meta.checksumResync || theirs.checksum);
     if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
     v.resyncStarted = Date.now();
@@ -315,6 +345,14 @@ export class ClusterNode {
     if (!v) throw new Error(`no volume "${volume}"`);
     if (!v.diverged) throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
     const g = v.meta.generation;
+    if (v.meta.state === DiskState.Inconsistent) {
+      // An incomplete copy has no changes worth keeping: it becomes a new node, so the next
+      // connection makes it the target of a full sync from the consistent copy.
+      v.meta.saveIdentity({ generation: { current: newGenerationId(), bitmap: NO_GENERATION, history: [NO_GENERATION, NO_GENERATION] }, trackingSince: 0 });
+      this.log.warn({ volume }, 'incomplete copy discarded: a full sync from the peer follows');
+      this.link.reconnect('incomplete copy discarded');
+      return `node ${this.nodeName} discards its incomplete copy of ${volume}; a full sync from ${this.peerName} follows`;
+    }
     v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history }, trackingSince: 0 });
     this.log.warn({ volume, discardedBytes: v.meta.bitmap.count() * GRAIN }, 'split brain resolved: discarding this node\'s changes, resyncing from the peer');
     this.link.reconnect('split brain resolved');

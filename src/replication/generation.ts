@@ -32,7 +32,13 @@ export type SyncDecision =
   /** Both wrote while apart: nothing is overwritten; an operator (or policy) must choose. */
   | { kind: 'split-brain' }
   /** No common history: these are not replicas of one volume. */
-  | { kind: 'unrelated' };
+  | { kind: 'unrelated' }
+  /**
+   * The generations name `node` as the source, but its copy is not consistent (a sync into it
+   * was cut short): copying from it would spread partial data over the other copy, so nothing
+   * is copied and an operator decides (`nbd-mirror resolve` on `node` makes it a full-sync target).
+   */
+  | { kind: 'no-consistent-source'; node: string };
 
 export type SplitBrainPolicy = { policy: 'manual' } | { policy: 'discard-least-changes' } | { policy: 'discard-younger' } | { policy: 'discard-node'; node: string };
 
@@ -75,8 +81,29 @@ export function finishSync(g: Generation, sourceCurrent: string): Generation {
   return { current: sourceCurrent, bitmap: NO_GENERATION, history };
 }
 
-/** What two nodes must do when they connect; the same answer on both sides. */
+/**
+ * May a copy in this disk state be copied from? Only a consistent one: UpToDate, or Outdated
+ * (whole but old). Inconsistent (a sync target cut short) never is; a state added later (a
+ * Failed disk) is refused too until it is named here.
+ */
+export function canBeSource(state: DiskState): boolean {
+  return state === DiskState.UpToDate || state === DiskState.Outdated;
+}
+
+/**
+ * What two nodes must do when they connect; the same answer on both sides. Whatever the
+ * generations say, a decision that copies data never names a copy that is not consistent as
+ * its source.
+ */
 export function decide(a: NodeGeneration, b: NodeGeneration): SyncDecision {
+  const d = byGeneration(a, b);
+  const copies = d.kind === 'bitmap' || d.kind === 'full' || (d.kind === 'in-sync' && d.resync);
+  if (!copies) return d;
+  const source = d.source === a.node ? a : b;
+  return canBeSource(source.state) ? d : { kind: 'no-consistent-source', node: source.node };
+}
+
+function byGeneration(a: NodeGeneration, b: NodeGeneration): SyncDecision {
   const first = a.node < b.node ? a : b;
   const ga = a.generation;
   const gb = b.generation;
@@ -96,7 +123,10 @@ export function decide(a: NodeGeneration, b: NodeGeneration): SyncDecision {
   if (aNew && bNew) return { kind: 'initial', source: first.node };
   if (aNew !== bNew) return { kind: 'full', source: aNew ? b.node : a.node };
   if (ga.bitmap !== NO_GENERATION && ga.bitmap === gb.bitmap) return { kind: 'split-brain' };
-  if (ga.history.includes(gb.current) && gb.current !== NO_GENERATION) return { kind: 'full', source: a.node };
-  if (gb.history.includes(ga.current) && ga.current !== NO_GENERATION) return { kind: 'full', source: b.node };
+  // Each side's history naming the other's current contradicts itself: unrelated, whichever
+  // side asks (checking one side first would give the two nodes different answers).
+  const aNewer = ga.history.includes(gb.current) && gb.current !== NO_GENERATION;
+  const bNewer = gb.history.includes(ga.current) && ga.current !== NO_GENERATION;
+  if (aNewer !== bNewer) return { kind: 'full', source: aNewer ? a.node : b.node };
   return { kind: 'unrelated' };
 }

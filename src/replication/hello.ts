@@ -1,6 +1,7 @@
 // HELLO: the first frame each node sends on a new peer link. It names the cluster, the node and
 // every volume with its size and generation identifiers, so a wrong cluster, a wrong node or a
-// size mismatch is refused before any data moves. Validated with zod like the config.
+// size mismatch is refused before any data moves. Validated with zod like the config; the
+// link refuses a HELLO body over MAX_HELLO (peer-frames.ts) before it is even buffered.
 import { z } from 'zod';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { PEER_VERSION } from './peer-protocol.js';
@@ -11,6 +12,12 @@ export const helloSchema = z.strictObject({
   version: z.number().int(),
   cluster: z.string().min(1).max(256),
   node: z.string().min(1).max(64),
+  /**
+   * Random per start of the sender's link (peer-link.ts): a connection whose boot id differs
+   * from the live link's comes from a restarted process, one with the same boot id from the
+   * process already linked.
+   */
+  boot: z.string().regex(/^[0-9a-f]{16}$/, 'a boot id as 16 hex digits'),
   volumes: z.array(
     z.strictObject({
       name: z.string().min(1).max(64),
@@ -30,6 +37,8 @@ export const helloSchema = z.strictObject({
 });
 
 export type Hello = z.output<typeof helloSchema>;
+/** What a node says in its HELLO; the link adds its boot id. */
+export type HelloFields = Omit<Hello, 'boot'>;
 
 export function encodeHello(h: Hello): Buffer {
   return Buffer.from(JSON.stringify(h), 'utf8');
@@ -43,6 +52,9 @@ export function decodeHello(body: Buffer): Hello {
   } catch {
     throw new ProtocolViolation('peer HELLO is not JSON');
   }
+  // The version first: a peer of another version fails the schema too, but this says why.
+  const version = (json as { version?: unknown } | null)?.version;
+  if (typeof version === 'number' && version !== PEER_VERSION) throw new ProtocolViolation(`peer speaks link version ${version}, we speak ${PEER_VERSION}`);
   const r = helloSchema.safeParse(json);
   if (!r.success) throw new ProtocolViolation(`peer HELLO invalid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   if (r.data.version !== PEER_VERSION) throw new ProtocolViolation(`peer speaks link version ${r.data.version}, we speak ${PEER_VERSION}`);
@@ -53,7 +65,7 @@ export function decodeHello(body: Buffer): Hello {
  * Why two nodes must not link up, or undefined when they may: another cluster, the same node
  * name twice, or volumes that differ in name or size.
  */
-export function helloMismatch(ours: Hello, theirs: Hello): string | undefined {
+export function helloMismatch(ours: HelloFields, theirs: HelloFields): string | undefined {
   if (theirs.cluster !== ours.cluster) return `peer belongs to cluster "${theirs.cluster}", we to "${ours.cluster}"`;
   if (theirs.node === ours.node) return `peer claims our own node name "${ours.node}"`;
   const mine = new Map(ours.volumes.map((v) => [v.name, v.size]));
@@ -63,5 +75,9 @@ export function helloMismatch(ours: Hello, theirs: Hello): string | undefined {
     if (size !== v.size) return `volume "${v.name}" is ${v.size} bytes on the peer, ${size} here`;
   }
   if (theirs.volumes.length !== ours.volumes.length) return 'peer lacks some of our volumes';
+  // Volumes are matched by position from here on (their index on the wire): the same names in
+  // the same order, so a repeated name cannot stand in for a missing one.
+  const moved = theirs.volumes.findIndex((v, i) => v.name !== ours.volumes[i]!.name);
+  if (moved >= 0) return `peer lists volume "${theirs.volumes[moved]!.name}" where we have "${ours.volumes[moved]!.name}"`;
   return undefined;
 }

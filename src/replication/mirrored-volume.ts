@@ -29,6 +29,7 @@ import type { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, type VolumeMeta } from '../meta/volume-meta.js';
 import { BlockComparer } from './block-compare.js';
+import { checkVolumeFrame } from './peer-frames.js';
 import { NO_GENERATION, startTracking } from './generation.js';
 import { DEFAULT_RATE, RateLimiter, type RatePolicy } from './rate-limit.js';
 import { VerifyRun, type VerifyReport } from './verify.js';
@@ -38,6 +39,7 @@ import {
   encodeDigest,
   encodeRange,
   encodeWriteHeader,
+  MAX_RESYNC_RANGE,
   PEER_READ_DATA_HEADER_SIZE,
   PeerMsg,
   RANGE_SIZE,
@@ -105,8 +107,8 @@ interface InFlight {
   readonly whenOnDisk: Array<() => void>;
 }
 
-/** Largest range one resync request asks for. */
-const RESYNC_CHUNK = 1024 * 1024;
+/** Largest range one resync request asks for (the peer refuses larger ones). */
+const RESYNC_CHUNK = MAX_RESYNC_RANGE;
 /** While clients are busy: smaller requests, so a client's write never queues behind much resync data. */
 const RESYNC_CHUNK_BUSY = 256 * 1024;
 /** Resync requests in flight at once. */
@@ -135,6 +137,21 @@ export interface ResyncProgress {
   checksum: boolean;
   totalBytes: number;
   doneBytes: number;
+}
+
+/** Resync data matched with the request it answers (see parseResyncData). */
+interface ResyncData {
+  readonly entry: InFlight;
+  readonly r: ResyncRun;
+  readonly range: { offset: number; length: number };
+  readonly pieces: Array<{ offset: number; data: Buffer }>;
+  /** RS_DIFF: its digest checked while parsing. */
+  readonly intact: boolean;
+  /** It names the range its request asked for. */
+  readonly matches: boolean;
+  readonly diff: boolean;
+  /** RS_DATA: the sealed digest to check the data against. */
+  readonly digest?: bigint;
 }
 
 /** Applies [from, to) of a change to the local volume. */
@@ -249,15 +266,22 @@ export class MirroredVolume implements Volume {
   private onPeerRead(id: bigint, body: Buffer): void {
     const range = decodeRange(body);
     const entry = this.track(range.offset, range.length, 'resync', id);
-    this.afterEarlier(entry, () => {
-      const data = Buffer.allocUnsafe(range.length);
-      this.local.read(data, range.offset, (err) => {
-        this.release(entry);
-        const head = encodeRange(this.volumeIndex, range.offset, range.length);
-        const sealed = encodeDigest(err ? 0n : sealDigest(this.hot.digestOf(data), range.offset));
-        this.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [head, status(err), sealed] : [head, status(err), sealed, data]);
-      });
-    });
+    this.afterEarlier(
+      entry,
+      this.peerTask('PEER_READ', () => {
+        const data = Buffer.allocUnsafe(range.length);
+        this.local.read(
+          data,
+          range.offset,
+          this.peerTask('PEER_READ', (err) => {
+            this.release(entry);
+            const head = encodeRange(this.volumeIndex, range.offset, range.length);
+            const sealed = encodeDigest(err ? 0n : sealDigest(this.hot.digestOf(data), range.offset));
+            this.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [head, status(err), sealed] : [head, status(err), sealed, data]);
+          }),
+        );
+      }),
+    );
   }
 
   private onPeerReadData(id: bigint, body: Buffer): void {
@@ -268,7 +292,11 @@ export class MirroredVolume implements Volume {
       return p.done(new Error('the peer failed to read the range'));
     }
     const data = body.subarray(PEER_READ_DATA_HEADER_SIZE);
-    if (!this.intact(id, data, p.offset, 0, readDigest(body, RANGE_SIZE + 4))) {
+    const range = decodeRange(body);
+    // An answer for other bytes than were asked for is never served: damaged, like a bad digest.
+    const matches = range.offset === p.offset && range.length === p.buf.length;
+    if (!matches) this.countDamage(id, p.offset, p.buf.length);
+    if (!matches || !this.intact(id, data, p.offset, 0, readDigest(body, RANGE_SIZE + 4))) {
       // Ask again (same id): the answer replaces this one.
       this.peer.send(PeerMsg.PEER_READ, id, encodeRange(this.volumeIndex, p.offset, p.buf.length));
       return;
@@ -461,14 +489,35 @@ export class MirroredVolume implements Volume {
 
   /** Frames from the peer for this volume; the body is given back (peer.release) once used. */
   handleFrame(h: FrameHeader, body: Buffer): void {
-    // Data frames keep their body until it is on disk; the rest are done with it at once.
-    if (h.type === PeerMsg.WRITE) return this.onPeerWrite(h.id, body);
-    if (h.type === PeerMsg.RS_DATA || h.type === PeerMsg.RS_DIFF) return this.onResyncData(h.type, h.id, body);
+    // Every frame is checked against the receiver's table (peer-frames.ts) before a handler
+    // runs: a frame it refuses throws (the link drops) having changed no data and no bit.
+    // Data frames keep their body until it is on disk: everything that may throw (the check,
+    // parsing) happens before their I/O starts, and a throw there gives the body back. The
+    // other frames are done with their body when their handler returns.
+    if (h.type === PeerMsg.WRITE || h.type === PeerMsg.RS_DATA || h.type === PeerMsg.RS_DIFF) {
+      let resyncData: ResyncData | undefined;
+      try {
+        this.checkFrame(h, body);
+        if (h.type !== PeerMsg.WRITE) resyncData = this.parseResyncData(h.type, h.id, body);
+      } catch (err) {
+        this.peer.release(body);
+        throw err;
+      }
+      if (h.type === PeerMsg.WRITE) return this.onPeerWrite(h.id, body);
+      if (!resyncData) return this.peer.release(body); // an answer to a request given up on
+      return this.onResyncData(h.id, resyncData, body);
+    }
     try {
+      this.checkFrame(h, body);
       this.handleControlFrame(h, body);
     } finally {
       this.peer.release(body);
     }
+  }
+
+  private checkFrame(h: FrameHeader, body: Buffer): void {
+    const r = this.resyncState;
+    checkVolumeFrame(h, body, { index: this.volumeIndex, size: this.size, blockSize: this.grain, phase: { resync: r?.role, peerRunsIn: r?.peerRunsIn ?? false } });
   }
 
   private handleControlFrame(h: FrameHeader, body: Buffer): void {
@@ -493,7 +542,7 @@ export class MirroredVolume implements Volume {
         });
       }
       case PeerMsg.FLUSH:
-        return this.local.flush((err) => void this.peer.send(PeerMsg.FLUSH_ACK, h.id, status(err)));
+        return this.local.flush(this.peerTask('FLUSH', (err) => void this.peer.send(PeerMsg.FLUSH_ACK, h.id, status(err))));
       case PeerMsg.BITMAP_RUNS:
         return this.onPeerRuns(h.flags, body);
       case PeerMsg.RS_REQUEST:
@@ -645,7 +694,7 @@ export class MirroredVolume implements Volume {
         inFlight: (offset, end) => this.inFlight.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
         readLocal: (offset, length, cb) => {
           const data = this.hot.slots.acquire(length);
-          this.local.read(data, offset, (err) => cb(err, data));
+          this.local.read(data, offset, this.peerTask('VERIFY_DIGESTS', (err) => cb(err, data)));
         },
         releaseLocal: (data) => this.hot.slots.release(data),
         nextId: () => this.nextId++,
@@ -683,14 +732,24 @@ export class MirroredVolume implements Volume {
   private onVerifyRequest(id: bigint, body: Buffer): void {
     const range = decodeRange(body);
     const entry = this.track(range.offset, range.length, 'resync', id);
-    this.afterEarlier(entry, () => {
-      const data = this.hot.slots.acquire(range.length);
-      this.local.read(data, range.offset, (err) => {
-        this.release(entry);
-        if (!err) this.peer.send(PeerMsg.VERIFY_DIGESTS, id, this.compare.digestRequest(this.volumeIndex, range.offset, data));
-        this.hot.slots.release(data);
-      });
-    });
+    this.afterEarlier(
+      entry,
+      this.peerTask('VERIFY_REQUEST', () => {
+        const data = this.hot.slots.acquire(range.length);
+        this.local.read(
+          data,
+          range.offset,
+          this.peerTask('VERIFY_REQUEST', (err) => {
+            try {
+              this.release(entry);
+              if (!err) this.peer.send(PeerMsg.VERIFY_DIGESTS, id, this.compare.digestRequest(this.volumeIndex, range.offset, data));
+            } finally {
+              this.hot.slots.release(data);
+            }
+          }),
+        );
+      }),
+    );
   }
 
   private onPeerRuns(flags: number, body: Buffer): void {
@@ -773,20 +832,27 @@ export class MirroredVolume implements Volume {
    */
   private requestByChecksum(entry: InFlight): void {
     const length = entry.end - entry.offset;
-    this.afterEarlier(entry, () => {
-      const data = this.hot.slots.acquire(length);
-      this.local.read(data, entry.offset, (err) => {
-        if (err) {
-          this.hot.slots.release(data);
-          // Unreadable here: ask for the whole range instead.
-          this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, entry.offset, length));
-          return;
-        }
-        const body = this.compare.digestRequest(this.volumeIndex, entry.offset, data);
-        this.hot.slots.release(data);
-        this.peer.send(PeerMsg.RS_CSUM_REQUEST, entry.id, body);
-      });
-    });
+    this.afterEarlier(
+      entry,
+      this.peerTask('RS_CSUM_REQUEST', () => {
+        const data = this.hot.slots.acquire(length);
+        this.local.read(
+          data,
+          entry.offset,
+          this.peerTask('RS_CSUM_REQUEST', (err) => {
+            let body: Buffer[];
+            try {
+              // Unreadable here: ask for the whole range instead.
+              if (err) return void this.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.volumeIndex, entry.offset, length));
+              body = this.compare.digestRequest(this.volumeIndex, entry.offset, data);
+            } finally {
+              this.hot.slots.release(data);
+            }
+            this.peer.send(PeerMsg.RS_CSUM_REQUEST, entry.id, body);
+          }),
+        );
+      }),
+    );
   }
 
   /** Source, checksum resync: compare with the target's digests, send only the blocks that differ. */
@@ -794,55 +860,84 @@ export class MirroredVolume implements Volume {
     const req = this.compare.decodeDigests(body);
     const theirs = Buffer.from(req.digests); // the body is given back when this returns
     const entry = this.track(req.offset, req.length, 'resync', id);
-    this.afterEarlier(entry, () => {
-      const data = Buffer.allocUnsafe(req.length);
-      this.local.read(data, req.offset, (err) => {
-        if (!err) {
-          const parts = this.compare.diffBody(this.volumeIndex, req.offset, data, this.compare.differing(data, theirs));
-          for (let i = 1; i < parts.length; i++) this.resyncWireBytesTotal += parts[i]!.length;
-          this.peer.send(PeerMsg.RS_DIFF, id, parts);
-        }
-        this.release(entry);
-      });
-    });
+    this.afterEarlier(
+      entry,
+      this.peerTask('RS_CSUM_REQUEST', () => {
+        const data = Buffer.allocUnsafe(req.length);
+        this.local.read(
+          data,
+          req.offset,
+          this.peerTask('RS_CSUM_REQUEST', (err) => {
+            try {
+              if (err) return;
+              const parts = this.compare.diffBody(this.volumeIndex, req.offset, data, this.compare.differing(data, theirs));
+              for (let i = 1; i < parts.length; i++) this.resyncWireBytesTotal += parts[i]!.length;
+              this.peer.send(PeerMsg.RS_DIFF, id, parts);
+            } finally {
+              this.release(entry);
+            }
+          }),
+        );
+      }),
+    );
   }
 
   /** Source: answer once every earlier write to the range is on disk. */
   private onResyncRequest(id: bigint, body: Buffer): void {
     const range = decodeRange(body);
     const entry = this.track(range.offset, range.length, 'resync', id);
-    this.afterEarlier(entry, () => {
-      const data = Buffer.allocUnsafe(range.length);
-      this.local.read(data, range.offset, (err) => {
-        if (!err) {
-          const head = encodeRange(this.volumeIndex, range.offset, range.length);
-          this.resyncWireBytesTotal += data.length;
-          this.peer.send(PeerMsg.RS_DATA, id, [head, encodeDigest(sealDigest(this.hot.digestOf(data), range.offset)), data]);
-        }
-        this.release(entry);
-      });
-    });
+    this.afterEarlier(
+      entry,
+      this.peerTask('RS_REQUEST', () => {
+        const data = Buffer.allocUnsafe(range.length);
+        this.local.read(
+          data,
+          range.offset,
+          this.peerTask('RS_REQUEST', (err) => {
+            try {
+              if (err) return;
+              const head = encodeRange(this.volumeIndex, range.offset, range.length);
+              this.resyncWireBytesTotal += data.length;
+              this.peer.send(PeerMsg.RS_DATA, id, [head, encodeDigest(sealDigest(this.hot.digestOf(data), range.offset)), data]);
+            } finally {
+              this.release(entry);
+            }
+          }),
+        );
+      }),
+    );
   }
 
   /**
-   * Target: write the data — the whole range (RS_DATA) or the blocks that differed (RS_DIFF) —
-   * (later writes to the range wait for it), clear the bits, ack.
+   * Target: the resync data of a request — the whole range (RS_DATA) or the blocks that
+   * differed (RS_DIFF) — parsed and matched with the request it answers; undefined for a
+   * request no longer open. Throws on a malformed RS_DIFF (nothing written yet).
    */
-  private onResyncData(type: PeerMsg, id: bigint, body: Buffer): void {
+  private parseResyncData(type: PeerMsg, id: bigint, body: Buffer): ResyncData | undefined {
     const entry = this.inFlight.find((e) => e.id === id && e.origin === 'resync');
     const r = this.resyncState;
-    if (!entry || !r) return this.peer.release(body);
-    let range: { offset: number; length: number };
-    let pieces: Array<{ offset: number; data: Buffer }>;
-    let intact: boolean;
+    if (!entry || !r) return undefined;
+    const range = decodeRange(body);
+    // Data for another range than was asked for is never written: treated as damaged (asked
+    // for again, and the link reset if it keeps coming), as its sealed digest would be.
+    const matches = range.offset === entry.offset && range.length === entry.end - entry.offset;
     if (type === PeerMsg.RS_DIFF) {
-      ({ pieces, intact, ...range } = this.compare.decodeDiff(body));
-      if (!intact) this.countDamage(id, range.offset, range.length);
+      const { pieces, intact } = this.compare.decodeDiff(body);
+      return { entry, r, range, pieces, intact, matches, diff: true };
+    }
+    const data = body.subarray(RS_DATA_HEADER_SIZE);
+    return { entry, r, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE) };
+  }
+
+  /** Target: write the resync data (later writes to the range wait for it), then account for it (see checkpoint). */
+  private onResyncData(id: bigint, d: ResyncData, body: Buffer): void {
+    const { entry, r, range, pieces } = d;
+    let intact: boolean;
+    if (d.diff || !d.matches) {
+      intact = d.intact && d.matches;
+      if (!intact) this.countDamage(id, entry.offset, entry.end - entry.offset);
     } else {
-      range = decodeRange(body);
-      const data = body.subarray(RS_DATA_HEADER_SIZE);
-      pieces = [{ offset: range.offset, data }];
-      intact = this.intact(id, data, range.offset, 0, readDigest(body, RANGE_SIZE));
+      intact = this.intact(id, pieces[0]!.data, range.offset, 0, d.digest!);
     }
     if (!intact) {
       this.peer.release(body);
@@ -874,7 +969,8 @@ export class MirroredVolume implements Volume {
       this.pullMore();
     };
     if (left === 0) return void (left = 1, written(null));
-    for (const p of pieces) this.local.write(p.data, p.offset, false, written);
+    const writtenSafely = this.peerTask('RS_DATA', written);
+    for (const p of pieces) this.local.write(p.data, p.offset, false, writtenSafely);
   }
 
   /** Target: resync data arrived damaged; ask for it again the way it was asked for. */
@@ -891,6 +987,22 @@ export class MirroredVolume implements Volume {
     // The source cleared its bits on each RS_ACK, all sent before this.
     this.peer.send(PeerMsg.RS_DONE, this.nextId++, encodeRange(this.volumeIndex, 0, 0));
     this.meta.flushBitmap(r.onDone);
+  }
+
+  /**
+   * Wraps a continuation of a peer frame's handling (an I/O callback, a wait for earlier
+   * writes): an exception in it — peer input no check caught, or a bug — resets the link
+   * instead of escaping into an fs callback, where it would end the process.
+   */
+  private peerTask<A extends unknown[]>(frame: string, fn: (...args: A) => void): (...args: A) => void {
+    return (...args) => {
+      try {
+        fn(...args);
+      } catch (err) {
+        this.log.error({ err, frame }, 'error handling a peer frame; resetting the link');
+        this.peer.reset(`error handling a peer ${frame}: ${(err as Error).message}`);
+      }
+    };
   }
 
   /** Marks a tracked entry done and lets what waits on it go. */
@@ -929,11 +1041,15 @@ export class MirroredVolume implements Volume {
   private applyPeerChange(entry: InFlight, piece: Piece, applied?: () => void): void {
     // A client's write on the peer is client I/O here too: a resync this node pulls yields to it.
     this.rate.clientIo();
-    this.applyLocal(entry, piece, (err) => {
-      applied?.();
-      this.untrack(entry);
-      this.peer.send(PeerMsg.WRITE_ACK, entry.id, status(err));
-    });
+    this.applyLocal(
+      entry,
+      piece,
+      this.peerTask('WRITE', (err) => {
+        applied?.();
+        this.untrack(entry);
+        this.peer.send(PeerMsg.WRITE_ACK, entry.id, status(err));
+      }),
+    );
   }
 
   /**

@@ -1,27 +1,40 @@
 // The TCP link between the two nodes: HELLO exchange, heartbeats, a dead-peer timeout and
 // reconnection with backoff. It carries frames for the layers above (the mirrored volume, next)
-// and tells them when the peer comes and goes. Groundwork for two-node mirroring.
+// and tells them when the peer comes and goes.
 //
 // Who dials: the node whose name sorts first dials, the other listens, so there is never a race
-// between two crossing connections. The dialer retries with backoff (100 ms, then every 250 ms);
-// the listener takes the newest connection.
+// between two crossing connections. The dialer retries with backoff (100 ms, then every 250 ms).
+//
+// Strangers never disturb the live link. The listener takes connections only from the peer's
+// configured host (the dialer binds its side to its own listen address, so that is where it
+// comes from), and the dialer, whose peer never dials, takes none. A connection is only a
+// candidate until its HELLO (at most MAX_HELLO bytes, within the link timeout) is accepted,
+// and the listener answers with its own HELLO only then: a bare connect learns nothing. A
+// candidate with a valid HELLO while a link is up replaces it only if the live link does not
+// answer a PING within half the link timeout — the peer restarted (its HELLO then carries a new
+// boot id) or reconnected, and the old connection is dead. A live link that answers keeps
+// running and the candidate is refused, whatever its HELLO claims. Refusals are logged at most
+// once a minute per source address.
+import { randomBytes } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
 import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { adoptWithOnRead, onReadOptions, type ReceiveSink } from '../server/receive.js';
-import { decodeHello, encodeHello, helloMismatch, type Hello } from './hello.js';
+import { decodeHello, encodeHello, helloMismatch, type Hello, type HelloFields } from './hello.js';
+import { checkFrameHeader } from './peer-frames.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
 
 /** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
 export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
 
 export interface PeerLinkOptions {
-  /** This node's HELLO, asked afresh for every connection (generations change). */
-  readonly hello: () => Hello;
+  /** This node's HELLO, asked afresh for every connection (generations change); the link adds its boot id. */
+  readonly hello: () => HelloFields;
   /** Where this node accepts the peer. */
   readonly listen: HostPort;
-  /** Where the peer accepts us. */
+  /** Where the peer accepts us; only its host may connect to us. */
   readonly peer: HostPort;
   readonly peerName: string;
   /** The peer counts as dead after this long without a frame (default 2000 ms). */
@@ -31,6 +44,8 @@ export interface PeerLinkOptions {
   readonly log: Logger;
   /** A buffer to receive a frame body of `length` bytes into (default: a fresh Buffer). */
   allocBody?(length: number): Buffer;
+  /** Gives back a buffer from allocBody that no frame will use (a body cut off by a lost connection). */
+  releaseBody?(body: Buffer): void;
   onConnected?(peer: Hello): void;
   onDisconnected?(reason: string): void;
   /** Frames other than the link's own (HELLO, PING, PONG, ERROR). */
@@ -41,8 +56,33 @@ export interface PeerLinkOptions {
 const MAX_BACKOFF_MS = 250;
 /** A frame body with at least this much still to come is read straight into its buffer. */
 const DIRECT_BODY_MIN = 64 * 1024;
+/** Connections waiting for their HELLO at once; more are refused (each is bounded in time too). */
+const MAX_CANDIDATES = 8;
+/** A source address whose connections are refused is logged at most this often. */
+const REFUSAL_LOG_MS = 60_000;
+/** Source addresses remembered for rate-limiting refusal logs. */
+const REFUSAL_LOG_ADDRESSES = 1024;
+
+/** An accepted connection whose HELLO has not been accepted yet. */
+interface Candidate {
+  readonly from: string;
+  readonly address: string;
+  readonly decoder: FrameDecoder;
+  /** Ends it when no acceptable HELLO came within the link timeout. */
+  readonly timer: NodeJS.Timeout;
+}
+
+/** A live link being asked whether it still answers, because `socket` wants to replace it. */
+interface Probe {
+  readonly socket: net.Socket;
+  readonly hello: Hello;
+  readonly id: bigint;
+  readonly timer: NodeJS.Timeout;
+}
 
 export class PeerLink {
+  /** Random per link, i.e. per process start: tells a restarted peer from the one linked. */
+  readonly bootId = randomBytes(8).toString('hex');
   private server: net.Server | undefined;
   private socket: net.Socket | undefined;
   private peerHello: Hello | undefined;
@@ -59,6 +99,10 @@ export class PeerLink {
   private stopped = false;
   private readonly dialer: boolean;
   private readonly timeoutMs: number;
+  private readonly candidates = new Map<net.Socket, Candidate>();
+  private probe: Probe | undefined;
+  private probes = 0n;
+  private readonly refusalsLogged = new Map<string, { at: number; since: number }>();
 
   constructor(private readonly o: PeerLinkOptions) {
     this.dialer = o.hello().node < o.peerName;
@@ -77,12 +121,7 @@ export class PeerLink {
 
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
-    // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
-    this.server = net.createServer({ pauseOnConnect: true }, (accepted) => {
-      let s: net.Socket | undefined = undefined;
-      s = adoptWithOnRead(accepted, this.receiveSink(() => s));
-      this.adopt(s, 'accepted');
-    });
+    this.server = net.createServer({ pauseOnConnect: true }, (accepted) => void this.accept(accepted));
     const addr = await new Promise<HostPort>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(this.o.listen.port, this.o.listen.host, () => {
@@ -144,20 +183,25 @@ export class PeerLink {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.retry);
+    for (const s of [...this.candidates.keys()]) this.endCandidate(s);
     this.drop('link stopped', false);
     this.server?.close();
   }
 
   private dial(): void {
     if (this.stopped || this.socket) return;
-    const s: net.Socket = net.connect({ port: this.o.peer.port, host: this.o.peer.host, onread: onReadOptions(this.receiveSink(() => s)) });
+    // From our own listen address when it is one: that is the host the peer lets in.
+    const local = this.o.listen.host;
+    const localAddress = net.isIP(local) && local !== '0.0.0.0' && local !== '::' ? local : undefined;
+    let dialed: net.Socket | undefined = undefined;
+    const s = (dialed = net.connect({ port: this.o.peer.port, host: this.o.peer.host, localAddress, onread: onReadOptions(this.receiveSink(() => dialed)) }));
     s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
     // then 32 s apart) would decide when its return is noticed.
     const connectLimit = setTimeout(() => s.destroy(new Error('connect timed out')), this.timeoutMs);
     s.once('connect', () => {
       clearTimeout(connectLimit);
-      this.adopt(s, 'dialed');
+      this.adoptDialed(s);
     });
     s.once('close', () => clearTimeout(connectLimit));
     s.once('error', (err) => {
@@ -176,52 +220,112 @@ export class PeerLink {
     this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
   }
 
-  private adopt(s: net.Socket, how: 'dialed' | 'accepted'): void {
+  /** The dialer's connection is up: it becomes the link and sends its HELLO first. */
+  private adoptDialed(s: net.Socket): void {
     if (this.stopped) return void s.destroy();
-    if (this.socket) this.drop('replaced by a new connection from the peer', false);
     this.socket = s;
+    this.decoder = this.decoderFor(s);
     s.setNoDelay(true);
     this.lastSeen = Date.now();
-    this.decoder = new FrameDecoder({
-      allocBody: this.o.allocBody ?? ((n) => Buffer.allocUnsafe(n)),
-      onFrame: (h, body) => this.onFrame(s, h, body),
-    });
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
     s.on('close', () => {
       if (this.socket === s) this.drop('peer closed the connection', true);
     });
-    this.o.log.debug({ how }, 'peer socket open, sending HELLO');
-    this.ourHello = this.o.hello();
+    this.o.log.debug('peer socket open, sending HELLO');
+    this.ourHello = this.makeHello();
     s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
-    this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
+    this.startHeartbeat();
+  }
+
+  /** A connection to our listener: a candidate until its HELLO is accepted, if it may come at all. */
+  private async accept(accepted: net.Socket): Promise<void> {
+    const address = hostOf(accepted.remoteAddress ?? '');
+    const from = `${address}:${accepted.remotePort}`;
+    let refusal: string | undefined;
+    if (this.stopped) refusal = 'the link is stopped';
+    else if (this.dialer) refusal = 'this node dials its peer and takes no inbound peer links';
+    else if (!(await this.isPeerHost(address))) refusal = `not the peer's address (${this.o.peer.host})`;
+    else if (this.candidates.size >= MAX_CANDIDATES) refusal = `${MAX_CANDIDATES} peer-link handshakes already waiting`;
+    if (refusal) {
+      accepted.destroy();
+      return this.logRefusal(address, from, refusal);
+    }
+    // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
+    let s: net.Socket | undefined = undefined;
+    s = adoptWithOnRead(accepted, this.receiveSink(() => s));
+    const socket = s;
+    const timer = setTimeout(() => this.refuseCandidate(socket, `no acceptable HELLO within ${this.timeoutMs} ms`), this.timeoutMs);
+    this.candidates.set(socket, { from, address, decoder: this.decoderFor(socket), timer });
+    socket.setNoDelay(true);
+    socket.on('error', (err) => this.o.log.debug({ err: err.message, from }, 'peer socket error'));
+    socket.on('close', () => {
+      if (this.socket === socket) this.drop('peer closed the connection', true);
+      else this.endCandidate(socket);
+    });
+  }
+
+  /** Is `address` one the peer's configured host stands for (names are looked up each time: they may move)? */
+  private async isPeerHost(address: string): Promise<boolean> {
+    const host = this.o.peer.host;
+    if (net.isIP(host)) return hostOf(host) === address;
+    try {
+      return (await lookup(host, { all: true })).some((a) => hostOf(a.address) === address);
+    } catch (err) {
+      this.o.log.warn({ host, err: (err as Error).message }, 'cannot look up the peer host; refusing the connection');
+      return false;
+    }
+  }
+
+  /** One decoder per connection; what it admits and where bodies go follow the connection's phase. */
+  private decoderFor(s: net.Socket): FrameDecoder {
+    const linked = (): boolean => this.socket === s && this.peerHello !== undefined;
+    return new FrameDecoder({
+      // Size and phase from the frame table before a byte of the body is buffered: a HELLO over
+      // MAX_HELLO, or any other frame before HELLO, is refused at its header.
+      admit: (h) => checkFrameHeader(h, linked() ? 'connected' : 'handshake'),
+      // Handshake frames are small (the table says so): WASM slots only for the live link.
+      allocBody: (n) => (linked() && this.o.allocBody ? this.o.allocBody(n) : Buffer.allocUnsafe(n)),
+      onFrame: (h, body) => this.onFrame(s, h, body),
+    });
+  }
+
+  private decoderOf(s: net.Socket | undefined): FrameDecoder | undefined {
+    if (s === undefined) return undefined;
+    return s === this.socket ? this.decoder : this.candidates.get(s)?.decoder;
   }
 
   /** What reads from peer socket `socket()` go to; large frame bodies are read straight into their buffer. */
   private receiveSink(socket: () => net.Socket | undefined): ReceiveSink {
-    const mine = (): FrameDecoder | undefined => (this.socket !== undefined && this.socket === socket() ? this.decoder : undefined);
     return {
       // `chunk` is a view of a reused buffer: only valid during the call.
       onChunk: (chunk) => this.decoding(socket()!, (d) => d.feed(chunk)),
-      directTarget: () => mine()?.bodyTarget(DIRECT_BODY_MIN),
+      directTarget: () => this.decoderOf(socket())?.bodyTarget(DIRECT_BODY_MIN),
       onDirect: (n) => this.decoding(socket()!, (d) => d.bodyArrived(n)),
     };
   }
 
   private decoding(s: net.Socket, work: (d: FrameDecoder) => void): void {
-    if (this.socket !== s || !this.decoder) return;
+    const d = this.decoderOf(s);
+    if (!d) return;
     // Replies produced while handling one read (e.g. the ACKs of a batch of WRITEs) leave in one writev.
     s.cork();
     try {
-      work(this.decoder);
+      work(d);
     } catch (err) {
-      // A rogue or broken peer costs the link, never the process (data is not touched).
+      // A rogue or broken peer costs the link (or the candidate connection), never the process.
       const reason = (err as Error).message;
+      if (s !== this.socket) return this.refuseCandidate(s, reason);
       if (err instanceof ProtocolViolation) this.o.log.warn({ reason }, 'peer sent a malformed frame, dropping the link');
       else this.o.log.error({ err }, 'error handling a peer frame, dropping the link');
       this.drop(reason, true);
     } finally {
       s.uncork();
     }
+  }
+
+  private startHeartbeat(): void {
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => this.beat(), this.o.heartbeatMs ?? Math.max(50, this.timeoutMs / 4));
   }
 
   private beat(): void {
@@ -233,6 +337,7 @@ export class PeerLink {
   }
 
   private onFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
+    if (this.candidates.has(s)) return this.onCandidateFrame(s, h, body);
     if (this.socket !== s) return;
     this.lastSeen = Date.now();
     if (!this.peerHello) return this.onHandshakeFrame(s, h, body);
@@ -241,6 +346,7 @@ export class PeerLink {
         s.write(encodeFrame(PeerMsg.PONG, h.id));
         return;
       case PeerMsg.PONG:
+        if (this.probe && h.id === this.probe.id) this.probeAnswered();
         return;
       case PeerMsg.ERROR:
         this.o.log.warn({ reason: body.toString('utf8') }, 'peer reported an error');
@@ -250,47 +356,177 @@ export class PeerLink {
     }
   }
 
+  /** The dialer's connection before the listener's HELLO. */
   private onHandshakeFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
     if (h.type === PeerMsg.ERROR) {
       this.o.log.warn({ reason: body.toString('utf8') }, 'peer refused the link');
       return this.drop(`peer refused: ${body.toString('utf8')}`, true);
     }
-    if (h.type !== PeerMsg.HELLO) {
-      this.o.log.warn({ type: h.type }, 'peer sent a frame before HELLO, dropping the link');
-      return this.drop(`frame type ${h.type} before HELLO`, true);
-    }
     let hello: Hello;
     try {
-      hello = decodeHello(body);
+      hello = this.acceptableHello(body, this.ourHello!);
     } catch (err) {
-      this.o.log.warn({ reason: (err as Error).message }, 'bad HELLO from the peer, dropping the link');
-      return this.drop((err as Error).message, true);
+      const reason = (err as Error).message;
+      this.o.log.error({ reason }, 'refusing the peer link');
+      s.write(errorFrame(reason));
+      return this.drop(reason, true);
     }
-    const mismatch = helloMismatch(this.ourHello!, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
-    if (mismatch) {
-      this.o.log.error({ reason: mismatch }, 'refusing the peer link');
-      s.write(encodeFrame(PeerMsg.ERROR, 0n, Buffer.from(mismatch)));
-      return this.drop(mismatch, true);
+    this.linked(hello, 'dialed');
+  }
+
+  /** An accepted connection's frames until its HELLO is accepted (the table admits only HELLO and ERROR). */
+  private onCandidateFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
+    const c = this.candidates.get(s)!;
+    if (h.type === PeerMsg.ERROR) return this.refuseCandidate(s, `it sent ERROR: ${body.toString('utf8')}`);
+    if (this.probe?.socket === s) return this.refuseCandidate(s, 'HELLO sent twice');
+    let hello: Hello;
+    try {
+      hello = this.acceptableHello(body, this.makeHello());
+    } catch (err) {
+      const reason = (err as Error).message;
+      return this.refuseCandidate(s, reason, err instanceof MismatchError ? 'refusing the peer link' : undefined, reason);
     }
+    clearTimeout(c.timer);
+    if (!this.socket) return this.promote(s, hello);
+    if (this.probe) return this.refuseCandidate(s, 'another connection is being checked against the live link');
+    // A link is up. Is it still alive? Only a live link that does not answer may be replaced.
+    const live = this.peerHello!;
+    const id = (1n << 63n) | ++this.probes;
+    const timer = setTimeout(() => this.probeUnanswered(), Math.max(50, this.timeoutMs / 2));
+    this.probe = { socket: s, hello, id, timer };
+    this.o.log.debug({ from: c.from, boot: hello.boot, liveBoot: live.boot }, 'a second peer-link connection: asking the live link whether it still answers');
+    this.socket.write(encodeFrame(PeerMsg.PING, id));
+  }
+
+  /** The live link answered the probe: it is healthy and stays; the candidate is refused. */
+  private probeAnswered(): void {
+    const p = this.probe!;
+    this.probe = undefined;
+    clearTimeout(p.timer);
+    const why = p.hello.boot === this.peerHello?.boot ? 'the peer process on the live link connected again' : `its boot id ${p.hello.boot} is not the live peer's, whose link still answers`;
+    this.refuseCandidate(p.socket, `a live link is up and answering (${why})`, undefined, 'a live link with this peer is up');
+  }
+
+  /** The live link did not answer: the peer restarted or reconnected; the candidate replaces it. */
+  private probeUnanswered(): void {
+    const p = this.probe!;
+    this.probe = undefined;
+    if (!this.candidates.has(p.socket)) return;
+    const restarted = p.hello.boot !== this.peerHello?.boot;
+    this.o.log.warn({ from: this.candidates.get(p.socket)!.from, boot: p.hello.boot, restarted }, 'the live peer link stopped answering; a new connection from the peer replaces it');
+    this.drop(restarted ? 'the peer restarted (new boot id); its old connection no longer answers' : 'the peer reconnected; its old connection no longer answers', false);
+    this.promote(p.socket, p.hello);
+  }
+
+  /** A candidate whose HELLO was accepted becomes the link; only now does the peer get our HELLO. */
+  private promote(s: net.Socket, hello: Hello): void {
+    const c = this.candidates.get(s)!;
+    this.candidates.delete(s);
+    clearTimeout(c.timer);
+    this.socket = s;
+    this.decoder = c.decoder;
+    this.lastSeen = Date.now();
+    this.ourHello = this.makeHello();
+    s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
+    this.startHeartbeat();
+    this.linked(hello, 'accepted');
+  }
+
+  private linked(hello: Hello, how: 'dialed' | 'accepted'): void {
     this.peerHello = hello;
     this.backoffMs = 100;
-    this.o.log.info({ peer: hello.node }, 'peer link connected');
+    this.o.log.info({ peer: hello.node, boot: hello.boot, how }, 'peer link connected');
     this.o.onConnected?.(hello);
+  }
+
+  /** The peer's HELLO, if it may link with `ours`; throws why not. */
+  private acceptableHello(body: Buffer, ours: Hello): Hello {
+    const hello = decodeHello(body);
+    const mismatch = helloMismatch(ours, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
+    if (mismatch) throw new MismatchError(mismatch);
+    return hello;
+  }
+
+  private makeHello(): Hello {
+    return { ...this.o.hello(), boot: this.bootId };
+  }
+
+  /** Ends a candidate connection, telling the other end why when `tell` is given (an ERROR frame). */
+  private refuseCandidate(s: net.Socket, reason: string, message?: string, tell?: string): void {
+    const c = this.candidates.get(s);
+    if (!c) return;
+    this.endCandidate(s, tell);
+    this.logRefusal(c.address, c.from, reason, message);
+  }
+
+  private endCandidate(s: net.Socket, tell?: string): void {
+    const c = this.candidates.get(s);
+    if (!c) return;
+    this.candidates.delete(s);
+    clearTimeout(c.timer);
+    if (this.probe?.socket === s) {
+      clearTimeout(this.probe.timer);
+      this.probe = undefined;
+    }
+    // With a reason to tell: closed once the ERROR is written (it is small: the kernel takes it at once).
+    if (tell !== undefined && !s.destroyed) {
+      s.end(errorFrame(tell));
+      s.destroySoon();
+    } else {
+      s.destroy();
+    }
+  }
+
+  /**
+   * Logs a refused connection, at most once per REFUSAL_LOG_MS per source address (with how many
+   * were refused since), so a flood of connections cannot flood the log.
+   */
+  private logRefusal(address: string, from: string, reason: string, message = 'refused a peer-link connection'): void {
+    const now = Date.now();
+    const seen = this.refusalsLogged.get(address);
+    if (seen && now - seen.at < REFUSAL_LOG_MS) return void seen.since++;
+    if (!seen && this.refusalsLogged.size >= REFUSAL_LOG_ADDRESSES) this.refusalsLogged.clear();
+    this.refusalsLogged.set(address, { at: now, since: 0 });
+    this.o.log.warn({ from, reason, refusedSinceLastLog: seen?.since ?? 0 }, message);
   }
 
   /** Ends the current connection; `retry` schedules a new dial (dialer side). */
   private drop(reason: string, retry: boolean): void {
     const s = this.socket;
     const wasConnected = this.peerHello !== undefined;
+    const partial = this.decoder?.abandon();
     this.socket = undefined;
+    this.decoder = undefined;
     this.peerHello = undefined;
     this.outbox = []; // frames meant for that connection never go to the next one
     clearInterval(this.heartbeat);
     s?.destroy();
+    // A body cut off mid-frame was a WASM slot perhaps: give it back (no frame will use it).
+    if (partial && wasConnected) this.o.releaseBody?.(partial);
     if (wasConnected) {
       this.o.log.warn({ reason }, 'peer link lost');
       this.o.onDisconnected?.(reason);
     }
+    // A candidate waiting on a probe of the link just lost needs no probe any more.
+    const p = this.probe;
+    if (p && !this.stopped) {
+      this.probe = undefined;
+      clearTimeout(p.timer);
+      if (this.candidates.has(p.socket)) this.promote(p.socket, p.hello);
+    }
     if (retry) this.scheduleDial();
   }
+}
+
+/** A HELLO from a node that must not link with this one (another cluster, volumes differ…). */
+class MismatchError extends ProtocolViolation {}
+
+/** An ERROR frame carrying `reason` (cut to what the table lets an ERROR carry). */
+function errorFrame(reason: string): Buffer {
+  return encodeFrame(PeerMsg.ERROR, 0n, Buffer.from(reason).subarray(0, 4096));
+}
+
+/** An address as the kernel reports it, without the IPv4-mapped prefix, so hosts compare equal. */
+function hostOf(address: string): string {
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
 }

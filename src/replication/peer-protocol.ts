@@ -12,12 +12,20 @@ import { MAX_REQUEST } from '../protocol/constants.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 
 export const PEER_MAGIC = 0x4e424d52; // "NBMR"
-export const PEER_VERSION = 1;
+/** 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's. */
+export const PEER_VERSION = 2;
 export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
 export const WRITE_HEADER_SIZE = 24;
-/** Largest body: one maximal WRITE. Anything longer is a rogue peer. */
-export const MAX_FRAME_BODY = WRITE_HEADER_SIZE + MAX_REQUEST;
+/** Bytes of a PEER_READ_DATA body before the data: range, status, digest. */
+export const PEER_READ_DATA_HEADER_SIZE = 28;
+/**
+ * Largest body of any frame: the answer to a maximal client read on a resync target (the
+ * largest data header + one maximal request). Each type's own limit is in peer-frames.ts.
+ */
+export const MAX_FRAME_BODY = PEER_READ_DATA_HEADER_SIZE + MAX_REQUEST;
+/** Largest range one resync request (and so one RS_DATA, one RS_ACK) covers. */
+export const MAX_RESYNC_RANGE = 1024 * 1024;
 
 export const enum PeerMsg {
   HELLO = 1,
@@ -65,9 +73,6 @@ export const STATUS_RESEND = 0x52534e44; // "RSND"
 
 /** Bytes of an RS_DATA body before the data: range, digest. */
 export const RS_DATA_HEADER_SIZE = 24;
-/** Bytes of a PEER_READ_DATA body before the data: range, status, digest. */
-export const PEER_READ_DATA_HEADER_SIZE = 28;
-
 /**
  * The digest a data frame carries: XXH3-64 of the data, mixed with the frame's offset and flags
  * so that a flipped bit in them is caught as surely as one in the data.
@@ -154,6 +159,8 @@ export function decodeWriteHeader(body: Buffer): WriteHeader {
 }
 
 export interface FrameSink {
+  /** Checks a header before its body is buffered (throws a ProtocolViolation to refuse it). */
+  admit?(header: FrameHeader): void;
   /** A buffer of `length` bytes to receive a frame body into (a hot-path slot for WRITEs). */
   allocBody(length: number): Buffer;
   onFrame(header: FrameHeader, body: Buffer): void;
@@ -182,8 +189,10 @@ export class FrameDecoder {
         pos += n;
         if (this.headFill < FRAME_HEADER_SIZE) return;
         this.headFill = 0;
-        this.header = decodeFrameHeader(this.head);
-        this.body = this.sink.allocBody(this.header.length);
+        const header = decodeFrameHeader(this.head);
+        this.sink.admit?.(header);
+        this.header = header;
+        this.body = this.sink.allocBody(header.length);
         this.bodyFill = 0;
       }
       const body = this.body!;
@@ -202,6 +211,14 @@ export class FrameDecoder {
     if (!this.header) return undefined;
     const body = this.body!;
     return body.length - this.bodyFill >= min ? body.subarray(this.bodyFill) : undefined;
+  }
+
+  /** The connection is gone: hands back the buffer of a body only partly received (to release it), if any. */
+  abandon(): Buffer | undefined {
+    const body = this.body;
+    this.header = undefined;
+    this.body = undefined;
+    return body;
   }
 
   /** `n` body bytes are in place (copied by `feed`, or read straight into `bodyTarget`). */

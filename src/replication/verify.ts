@@ -92,8 +92,12 @@ export class VerifyRun {
         this.h.releaseLocal(data);
         return this.fail(new Error(`reading the local copy at ${o.offset} failed: ${err.message}`));
       }
-      const runs = this.h.comparer.differing(data, copy);
-      this.h.releaseLocal(data);
+      let runs: ReturnType<BlockComparer['differing']>;
+      try {
+        runs = this.h.comparer.differing(data, copy);
+      } finally {
+        this.h.releaseLocal(data);
+      }
       this.settle(o, runs);
       this.pump();
     });

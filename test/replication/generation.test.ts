@@ -84,3 +84,42 @@ describe('split-brain policies name the same loser on both nodes', () => {
     expect(loser({ policy: 'discard-younger' }, a, { ...b, trackingSince: 0 })).toBeNull();
   });
 });
+
+describe('an incomplete copy is never a sync source', () => {
+  const ids = ['1111111111111111', '2222222222222222', '3333333333333333', Z];
+  const states = [DiskState.UpToDate, DiskState.Inconsistent, DiskState.Outdated];
+
+  it('a full-sync target cut short does not become the source of a full sync to a new node', () => {
+    // b took a's current for a full sync that was cut short; then a's disk was replaced (new, empty).
+    const cutShort = node('b', g(common2, Z, ['4444444444444444', Z]), DiskState.Inconsistent, true);
+    const fresh = node('a', g('5555555555555555'), DiskState.Inconsistent);
+    expect(both(fresh, cutShort)).toEqual({ kind: 'no-consistent-source', node: 'b' });
+    // Two copies of one lineage that are both incomplete: nothing to copy from either.
+    expect(both(node('a', g(common2), DiskState.Inconsistent, true), node('b', g(common2), DiskState.Inconsistent, true))).toEqual({ kind: 'no-consistent-source', node: 'a' });
+  });
+
+  it('for every pair of generations, states and dirty flags, a decision that copies names a consistent source', () => {
+    const gens: Generation[] = [];
+    for (const current of ids.slice(0, 3)) for (const bitmap of ids) for (const h0 of ids) gens.push(g(current, bitmap, [h0, Z]));
+    let copying = 0;
+    for (const ga of gens) {
+      for (const gb of gens) {
+        for (const sa of states) {
+          for (const sb of states) {
+            for (const dirty of [false, true]) {
+              const a = node('a', ga, sa, dirty);
+              const b = node('b', gb, sb, !dirty);
+              const d = both(a, b);
+              if (d.kind === 'bitmap' || d.kind === 'full' || (d.kind === 'in-sync' && d.resync)) {
+                copying++;
+                expect((d.source === 'a' ? a : b).state).not.toBe(DiskState.Inconsistent);
+              }
+            }
+          }
+        }
+      }
+    }
+    expect(copying).toBeGreaterThan(1000); // the sweep reaches copying decisions, not only refusals
+  });
+});
+const common2 = '6666666666666666';

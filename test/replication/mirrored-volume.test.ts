@@ -8,10 +8,10 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
-import type { Hello } from '../../src/replication/hello.js';
+import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
-import { PeerMsg } from '../../src/replication/peer-protocol.js';
+import { PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -23,7 +23,7 @@ const SIZE = 16 * MiB;
 const GRAIN = 4096;
 const log = pino({ level: 'silent' });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const hello = (node: string): Hello => ({ version: 1, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] });
+const hello = (node: string): HelloFields => ({ version: PEER_VERSION, cluster: 'c', node, volumes: [{ name: 'vol0', size: SIZE, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }] });
 
 
 const cleanups: Array<() => unknown> = [];
@@ -342,5 +342,55 @@ describe('mirrored volume (in-process pair)', () => {
     await write(fresh.mv, 0, Buffer.alloc(4096, 1));
     expect(fresh.meta.state).toBe(DiskState.UpToDate); // the only copy of its data
     await write(fresh.mv, 4096, Buffer.alloc(4096, 2));
+  });
+});
+
+describe('frames in the wrong state or outside the volume change nothing (the receiver table)', () => {
+  const range = (offset: number, length: number) => {
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64BE(BigInt(offset), 4);
+    b.writeUInt32BE(length, 12);
+    return b;
+  };
+  const frame = (type: number, body: Buffer, flags = 0) => ({ type, flags, length: body.length, id: 1n });
+
+  it('RS_ACK, RS_DONE and last BITMAP_RUNS outside a resync are refused; the bits stay', async () => {
+    const { mv, meta } = withStubPeer('a');
+    await new Promise<void>((res) => meta.markDirty(0, 256, () => res()));
+    expect(() => mv.handleFrame(frame(PeerMsg.RS_ACK, range(0, MiB)), range(0, MiB))).toThrow(/RS_ACK.*not expected/);
+    const runs = Buffer.alloc(20);
+    runs.writeDoubleBE(1024, 4);
+    runs.writeDoubleBE(16, 12);
+    expect(() => mv.handleFrame(frame(PeerMsg.BITMAP_RUNS, runs, 1), runs)).toThrow(/BITMAP_RUNS.*not expected/);
+    expect(() => mv.handleFrame(frame(PeerMsg.RS_DONE, range(0, 0)), range(0, 0))).toThrow(/RS_DONE/);
+    expect(meta.bitmap.runs(0, Infinity)).toEqual([{ start: 0, length: 256 }]);
+  });
+
+  it('a resync target refuses what only a source takes (RS_ACK, RS_REQUEST), and resync data for another range is never written', async () => {
+    const { mv, meta, sent } = withStubPeer('b');
+    mv.startResync('target', () => undefined);
+    const runs = Buffer.alloc(20);
+    runs.writeDoubleBE(0, 4);
+    runs.writeDoubleBE(16, 12);
+    mv.handleFrame(frame(PeerMsg.BITMAP_RUNS, runs, 1), runs);
+    expect(() => mv.handleFrame(frame(PeerMsg.RS_ACK, range(0, 65536)), range(0, 65536))).toThrow(/only a resync source/);
+    expect(() => mv.handleFrame(frame(PeerMsg.RS_REQUEST, range(0, 65536)), range(0, 65536))).toThrow(/only a resync source/);
+    expect(() => mv.handleFrame(frame(PeerMsg.BITMAP_RUNS, runs, 1), runs)).toThrow(/arrived already/);
+    expect(meta.bitmap.count()).toBe(16);
+    // The target asked for [0, 64 KiB); an answer for [1 MiB, 1 MiB + 64 KiB) counts as damage and is asked for again.
+    const req = sent.find((f) => f.type === PeerMsg.RS_REQUEST)!;
+    const data = Buffer.concat([range(MiB, 65536), Buffer.alloc(8), Buffer.alloc(65536, 9)]);
+    mv.handleFrame({ type: PeerMsg.RS_DATA, flags: 0, length: data.length, id: req.id }, data);
+    expect(mv.integrityErrors).toBe(1);
+    expect(sent.filter((f) => f.type === PeerMsg.RS_REQUEST && f.id === req.id)).toHaveLength(2);
+  });
+
+  it('a peer WRITE past the end, a 2 MiB VERIFY_REQUEST, a 4 GiB PEER_READ are refused before anything runs', () => {
+    const { mv } = withStubPeer('a');
+    const w = Buffer.alloc(24 + 4096);
+    w.writeBigUInt64BE(BigInt(SIZE), 8);
+    expect(() => mv.handleFrame(frame(PeerMsg.WRITE, w), w)).toThrow(/outside the volume/);
+    expect(() => mv.handleFrame(frame(PeerMsg.VERIFY_REQUEST, range(0, 2 * MiB)), range(0, 2 * MiB))).toThrow(/exceeds/);
+    expect(() => mv.handleFrame(frame(PeerMsg.PEER_READ, range(0, 2 ** 32 - 1)), range(0, 2 ** 32 - 1))).toThrow(/outside the volume|exceeds/);
   });
 });

@@ -2,9 +2,9 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import type { Hello } from '../../src/replication/hello.js';
+import type { HelloFields } from '../../src/replication/hello.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { encodeFrame, PeerMsg } from '../../src/replication/peer-protocol.js';
+import { encodeFrame, PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
 import { freePort } from '../support/processes.js';
 import { until } from '../support/cluster.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
@@ -13,8 +13,8 @@ import { TcpProxy } from '../support/tcp-proxy.js';
 const logged: string[] = [];
 const log = pino({ level: 'debug' }, { write: (line: string) => void logged.push(JSON.parse(line).msg) });
 const gen = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
-const hello = (node: string, over: Partial<Hello> = {}): Hello => ({
-  version: 1,
+const hello = (node: string, over: Partial<HelloFields> = {}): HelloFields => ({
+  version: PEER_VERSION,
   cluster: 'hospital',
   node,
   volumes: [{ name: 'vol0', size: 2 ** 30, generation: gen, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }],
@@ -28,7 +28,7 @@ afterEach(async () => {
 });
 
 /** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
-async function pair(opts: { bHello?: Hello; timeoutMs?: number } = {}) {
+async function pair(opts: { bHello?: HelloFields; timeoutMs?: number } = {}) {
   const bPort = await freePort();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
   await proxy.start();
@@ -108,5 +108,50 @@ describe('peer link', () => {
     rogue.resume();
     await closed;
     await until(() => a.state === 'Connected' && b.state === 'Connected');
+  });
+});
+
+describe('strangers and restarts', () => {
+  const raw = (port: number, localAddress = '127.0.0.1') =>
+    new Promise<{ s: net.Socket; closed: Promise<void>; got: Buffer[] }>((res, rej) => {
+      const s = net.connect({ port, host: '127.0.0.1', localAddress });
+      const got: Buffer[] = [];
+      s.on('data', (d) => got.push(d));
+      s.on('error', () => undefined);
+      const closed = new Promise<void>((r) => s.once('close', () => r()));
+      s.once('connect', () => res({ s, closed, got }));
+      s.once('error', rej);
+    });
+  const asA = (boot: string) => encodeFrame(PeerMsg.HELLO, 0n, Buffer.from(JSON.stringify({ ...hello('a'), boot })));
+
+  it('an impostor with a fresh boot id is refused while the live link answers; a foreign host at once', async () => {
+    const { a, b, bPort, events } = await pair();
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    const foreign = await raw(bPort, '127.0.0.2');
+    await foreign.closed;
+    const impostor = await raw(bPort);
+    impostor.s.write(asA('feedfacefeedface'));
+    await impostor.closed;
+    expect(Buffer.concat(impostor.got).toString()).toMatch(/a live link with this peer is up/);
+    expect(b.peer?.boot).toBe(a.bootId);
+    expect(events).not.toContain('b down');
+  });
+
+  it('a restarted peer whose old connection went silent replaces it within half the timeout', async () => {
+    // A long dead-peer timeout (4 s), so it is the probe (2 s) that finds the old link dead.
+    const { a, b, bPort, proxy, events } = await pair({ timeoutMs: 4000 });
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    logged.length = 0;
+    proxy.silence(); // the old connection goes silent, as after a power loss
+    a.stop();
+    const restarted = new PeerLink({ hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: bPort }, peerName: 'b', timeoutMs: 4000, log });
+    cleanups.push(() => restarted.stop());
+    const t0 = Date.now();
+    await restarted.start();
+    await until(() => b.peer?.boot === restarted.bootId && restarted.state === 'Connected');
+    expect(Date.now() - t0).toBeLessThan(3500);
+    expect(logged).toContain('the live peer link stopped answering; a new connection from the peer replaces it');
+    expect(logged).not.toContain('peer silent past the timeout, dropping the link');
+    expect(events).toContain('b down');
   });
 });

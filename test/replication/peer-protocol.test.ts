@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { MAX_REQUEST } from '../../src/protocol/constants.js';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
 import {
   decodeWriteHeader,
@@ -8,6 +7,7 @@ import {
   encodeWriteHeader,
   FRAME_HEADER_SIZE,
   FrameDecoder,
+  MAX_FRAME_BODY,
   PeerMsg,
   type FrameHeader,
 } from '../../src/replication/peer-protocol.js';
@@ -61,7 +61,7 @@ describe('peer frames', () => {
     const bad = encodeFrame(PeerMsg.PING, 1n);
     bad.writeUInt32BE(0xdeadbeef, 0);
     expect(() => collect().decoder.feed(bad)).toThrow(ProtocolViolation);
-    const huge = encodeFrameHeader(PeerMsg.WRITE, 1n, 24 + MAX_REQUEST + 1);
+    const huge = encodeFrameHeader(PeerMsg.WRITE, 1n, MAX_FRAME_BODY + 1);
     const c = collect();
     expect(() => c.decoder.feed(huge)).toThrow(/exceeds/);
     expect(c.frames).toHaveLength(0);

@@ -53,6 +53,8 @@ export class TcpProxy {
   private readonly server: net.Server;
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private open = true;
+  /** Nothing passes any more, not even a close (see silence). */
+  private silent = false;
   port = 0;
   /** Data frames from client to upstream still to damage (Infinity: all of them). */
   damageFrames = 0;
@@ -65,21 +67,24 @@ export class TcpProxy {
       const upstream = net.connect(this.target.port, this.target.host);
       const pair: [net.Socket, net.Socket] = [client, upstream];
       this.pairs.add(pair);
-      const end = () => {
+      const end = (side: net.Socket) => () => {
+        side.destroy();
+        if (this.silent) return; // the other side hears nothing
         client.destroy();
         upstream.destroy();
         this.pairs.delete(pair);
       };
-      client.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
+      client.on('error', end(client)).on('close', end(client));
+      upstream.on('error', end(upstream)).on('close', end(upstream));
       const damager = new FrameDamager(() => {
         if (this.damageFrames <= 0) return false;
         this.damageFrames--;
         this.damagedFrames++;
         return true;
       });
-      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, damager.pass(chunk)) })).pipe(upstream);
-      upstream.pipe(client);
+      // Ends are not piped: a close reaches the other side through `end` (and not at all when silent).
+      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, this.silent ? undefined : damager.pass(chunk)) })).pipe(upstream, { end: false });
+      upstream.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, this.silent ? undefined : chunk) })).pipe(client, { end: false });
     });
   }
 
@@ -87,6 +92,15 @@ export class TcpProxy {
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
     this.port = (this.server.address() as net.AddressInfo).port;
     return this.port;
+  }
+
+  /**
+   * Connections stay open but nothing passes either way, not even a close: each side's peer
+   * went dark without a word (a power loss, a dead switch). New connections are refused.
+   */
+  silence(): void {
+    this.silent = true;
+    this.open = false;
   }
 
   /** Drops every connection and refuses new ones (a cut cable). */
