@@ -5,11 +5,14 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { formatStats, runFuzz } from './nbd-fuzz-runner.js';
 import { startTarget, type StartedTarget } from './targets.js';
+import type { ServeMode } from '../support/fixture.js';
 
 const seed = (process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : Math.floor(Math.random() * 2 ** 32)) >>> 0;
 const scale = process.env.FUZZ_SECONDS !== undefined ? Number(process.env.FUZZ_SECONDS) / 20 : 1;
-const standaloneSeconds = 20 * scale;
-const mirroredSeconds = 10 * scale;
+const runs: Array<{ mode: ServeMode; seconds: number; what: string }> = [
+  { mode: 'standalone', seconds: 20 * scale, what: 'a standalone server leave it serving' },
+  { mode: 'mirrored', seconds: 10 * scale, what: 'a node of a mirrored pair leave both nodes serving the same bytes' },
+];
 console.log(`nbd fuzz seed ${seed} (replay: FUZZ_SEED=${seed} npx vitest run test/fuzz/nbd-fuzz.test.ts)`);
 
 describe('nbd fuzz', () => {
@@ -18,27 +21,17 @@ describe('nbd fuzz', () => {
     for (const t of started) await t.cleanup();
   });
 
-  it(
-    `hostile sessions against a standalone server leave it serving (seed ${seed})`,
-    async () => {
-      const t = await startTarget('standalone');
-      started.push(t);
-      const stats = await runFuzz(t.target, { seed, seconds: standaloneSeconds });
-      console.log(`standalone (${t.description})\n${formatStats(stats)}`);
-      expect(stats.sessions).toBeGreaterThan(0);
-    },
-    (standaloneSeconds + 60) * 1000,
-  );
-
-  it(
-    `hostile sessions against a node of a mirrored pair leave both nodes serving the same bytes (seed ${seed})`,
-    async () => {
-      const t = await startTarget('mirrored');
-      started.push(t);
-      const stats = await runFuzz(t.target, { seed, seconds: mirroredSeconds });
-      console.log(`mirrored (${t.description})\n${formatStats(stats)}`);
-      expect(stats.sessions).toBeGreaterThan(0);
-    },
-    (mirroredSeconds + 90) * 1000,
-  );
+  for (const run of runs) {
+    it(
+      `hostile sessions against ${run.what} (seed ${seed})`,
+      async () => {
+        const t = await startTarget(run.mode);
+        started.push(t);
+        const stats = await runFuzz(t.target, { seed, seconds: run.seconds });
+        console.log(`${run.mode} (${t.description})\n${formatStats(stats)}`);
+        expect(stats.sessions).toBeGreaterThan(0);
+      },
+      (run.seconds + 90) * 1000,
+    );
+  }
 });
