@@ -42,9 +42,12 @@ const linkSchema = z
     timeout: duration.default(2000),
     /** PING interval; must leave room for a few beats inside the timeout. */
     heartbeat: duration.optional(),
+    /** A write or flush the peer leaves unanswered this long resets the link (it may answer PINGs yet hang). */
+    ackTimeout: duration.optional(),
   })
-  .transform((l) => ({ timeoutMs: l.timeout, heartbeatMs: l.heartbeat ?? Math.max(50, l.timeout / 4) }))
-  .refine((l) => l.heartbeatMs * 2 <= l.timeoutMs, { message: 'heartbeat must be at most half of timeout', path: ['heartbeat'] });
+  .transform((l) => ({ timeoutMs: l.timeout, heartbeatMs: l.heartbeat ?? Math.max(50, l.timeout / 4), ackTimeoutMs: l.ackTimeout ?? 5 * l.timeout }))
+  .refine((l) => l.heartbeatMs * 2 <= l.timeoutMs, { message: 'heartbeat must be at most half of timeout', path: ['heartbeat'] })
+  .refine((l) => l.ackTimeoutMs >= l.timeoutMs, { message: 'ackTimeout must be at least timeout', path: ['ackTimeout'] });
 
 /** Activity log: how much of each volume may have writes in flight (crash resync covers it). */
 const activityLogSchema = z

@@ -210,6 +210,7 @@ export class ClusterNode {
         rate: { maxBytesPerSecond: config.resync.maxRate, busyBytesPerSecond: config.resync.busyRate, busyWindowMs: 100 },
         onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
         quorum: this.quorum,
+        ackTimeoutMs: config.link.ackTimeoutMs,
       });
       const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
       this.volumes.push(entry);

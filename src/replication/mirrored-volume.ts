@@ -82,7 +82,15 @@ export interface MirroredVolumeOptions {
   onResyncAsked?(role: 'source' | 'target'): void;
   /** May this node write (and read) without its peer? Default: always (no witness). */
   readonly quorum?: QuorumPort;
+  /**
+   * A write or flush the peer has not answered within this long resets the link (default 10 s):
+   * a peer that answers heartbeats but no longer its requests (a hung disk) must not hold client
+   * writes for ever; the link-loss path then makes them degraded writes (DRBD's ko-count idea).
+   */
+  readonly ackTimeoutMs?: number;
 }
+
+const DEFAULT_ACK_TIMEOUT_MS = 10_000;
 
 /** What the mirrored volume asks of the quorum gate (src/replication/quorum.ts). */
 export interface QuorumPort {
@@ -199,6 +207,10 @@ export class MirroredVolume implements Volume {
   /** Mirrored changes waiting for their activity-log extents, in start order. */
   private readonly outgoing: Array<{ ready: boolean; go: () => void }> = [];
   private readonly flushes = new Map<bigint, Done>();
+  /** Writes and flushes sent to the peer and not answered yet: id → when sent (oldest first). */
+  private readonly awaitingPeer = new Map<bigint, number>();
+  private readonly ackTimeoutMs: number;
+  private ackWatch: NodeJS.Timeout | undefined;
   /** Request ids carry the volume index in their top 16 bits, so replies can be routed. */
   private nextId: bigint;
   private resyncState: ResyncRun | undefined;
@@ -228,6 +240,7 @@ export class MirroredVolume implements Volume {
     // FAST_ZERO is offered as the local volume offers it; see zero().
     this.capabilities = o.local.capabilities;
     this.winsOverlaps = o.node > o.peerName;
+    this.ackTimeoutMs = o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.nextId = (BigInt(o.volumeIndex) << 48n) + 1n;
     this.compare = new BlockComparer(o.hot, o.grain);
     this.rate = new RateLimiter(o.rate ?? DEFAULT_RATE);
@@ -370,6 +383,7 @@ export class MirroredVolume implements Volume {
         const entry = this.track(offset, length, 'local', this.nextId++);
         const w: LocalWrite = { entry, type, frame, diskDone: false, peerDone: false, error: null, done };
         this.localWrites.set(entry.id, w);
+        this.sentToPeer(entry.id);
         this.peer.send(type, entry.id, frame);
         // The peer's copy goes out first: its round trip then overlaps with the local write.
         this.peer.afterSend(() =>
@@ -459,6 +473,7 @@ export class MirroredVolume implements Volume {
       if (--pending === 0) done(error);
     };
     this.flushes.set(id, one);
+    this.sentToPeer(id);
     this.peer.send(PeerMsg.FLUSH, id);
     this.local.flush(one);
   }
@@ -527,6 +542,7 @@ export class MirroredVolume implements Volume {
         if (!w) return;
         const st = body.length >= 4 ? body.readUInt32BE(0) : 0;
         if (st === STATUS_RESEND) return this.resend(w);
+        this.awaitingPeer.delete(h.id);
         if (st === 0) {
           w.peerDone = true;
           return this.maybeFinish(w);
@@ -582,6 +598,7 @@ export class MirroredVolume implements Volume {
       case PeerMsg.FLUSH_ACK: {
         const f = this.flushes.get(h.id);
         this.flushes.delete(h.id);
+        this.awaitingPeer.delete(h.id);
         return f?.(body.length >= 4 && body.readUInt32BE(0) !== 0 ? new Error('peer flush failed') : null);
       }
     }
@@ -594,6 +611,7 @@ export class MirroredVolume implements Volume {
    * peer marks them dirty on its side.)
    */
   peerLost(): void {
+    this.awaitingPeer.clear(); // what waited for answers is settled below
     // Damaged peer writes will not be sent again: the peer marks them dirty on its side.
     for (const e of this.damagedWrites.values()) this.release(e);
     this.damagedWrites.clear();
@@ -1077,6 +1095,26 @@ export class MirroredVolume implements Volume {
   }
 
   /** The peer asks for a WRITE again (it arrived damaged). */
+  /** Request `id` went to the peer: it must answer within the ack timeout. */
+  private sentToPeer(id: bigint): void {
+    this.awaitingPeer.set(id, Date.now());
+    this.ackWatch ??= setTimeout(this.checkAcks, this.ackTimeoutMs / 4).unref();
+  }
+
+  /** Runs while requests wait for the peer: the oldest unanswered past the timeout resets the link. */
+  private readonly checkAcks = (): void => {
+    this.ackWatch = undefined;
+    const oldest = this.awaitingPeer.values().next();
+    if (oldest.done) return;
+    const waited = Date.now() - oldest.value;
+    if (waited <= this.ackTimeoutMs) {
+      this.ackWatch = setTimeout(this.checkAcks, this.ackTimeoutMs / 4).unref();
+      return;
+    }
+    this.log.warn({ waitedMs: waited, ackTimeoutMs: this.ackTimeoutMs, unanswered: this.awaitingPeer.size }, 'the peer answers heartbeats but not writes: resetting the link');
+    this.peer.reset(`no answer to a write or flush for ${waited} ms (ack timeout ${this.ackTimeoutMs} ms)`);
+  };
+
   private resend(w: LocalWrite): void {
     this.peer.send(w.type, w.entry.id, w.frame);
   }

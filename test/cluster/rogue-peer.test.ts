@@ -18,6 +18,7 @@ import { closedWithin, forged, frameWithin, rangeBody, rogueConnect, rogueHello,
 const MiB = 2 ** 20;
 const SIZE = 64 * MiB;
 const TIMEOUT = 1000; // link.timeout: half-open sockets are closed within it
+const ACK_TIMEOUT = 2000; // link.ackTimeout: a write the peer leaves unanswered this long resets the link
 const anyGeneration = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
 const logged = (r: RunningServer, msg: string) => r.logs.filter((l) => l.msg === msg);
 
@@ -31,7 +32,7 @@ describe('a rogue on the peer port', () => {
 
   it('strangers never disturb the live link; forged frames drop only the rogue, change nothing, crash nothing', async () => {
     const p = await pairPorts();
-    const config = writePairConfig(join(dir, 'c.json'), p, '64M', p.peerB, { link: { timeout: TIMEOUT } });
+    const config = writePairConfig(join(dir, 'c.json'), p, '64M', p.peerB, { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT } });
     let a = await startClusterNode(config, 'a');
     const b = await startClusterNode(config, 'b');
     running.push(a, b);
@@ -161,6 +162,27 @@ describe('a rogue on the peer port', () => {
     clearInterval(pinger);
     leaver.socket.destroy();
     await until(() => logged(b, 'the peer said it was leaving but kept the link up; its disconnect is treated as a failure').length > 0, 3000);
+
+    // A peer that answers heartbeats (it PINGs) but never acknowledges a write: after
+    // link.ackTimeout b resets the link and the client's write completes as a degraded write.
+    const deaf = await rogueConnect(p.peerB);
+    deaf.send(rogueHello('a', SIZE, generation));
+    await frameWithin(deaf, PeerMsg.HELLO, 2000);
+    await until(async () => (await status(p.adminB)).connection === 'Connected', 3000);
+    const deafPinger = setInterval(() => deaf.send(forged(PeerMsg.PING, Buffer.alloc(0), { id: 0n })), 100);
+    const onB = await NbdClient.connect({ port: p.nbdB, exportName: 'vol0' });
+    const t0 = Date.now();
+    await onB.write(3 * MiB, Buffer.alloc(65536, 0x6d));
+    const held = Date.now() - t0;
+    clearInterval(deafPinger);
+    expect(await frameWithin(deaf, PeerMsg.WRITE, 100)).toBeDefined(); // it was sent the write, and never answered
+    expect(held).toBeGreaterThanOrEqual(ACK_TIMEOUT);
+    expect(held).toBeLessThan(ACK_TIMEOUT + 3000);
+    expect(logged(b, 'the peer answers heartbeats but not writes: resetting the link').length).toBe(1);
+    expect((await status(p.adminB)).outOfSyncBytes).toBeGreaterThanOrEqual(65536);
+    onB.close();
+    deaf.socket.destroy();
+    console.log(`a peer that answers PINGs but not writes held a client write for ${held} ms (link.ackTimeout ${ACK_TIMEOUT} ms)`);
 
     // The real a returns: the pair links, and both copies are the same.
     a = await startClusterNode(config, 'a');

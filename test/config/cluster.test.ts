@@ -21,7 +21,7 @@ describe('cluster config', () => {
     expect(c.name).toBeUndefined();
     expect(parseClusterConfig({ ...example, name: 'pair-1' }).name).toBe('pair-1');
     expect(() => parseClusterConfig({ ...example, name: 'two words' })).toThrow(/name: use 1-64 letters/);
-    expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500 });
+    expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500, ackTimeoutMs: 10_000 });
     expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 1000 });
   });
 
@@ -32,9 +32,11 @@ describe('cluster config', () => {
   });
 
   it('takes peer link timing as durations and checks heartbeat against timeout', () => {
-    expect(parseClusterConfig({ ...example, link: { timeout: '5s' } }).link).toEqual({ timeoutMs: 5000, heartbeatMs: 1250 });
-    expect(parseClusterConfig({ ...example, link: { timeout: 800, heartbeat: '100ms' } }).link).toEqual({ timeoutMs: 800, heartbeatMs: 100 });
+    expect(parseClusterConfig({ ...example, link: { timeout: '5s' } }).link).toEqual({ timeoutMs: 5000, heartbeatMs: 1250, ackTimeoutMs: 25_000 });
+    expect(parseClusterConfig({ ...example, link: { timeout: 800, heartbeat: '100ms', ackTimeout: '3s' } }).link).toEqual({ timeoutMs: 800, heartbeatMs: 100, ackTimeoutMs: 3000 });
     expect(() => parseClusterConfig({ ...example, link: { timeout: '1s', heartbeat: '900ms' } })).toThrow(/link\.heartbeat: heartbeat must be at most half/);
+    expect(() => parseClusterConfig({ ...example, link: { timeout: '2s', ackTimeout: '1s' } })).toThrow(/link\.ackTimeout: ackTimeout must be at least timeout/);
+    expect(() => parseClusterConfig({ ...example, link: { ackTimeout: 'soon' } })).toThrow(/link\.ackTimeout/);
     expect(() => parseClusterConfig({ ...example, link: { timeout: 'soon' } })).toThrow(/link\.timeout: "soon" is not a duration/);
   });
 
