@@ -4,11 +4,13 @@
 // event-loop lag) from prom-client's defaults.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeStatus, VolumeStatus } from '../replication/cluster-node.js';
+import { DISK_TRANSITIONS, REPLICATION_TRANSITIONS, type DiskStateName, type ReplicationState } from '../replication/replication-state.js';
 
 type VolumesStatus = Pick<NodeStatus, 'volumes'>;
 
 const CONNECTION = ['Connected', 'Connecting', 'StandAlone'] as const;
-const DISK = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
+const REPLICATION = Object.keys(REPLICATION_TRANSITIONS) as ReplicationState[];
+const DISK = Object.keys(DISK_TRANSITIONS) as DiskStateName[];
 const QUORUM = ['connected', 'alone', 'claiming', 'denied', 'no-quorum'] as const;
 
 export interface NodeMetrics {
@@ -65,6 +67,7 @@ export function createMetrics(status: () => VolumesStatus): NodeMetrics {
   };
 
   states('nbd_mirror_volume_connection', 'Peer link state of the volume (1 for the current state)', CONNECTION, (v) => v.connection);
+  states('nbd_mirror_volume_replication_state', 'Replication state of the volume, DRBD names (1 for the current state)', REPLICATION, (v) => v.replication);
   states('nbd_mirror_volume_disk_state', 'Disk state of the local copy (1 for the current state)', DISK, (v) => v.disk);
   states('nbd_mirror_volume_quorum', 'May this node write without its peer (1 for the current state)', QUORUM, (v) => v.quorum);
   perVolume('nbd_mirror_volume_out_of_sync_bytes', 'Bytes marked out of sync (dirty bits) on this node', (v) => v.outOfSyncBytes);

@@ -17,10 +17,14 @@ const byCode: Record<string, NbdErr> = {
   ESHUTDOWN: NbdErr.ESHUTDOWN,
 };
 
-/** The NBD error for a thrown error: its `code` when the spec has one for it, else EIO. */
+/**
+ * The NBD error for a thrown error: its `code` when the spec has one for it, else its `osCode`
+ * (the disk errno an engine error keeps, see replication/mirror-errors.ts), else EIO.
+ */
 export function nbdErrno(err: unknown): NbdErr {
-  const code = (err as { code?: unknown } | null)?.code;
-  return (typeof code === 'string' && byCode[code]) || NbdErr.EIO;
+  const e = err as { code?: unknown; osCode?: unknown } | null;
+  for (const code of [e?.code, e?.osCode]) if (typeof code === 'string' && byCode[code]) return byCode[code];
+  return NbdErr.EIO;
 }
 
 const names: Record<number, string> = {

@@ -16,13 +16,12 @@ import { PeerLink, type LinkState } from './peer-link.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
+import { diskStateName, PERSISTED_DISK, type DiskStateName, type ReplicationState } from './replication-state.js';
 import { QuorumGate, type QuorumDescription, type QuorumState } from './quorum.js';
 import { WitnessClient } from '../witness/witness-client.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
-
-const STATE_NAMES = ['UpToDate', 'Inconsistent', 'Outdated'] as const;
 
 export interface VerifyStatus extends VerifyReport {
   running: boolean;
@@ -44,8 +43,11 @@ export interface NodeStatus {
 }
 
 export interface VolumeStatus {
+  /** The link's state (StandAlone for a diverged volume). */
   connection: LinkState;
-  disk: (typeof STATE_NAMES)[number];
+  /** What the pair does with this volume (replication-state.ts). */
+  replication: ReplicationState;
+  disk: DiskStateName;
   outOfSyncBytes: number;
   resync: { role: 'source' | 'target'; checksum: boolean; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
@@ -63,8 +65,6 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
-  /** Diverged from the peer (split brain or unrelated data): not mirrored until resolved. */
-  diverged: boolean;
   readonly file: FileVolume;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
@@ -139,11 +139,7 @@ export class ClusterNode {
         this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
-        for (const v of this.volumes) {
-          if (v.diverged) continue;
-          v.mirror.peerLost();
-          this.log.warn({ volume: v.name, reason: leaving ? 'peer left gracefully' : reason, quorum: this.quorum.state }, 'volume degraded: peer gone, tracking changes');
-        }
+        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`);
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
@@ -162,7 +158,7 @@ export class ClusterNode {
           throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
         }
         // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
-        if (v.diverged) return this.hot.slots.release(body);
+        if (v.mirror.replication === 'Diverged') return this.hot.slots.release(body);
         v.mirror.handleFrame(h, body);
       },
     });
@@ -190,7 +186,7 @@ export class ClusterNode {
       const slots = this.hot.slots;
       const port: PeerPort = {
         get connected() {
-          return link.state === 'Connected' && !entry.diverged;
+          return link.state === 'Connected' && entry.mirror.replication !== 'Diverged';
         },
         send: link.send.bind(link),
         afterSend: link.afterSend.bind(link),
@@ -212,7 +208,7 @@ export class ClusterNode {
         quorum: this.quorum,
         ackTimeoutMs: config.link.ackTimeoutMs,
       });
-      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, diverged: false, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
+      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
       this.volumes.push(entry);
     });
   }
@@ -235,7 +231,7 @@ export class ClusterNode {
         name: v.name,
         size: v.file.size,
         generation: v.meta.generation,
-        state: STATE_NAMES[v.meta.state],
+        state: diskStateName(v.meta.state),
         dirty: v.meta.bitmap.any(),
         checksum: v.meta.checksumResync,
         dirtyBytes: v.meta.bitmap.count() * GRAIN,
@@ -246,24 +242,17 @@ export class ClusterNode {
 
   private onConnected(peer: Hello): void {
     this.volumes.forEach((v, i) => {
-      v.diverged = false; // decided afresh on every connection
       const theirs = peer.volumes[i]!;
       const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any() };
-      const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: STATE_NAMES.indexOf(theirs.state) as DiskState, dirty: theirs.dirty };
+      const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: PERSISTED_DISK[theirs.state], dirty: theirs.dirty };
       const d = decide(mine, other);
-      const log = this.log.child({ volume: v.name });
       switch (d.kind) {
         case 'in-sync':
-          if (!d.resync) {
-            log.info('volume connected and up to date');
-            return;
-          }
+          if (!d.resync) return v.mirror.connected('connected and up to date');
           return this.resync(v, d.source === this.nodeName, theirs, 'bits left by a crash or by verify');
         case 'initial':
-          if (d.source !== this.nodeName) v.meta.saveIdentity({ generation: { ...v.meta.generation, current: theirs.generation.current } });
-          v.meta.saveIdentity({ state: DiskState.UpToDate });
-          log.info({ reason: 'both nodes new' }, 'volume connected and up to date');
-          return;
+          v.mirror.state.setDisk('UpToDate', 'both nodes new: identical by definition', d.source !== this.nodeName ? { generation: { ...v.meta.generation, current: theirs.generation.current } } : {});
+          return v.mirror.connected('both nodes new');
         case 'bitmap':
           return this.resync(v, d.source === this.nodeName, theirs, 'changed on one node while apart');
         case 'full':
@@ -279,20 +268,18 @@ export class ClusterNode {
           return this.resync(v, d.source === this.nodeName, theirs, 'new or unrelated copy: full sync', false);
         case 'no-consistent-source':
           // Not mirrored until an operator decides: neither copy is overwritten.
-          v.diverged = true;
-          return log.error(
-            { decision: d.kind, node: d.node, ours: { state: STATE_NAMES[mine.state], generation: mine.generation }, theirs: { state: theirs.state, generation: other.generation } },
-            `volume not resynced: the copy on ${d.node} would be the source but is incomplete (a sync into it was cut short); nbd-mirror resolve on ${d.node} discards it for a full sync`,
+          return v.mirror.diverged(
+            `not resynced: the copy on ${d.node} would be the source but is incomplete (a sync into it was cut short); nbd-mirror resolve on ${d.node} discards it for a full sync`,
+            { decision: d.kind, node: d.node, ours: { state: diskStateName(mine.state), generation: mine.generation }, theirs: { state: theirs.state, generation: other.generation } },
           );
         case 'split-brain':
         case 'unrelated': {
-          v.diverged = true;
           const ours = { node: this.nodeName, dirtyBytes: v.meta.bitmap.count() * GRAIN, trackingSince: v.meta.trackingSince };
           const peerSide = { node: peer.node, dirtyBytes: theirs.dirtyBytes, trackingSince: theirs.trackingSince };
           const verdict = d.kind === 'split-brain' ? splitBrainLoser(this.splitBrainPolicy, ours, peerSide) : { loser: null, why: 'no common history: an operator chooses' };
           const facts = { decision: d.kind, ours: { ...ours, generation: mine.generation }, theirs: { ...peerSide, generation: other.generation }, policy: this.splitBrainPolicy.policy, loser: verdict.loser, why: verdict.why };
-          if (verdict.loser === null) return log.error(facts, 'volume not resynced: data diverged; both nodes keep serving');
-          log.error(facts, `split brain resolved by policy: node ${verdict.loser} discards its changes`);
+          if (verdict.loser === null) return v.mirror.diverged('data diverged: both nodes keep serving; an operator resolves it', facts);
+          v.mirror.diverged(`split brain resolved by policy: node ${verdict.loser} discards its changes`, facts);
           // The loser steps back and reconnects; after this connection's handling, not inside it.
           if (verdict.loser === this.nodeName) setImmediate(() => this.discardLocalChanges(v.name));
           return;
@@ -313,26 +300,25 @@ export class ClusterNode {
     if (isSource && !canBeSource(v.meta.state)) {
       // The peer may have started its target side already: the reconnect ends it, and the
       // next connection decides by generation.
-      log.error({ reason, state: STATE_NAMES[v.meta.state] }, 'not resyncing: this copy is incomplete and cannot be a sync source');
+      log.error({ reason, state: diskStateName(v.meta.state) }, 'not resyncing: this copy is incomplete and cannot be a sync source');
       return this.link.reconnect('asked to be the source of a resync with an incomplete copy');
     }
     const checksum = checksumAllowed && (v.checksumAlways || v.meta.checksumResync || theirs.checksum);
-    if (!isSource) v.meta.saveIdentity({ state: DiskState.Inconsistent });
     v.resyncStarted = Date.now();
     const before = { bytes: v.mirror.resyncedBytesTotal, wire: v.mirror.resyncWireBytesTotal };
-    log.info({ role, reason, checksum }, 'volume resyncing');
     v.mirror.startResync(
       role,
       (err) => {
         if (err) return log.warn({ err: err.message }, 'resync interrupted; it resumes on the next connection');
         const g = v.meta.generation;
-        v.meta.saveIdentity({ state: DiskState.UpToDate, generation: finishSync(g, isSource ? g.current : theirs.generation.current), checksumResync: false, trackingSince: 0 });
+        v.mirror.state.setDisk('UpToDate', `resync finished as ${role}`, { generation: finishSync(g, isSource ? g.current : theirs.generation.current), checksumResync: false, trackingSince: 0 });
         const seconds = (Date.now() - v.resyncStarted) / 1000;
         v.lastResync = { role, checksum, bytes: v.mirror.resyncedBytesTotal - before.bytes, wireBytes: v.mirror.resyncWireBytesTotal - before.wire, seconds, finishedAt: new Date().toISOString() };
         log.info({ role, seconds, bytes: v.lastResync.bytes, wireBytes: v.lastResync.wireBytes }, 'volume up to date after resync');
         this.checkInSync();
       },
       checksum,
+      reason,
     );
   }
 
@@ -344,7 +330,7 @@ export class ClusterNode {
   discardLocalChanges(volume: string): string {
     const v = this.volumes.find((x) => x.name === volume);
     if (!v) throw new Error(`no volume "${volume}"`);
-    if (!v.diverged) throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
+    if (v.mirror.replication !== 'Diverged') throw new Error(`volume "${volume}" has not diverged from the peer; nothing to resolve`);
     const g = v.meta.generation;
     if (v.meta.state === DiskState.Inconsistent) {
       // An incomplete copy has no changes worth keeping: it becomes a new node, so the next
@@ -354,7 +340,7 @@ export class ClusterNode {
       this.link.reconnect('incomplete copy discarded');
       return `node ${this.nodeName} discards its incomplete copy of ${volume}; a full sync from ${this.peerName} follows`;
     }
-    v.meta.saveIdentity({ state: DiskState.Outdated, generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history }, trackingSince: 0 });
+    v.mirror.state.setDisk('Outdated', 'split brain resolved: this node discards its changes', { generation: { current: g.bitmap, bitmap: NO_GENERATION, history: g.history }, trackingSince: 0 });
     this.log.warn({ volume, discardedBytes: v.meta.bitmap.count() * GRAIN }, 'split brain resolved: discarding this node\'s changes, resyncing from the peer');
     this.link.reconnect('split brain resolved');
     return `node ${this.nodeName} discards its changes to ${volume}; resync from ${this.peerName} follows`;
@@ -365,8 +351,9 @@ export class ClusterNode {
     const seconds = (Date.now() - v.resyncStarted) / 1000;
     const rate = r && seconds > 0 ? r.doneBytes / seconds : 0;
     return {
-      connection: v.diverged ? 'StandAlone' : this.link.state,
-      disk: STATE_NAMES[v.meta.state],
+      connection: v.mirror.replication === 'Diverged' ? 'StandAlone' : this.link.state,
+      replication: v.mirror.replication,
+      disk: v.mirror.state.disk,
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
@@ -389,7 +376,7 @@ export class ClusterNode {
     if (repairSource !== null && repairSource !== this.nodeName && repairSource !== this.peerName) {
       throw new Error(`--source must name a node of this cluster (${this.nodeName} or ${this.peerName}), not "${repairSource}"`);
     }
-    if (v.diverged) throw new Error(`volume "${volume}" has diverged from the peer (split brain): resolve it first`);
+    if (v.mirror.replication === 'Diverged') throw new Error(`volume "${volume}" has diverged from the peer (split brain): resolve it first`);
     if (v.verify?.running) throw new Error(`a verify of "${volume}" is already running`);
     const started = Date.now();
     const log = this.log.child({ volume });
@@ -442,7 +429,7 @@ export class ClusterNode {
    */
   private checkInSync(): void {
     if (this.link.state !== 'Connected') return;
-    if (this.volumes.every((v) => !v.diverged && v.mirror.resync === undefined && v.meta.state === DiskState.UpToDate && !v.meta.bitmap.any())) this.quorum.inSync();
+    if (this.volumes.every((v) => v.mirror.replication === 'Connected' && v.mirror.resync === undefined && v.meta.state === DiskState.UpToDate && !v.meta.bitmap.any())) this.quorum.inSync();
   }
 
   /**
@@ -461,6 +448,7 @@ export class ClusterNode {
     this.quorum.stop();
     this.link.stop();
     for (const v of this.volumes) {
+      v.mirror.stopped();
       await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
       v.meta.close();
       await v.file.close();

@@ -119,7 +119,9 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
   ],
   [PeerMsg.RS_ACK, { name: 'RS_ACK', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_RESYNC_RANGE }, legal: onlySource }],
   [PeerMsg.RS_DONE, { name: 'RS_DONE', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: 0 }, legal: onlySource }],
-  [PeerMsg.PEER_READ, { name: 'PEER_READ', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_REQUEST }, legal: onlySource }],
+  // Any time: a read changes nothing, and the peer may lack a range outside a resync too (its
+  // disk failed, or a resync into it was cut short).
+  [PeerMsg.PEER_READ, { name: 'PEER_READ', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_REQUEST } }],
   [
     PeerMsg.PEER_READ_DATA,
     {

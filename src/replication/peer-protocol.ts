@@ -9,7 +9,7 @@
 // digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
 // checks before the data goes near a disk.
 import { MAX_REQUEST } from '../protocol/constants.js';
-import { ProtocolViolation } from '../protocol/errors.js';
+import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 
 export const PEER_MAGIC = 0x4e424d52; // "NBMR"
 /** 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's. */
@@ -70,6 +70,56 @@ export const enum PeerMsg {
 
 /** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */
 export const STATUS_RESEND = 0x52534e44; // "RSND"
+
+/**
+ * Status body of WRITE_ACK, FLUSH_ACK and PEER_READ_DATA: 0, or the NBD errno of the failure
+ * (EIO, ENOSPC, EPERM, …: the peer's disk errno, so the client hears the real cause).
+ */
+export function encodeStatus(err: Error | null): Buffer {
+  return encodeStatusCode(err ? nbdErrno(err) : 0);
+}
+
+export function encodeStatusCode(code: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(code);
+  return b;
+}
+
+/** The errno name of a non-zero status (ENOSPC, EIO, …; an unknown number reads as EIO). */
+export function statusErrno(code: number): string {
+  const name = nbdErrName(code);
+  return name.startsWith('E#') ? 'EIO' : name;
+}
+
+/** TRIM/ZERO body: range, then flags u32 (1 = FUA, 2 = NO_HOLE). */
+export function encodeChange(volume: number, offset: number, length: number, flags: number): Buffer {
+  const b = Buffer.alloc(RANGE_SIZE + 4);
+  encodeRange(volume, offset, length).copy(b);
+  b.writeUInt32BE(flags, RANGE_SIZE);
+  return b;
+}
+
+/** BITMAP_RUNS bodies: volume u32, then (start, length) f64 pairs in grains, `perFrame` runs each. */
+export function encodeRuns(volume: number, runs: ReadonlyArray<{ start: number; length: number }>, perFrame: number): Buffer[] {
+  const bodies: Buffer[] = [];
+  for (let i = 0; i < runs.length || i === 0; i += perFrame) {
+    const part = runs.slice(i, i + perFrame);
+    const body = Buffer.alloc(4 + 16 * part.length);
+    body.writeUInt32BE(volume, 0);
+    part.forEach((r, j) => {
+      body.writeDoubleBE(r.start, 4 + 16 * j);
+      body.writeDoubleBE(r.length, 12 + 16 * j);
+    });
+    bodies.push(body);
+  }
+  return bodies;
+}
+
+export function decodeRuns(body: Buffer): Array<{ start: number; length: number }> {
+  const runs: Array<{ start: number; length: number }> = [];
+  for (let at = 4; at + 16 <= body.length; at += 16) runs.push({ start: body.readDoubleBE(at), length: body.readDoubleBE(at + 8) });
+  return runs;
+}
 
 /** Bytes of an RS_DATA body before the data: range, digest. */
 export const RS_DATA_HEADER_SIZE = 24;

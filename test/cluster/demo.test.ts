@@ -21,7 +21,7 @@ describe('nbd-mirror demo', () => {
         const t = setTimeout(() => reject(new Error('demo nodes did not connect in 15 s')), 15_000);
         createInterface({ input: demo.stdout! }).on('line', (line) => {
           const rec = JSON.parse(line) as { msg?: string; node?: string };
-          if (rec.msg?.startsWith('volume connected') && rec.node) connected.add(rec.node);
+          if (rec.msg?.startsWith('volume Connected') && rec.node) connected.add(rec.node);
           if (connected.size === 2) {
             clearTimeout(t);
             resolve();

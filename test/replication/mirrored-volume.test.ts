@@ -51,7 +51,7 @@ async function cluster() {
       log,
       allocBody: (n) => hot.slots.acquire(n),
       onFrame: (h, body) => mv!.handleFrame(h, body),
-      onDisconnected: () => mv!.peerLost(),
+      onDisconnected: () => mv!.peerLost('link lost'),
     });
     const peer: PeerPort = {
       get connected() {
@@ -290,10 +290,10 @@ describe('mirrored volume (in-process pair)', () => {
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
     expect(types()).toContain(PeerMsg.RS_REQUEST);
     peer.connected = false;
-    mv.peerLost();
+    mv.peerLost('link lost');
     expect(resyncError).toBeInstanceOf(Error);
     const read = (off: number) => new Promise<Error | null>((res) => mv.read(Buffer.alloc(4096), off, res));
-    expect(await read(3 * MiB)).toMatchObject({ code: 'EIO' });
+    expect(await read(3 * MiB)).toMatchObject({ code: 'MIRROR_NOT_RESYNCED', osCode: 'EIO' });
     expect(await read(10 * MiB)).toBeNull();
   });
 
@@ -307,14 +307,14 @@ describe('mirrored volume (in-process pair)', () => {
     mv.write(Buffer.alloc(4096, 7), 0, false, (e) => (result = e));
     await until(() => types().includes(PeerMsg.WRITE)); // mirrored, the peer never answers
     peer.connected = false;
-    mv.peerLost();
+    mv.peerLost('link lost');
     await until(() => held.length === 1); // its bit is durable; it waits for quorum
     expect(result).toBeUndefined();
     expect(meta.bitmap.count()).toBe(1);
     peer.connected = true; // the link is back before any grant
     held[0]!(null);
     await until(() => result !== undefined);
-    expect(result).toMatchObject({ code: 'EIO' });
+    expect(result).toMatchObject({ code: 'MIRROR_HELD_TOO_LONG', osCode: 'EIO' });
     expect(meta.generation).toEqual(before); // this node did not start writing alone
   });
 
@@ -335,7 +335,7 @@ describe('mirrored volume (in-process pair)', () => {
     cut.meta.saveIdentity({ state: DiskState.Inconsistent, generation: { ...gen, history: ['1111111111111111', '0000000000000000'] } });
     cut.peer.connected = false;
     const before = cut.meta.generation;
-    await expect(write(cut.mv, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'EIO' });
+    await expect(write(cut.mv, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'MIRROR_INCOMPLETE_COPY', osCode: 'EIO' });
     expect(cut.meta.generation).toEqual(before);
     const fresh = withStubPeer('a');
     fresh.peer.connected = false;

@@ -1,0 +1,333 @@
+// The life of a client's write, trim or zero on a mirrored volume (protocol C), as one request
+// object with a declared step and one event function, `on` (DRBD's __req_mod). Link loss is
+// just an event. A change completes only when it is on both nodes, or — with the peer gone —
+// once the dirty bits covering it are durable here and this node may write alone.
+//
+//   Queued ──turn──▶ Mirroring ──peer-ack ok──▶ PeerSettled ──(disk done)──▶ Completed
+//     │                 │ peer-ack error / link-lost
+//     │                 ▼
+//     │          MarkingOutOfSync ──bits-durable──▶ PeerSettled (peer failed)
+//     │                 │ (link lost)             ▶ AwaitingQuorum ──quorum──▶ PeerSettled
+//     └─(no peer)─▶ Degraded ──bits-durable, disk-done──▶ Completed
+//
+// The disk half runs beside the peer half from Mirroring on (`disk-done` is legal in every step
+// from there); the request completes when both halves are done.
+import type { Done } from '../volume/volume.js';
+import type { InFlight, Piece } from './in-flight.js';
+import type { MirrorContext } from './mirror-context.js';
+import { MirrorCode, MirrorError } from './mirror-errors.js';
+import { ProtocolViolation } from '../protocol/errors.js';
+import { PeerMsg, STATUS_RESEND, statusErrno } from './peer-protocol.js';
+
+export type WriteStep = 'Queued' | 'Mirroring' | 'MarkingOutOfSync' | 'AwaitingQuorum' | 'PeerSettled' | 'Degraded' | 'Completed';
+
+export type WriteEvent =
+  /** Its activity-log extents are durable (or, asked without the peer, the quorum answered). */
+  | { readonly type: 'turn'; readonly err: Error | null }
+  | { readonly type: 'disk-done'; readonly err: Error | null }
+  | { readonly type: 'peer-ack'; readonly status: number }
+  | { readonly type: 'link-lost' }
+  | { readonly type: 'bits-durable'; readonly err: Error | null }
+  | { readonly type: 'quorum'; readonly err: Error | null };
+
+/** Which events each step takes; anything else is a bug, or (peer-ack) a peer breaking the protocol. */
+const LEGAL: Readonly<Record<WriteStep, ReadonlyArray<WriteEvent['type']>>> = {
+  Queued: ['turn'],
+  Mirroring: ['disk-done', 'peer-ack', 'link-lost'],
+  MarkingOutOfSync: ['disk-done', 'bits-durable', 'link-lost'],
+  AwaitingQuorum: ['disk-done', 'quorum', 'link-lost'],
+  PeerSettled: ['disk-done', 'link-lost'],
+  Degraded: ['bits-durable', 'disk-done'],
+  Completed: ['link-lost'],
+};
+
+/** What a write asks of the volume about writing without the peer (generation and disk state). */
+export interface AlonePolicy {
+  /** Why this copy may not take writes without its peer now, or null. */
+  refusal(): Error | null;
+  /** About to write without the peer: start tracking changes (a new generation). */
+  wroteAlone(): void;
+}
+
+export class MirroredWrite {
+  step: WriteStep = 'Queued';
+  entry: InFlight | undefined;
+  private diskDone = false;
+  private error: Error | null = null;
+  /** With the peer connected when asked for: its extents went into the activity log. */
+  private logged: boolean;
+  /** Asked for without the peer, and held by the quorum gate before its turn. */
+  private heldForQuorum = false;
+  /** Why its bits are being marked out of sync (MarkingOutOfSync). */
+  private outOfSync: 'peer-failed' | 'link-lost' | undefined;
+
+  constructor(
+    private readonly path: WritePath,
+    readonly type: PeerMsg,
+    /** The frame, kept to send again if the peer finds it damaged. */
+    readonly frame: Buffer | readonly Buffer[],
+    readonly offset: number,
+    readonly length: number,
+    private readonly piece: Piece,
+    private readonly done: Done,
+  ) {
+    this.logged = path.ctx.peer.connected;
+  }
+
+  /** The one way a write moves on. */
+  on(e: WriteEvent): void {
+    if (!LEGAL[this.step].includes(e.type)) {
+      if (e.type === 'peer-ack') throw new ProtocolViolation(`WRITE_ACK for a write in step ${this.step}`);
+      throw new Error(`write ${this.entry?.id ?? '(queued)'}: event ${e.type} in step ${this.step}`);
+    }
+    const ctx = this.path.ctx;
+    switch (e.type) {
+      case 'turn':
+        return this.started(e.err);
+      case 'disk-done':
+        this.diskDone = true;
+        this.error ??= e.err;
+        if (this.step === 'Degraded') return this.complete();
+        return this.maybeComplete();
+      case 'peer-ack':
+        if (e.status === STATUS_RESEND) return void ctx.peer.send(this.type, this.entry!.id, this.frame);
+        this.path.answered(this.entry!.id);
+        ctx.tracker.answered(this.entry!);
+        if (e.status === 0) {
+          this.step = 'PeerSettled';
+          return this.maybeComplete();
+        }
+        // The peer could not apply it: the copies may differ there. Marked out of sync (durably)
+        // before the client hears of the failure, so the next resync or verify repairs it.
+        this.error ??= new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the write (${statusErrno(e.status)})`, statusErrno(e.status));
+        return this.markOutOfSync('peer-failed');
+      case 'link-lost':
+        if (this.step === 'Mirroring') this.markOutOfSync('link-lost');
+        return; // otherwise the peer has answered already, or the bits are on their way
+      case 'bits-durable':
+        if (this.step === 'Degraded') {
+          if (e.err) return this.complete(e.err);
+          return ctx.tracker.apply(this.entry!, this.piece, (err) => this.on({ type: 'disk-done', err }));
+        }
+        this.error ??= e.err;
+        if (this.outOfSync === 'peer-failed') {
+          // Settled (failed) once the bits are durable.
+          this.step = 'PeerSettled';
+          return this.maybeComplete();
+        }
+        // Link lost: acknowledged only with quorum, as a degraded write (see on 'quorum').
+        this.step = 'AwaitingQuorum';
+        return ctx.quorum.whenWritable((err) => this.on({ type: 'quorum', err }));
+      case 'quorum': {
+        // Let through because the peer is back, not because this node may write alone: the
+        // write never reached the peer, and the resync just decided may copy the peer's data
+        // over its bits. It fails, so no client counts on it; never acknowledged.
+        let err = e.err;
+        if (!err && ctx.peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this write could be acknowledged alone');
+        err ??= this.path.alone.refusal();
+        // Only a write acknowledged alone makes a new generation; one failed for want of quorum
+        // leaves it alone, so the resync from the holder covers its bits.
+        if (!err) this.path.alone.wroteAlone();
+        this.error ??= err;
+        this.step = 'PeerSettled';
+        return this.maybeComplete();
+      }
+    }
+  }
+
+  /** Asked for without the peer: only with quorum (the gate holds or fails the write). */
+  ask(): void {
+    const ctx = this.path.ctx;
+    if (this.logged) return ctx.meta.activityLog.begin(this.offset, this.length, (err) => this.path.ready(this, err));
+    let decided = false;
+    ctx.quorum.whenWritable((err) => {
+      // Held, then let through because the peer is back: by now the client may have given up
+      // on this request and written the same blocks through the other node; applying it late
+      // could overwrite that newer data on both. It fails instead (never acknowledged).
+      if (!err && this.heldForQuorum && ctx.peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'held without quorum until the peer came back; not applied');
+      decided = true;
+      this.path.ready(this, err);
+    });
+    this.heldForQuorum = !decided;
+  }
+
+  /** Its turn came (in the order the changes were asked for). */
+  private started(err: Error | null): void {
+    const ctx = this.path.ctx;
+    const al = ctx.meta.activityLog;
+    if (err) {
+      if (this.logged) al.end(this.offset, this.length);
+      return this.complete(err);
+    }
+    if (!ctx.peer.connected) {
+      if (this.logged) al.end(this.offset, this.length);
+      this.logged = false;
+      const refused = this.path.alone.refusal();
+      if (refused) return this.complete(refused);
+      this.step = 'Degraded';
+      this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
+      this.path.alone.wroteAlone();
+      const [first, count] = ctx.grains(this.offset, this.length);
+      return ctx.meta.markDirty(first, count, (e) => this.on({ type: 'bits-durable', err: e }));
+    }
+    // Connected again while this change waited behind others: log it first after all.
+    if (!this.logged) {
+      this.logged = true;
+      this.step = 'Queued';
+      return this.path.queue(this);
+    }
+    // Tracked and sent in one step, as the overlap rule needs.
+    this.step = 'Mirroring';
+    this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
+    this.path.sent(this);
+    ctx.peer.send(this.type, this.entry.id, this.frame);
+    // The peer's copy goes out first: its round trip then overlaps with the local write.
+    ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
+  }
+
+  private markOutOfSync(cause: 'peer-failed' | 'link-lost'): void {
+    this.outOfSync = cause;
+    this.step = 'MarkingOutOfSync';
+    const [first, count] = this.path.ctx.grains(this.offset, this.length);
+    this.path.ctx.meta.markDirty(first, count, (err) => this.on({ type: 'bits-durable', err }));
+  }
+
+  private maybeComplete(): void {
+    if (this.diskDone && this.step === 'PeerSettled') this.complete();
+  }
+
+  private complete(err: Error | null = null): void {
+    const wasLogged = this.logged && this.step !== 'Queued';
+    this.step = 'Completed';
+    this.path.finished(this);
+    if (this.entry) this.path.ctx.tracker.untrack(this.entry);
+    if (wasLogged) this.path.ctx.meta.activityLog.end(this.offset, this.length);
+    this.done(this.error ?? err);
+  }
+}
+
+/**
+ * The writes and flushes of one volume: the queue that starts changes in the order they were
+ * asked for, the open requests by id (routing the peer's answers), and the acknowledgement
+ * timeout: a write or flush the peer leaves unanswered past it resets the link (a peer that
+ * answers heartbeats but no longer its requests must not hold client writes for ever; the
+ * link-loss path then makes them degraded writes — DRBD's ko-count idea).
+ */
+export class WritePath {
+  /** Mirrored changes waiting for their turn, in the order they were asked for. */
+  private readonly queued: Array<{ w: MirroredWrite; ready: boolean; err: Error | null }> = [];
+  private readonly open = new Map<bigint, MirroredWrite>();
+  private readonly flushes = new Map<bigint, Done>();
+  /** Writes and flushes sent to the peer and not answered yet: id → when sent (oldest first). */
+  private readonly awaitingPeer = new Map<bigint, number>();
+  private ackWatch: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly ctx: MirrorContext,
+    readonly alone: AlonePolicy,
+    private readonly ackTimeoutMs: number,
+  ) {}
+
+  /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
+  change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
+    this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done));
+  }
+
+  /** @internal MirroredWrite: waits for its turn. */
+  queue(w: MirroredWrite): void {
+    const turn = { w, ready: false, err: null as Error | null };
+    this.queued.push(turn);
+    w.ask();
+  }
+
+  /** @internal MirroredWrite: its extents are durable (or its quorum answer came). */
+  ready(w: MirroredWrite, err: Error | null): void {
+    const turn = this.queued.find((t) => t.w === w && !t.ready);
+    if (!turn) return;
+    turn.ready = true;
+    turn.err = err;
+    // Changes start in the order they were asked for, even when a later one's extents were logged first.
+    while (this.queued[0]?.ready) {
+      const t = this.queued.shift()!;
+      t.w.on({ type: 'turn', err: t.err });
+    }
+  }
+
+  /** @internal MirroredWrite: sent to the peer, which must answer within the ack timeout. */
+  sent(w: MirroredWrite): void {
+    this.open.set(w.entry!.id, w);
+    this.expectAnswer(w.entry!.id);
+  }
+
+  /** @internal */
+  answered(id: bigint): void {
+    this.awaitingPeer.delete(id);
+  }
+
+  /** @internal */
+  finished(w: MirroredWrite): void {
+    if (w.entry) this.open.delete(w.entry.id);
+  }
+
+  /** WRITE_ACK from the peer. */
+  onAck(id: bigint, status: number): void {
+    this.open.get(id)?.on({ type: 'peer-ack', status });
+  }
+
+  flush(done: Done): void {
+    const { peer, local } = this.ctx;
+    if (!peer.connected) return local.flush(done);
+    const id = this.ctx.nextId();
+    let pending = 2;
+    let error: Error | null = null;
+    const one = (err: Error | null): void => {
+      error ??= err;
+      if (--pending === 0) done(error);
+    };
+    this.flushes.set(id, one);
+    this.expectAnswer(id);
+    peer.send(PeerMsg.FLUSH, id);
+    local.flush(one);
+  }
+
+  /** FLUSH_ACK from the peer. */
+  onFlushAck(id: bigint, status: number): void {
+    const f = this.flushes.get(id);
+    this.flushes.delete(id);
+    this.awaitingPeer.delete(id);
+    f?.(status === 0 ? null : new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the flush (${statusErrno(status)})`, statusErrno(status)));
+  }
+
+  /**
+   * The link is gone: every write still waiting for the peer becomes a degraded write (its bits
+   * are made durable, then it completes with quorum); flushes waiting for the peer complete
+   * locally.
+   */
+  peerLost(): void {
+    this.awaitingPeer.clear(); // what waited for answers is settled below
+    for (const w of [...this.open.values()]) w.on({ type: 'link-lost' });
+    for (const [id, f] of this.flushes) {
+      this.flushes.delete(id);
+      this.ctx.local.flush(f);
+    }
+  }
+
+  private expectAnswer(id: bigint): void {
+    this.awaitingPeer.set(id, Date.now());
+    this.ackWatch ??= setTimeout(this.checkAnswers, this.ackTimeoutMs / 4).unref();
+  }
+
+  /** Runs while requests wait for the peer: the oldest unanswered past the timeout resets the link. */
+  private readonly checkAnswers = (): void => {
+    this.ackWatch = undefined;
+    const oldest = this.awaitingPeer.values().next();
+    if (oldest.done) return;
+    const waited = Date.now() - oldest.value;
+    if (waited <= this.ackTimeoutMs) {
+      this.ackWatch = setTimeout(this.checkAnswers, this.ackTimeoutMs / 4).unref();
+      return;
+    }
+    this.ctx.log.warn({ waitedMs: waited, ackTimeoutMs: this.ackTimeoutMs, unanswered: this.awaitingPeer.size }, 'the peer answers heartbeats but not writes: resetting the link');
+    this.ctx.peer.reset(`no answer to a write or flush for ${waited} ms (ack timeout ${this.ackTimeoutMs} ms)`);
+  };
+}

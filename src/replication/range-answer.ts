@@ -1,0 +1,32 @@
+// The source side of every request for a range of data (resync, checksum resync, a stale
+// read, verify): the range is tracked like a write — it is read once every earlier change to it
+// is on disk, and changes that start later wait until it is read — then answered.
+import type { MirrorContext } from './mirror-context.js';
+
+/**
+ * Reads [offset, offset + length) for the peer's request `id` in its place among overlapping
+ * changes and calls `answer` with the data (or the read's error). `inSlot`: the data goes into a
+ * hot-path slot, given back when `answer` returns — only for answers that send digests, never
+ * the data itself (the link may still hold a sent buffer).
+ */
+export function answerRange(ctx: MirrorContext, frame: string, id: bigint, offset: number, length: number, inSlot: boolean, answer: (err: Error | null, data: Buffer) => void): void {
+  const entry = ctx.track(offset, length, 'resync', id);
+  ctx.tracker.afterEarlier(
+    entry,
+    ctx.guard(frame, () => {
+      const data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
+      ctx.local.read(
+        data,
+        offset,
+        ctx.guard(frame, (err) => {
+          try {
+            ctx.tracker.release(entry);
+            answer(err, data);
+          } finally {
+            if (inSlot) ctx.hot.slots.release(data);
+          }
+        }),
+      );
+    }),
+  );
+}

@@ -1,0 +1,58 @@
+// The source of a resync: answers the target's requests for ranges — the data (RS_REQUEST), the
+// blocks that differ from the target's digests (RS_CSUM_REQUEST), a read for the target's client
+// (PEER_READ) — and clears its bits as the target acknowledges durable copies (RS_ACK). The
+// receiver's table (peer-frames.ts) admits these frames only while this node is a source that
+// has the target's dirty runs.
+import type { MirrorContext } from './mirror-context.js';
+import { answerRange } from './range-answer.js';
+import type { ResyncRun } from './resync.js';
+import { decodeRange, encodeDigest, encodeRange, PeerMsg, sealDigest } from './peer-protocol.js';
+
+export class ResyncSource {
+  constructor(
+    private readonly ctx: MirrorContext,
+    readonly run: ResyncRun,
+  ) {}
+
+  /** RS_REQUEST: the whole range, once every earlier change to it is on disk. */
+  onRequest(id: bigint, body: Buffer): void {
+    const { offset, length } = decodeRange(body);
+    answerRange(this.ctx, 'RS_REQUEST', id, offset, length, false, (err, data) => {
+      if (err) return this.cannotRead(err, offset);
+      this.ctx.counters.resyncWireBytes += data.length;
+      this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
+    });
+  }
+
+  /** RS_CSUM_REQUEST: compared with the target's digests; only the blocks that differ are sent. */
+  onChecksumRequest(id: bigint, body: Buffer): void {
+    const { compare } = this.ctx;
+    const req = compare.decodeDigests(body);
+    const theirs = Buffer.from(req.digests); // the body is given back when this returns
+    answerRange(this.ctx, 'RS_CSUM_REQUEST', id, req.offset, req.length, false, (err, data) => {
+      if (err) return this.cannotRead(err, req.offset);
+      const parts = compare.diffBody(this.ctx.index, req.offset, data, compare.differing(data, theirs));
+      for (let i = 1; i < parts.length; i++) this.ctx.counters.resyncWireBytes += parts[i]!.length;
+      this.ctx.peer.send(PeerMsg.RS_DIFF, id, parts);
+    });
+  }
+
+  /** RS_ACK: the target has the range durably; its bits are cleared here too. */
+  onAck(body: Buffer): void {
+    const { offset, length } = decodeRange(body);
+    const [first, count] = this.ctx.grains(offset, length);
+    this.ctx.meta.clearDirty(first, count);
+    this.run.doneBytes += length;
+    this.ctx.counters.resyncedBytes += length;
+  }
+
+  /**
+   * The range cannot be read here: the resync cannot go on from this copy. The link is reset
+   * (the target keeps its bits; the next connection decides again) rather than leave the
+   * target waiting for an answer that never comes.
+   */
+  private cannotRead(err: Error, offset: number): void {
+    this.ctx.log.error({ err: err.message, offset }, 'resync source cannot read its copy; resetting the link');
+    this.ctx.peer.reset(`resync source read failed at ${offset}: ${err.message}`);
+  }
+}

@@ -1,0 +1,221 @@
+// The target of a resync: walks the dirty bits (the union of both nodes' bits, once the
+// source's runs are in) and pulls each dirty range — the data, or with checksum resync only the
+// blocks whose digests differ — tracking each request like a write, so later changes to the
+// range wait for its data. Copied data is made durable at checkpoints before bits are cleared
+// and acknowledged (RS_ACK), so a power loss cannot leave a range counted in sync that never
+// reached this disk; a resync cut short resumes from the last checkpoint.
+import type { InFlight } from './in-flight.js';
+import type { MirrorContext } from './mirror-context.js';
+import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
+import type { ResyncRun } from './resync.js';
+
+/** Largest range one resync request asks for (the peer refuses larger ones). */
+const RESYNC_CHUNK = MAX_RESYNC_RANGE;
+/** While clients are busy: smaller requests, so a client's write never queues behind much resync data. */
+const RESYNC_CHUNK_BUSY = 256 * 1024;
+/** Resync requests in flight at once. */
+const RESYNC_WINDOW = 8;
+/** A resync target makes copied data durable and clears its bits every this many bytes. */
+const RESYNC_CHECKPOINT = 64 * 1024 * 1024;
+
+/** Where the target is: waiting for the source's dirty runs, pulling ranges, or at its last checkpoint. */
+export type TargetPhase = 'AwaitingRuns' | 'Pulling' | 'Finishing';
+
+/** Resync data matched with the request it answers (see parse). */
+export interface ResyncData {
+  readonly entry: InFlight;
+  readonly range: { offset: number; length: number };
+  readonly pieces: Array<{ offset: number; data: Buffer }>;
+  /** RS_DIFF: its digest checked while parsing. */
+  readonly intact: boolean;
+  /** It names the range its request asked for. */
+  readonly matches: boolean;
+  readonly diff: boolean;
+  /** RS_DATA: the sealed digest to check the data against. */
+  readonly digest?: bigint;
+}
+
+export class ResyncTarget {
+  phase: TargetPhase = 'AwaitingRuns';
+  /** False once the volume ended this run (finished, failed or cut short by the link). */
+  active = true;
+  private cursor = 0;
+  private requests = 0;
+  /** Ranges written since the last checkpoint, not known durable yet (their RS_ACK waits). */
+  private readonly unsynced: Array<{ id: bigint; offset: number; length: number }> = [];
+  private unsyncedBytes = 0;
+  /** A checkpoint's flush is running; later checkpoints wait for it. */
+  private syncing = false;
+  private readonly afterSync: Array<() => void> = [];
+
+  /**
+   * @param end called once: null when every range is copied and acknowledged, else the error
+   *   that stopped the run (a local write or flush failed)
+   */
+  constructor(
+    private readonly ctx: MirrorContext,
+    readonly run: ResyncRun,
+    private readonly end: (err: Error | null) => void,
+  ) {}
+
+  /** The source's dirty runs are in: the bitmap names every range to pull. */
+  runsIn(): void {
+    this.phase = 'Pulling';
+    this.pullMore();
+  }
+
+  /** Keeps up to RESYNC_WINDOW requests in flight, walking the dirty runs in order. */
+  private pullMore(): void {
+    const { ctx } = this;
+    if (!this.active) return;
+    const bits = ctx.meta.bitmap.bits;
+    while (this.requests < RESYNC_WINDOW && this.cursor < bits) {
+      const [run] = ctx.meta.bitmap.runs(this.cursor, 1);
+      if (!run) {
+        this.cursor = bits;
+        break;
+      }
+      const grains = Math.min(run.length, (ctx.rate.busy ? RESYNC_CHUNK_BUSY : RESYNC_CHUNK) / ctx.grain);
+      this.cursor = run.start + grains;
+      const offset = run.start * ctx.grain;
+      const length = Math.min(grains * ctx.grain, ctx.size - offset);
+      this.requests++;
+      // Paced (resync.maxRate, and slower while clients are busy). The range is tracked only
+      // when its request leaves, so client writes to it are not held while it waits its turn.
+      ctx.rate.take(length, () => {
+        if (!this.active) return;
+        const entry = ctx.track(offset, length, 'resync', ctx.nextId());
+        this.ask(entry);
+      });
+    }
+    if (this.requests === 0 && this.cursor >= bits && this.phase !== 'Finishing') {
+      this.phase = 'Finishing';
+      this.checkpoint(() => this.end(null));
+    }
+  }
+
+  /** Asks for a tracked range: its data, or with checksum resync the blocks that differ. */
+  private ask(entry: InFlight): void {
+    if (this.run.checksum) return this.askByChecksum(entry);
+    this.ctx.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(this.ctx.index, entry.offset, entry.end - entry.offset));
+  }
+
+  /**
+   * Checksum resync: digest what we hold of the range (once earlier writes to it are on disk;
+   * later ones wait for the entry) and send the digests instead of asking for the data.
+   */
+  private askByChecksum(entry: InFlight): void {
+    const { ctx } = this;
+    const length = entry.end - entry.offset;
+    ctx.tracker.afterEarlier(
+      entry,
+      ctx.guard('RS_CSUM_REQUEST', () => {
+        const data = ctx.hot.slots.acquire(length);
+        ctx.local.read(
+          data,
+          entry.offset,
+          ctx.guard('RS_CSUM_REQUEST', (err) => {
+            let body: Buffer[];
+            try {
+              // Unreadable here: ask for the whole range instead.
+              if (err) return void ctx.peer.send(PeerMsg.RS_REQUEST, entry.id, encodeRange(ctx.index, entry.offset, length));
+              body = ctx.compare.digestRequest(ctx.index, entry.offset, data);
+            } finally {
+              ctx.hot.slots.release(data);
+            }
+            ctx.peer.send(PeerMsg.RS_CSUM_REQUEST, entry.id, body);
+          }),
+        );
+      }),
+    );
+  }
+
+  /**
+   * The resync data of a request — the whole range (RS_DATA) or the blocks that differed
+   * (RS_DIFF) — parsed and matched with the request it answers; undefined for a request no
+   * longer open. Throws on a malformed RS_DIFF (nothing written yet).
+   */
+  parse(type: PeerMsg, id: bigint, body: Buffer): ResyncData | undefined {
+    const entry = this.ctx.tracker.findRange(id);
+    if (!entry || !this.active) return undefined;
+    const range = decodeRange(body);
+    // Data for another range than was asked for is never written: treated as damaged (asked
+    // for again, and the link reset if it keeps coming), as its sealed digest would be.
+    const matches = range.offset === entry.offset && range.length === entry.end - entry.offset;
+    if (type === PeerMsg.RS_DIFF) {
+      const { pieces, intact } = this.ctx.compare.decodeDiff(body);
+      return { entry, range, pieces, intact, matches, diff: true };
+    }
+    const data = body.subarray(RS_DATA_HEADER_SIZE);
+    return { entry, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE) };
+  }
+
+  /** Writes the resync data (later writes to the range wait for it), then accounts for it (see checkpoint). */
+  write(id: bigint, d: ResyncData, body: Buffer): void {
+    const { ctx } = this;
+    const { entry, range, pieces } = d;
+    let intact: boolean;
+    if (d.diff || !d.matches) {
+      intact = d.intact && d.matches;
+      if (!intact) ctx.countDamage(id, entry.offset, entry.end - entry.offset);
+    } else {
+      intact = ctx.intact(id, pieces[0]!.data, range.offset, 0, d.digest!);
+    }
+    if (!intact) {
+      ctx.peer.release(body);
+      // Asked for again the way it was asked for.
+      if (ctx.peer.connected) this.ask(entry);
+      return;
+    }
+    ctx.intactAgain(id);
+    let left = pieces.length;
+    let error: Error | null = null;
+    const written = (err: Error | null): void => {
+      error ??= err;
+      if (--left > 0) return;
+      ctx.peer.release(body);
+      if (!error) {
+        this.run.doneBytes += range.length;
+        ctx.counters.resyncedBytes += range.length;
+        for (const p of pieces) ctx.counters.resyncWireBytes += p.data.length;
+        this.unsynced.push({ id, offset: range.offset, length: range.length });
+        this.unsyncedBytes += range.length;
+      }
+      ctx.tracker.release(entry);
+      this.requests--;
+      if (error) return this.end(error);
+      // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).
+      if (this.unsyncedBytes >= RESYNC_CHECKPOINT) this.checkpoint();
+      this.pullMore();
+    };
+    if (left === 0) return void ((left = 1), written(null));
+    const writtenSafely = ctx.guard('RS_DATA', written);
+    for (const p of pieces) ctx.local.write(p.data, p.offset, false, writtenSafely);
+  }
+
+  /**
+   * Makes the resync data written so far durable (the volume's flush), and only then clears its
+   * bits and acknowledges the ranges to the source, which clears its own. Until then both nodes
+   * keep the bits.
+   */
+  private checkpoint(then?: () => void): void {
+    const { ctx } = this;
+    if (this.syncing) return void this.afterSync.push(() => this.checkpoint(then));
+    const batch = this.unsynced.splice(0);
+    this.unsyncedBytes = 0;
+    this.syncing = true;
+    ctx.local.flush((err) => {
+      this.syncing = false;
+      if (!this.active) return; // cut short: the bits stay set on both nodes
+      if (err) return this.end(err);
+      for (const b of batch) {
+        const [first, count] = ctx.grains(b.offset, b.length);
+        ctx.meta.clearDirty(first, count);
+        ctx.peer.send(PeerMsg.RS_ACK, b.id, encodeRange(ctx.index, b.offset, b.length));
+      }
+      ctx.meta.flushBitmap(() => undefined);
+      for (const next of this.afterSync.splice(0)) next();
+      then?.();
+    });
+  }
+}
