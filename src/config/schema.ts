@@ -1,0 +1,30 @@
+// zod pieces shared by the files we read (the cluster config, the test-only fault spec): what a
+// person types ("1G", "2s", "HOST:PORT") goes through the one parser in units.ts, and a refusal
+// lists every problem with the field it is about.
+import { z } from 'zod';
+import { parseDuration, parseHostPort, parseSize, type HostPort } from './units.js';
+
+/** A zod transform from a parser that throws: its message becomes the issue's. */
+function parsed<I, O>(parse: (v: I) => O): (v: I, ctx: z.RefinementCtx) => O {
+  return (v, ctx) => {
+    try {
+      return parse(v);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  };
+}
+
+export const address = z.string().transform(parsed((text): HostPort => parseHostPort(text)));
+
+/** Bytes: a positive whole number, or a size with its unit ("512M"). */
+export const size = z.union([z.string(), z.number().int().positive()]).transform(parsed((v) => (typeof v === 'number' ? v : parseSize(v))));
+
+/** Milliseconds: a number, or a duration with its unit ("2s"). */
+export const duration = z.union([z.string(), z.number()]).transform(parsed(parseDuration));
+
+/** One line per problem, "  path.to.field: message", for an error a person reads. */
+export function issueLines(error: z.ZodError): string {
+  return error.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`).join('\n');
+}
