@@ -18,8 +18,22 @@ function parsed<I, O>(parse: (v: I) => O): (v: I, ctx: z.RefinementCtx) => O {
 
 export const address = z.string().transform(parsed((text): HostPort => parseHostPort(text)));
 
+/** A whole number of bytes of at least `min`, or a size with its unit ("512M"). */
+function bytes(min: number) {
+  return z.union([z.string(), z.number()]).transform(
+    parsed((v) => {
+      if (typeof v === 'string') return parseSize(v);
+      if (!Number.isSafeInteger(v) || v < min) throw new Error(`${v} is not a whole number of bytes of at least ${min}`);
+      return v;
+    }),
+  );
+}
+
 /** Bytes: a positive whole number, or a size with its unit ("512M"). */
-export const size = z.union([z.string(), z.number().int().positive()]).transform(parsed((v) => (typeof v === 'number' ? v : parseSize(v))));
+export const size = bytes(1);
+
+/** A position in bytes: a whole number from 0, or a size with its unit ("1M"). */
+export const offset = bytes(0);
 
 /** Milliseconds: a number, or a duration with its unit ("2s"). */
 export const duration = z.union([z.string(), z.number()]).transform(parsed(parseDuration));
