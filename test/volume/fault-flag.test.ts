@@ -19,14 +19,17 @@ afterAll(() => rmSync(specs, { recursive: true, force: true }));
 /** qemu-io's output, failed commands included (it exits 1 when one fails). */
 const qemuIo = (uri: string, ...cmds: string[]) => run('qemu-io', ['-f', 'raw', uri, ...cmds.flatMap((c) => ['-c', c])]).catch((e: Error) => e.message);
 
+const LOADED = 'fault rules loaded';
+const REFUSED = 'fault rules not loaded; the previous rules stay in force';
 const loads = (s: RunningServer, msg: string) => s.logs.filter((l) => l.component === 'faults' && l.msg === msg);
+const outcomes = (s: RunningServer) => loads(s, LOADED).length + loads(s, REFUSED).length;
 
 /** Writes the spec and sends SIGUSR2; resolves once the server has logged the outcome. */
 async function reload(s: RunningServer, file: string, spec: string): Promise<Record<string, unknown>> {
-  const seen = loads(s, 'fault rules loaded').length + loads(s, 'fault rules not loaded; the previous rules stay in force').length;
+  const seen = outcomes(s);
   writeFileSync(file, spec);
   s.proc.kill('SIGUSR2');
-  await until(() => loads(s, 'fault rules loaded').length + loads(s, 'fault rules not loaded; the previous rules stay in force').length > seen, 10_000);
+  await until(() => outcomes(s) > seen, 10_000);
   return s.logs.filter((l) => l.component === 'faults').at(-1)!;
 }
 
@@ -41,13 +44,13 @@ describe.skipIf(missingTools('qemu-io').length > 0)('serve --test-faults', () =>
 
     it('starts with no rules while the file does not exist, warning that faults are on', async () => {
       expect(loads(f.server, 'test-only fault injection is on (--test-faults): requests may be failed or delayed on purpose')).toHaveLength(1);
-      expect(loads(f.server, 'fault rules loaded')[0]).toMatchObject({ file: faults, rules: 0, volumes: { disk: 0 } });
+      expect(loads(f.server, LOADED)[0]).toMatchObject({ file: faults, rules: 0, volumes: { disk: 0 } });
       expect(await qemuIo(f.uri, 'write -P 0x11 0 64k')).toMatch(/^wrote 65536\/65536 bytes at offset 0$/m);
     });
 
     it('on SIGUSR2 loads a write-EIO rule: writes in its range fail and change nothing, others succeed', async () => {
       const logged = await reload(f.server, faults, JSON.stringify({ rules: [{ op: 'write', errno: 'EIO', offset: 0, length: '1M' }] }));
-      expect(logged).toMatchObject({ msg: 'fault rules loaded', file: faults, rules: 1, volumes: { disk: 1 } });
+      expect(logged).toMatchObject({ msg: LOADED, file: faults, rules: 1, volumes: { disk: 1 } });
       expect(await qemuIo(f.uri, 'write -P 0x55 0 64k')).toMatch(/write failed: Input\/output error/);
       expect(await qemuIo(f.uri, 'write -P 0x55 960k 128k')).toMatch(/write failed: Input\/output error/); // overlaps the end
       expect(await qemuIo(f.uri, 'write -P 0x66 2M 64k')).toMatch(/^wrote 65536\/65536 bytes at offset 2097152$/m);
@@ -60,7 +63,7 @@ describe.skipIf(missingTools('qemu-io').length > 0)('serve --test-faults', () =>
 
     it('a bad file on SIGUSR2 is logged; the process goes on under the old rules', async () => {
       const logged = await reload(f.server, faults, JSON.stringify({ rules: [{ op: 'write', errno: 'EBOGUS' }] }));
-      expect(logged).toMatchObject({ level: 50, msg: 'fault rules not loaded; the previous rules stay in force' });
+      expect(logged).toMatchObject({ level: 50, msg: REFUSED });
       expect(logged.err).toMatch(/rules\.0\.errno: "EBOGUS" is not an errno name/);
       expect((await reload(f.server, faults, '{"rules": [')).err).toMatch(/is not valid JSON/);
       expect((await reload(f.server, faults, '{"volumes": {"nope": {"rules": []}}}')).err).toMatch(/names volumes this process does not serve: nope \(it serves disk\)/);
@@ -104,7 +107,7 @@ describe.skipIf(missingTools('qemu-io').length > 0)('serve --test-faults', () =>
     it('fails reads of the named volume on the node whose file says so', async () => {
       expect(await qemuIo(f.uri, 'write -P 0x42 0 64k')).toMatch(/^wrote 65536/m);
       const logged = await reload(f.server, faults, JSON.stringify({ volumes: { vol0: { rules: [{ op: 'read', errno: 'EIO', offset: 0, length: '64k' }] } } }));
-      expect(logged).toMatchObject({ msg: 'fault rules loaded', rules: 1, volumes: { vol0: 1 } });
+      expect(logged).toMatchObject({ msg: LOADED, rules: 1, volumes: { vol0: 1 } });
       expect(await qemuIo(f.uri, 'read -P 0x42 0 64k')).toMatch(/read failed: Input\/output error/);
       expect(await qemuIo(f.uri, 'read -P 0 1M 64k')).toMatch(/^read 65536\/65536 bytes at offset 1048576$/m);
       // The other node has not re-read the file: its copy reads fine.
