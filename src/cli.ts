@@ -17,6 +17,7 @@ import { ExportRegistry } from './server/exports.js';
 import { Hotpath } from './hotpath/index.js';
 import { DEFAULT_LIMITS, NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress, type ServerLimits } from './server/server.js';
 import { formatSize, parseDuration, parseHostPort, parseSize } from './config/units.js';
+import { FaultFile } from './volume/fault-file.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
 
 interface ExportArg {
@@ -66,6 +67,7 @@ interface ServeOptions {
   io: IoMode;
   maxConnections: number;
   sendTimeout: number;
+  testFaults?: string;
 }
 
 function serverLimits(opts: ServeOptions): ServerLimits {
@@ -74,7 +76,9 @@ function serverLimits(opts: ServeOptions): ServerLimits {
 
 async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger(opts.logLevel);
-  if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log);
+  // Only with the flag are volumes wrapped: no layer, no cost otherwise.
+  const faults = opts.testFaults === undefined ? undefined : new FaultFile(resolve(opts.testFaults), log.child({ component: 'faults' }));
+  if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log, faults);
   if (!opts.listen || !opts.export) throw new Error('give --listen and --export, or --config and --node');
   const registry = new ExportRegistry();
   for (const e of opts.export) {
@@ -84,11 +88,12 @@ async function serve(opts: ServeOptions): Promise<void> {
     if (opts.size !== undefined && volume.size !== opts.size) {
       log.warn({ export: e.name, path, size: volume.size, requested: opts.size }, 'file exists with another size; serving it as it is');
     }
-    registry.add(e.name, volume, `nbd-mirror export ${e.name} (${formatSize(volume.size)})`);
+    registry.add(e.name, faults?.wrap(e.name, volume) ?? volume, `nbd-mirror export ${e.name} (${formatSize(volume.size)})`);
     log.info({ export: e.name, path, size: volume.size, readOnly: opts.readOnly, io: opts.io }, 'export ready');
   }
   // WASM memory is sized here, once: room for every request in flight (the server budget) plus
   // the partly received payload of each connection.
+  faults?.start();
   const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
   const server = new NbdServer(registry, hot.slots, log, serverLimits(opts));
   const addr = await server.listen(opts.listen);
@@ -98,11 +103,12 @@ async function serve(opts: ServeOptions): Promise<void> {
 }
 
 /** One node of a mirrored pair, as the cluster config describes it (issue 4, in progress). */
-async function serveClusterNode(opts: ServeOptions, log: Logger): Promise<void> {
+async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFile | undefined): Promise<void> {
   if (!opts.config || !opts.node) throw new Error('--config and --node go together');
   const config = loadClusterConfig(opts.config);
   log = log.child({ node: opts.node });
-  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log);
+  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
+  faults?.start();
   const registry = new ExportRegistry();
   for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
   const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts));
@@ -281,6 +287,8 @@ export function buildProgram(): Command {
         .argParser(argParser(parseSeconds))
         .default(DEFAULT_LIMITS.sendTimeoutMs, `${DEFAULT_LIMITS.sendTimeoutMs / 1000}`),
     )
+    // For tests and chaos drills only (docs/CONFIG.md), so not in --help.
+    .addOption(new Option('--test-faults <file>', 'fail or delay chosen requests as FILE says; re-read on SIGUSR2').hideHelp())
     .action(serve);
 
   program

@@ -2,38 +2,12 @@
 // (later) the witness. Validated with zod so every error names the field it is about.
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { parseDuration, parseHostPort, parseSize, type HostPort } from './units.js';
+import { address, duration, issueLines, size } from './schema.js';
+import { parseSize } from './units.js';
 
 const name = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit');
-
-const address = z.string().transform((text, ctx): HostPort => {
-  try {
-    return parseHostPort(text);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
-
-const size = z.union([z.string(), z.number().int().positive()]).transform((v, ctx): number => {
-  try {
-    return typeof v === 'number' ? v : parseSize(v);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
-
-const duration = z.union([z.string(), z.number()]).transform((v, ctx): number => {
-  try {
-    return parseDuration(v);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
 
 /** Peer link timing. */
 const linkSchema = z
@@ -172,8 +146,7 @@ export class ConfigError extends Error {
 export function parseClusterConfig(json: unknown, source = 'config'): ClusterConfig {
   const result = clusterSchema.safeParse(json);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((i) => `  ${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
-  throw new ConfigError(`${source} is not a valid cluster config:\n${problems.join('\n')}`);
+  throw new ConfigError(`${source} is not a valid cluster config:\n${issueLines(result.error)}`);
 }
 
 export function loadClusterConfig(path: string): ClusterConfig {

@@ -8,6 +8,7 @@ import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
+import type { Volume } from '../volume/volume.js';
 import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
@@ -99,6 +100,8 @@ export class ClusterNode {
     configDir: string,
     slotArenaBytes: number,
     private readonly log: Logger,
+    /** Puts a layer between each volume's file and its mirror (the test-only --test-faults). */
+    wrapLocal?: (name: string, file: Volume) => Volume,
   ) {
     const names = Object.keys(config.nodes).sort();
     if (!names.includes(nodeName)) throw new Error(`node "${nodeName}" is not in the config (nodes: ${names.join(', ')})`);
@@ -194,7 +197,7 @@ export class ClusterNode {
         release: (body) => slots.release(body),
       };
       const mirror = new MirroredVolume({
-        local: file,
+        local: wrapLocal?.(name, file) ?? file,
         meta,
         peer: port,
         volumeIndex: index,
