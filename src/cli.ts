@@ -232,7 +232,7 @@ async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<v
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
     const resync = r ? `  resync ${r.role} ${formatSize(r.doneBytes)}/${formatSize(r.totalBytes)} at ${formatSize(r.bytesPerSecond)}/s${eta}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
-    lines.push(`  ${name}: ${v.connection} ${v.disk}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+    lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }

@@ -49,6 +49,8 @@ export interface VolumeStatus {
   /** What the pair does with this volume (replication-state.ts). */
   replication: ReplicationState;
   disk: DiskStateName;
+  /** The peer said its disk failed: this node holds the only good copy (and tracks every change for it). */
+  peerDiskFailed: boolean;
   outOfSyncBytes: number;
   resync: { role: 'source' | 'target'; checksum: boolean; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
@@ -234,7 +236,7 @@ export class ClusterNode {
         name: v.name,
         size: v.file.size,
         generation: v.meta.generation,
-        state: diskStateName(v.meta.state),
+        state: v.mirror.state.disk,
         dirty: v.meta.bitmap.any(),
         checksum: v.meta.checksumResync,
         dirtyBytes: v.meta.bitmap.count() * GRAIN,
@@ -246,6 +248,12 @@ export class ClusterNode {
   private onConnected(peer: Hello): void {
     this.volumes.forEach((v, i) => {
       const theirs = peer.volumes[i]!;
+      // A failed disk takes part in no resync (it stores nothing): the pair serves from the other copy.
+      if (v.mirror.state.disk === 'Failed') return v.mirror.connected('connected with this disk failed: reads and writes go to the peer');
+      if (theirs.state === 'Failed') {
+        v.mirror.markPeerDiskFailed('the peer reports its disk failed');
+        return v.mirror.connected('connected to a peer whose disk failed: this copy serves both');
+      }
       const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any() };
       const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: PERSISTED_DISK[theirs.state], dirty: theirs.dirty };
       const d = decide(mine, other);
@@ -357,6 +365,7 @@ export class ClusterNode {
       connection: v.mirror.replication === 'Diverged' ? 'StandAlone' : this.link.state,
       replication: v.mirror.replication,
       disk: v.mirror.state.disk,
+      peerDiskFailed: v.mirror.peerDiskFailed,
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,

@@ -23,7 +23,7 @@ export const helloSchema = z.strictObject({
       name: z.string().min(1).max(64),
       size: z.number().int().positive(),
       generation: z.strictObject({ current: hex64, bitmap: hex64, history: z.tuple([hex64, hex64]) }),
-      state: z.enum(['UpToDate', 'Inconsistent', 'Outdated']),
+      state: z.enum(['UpToDate', 'Inconsistent', 'Outdated', 'Failed']),
       /** Does the sender's dirty bitmap have bits set? */
       dirty: z.boolean(),
       /** Does the sender want the next resync to compare block digests first (after a crash)? */

@@ -48,9 +48,14 @@ export interface MirrorContextOptions {
 }
 
 export class MirrorContext {
-  readonly local: Volume;
+  /** The local copy; a DetachedDisk once it failed (replication-state.ts, Failed). */
+  local: Volume;
   readonly meta: VolumeMeta;
   readonly peer: PeerPort;
+  /** The peer said its disk failed (DISK_FAILED, or its HELLO): every change is marked out of sync here. */
+  peerDiskFailed = false;
+  /** Told when the local disk fails a request for [offset, offset + length) (the volume moves to Failed). */
+  onDiskFailure: ((err: Error, during: string, offset: number, length: number) => void) | undefined;
   /** Index of the volume on the wire (sorted names, the same on both nodes). */
   readonly index: number;
   readonly size: number;
@@ -94,6 +99,11 @@ export class MirrorContext {
   track(offset: number, length: number, origin: Origin, id: bigint): InFlight {
     if (origin !== 'resync') this.onChange?.(offset, offset + length);
     return this.tracker.track(offset, length, origin, id);
+  }
+
+  /** The local disk failed `err` while doing `during` to [offset, offset + length). */
+  diskFailed(err: Error, during: string, offset: number, length: number): void {
+    this.onDiskFailure?.(err, during, offset, length);
   }
 
   /** The grains [first, first + count) covering a byte range. */

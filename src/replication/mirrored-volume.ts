@@ -24,7 +24,8 @@ import { DiskState, type VolumeMeta } from '../meta/volume-meta.js';
 import { BlockComparer } from './block-compare.js';
 import { NO_GENERATION, startTracking } from './generation.js';
 import { MirrorContext, type PeerPort, type QuorumPort } from './mirror-context.js';
-import { MirrorCode, MirrorError } from './mirror-errors.js';
+import { DetachedDisk } from './detached-disk.js';
+import { errnoName, MirrorCode, MirrorError } from './mirror-errors.js';
 import { WritePath } from './mirrored-write.js';
 import { localAppliers, PeerChanges, type Appliers } from './peer-changes.js';
 import type { VolumePhase } from './peer-frames.js';
@@ -37,7 +38,7 @@ import { ResyncRun, type ResyncProgress, type ResyncRole } from './resync.js';
 import { ResyncSource } from './resync-source.js';
 import { ResyncTarget } from './resync-target.js';
 import { VerifyRun, type VerifyReport } from './verify.js';
-import { decodeRange, decodeRuns, encodeChange, encodeRange, encodeWriteHeader, PeerMsg, sealDigest, type FrameHeader } from './peer-protocol.js';
+import { decodeRange, decodeRuns, encodeChange, encodeRange, encodeStatus, encodeWriteHeader, PeerMsg, sealDigest, statusErrno, type FrameHeader } from './peer-protocol.js';
 
 export type { PeerPort, QuorumPort } from './mirror-context.js';
 export { MAX_RESENDS } from './mirror-context.js';
@@ -117,6 +118,7 @@ export class MirroredVolume implements Volume {
       localWinsOverlaps: o.node > o.peerName,
     });
     this.ctx.onChange = (offset, end) => this.verifyRun?.touch(offset, end);
+    this.ctx.onDiskFailure = (err, during, offset, length) => this.diskFailed(err, during, offset, length);
     this.state = new VolumeState(
       o.log,
       () => o.meta.state,
@@ -147,6 +149,7 @@ export class MirroredVolume implements Volume {
       [PeerMsg.VERIFY_REQUEST]: (h, b) => this.onVerifyRequest(h.id, b),
       [PeerMsg.VERIFY_DIGESTS]: (h, b) => this.verifyRun?.onDigests(h.id, this.ctx.compare.decodeDigests(b).digests),
       [PeerMsg.RESYNC_NOW]: (_h, b) => o.onResyncAsked?.(b.readUInt32BE(0) === 1 ? 'source' : 'target'),
+      [PeerMsg.DISK_FAILED]: (_h, b) => this.markPeerDiskFailed(`the peer's disk failed (${statusErrno(b.readUInt32BE(0))})`),
     });
     this.state.setReplication('Connecting', 'started');
   }
@@ -158,6 +161,11 @@ export class MirroredVolume implements Volume {
 
   get replication(): ReplicationState {
     return this.state.replication;
+  }
+
+  /** The peer said its disk failed (until the link is lost). */
+  get peerDiskFailed(): boolean {
+    return this.ctx.peerDiskFailed;
   }
 
   /** Data frames from the peer that failed their digest check, since start-up. */
@@ -190,12 +198,56 @@ export class MirroredVolume implements Volume {
     this.ctx.rate.clientIo();
     const { quorum, meta, local } = this.ctx;
     if (!quorum.readable) return quorum.whenReadable((err) => (err ? done(err) : this.read(buf, offset, done)));
-    if (!this.stale()) return local.read(buf, offset, done);
+    if (this.state.disk === 'Failed') return this.ctx.peer.connected ? this.reads.read(buf, offset, done) : local.read(buf, offset, done);
+    if (!this.stale()) return local.read(buf, offset, this.orFromPeer(buf, offset, done));
     const r = this.running;
     if (r?.role === 'target' && !r.run.peerRunsIn) return void this.readsWaitingForRuns.push(() => this.read(buf, offset, done));
     const [first, count] = this.ctx.grains(offset, buf.length);
     if (this.bitsNameStaleRanges && !meta.bitmap.any(first, count)) return local.read(buf, offset, done);
     this.reads.read(buf, offset, done);
+  }
+
+  /** A local read that fails gives the disk up (Failed) and is served by the peer, if it is there. */
+  private orFromPeer(buf: Buffer, offset: number, done: Done): Done {
+    return (err) => {
+      if (!err) return done(null);
+      this.diskFailed(err, 'a client read', offset, buf.length);
+      if (!this.ctx.peer.connected) return done(err);
+      this.reads.read(buf, offset, done);
+    };
+  }
+
+  /**
+   * The local disk failed a request: it is given up until restart (DRBD's detach on I/O error).
+   * The range is marked out of sync here (best effort) and on the peer, which is told first
+   * (DISK_FAILED), so that from then on it marks every change out of sync and starts a new
+   * generation: the next connection makes it the source. Reads go to the peer; a resync in
+   * progress stops (the link is reset and the next connection decides again).
+   */
+  private diskFailed(err: Error, during: string, offset: number, length: number): void {
+    const { ctx } = this;
+    const markHere = (off: number, len: number): void => {
+      const [first, count] = ctx.grains(off, len);
+      ctx.meta.markDirty(first, count, () => undefined);
+    };
+    if (this.state.disk !== 'Failed') {
+      this.state.setDisk('Failed', `the local disk failed ${during}: reads are served by the peer, writes go on to the peer`, {}, { err: err.message, code: errnoName(err), offset, length });
+      ctx.local = new DetachedDisk(this.size, this.capabilities, err, markHere);
+      if (ctx.peer.connected) ctx.peer.send(PeerMsg.DISK_FAILED, ctx.nextId(), encodeStatus(err));
+      if (this.running) ctx.peer.reset('the local disk failed during a resync');
+    }
+    if (length === 0) return; // a flush: no range to mark
+    markHere(offset, length);
+    const [start, count] = ctx.grains(offset, length);
+    if (ctx.peer.connected) ctx.sendRuns([{ start, length: count }], false);
+  }
+
+  /** The peer's disk failed: this copy is the only good one; every change is marked out of sync. */
+  markPeerDiskFailed(reason: string): void {
+    if (this.ctx.peerDiskFailed) return;
+    this.ctx.peerDiskFailed = true;
+    this.ctx.log.warn({ reason }, 'the peer\'s copy failed: this node holds the only good copy and tracks every change for it');
+    this.startTracking();
   }
 
   /**
@@ -282,6 +334,7 @@ export class MirroredVolume implements Volume {
    * locally, resync and verify stop (their bits stay set), reads waiting for the peer fail.
    */
   peerLost(reason: string): void {
+    this.ctx.peerDiskFailed = false; // told again in the next HELLO
     this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
@@ -438,6 +491,7 @@ export class MirroredVolume implements Volume {
    * become a resync source.
    */
   private refusesWritesAlone(): Error | null {
+    if (this.state.disk === 'Failed') return new MirrorError(MirrorCode.LOCAL_FAILED, 'the local disk failed and the peer is gone: no copy would hold this write');
     if (this.ctx.meta.state !== DiskState.Inconsistent || this.brandNew()) return null;
     return new MirrorError(MirrorCode.INCOMPLETE_COPY, 'this copy is incomplete (its resync was cut short): it takes writes only with its peer connected');
   }

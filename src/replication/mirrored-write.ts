@@ -11,11 +11,15 @@
 //     └─(no peer)─▶ Degraded ──bits-durable, disk-done──▶ Completed
 //
 // The disk half runs beside the peer half from Mirroring on (`disk-done` is legal in every step
-// from there); the request completes when both halves are done.
+// from there); the request completes when both halves are done. It succeeds if at least one
+// node holds the change and the other's bits name it: a local disk failure with the peer's copy
+// made moves this node's disk to Failed and the write succeeds; a failure on the peer fails it
+// (the copies may differ there), unless the peer had said its disk failed (then it is marked
+// out of sync here, as for a peer that is gone).
 import type { Done } from '../volume/volume.js';
 import type { InFlight, Piece } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
-import { MirrorCode, MirrorError } from './mirror-errors.js';
+import { errnoName, MirrorCode, MirrorError } from './mirror-errors.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { PeerMsg, STATUS_RESEND, statusErrno } from './peer-protocol.js';
 
@@ -59,7 +63,11 @@ export class MirroredWrite {
   /** Asked for without the peer, and held by the quorum gate before its turn. */
   private heldForQuorum = false;
   /** Why its bits are being marked out of sync (MarkingOutOfSync). */
-  private outOfSync: 'peer-failed' | 'link-lost' | undefined;
+  private outOfSync: 'peer-failed' | 'peer-diskless' | 'link-lost' | undefined;
+  /** The local disk failed it. */
+  private localError: Error | null = null;
+  /** The peer acknowledged it stored: its copy of the change exists. */
+  private peerHasIt = false;
 
   constructor(
     private readonly path: WritePath,
@@ -86,14 +94,18 @@ export class MirroredWrite {
         return this.started(e.err);
       case 'disk-done':
         this.diskDone = true;
-        this.error ??= e.err;
-        if (this.step === 'Degraded') return this.complete();
+        if (this.step === 'Degraded') return this.complete(e.err);
+        this.localError = e.err;
         return this.maybeComplete();
       case 'peer-ack':
         if (e.status === STATUS_RESEND) return void ctx.peer.send(this.type, this.entry!.id, this.frame);
         this.path.answered(this.entry!.id);
         ctx.tracker.answered(this.entry!);
+        // A peer whose disk failed stores nothing: its answer, whatever it says, leaves the
+        // change to this copy, marked out of sync for the resync to it later.
+        if (ctx.peerDiskFailed) return this.markOutOfSync('peer-diskless');
         if (e.status === 0) {
+          this.peerHasIt = true;
           this.step = 'PeerSettled';
           return this.maybeComplete();
         }
@@ -110,8 +122,8 @@ export class MirroredWrite {
           return ctx.tracker.apply(this.entry!, this.piece, (err) => this.on({ type: 'disk-done', err }));
         }
         this.error ??= e.err;
-        if (this.outOfSync === 'peer-failed') {
-          // Settled (failed) once the bits are durable.
+        if (this.outOfSync !== 'link-lost') {
+          // Settled once the bits are durable (failed, if the peer failed it).
           this.step = 'PeerSettled';
           return this.maybeComplete();
         }
@@ -185,7 +197,7 @@ export class MirroredWrite {
     ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
   }
 
-  private markOutOfSync(cause: 'peer-failed' | 'link-lost'): void {
+  private markOutOfSync(cause: NonNullable<MirroredWrite['outOfSync']>): void {
     this.outOfSync = cause;
     this.step = 'MarkingOutOfSync';
     const [first, count] = this.path.ctx.grains(this.offset, this.length);
@@ -193,16 +205,23 @@ export class MirroredWrite {
   }
 
   private maybeComplete(): void {
-    if (this.diskDone && this.step === 'PeerSettled') this.complete();
+    if (!this.diskDone || this.step !== 'PeerSettled') return;
+    const lost = this.localError;
+    if (!lost) return this.complete();
+    if (!this.peerHasIt) return this.complete(new MirrorError(MirrorCode.LOCAL_FAILED, `the local disk failed the write (${lost.message}) and the peer does not hold it`, errnoName(lost)));
+    // The peer holds it: this disk is given up (Failed) and the write succeeds.
+    this.path.ctx.diskFailed(lost, 'a client write', this.offset, this.length);
+    this.complete();
   }
 
   private complete(err: Error | null = null): void {
+    this.error ??= err;
     const wasLogged = this.logged && this.step !== 'Queued';
     this.step = 'Completed';
     this.path.finished(this);
     if (this.entry) this.path.ctx.tracker.untrack(this.entry);
     if (wasLogged) this.path.ctx.meta.activityLog.end(this.offset, this.length);
-    this.done(this.error ?? err);
+    this.done(this.error);
   }
 }
 
@@ -278,16 +297,18 @@ export class WritePath {
     const { peer, local } = this.ctx;
     if (!peer.connected) return local.flush(done);
     const id = this.ctx.nextId();
-    let pending = 2;
-    let error: Error | null = null;
-    const one = (err: Error | null): void => {
-      error ??= err;
-      if (--pending === 0) done(error);
+    // As for writes: it succeeds when one copy is durable and the other's failure is declared.
+    let localErr: Error | null | undefined;
+    let peerErr: Error | null | undefined;
+    const settle = (): void => {
+      if (localErr === undefined || peerErr === undefined) return;
+      if (localErr && !peerErr) this.ctx.diskFailed(localErr, 'a client flush', 0, 0);
+      done(localErr && peerErr ? localErr : peerErr);
     };
-    this.flushes.set(id, one);
+    this.flushes.set(id, (err) => ((peerErr = err), settle()));
     this.expectAnswer(id);
     peer.send(PeerMsg.FLUSH, id);
-    local.flush(one);
+    local.flush((err) => ((localErr = err), settle()));
   }
 
   /** FLUSH_ACK from the peer. */
@@ -295,7 +316,8 @@ export class WritePath {
     const f = this.flushes.get(id);
     this.flushes.delete(id);
     this.awaitingPeer.delete(id);
-    f?.(status === 0 ? null : new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the flush (${statusErrno(status)})`, statusErrno(status)));
+    // A peer whose disk failed said so first (DISK_FAILED): this copy alone counts then.
+    f?.(status === 0 || this.ctx.peerDiskFailed ? null : new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the flush (${statusErrno(status)})`, statusErrno(status)));
   }
 
   /**

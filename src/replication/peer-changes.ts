@@ -62,9 +62,15 @@ export class PeerChanges {
     this.applyChange(this.ctx.track(offset, length, 'peer', id), piece);
   }
 
-  /** FLUSH: answered once the local volume has flushed. */
+  /** FLUSH: answered once the local volume has flushed (a failure gives the disk up first). */
   onFlush(id: bigint): void {
-    this.ctx.local.flush(this.ctx.guard('FLUSH', (err) => void this.ctx.peer.send(PeerMsg.FLUSH_ACK, id, encodeStatus(err))));
+    const { ctx } = this;
+    ctx.local.flush(
+      ctx.guard('FLUSH', (err) => {
+        if (err) ctx.diskFailed(err, 'a peer flush', 0, 0);
+        ctx.peer.send(PeerMsg.FLUSH_ACK, id, encodeStatus(err));
+      }),
+    );
   }
 
   /** The link is gone: damaged writes will not be sent again (the peer marks them dirty on its side). */
@@ -77,13 +83,23 @@ export class PeerChanges {
     const { ctx } = this;
     // A client's write on the peer is client I/O here too: a resync this node pulls yields to it.
     ctx.rate.clientIo();
+    const answer = (err: Error | null): void => {
+      ctx.tracker.untrack(entry);
+      ctx.peer.send(PeerMsg.WRITE_ACK, entry.id, encodeStatus(err));
+    };
     ctx.tracker.apply(
       entry,
       piece,
       ctx.guard('WRITE', (err) => {
         applied?.();
-        ctx.tracker.untrack(entry);
-        ctx.peer.send(PeerMsg.WRITE_ACK, entry.id, encodeStatus(err));
+        const length = entry.end - entry.offset;
+        // The local disk failed it: Failed (its DISK_FAILED goes out before this answer, so the
+        // peer keeps the change as its own, marked out of sync).
+        if (err) ctx.diskFailed(err, 'a peer write', entry.offset, length);
+        // The peer's disk failed: this copy is the only one, its bits name what the peer lacks.
+        if (!ctx.peerDiskFailed) return answer(err);
+        const [first, count] = ctx.grains(entry.offset, length);
+        ctx.meta.markDirty(first, count, ctx.guard('WRITE', (e) => answer(err ?? e)));
       }),
     );
   }

@@ -151,6 +151,7 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
     PeerMsg.VERIFY_DIGESTS,
     { name: 'VERIFY_DIGESTS', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, body: digestsMatch },
   ],
+  [PeerMsg.DISK_FAILED, { name: 'DISK_FAILED', minBody: 4, maxBody: 4, scope: 'volume' }],
   [
     PeerMsg.RESYNC_NOW,
     { name: 'RESYNC_NOW', minBody: 4, maxBody: 4, scope: 'volume', body: (b) => (b.readUInt32BE(0) <= 1 ? undefined : `role ${b.readUInt32BE(0)}`), legal: noResync },

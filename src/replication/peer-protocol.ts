@@ -64,6 +64,12 @@ export const enum PeerMsg {
   VERIFY_DIGESTS = 50,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
   RESYNC_NOW = 51,
+  /**
+   * The sender's disk for this volume failed (body u32: the NBD errno): it stores nothing more
+   * and serves its reads from the receiver, which now holds the only good copy and marks every
+   * change out of sync (Failed disk state, replication-state.ts).
+   */
+  DISK_FAILED = 52,
   /** The sender stops gracefully: the receiver goes on writing alone without the witness. */
   LEAVING = 60,
 }

@@ -32,7 +32,8 @@ export type VolumeFrameType =
   | PeerMsg.RS_DIFF
   | PeerMsg.VERIFY_REQUEST
   | PeerMsg.VERIFY_DIGESTS
-  | PeerMsg.RESYNC_NOW;
+  | PeerMsg.RESYNC_NOW
+  | PeerMsg.DISK_FAILED;
 
 const KEEPS_BODY: ReadonlySet<number> = new Set([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.RS_DIFF]);
 

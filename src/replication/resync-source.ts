@@ -18,7 +18,7 @@ export class ResyncSource {
   onRequest(id: bigint, body: Buffer): void {
     const { offset, length } = decodeRange(body);
     answerRange(this.ctx, 'RS_REQUEST', id, offset, length, false, (err, data) => {
-      if (err) return this.cannotRead(err, offset);
+      if (err) return this.cannotRead(err, offset, length);
       this.ctx.counters.resyncWireBytes += data.length;
       this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
     });
@@ -30,7 +30,7 @@ export class ResyncSource {
     const req = compare.decodeDigests(body);
     const theirs = Buffer.from(req.digests); // the body is given back when this returns
     answerRange(this.ctx, 'RS_CSUM_REQUEST', id, req.offset, req.length, false, (err, data) => {
-      if (err) return this.cannotRead(err, req.offset);
+      if (err) return this.cannotRead(err, req.offset, req.length);
       const parts = compare.diffBody(this.ctx.index, req.offset, data, compare.differing(data, theirs));
       for (let i = 1; i < parts.length; i++) this.ctx.counters.resyncWireBytes += parts[i]!.length;
       this.ctx.peer.send(PeerMsg.RS_DIFF, id, parts);
@@ -47,12 +47,11 @@ export class ResyncSource {
   }
 
   /**
-   * The range cannot be read here: the resync cannot go on from this copy. The link is reset
-   * (the target keeps its bits; the next connection decides again) rather than leave the
-   * target waiting for an answer that never comes.
+   * The range cannot be read here: this disk has failed (Failed), which resets the link (the
+   * target keeps its bits; the next connection decides again) rather than leave the target
+   * waiting for an answer that never comes.
    */
-  private cannotRead(err: Error, offset: number): void {
-    this.ctx.log.error({ err: err.message, offset }, 'resync source cannot read its copy; resetting the link');
-    this.ctx.peer.reset(`resync source read failed at ${offset}: ${err.message}`);
+  private cannotRead(err: Error, offset: number, length: number): void {
+    this.ctx.diskFailed(err, 'a resync read', offset, length);
   }
 }

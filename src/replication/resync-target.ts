@@ -183,7 +183,10 @@ export class ResyncTarget {
       }
       ctx.tracker.release(entry);
       this.requests--;
-      if (error) return this.end(error);
+      if (error) {
+        ctx.diskFailed(error, 'a resync write', range.offset, range.length);
+        return this.end(error);
+      }
       // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).
       if (this.unsyncedBytes >= RESYNC_CHECKPOINT) this.checkpoint();
       this.pullMore();

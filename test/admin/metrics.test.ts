@@ -6,6 +6,7 @@ import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-nod
 const volume = (over: Partial<VolumeStatus>): VolumeStatus => ({
   connection: 'Connected',
   replication: 'Connected',
+  peerDiskFailed: false,
   disk: 'UpToDate',
   outOfSyncBytes: 0,
   resync: null,

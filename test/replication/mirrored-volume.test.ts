@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
+import { nbdErrno } from '../../src/protocol/errors.js';
 import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
@@ -323,10 +324,11 @@ describe('mirrored volume (in-process pair)', () => {
     const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);
     await until(() => sent.some((f) => f.type === PeerMsg.WRITE));
     const frame = sent.find((f) => f.type === PeerMsg.WRITE)!;
-    const eio = Buffer.alloc(4);
-    eio.writeUInt32BE(5);
-    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: frame.id }, eio);
-    expect(await result).toBeInstanceOf(Error);
+    const enospc = Buffer.alloc(4);
+    enospc.writeUInt32BE(28); // the peer's disk errno travels in its answer
+    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: frame.id }, enospc);
+    expect(await result).toMatchObject({ code: 'MIRROR_PEER_FAILED', osCode: 'ENOSPC' });
+    expect(nbdErrno(await result)).toBe(28);
     expect(meta.bitmap.count()).toBe(2);
   });
 
