@@ -5,7 +5,7 @@
 //   peer-changes.ts    the peer's changes applied here
 //   peer-receiver.ts   every peer frame checked against the table, then its handler
 //   resync-source.ts / resync-target.ts, peer-reads.ts (a target's reads of ranges not copied)
-//   verify.ts          online verify
+//   verify.ts, volume-verify.ts  online verify (the run; both sides of one volume)
 //   replication-state.ts  the declared replication and disk states
 //
 // Resync (after the link returns): both nodes send their dirty runs and merge the other's, so
@@ -31,14 +31,14 @@ import { localAppliers, PeerChanges, type Appliers } from './peer-changes.js';
 import type { VolumePhase } from './peer-frames.js';
 import { answerPeerRead, PeerReads } from './peer-reads.js';
 import { PeerReceiver } from './peer-receiver.js';
-import { answerRange } from './range-answer.js';
 import { DEFAULT_RATE, RateLimiter, type RatePolicy } from './rate-limit.js';
 import { VolumeState, type ReplicationState } from './replication-state.js';
 import { ResyncRun, type ResyncProgress, type ResyncRole } from './resync.js';
 import { ResyncSource } from './resync-source.js';
 import { ResyncTarget } from './resync-target.js';
-import { VerifyRun, type VerifyReport } from './verify.js';
-import { decodeRange, decodeRuns, encodeChange, encodeRange, encodeStatus, encodeWriteHeader, PeerMsg, sealDigest, statusErrno, type FrameHeader } from './peer-protocol.js';
+import type { VerifyReport } from './verify.js';
+import { VolumeVerify } from './volume-verify.js';
+import { decodeRuns, encodeChange, encodeRange, encodeStatus, encodeWriteHeader, PeerMsg, sealDigest, statusErrno, type FrameHeader } from './peer-protocol.js';
 
 export type { PeerPort, QuorumPort } from './mirror-context.js';
 export { MAX_RESENDS } from './mirror-context.js';
@@ -86,7 +86,7 @@ export class MirroredVolume implements Volume {
   private readonly reads: PeerReads;
   private readonly receiver: PeerReceiver;
   private running: Running | undefined;
-  private verifyRun: VerifyRun | undefined;
+  private readonly verifier: VolumeVerify;
   /**
    * The bitmap names every grain this copy lacks: set once a resync's runs were merged (before,
    * a copy that is not up to date cannot tell which of its ranges are old).
@@ -117,7 +117,8 @@ export class MirroredVolume implements Volume {
       quorum: o.quorum ?? ALWAYS,
       localWinsOverlaps: o.node > o.peerName,
     });
-    this.ctx.onChange = (offset, end) => this.verifyRun?.touch(offset, end);
+    this.verifier = new VolumeVerify(this.ctx);
+    this.ctx.onChange = (offset, end) => this.verifier.touch(offset, end);
     this.ctx.onDiskFailure = (err, during, offset, length) => this.diskFailed(err, during, offset, length);
     this.state = new VolumeState(
       o.log,
@@ -146,8 +147,8 @@ export class MirroredVolume implements Volume {
       [PeerMsg.PEER_READ_DATA]: (h, b) => this.reads.onData(h.id, b),
       [PeerMsg.RS_DATA]: (h, b) => this.onResyncData(target(), h, b),
       [PeerMsg.RS_DIFF]: (h, b) => this.onResyncData(target(), h, b),
-      [PeerMsg.VERIFY_REQUEST]: (h, b) => this.onVerifyRequest(h.id, b),
-      [PeerMsg.VERIFY_DIGESTS]: (h, b) => this.verifyRun?.onDigests(h.id, this.ctx.compare.decodeDigests(b).digests),
+      [PeerMsg.VERIFY_REQUEST]: (h, b) => this.verifier.onRequest(h.id, b),
+      [PeerMsg.VERIFY_DIGESTS]: (h, b) => this.verifier.onDigests(h.id, b),
       [PeerMsg.RESYNC_NOW]: (_h, b) => o.onResyncAsked?.(b.readUInt32BE(0) === 1 ? 'source' : 'target'),
       [PeerMsg.DISK_FAILED]: (_h, b) => this.markPeerDiskFailed(`the peer's disk failed (${statusErrno(b.readUInt32BE(0))})`),
     });
@@ -347,7 +348,7 @@ export class MirroredVolume implements Volume {
     for (const waiting of this.readsWaitingForRuns.splice(0)) waiting();
     this.ctx.rate.cancel();
     r?.run.onDone(new MirrorError(MirrorCode.NO_PEER, 'peer link lost during resync'));
-    this.verifyRun?.abort('peer link lost during verify');
+    this.verifier.abort('peer link lost during verify');
     this.state.setReplication('Connecting', reason);
   }
 
@@ -425,49 +426,18 @@ export class MirroredVolume implements Volume {
   }
 
   /**
-   * Online verify (see verify.ts): compares every block with the peer while clients work. The
+   * Online verify (volume-verify.ts): compares every block with the peer while clients work. The
    * differing ranges are marked out of sync on both nodes (not repaired: see askResync).
    */
   verify(done: (err: Error | null, report: VerifyReport | undefined) => void): void {
-    const { ctx } = this;
-    if (!ctx.peer.connected) return done(new MirrorError(MirrorCode.NO_PEER, 'cannot verify without the peer'), undefined);
+    if (!this.ctx.peer.connected) return done(new MirrorError(MirrorCode.NO_PEER, 'cannot verify without the peer'), undefined);
     if (this.running) return done(new MirrorError(MirrorCode.BUSY, 'a resync is running; verify after it'), undefined);
-    if (this.verifyRun) return done(new MirrorError(MirrorCode.BUSY, 'a verify of this volume is already running'), undefined);
-    const run = new VerifyRun(
-      {
-        size: this.size,
-        blockSize: ctx.grain,
-        comparer: ctx.compare,
-        rate: ctx.rate,
-        requestDigests: (id, offset, length) => ctx.peer.send(PeerMsg.VERIFY_REQUEST, id, encodeRange(this.volumeIndex, offset, length)),
-        inFlight: (offset, end) => ctx.tracker.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
-        readLocal: (offset, length, cb) => {
-          const data = ctx.hot.slots.acquire(length);
-          ctx.local.read(data, offset, ctx.guard('VERIFY_DIGESTS', (err) => cb(err, data)));
-        },
-        releaseLocal: (data) => ctx.hot.slots.release(data),
-        nextId: () => ctx.nextId(),
-      },
-      (err, report) => {
-        this.verifyRun = undefined;
-        const grains = report.ranges.map((r) => {
-          const [start, length] = ctx.grains(r.offset, r.length);
-          return { start, length };
-        });
-        if (grains.length === 0) return done(err, report);
-        // Out of sync on both nodes: marked durably here, and the peer marks them too.
-        if (ctx.peer.connected) ctx.sendRuns(grains, false);
-        let left = grains.length;
-        for (const g of grains) ctx.meta.markDirty(g.start, g.length, () => --left === 0 && done(err, report));
-      },
-    );
-    this.verifyRun = run;
-    run.start();
+    this.verifier.start(done);
   }
 
   /** Progress of a running verify, if any. */
   get verifying(): VerifyReport | undefined {
-    return this.verifyRun?.report;
+    return this.verifier.report;
   }
 
   /** Asks the peer to start a resync now with this node in `role` (the caller starts its own side). */
@@ -475,14 +445,6 @@ export class MirroredVolume implements Volume {
     const body = Buffer.alloc(4);
     body.writeUInt32BE(role === 'source' ? 0 : 1); // the peer's role is the other one
     return this.ctx.peer.send(PeerMsg.RESYNC_NOW, this.ctx.nextId(), body);
-  }
-
-  /** Peer verifying: our digests of a range, once earlier writes to it are on disk; later ones wait. */
-  private onVerifyRequest(id: bigint, body: Buffer): void {
-    const { offset, length } = decodeRange(body);
-    answerRange(this.ctx, 'VERIFY_REQUEST', id, offset, length, true, (err, data) => {
-      if (!err) this.ctx.peer.send(PeerMsg.VERIFY_DIGESTS, id, this.ctx.compare.digestRequest(this.volumeIndex, offset, data));
-    });
   }
 
   /**

@@ -1,0 +1,82 @@
+// Online verify of one mirrored volume, both sides: this node verifying (a VerifyRun, verify.ts,
+// over the peer link: VERIFY_REQUEST out, VERIFY_DIGESTS back; the differing ranges are marked
+// out of sync on both nodes, not repaired) and this node answering the peer's verify (digests of
+// a range, read in its place among overlapping writes).
+import type { MirrorContext } from './mirror-context.js';
+import { MirrorCode, MirrorError } from './mirror-errors.js';
+import { decodeRange, encodeRange, PeerMsg } from './peer-protocol.js';
+import { answerRange } from './range-answer.js';
+import { VerifyRun, type VerifyReport } from './verify.js';
+
+export class VolumeVerify {
+  private run: VerifyRun | undefined;
+
+  constructor(private readonly ctx: MirrorContext) {}
+
+  /** Progress of a running verify, if any. */
+  get report(): VerifyReport | undefined {
+    return this.run?.report;
+  }
+
+  get running(): boolean {
+    return this.run !== undefined;
+  }
+
+  start(done: (err: Error | null, report: VerifyReport | undefined) => void): void {
+    const { ctx } = this;
+    if (this.run) return done(new MirrorError(MirrorCode.BUSY, 'a verify of this volume is already running'), undefined);
+    const run = new VerifyRun(
+      {
+        size: ctx.size,
+        blockSize: ctx.grain,
+        comparer: ctx.compare,
+        rate: ctx.rate,
+        requestDigests: (id, offset, length) => ctx.peer.send(PeerMsg.VERIFY_REQUEST, id, encodeRange(ctx.index, offset, length)),
+        inFlight: (offset, end) => ctx.tracker.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
+        readLocal: (offset, length, cb) => {
+          const data = ctx.hot.slots.acquire(length);
+          ctx.local.read(data, offset, ctx.guard('VERIFY_DIGESTS', (err) => cb(err, data)));
+        },
+        releaseLocal: (data) => ctx.hot.slots.release(data),
+        nextId: () => ctx.nextId(),
+      },
+      (err, report) => {
+        this.run = undefined;
+        const grains = report.ranges.map((r) => {
+          const [start, length] = ctx.grains(r.offset, r.length);
+          return { start, length };
+        });
+        if (grains.length === 0) return done(err, report);
+        // Out of sync on both nodes: marked durably here, and the peer marks them too.
+        if (ctx.peer.connected) ctx.sendRuns(grains, false);
+        let left = grains.length;
+        for (const g of grains) ctx.meta.markDirty(g.start, g.length, () => --left === 0 && done(err, report));
+      },
+    );
+    this.run = run;
+    run.start();
+  }
+
+  /** A client change of [offset, end) while verifying: those blocks are compared again. */
+  touch(offset: number, end: number): void {
+    this.run?.touch(offset, end);
+  }
+
+  /** VERIFY_DIGESTS: the peer's digests for a request of ours. */
+  onDigests(id: bigint, body: Buffer): void {
+    this.run?.onDigests(id, this.ctx.compare.decodeDigests(body).digests);
+  }
+
+  /** VERIFY_REQUEST: the peer verifying; our digests of the range, once earlier writes to it are on disk. */
+  onRequest(id: bigint, body: Buffer): void {
+    const { ctx } = this;
+    const { offset, length } = decodeRange(body);
+    answerRange(ctx, 'VERIFY_REQUEST', id, offset, length, true, (err, data) => {
+      if (!err) ctx.peer.send(PeerMsg.VERIFY_DIGESTS, id, ctx.compare.digestRequest(ctx.index, offset, data));
+    });
+  }
+
+  abort(why: string): void {
+    this.run?.abort(why);
+  }
+}
