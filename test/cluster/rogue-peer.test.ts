@@ -132,6 +132,7 @@ describe('a rogue on the peer port', () => {
       ['RESYNC_NOW with role 7', forged(PeerMsg.RESYNC_NOW, Buffer.from([0, 0, 0, 7]))],
       ['WRITE_ACK of 100 bytes', forged(PeerMsg.WRITE_ACK, Buffer.alloc(100))],
       ['LEAVING with a body', forged(PeerMsg.LEAVING, Buffer.alloc(8))],
+      ['DISK_FAILED with an 8-byte body', forged(PeerMsg.DISK_FAILED, Buffer.alloc(8))],
       ['a second HELLO', rogueHello('a', SIZE, generation)],
       ['HELLO_ACK (never used)', forged(PeerMsg.HELLO_ACK)],
       ['type 999', forged(999)],
