@@ -149,20 +149,21 @@ export class ClusterNode {
       allocBody: (n) => this.hot.slots.acquire(n),
       releaseBody: (body) => this.hot.slots.release(body),
       onFrame: (h, body) => {
-        // Only frames of the live link, after its HELLO, get here (peer-link.ts).
+        // Only frames of the live link, after its HELLO, get here (peer-link.ts). Every body
+        // goes back through the link: that ends its frame's cost in the receive budget.
         if (h.type === PeerMsg.LEAVING) {
-          this.hot.slots.release(body);
+          this.link.release(body);
           this.peerLeavingAt ??= Date.now();
           return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
         }
         const index = Number(h.id >> 48n);
         const v = this.volumes[index];
         if (!v) {
-          this.hot.slots.release(body);
+          this.link.release(body);
           throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
         }
         // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
-        if (v.diverged) return this.hot.slots.release(body);
+        if (v.diverged) return this.link.release(body);
         v.mirror.handleFrame(h, body);
       },
     });
@@ -187,7 +188,6 @@ export class ClusterNode {
       }
       const link = this.link;
       // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
-      const slots = this.hot.slots;
       const port: PeerPort = {
         get connected() {
           return link.state === 'Connected' && !entry.diverged;
@@ -195,7 +195,7 @@ export class ClusterNode {
         send: link.send.bind(link),
         afterSend: link.afterSend.bind(link),
         reset: (reason) => link.reconnect(reason),
-        release: (body) => slots.release(body),
+        release: (body) => link.release(body),
       };
       const mirror = new MirroredVolume({
         local: file,
