@@ -125,6 +125,7 @@ export class ClusterNode {
       peerName: this.peerName,
       timeoutMs: config.link.timeoutMs,
       heartbeatMs: config.link.heartbeatMs,
+      sendStallMs: config.link.ackTimeoutMs,
       log: log.child({ component: 'peer-link' }),
       onConnected: (peer) => {
         // The decision (and a resync marking stale ranges) first: held reads that the gate then

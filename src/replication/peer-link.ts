@@ -26,11 +26,13 @@
 // restarts when reading resumes. The peer still gets this node's PINGs (sending goes on), so
 // only its ack timeout applies: if this node's disk never completes the work it holds, the
 // peer's writes go unanswered and it resets the link, as it should.
+// Send: queued bytes over a cap, or a queue from which nothing leaves for `sendStallMs`, reset
+// the link (the peer does not read what this node sends).
 //
 // Why this cannot deadlock: receiving is held only by work this node's volumes complete on their
 // own — local disk I/O, handlers returning — never by the send side (a full send queue never
 // stops reading: both nodes could then wait on each other's reading for ever). Sending never
-// waits for anything (it only queues), so both nodes held at once
+// waits for anything (it only queues, bounded by the reset above), so both nodes held at once
 // each resume as their own disks finish. One dependency on the peer remains: on a resync target,
 // a peer WRITE to a range whose resync data is still on the way waits for that data (the overlap
 // rule), and the data follows it in the stream. Such writes hold the budget only when the peer's
@@ -44,7 +46,7 @@ import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { adoptWithOnRead, onReadOptions, type ReceiveSink } from '../server/receive.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello, type HelloFields } from './hello.js';
-import { DEFAULT_LINK_LIMITS, WorkBudget, type LinkLimits } from './link-limits.js';
+import { DEFAULT_LINK_LIMITS, SendWatch, WorkBudget, type LinkLimits } from './link-limits.js';
 import { checkFrameHeader, workCost } from './peer-frames.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
 
@@ -63,8 +65,14 @@ export interface PeerLinkOptions {
   readonly timeoutMs?: number;
   /** PING interval (default timeoutMs / 4). */
   readonly heartbeatMs?: number;
+  /**
+   * The peer may take nothing of what is queued for it for this long before the link is reset
+   * (default 5 x timeoutMs, link.ackTimeout's default): an honest peer stops reading only while
+   * its disk is behind, and gets as long for that as for leaving a write unanswered.
+   */
+  readonly sendStallMs?: number;
   readonly log: Logger;
-  /** Receive bounds (default DEFAULT_LINK_LIMITS; tests make them tiny). */
+  /** Receive and send bounds (default DEFAULT_LINK_LIMITS; tests make them tiny). */
   readonly limits?: Partial<LinkLimits>;
   /** A buffer to receive a frame body of `length` bytes into (default: a fresh Buffer). */
   allocBody?(length: number): Buffer;
@@ -96,12 +104,14 @@ interface Candidate {
   readonly timer: NodeJS.Timeout;
 }
 
-/** What the link holds now and how often it stopped reading. */
+/** What the link holds now and how often it stopped reading (for status). */
 export interface LinkCounters {
   framesInWork: number;
   bytesInWork: number;
   /** Times reading stopped because the frames in work reached a limit, since start-up. */
   receivePauses: number;
+  /** Bytes queued for the peer's socket. */
+  sendQueuedBytes: number;
 }
 
 /** A live link being asked whether it still answers, because `socket` wants to replace it. */
@@ -131,6 +141,7 @@ export class PeerLink {
   private stopped = false;
   private readonly dialer: boolean;
   private readonly timeoutMs: number;
+  private readonly sendStallMs: number;
   private readonly candidates = new Map<net.Socket, Candidate>();
   private probe: Probe | undefined;
   private probes = 0n;
@@ -138,12 +149,14 @@ export class PeerLink {
   private readonly limits: LinkLimits;
   /** Frames handed to onFrame and not given back yet, across connections. */
   private readonly work: WorkBudget;
+  private sendWatch: SendWatch | undefined;
   private resumeScheduled = false;
   private receivePauses = 0;
 
   constructor(private readonly o: PeerLinkOptions) {
     this.dialer = o.hello().node < o.peerName;
     this.timeoutMs = o.timeoutMs ?? 2000;
+    this.sendStallMs = o.sendStallMs ?? 5 * this.timeoutMs;
     this.limits = { ...DEFAULT_LINK_LIMITS, ...o.limits };
     this.work = new WorkBudget(this.limits);
   }
@@ -159,7 +172,7 @@ export class PeerLink {
   }
 
   get counters(): LinkCounters {
-    return { framesInWork: this.work.frames, bytesInWork: this.work.bytes, receivePauses: this.receivePauses };
+    return { framesInWork: this.work.frames, bytesInWork: this.work.bytes, receivePauses: this.receivePauses, sendQueuedBytes: this.socket?.writableLength ?? 0 };
   }
 
   /**
@@ -239,7 +252,23 @@ export class PeerLink {
     s.cork();
     for (const part of parts) s.write(part);
     s.uncork();
+    // Checked as the queue grows, not only at the next heartbeat: answers to a rogue's reads
+    // could otherwise pile up at disk speed in between.
+    this.checkSending(s);
   };
+
+  /**
+   * Resets the link if the peer does not read what this node sends (see SendWatch). The outbox
+   * is empty whenever this runs (flushed at the end of each turn), so the socket's queue is all
+   * there is; `bytesWritten` counts queued bytes too, so the difference is what has left.
+   */
+  private checkSending(s: net.Socket): boolean {
+    const why = this.sendWatch?.check(s.writableLength, s.bytesWritten - s.writableLength, Date.now());
+    if (!why) return false;
+    this.o.log.warn({ reason: why, stallMs: this.sendStallMs, limitBytes: this.limits.queuedBytes }, 'the peer does not read what this node sends, dropping the link');
+    this.drop(`the peer does not read what this node sends: ${why}`, true);
+    return true;
+  }
 
   /** Drops the current connection so both sides meet again (and decide again) at once. */
   reconnect(reason: string): void {
@@ -293,6 +322,7 @@ export class PeerLink {
     this.decoder = this.decoderFor(s);
     s.setNoDelay(true);
     this.lastSeen = Date.now();
+    this.sendWatch = new SendWatch(this.limits, this.sendStallMs, this.lastSeen);
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
     s.on('close', () => {
       if (this.socket === s) this.drop('peer closed the connection', true);
@@ -415,7 +445,9 @@ export class PeerLink {
       this.o.log.warn({ timeoutMs: this.timeoutMs }, 'peer silent past the timeout, dropping the link');
       return this.drop(`no frame from the peer for ${this.timeoutMs} ms`, true);
     }
-    if (this.peerHello) this.socket?.write(encodeFrame(PeerMsg.PING, 0n));
+    const s = this.socket;
+    if (!s || this.checkSending(s)) return;
+    if (this.peerHello) s.write(encodeFrame(PeerMsg.PING, 0n));
   }
 
   private onFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
@@ -512,6 +544,7 @@ export class PeerLink {
     this.socket = s;
     this.decoder = c.decoder;
     this.lastSeen = Date.now();
+    this.sendWatch = new SendWatch(this.limits, this.sendStallMs, this.lastSeen);
     this.ourHello = this.makeHello();
     s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
     this.startHeartbeat();
@@ -583,6 +616,7 @@ export class PeerLink {
     const partial = this.decoder?.abandon();
     this.socket = undefined;
     this.decoder = undefined;
+    this.sendWatch = undefined;
     this.peerHello = undefined;
     this.outbox = []; // frames meant for that connection never go to the next one
     clearInterval(this.heartbeat);

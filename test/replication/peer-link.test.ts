@@ -29,12 +29,13 @@ afterEach(async () => {
 });
 
 /** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
-async function pair(opts: { bHello?: HelloFields; timeoutMs?: number; bLimits?: Partial<LinkLimits>; bOnFrame?: (h: FrameHeader, body: Buffer) => void } = {}) {
+async function pair(opts: { bHello?: HelloFields; timeoutMs?: number; aSendStallMs?: number; aLimits?: Partial<LinkLimits>; bLimits?: Partial<LinkLimits>; bOnFrame?: (h: FrameHeader, body: Buffer) => void } = {}) {
   const bPort = await freePort();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
   await proxy.start();
   const events: string[] = [];
   const frames: number[] = [];
+  const reasons: string[] = [];
   const b = new PeerLink({
     hello: () => opts.bHello ?? hello('b'),
     listen: { host: '127.0.0.1', port: bPort },
@@ -54,13 +55,15 @@ async function pair(opts: { bHello?: HelloFields; timeoutMs?: number; bLimits?: 
     peerName: 'b',
     timeoutMs: opts.timeoutMs ?? 400,
     log,
+    limits: opts.aLimits,
+    sendStallMs: opts.aSendStallMs,
     onConnected: () => events.push('a up'),
-    onDisconnected: () => events.push('a down'),
+    onDisconnected: (reason) => (events.push('a down'), reasons.push(reason)),
   });
   cleanups.push(() => a.stop(), () => b.stop(), () => proxy.stop());
   await b.start();
   await a.start();
-  return { a, b, proxy, events, frames, bPort };
+  return { a, b, proxy, events, frames, reasons, bPort };
 }
 
 describe('peer link', () => {
@@ -216,5 +219,21 @@ describe('backpressure', () => {
     await until(() => k.ids.length === 3);
     expect(inWorkAtArrival).toEqual([1, 1, 1]); // each one alone in work
     expect(b.counters.bytesInWork).toBe(1024);
+  });
+
+  it('a sender whose peer reads nothing resets the link: at once past the queue cap, or once nothing has left for the stall time', async () => {
+    for (const [aLimits, why] of [
+      [{ queuedBytes: 4 * 1024 * 1024 }, /bytes queued for the peer \(limit 4194304\)/],
+      [{}, /the peer took none of \d+ queued bytes for \d+ ms/],
+    ] as const) {
+      // b holds the first frame and never gives it back: from then on it reads nothing.
+      const { a, b, reasons } = await pair({ aLimits, aSendStallMs: 400, bLimits: { workFrames: 1 }, bOnFrame: () => undefined });
+      await until(() => a.state === 'Connected' && b.state === 'Connected');
+      for (let id = 1n; id <= 64n; id++) a.send(PeerMsg.WRITE, id, Buffer.alloc(1024 * 1024));
+      await until(() => reasons.length > 0, 3000);
+      expect(reasons[0]).toMatch(/^the peer does not read what this node sends: /);
+      expect(reasons[0]).toMatch(why);
+      for (const c of cleanups.splice(0)) await c();
+    }
   });
 });
