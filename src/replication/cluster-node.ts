@@ -12,7 +12,7 @@ import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type N
 import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
-import { PeerLink, type LinkState } from './peer-link.js';
+import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -40,6 +40,8 @@ export interface NodeStatus {
   node: string;
   /** The node's quorum gate: state, why, whether a witness is configured and its grant held here. */
   quorum: QuorumDescription;
+  /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
+  link: LinkCounters;
   volumes: Record<string, VolumeStatus>;
 }
 
@@ -434,7 +436,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**
