@@ -16,7 +16,10 @@ const linkSchema = z
     timeout: duration.default(2000),
     /** PING interval; must leave room for a few beats inside the timeout. */
     heartbeat: duration.optional(),
-    /** A write or flush the peer leaves unanswered this long resets the link (it may answer PINGs yet hang). */
+    /**
+     * A write or flush the peer leaves unanswered this long resets the link (it may answer PINGs
+     * yet hang); so does a peer that reads nothing of what this node queues for it this long.
+     */
     ackTimeout: duration.optional(),
   })
   .transform((l) => ({ timeoutMs: l.timeout, heartbeatMs: l.heartbeat ?? Math.max(50, l.timeout / 4), ackTimeoutMs: l.ackTimeout ?? 5 * l.timeout }))

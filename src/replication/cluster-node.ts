@@ -13,7 +13,7 @@ import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type N
 import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
-import { PeerLink, type LinkState } from './peer-link.js';
+import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -40,6 +40,8 @@ export interface NodeStatus {
   node: string;
   /** The node's quorum gate: state, why, whether a witness is configured and its grant held here. */
   quorum: QuorumDescription;
+  /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
+  link: LinkCounters;
   volumes: Record<string, VolumeStatus>;
 }
 
@@ -130,6 +132,7 @@ export class ClusterNode {
       peerName: this.peerName,
       timeoutMs: config.link.timeoutMs,
       heartbeatMs: config.link.heartbeatMs,
+      sendStallMs: config.link.ackTimeoutMs,
       log: log.child({ component: 'peer-link' }),
       onConnected: (peer) => {
         // The decision (and a resync marking stale ranges) first: held reads that the gate then
@@ -150,20 +153,21 @@ export class ClusterNode {
       allocBody: (n) => this.hot.slots.acquire(n),
       releaseBody: (body) => this.hot.slots.release(body),
       onFrame: (h, body) => {
-        // Only frames of the live link, after its HELLO, get here (peer-link.ts).
+        // Only frames of the live link, after its HELLO, get here (peer-link.ts). Every body
+        // goes back through the link: that ends its frame's cost in the receive budget.
         if (h.type === PeerMsg.LEAVING) {
-          this.hot.slots.release(body);
+          this.link.release(body);
           this.peerLeavingAt ??= Date.now();
           return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
         }
         const index = Number(h.id >> 48n);
         const v = this.volumes[index];
         if (!v) {
-          this.hot.slots.release(body);
+          this.link.release(body);
           throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
         }
         // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
-        if (v.mirror.replication === 'Diverged') return this.hot.slots.release(body);
+        if (v.mirror.replication === 'Diverged') return this.link.release(body);
         v.mirror.handleFrame(h, body);
       },
     });
@@ -188,7 +192,6 @@ export class ClusterNode {
       }
       const link = this.link;
       // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
-      const slots = this.hot.slots;
       const port: PeerPort = {
         get connected() {
           return link.state === 'Connected' && entry.mirror.replication !== 'Diverged';
@@ -196,7 +199,7 @@ export class ClusterNode {
         send: link.send.bind(link),
         afterSend: link.afterSend.bind(link),
         reset: (reason) => link.reconnect(reason),
-        release: (body) => slots.release(body),
+        release: (body) => link.release(body),
       };
       const mirror = new MirroredVolume({
         local: wrapLocal?.(name, file) ?? file,
@@ -432,7 +435,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**

@@ -60,8 +60,12 @@ interface FrameRule {
   readonly maxBody: number;
   /** handshake: HELLO; link: the link's own frames once connected; volume: routed to the volume named by the id's top 16 bits. */
   readonly scope: 'handshake' | 'link' | 'any' | 'volume';
-  /** The range the body names: a range header (volume u32, offset u64, length u32) or a WRITE header (the data's length). */
-  readonly range?: { readonly kind: 'range' | 'write'; readonly maxLength: number; readonly blocks?: boolean };
+  /**
+   * The range the body names: a range header (volume u32, offset u64, length u32) or a WRITE
+   * header (the data's length). `answerReads`: the answer reads the range into a buffer of its
+   * length, which the request holds while in work (see workCost).
+   */
+  readonly range?: { readonly kind: 'range' | 'write'; readonly maxLength: number; readonly blocks?: boolean; readonly answerReads?: true };
   /** Why the rest of the body is malformed, or undefined. */
   readonly body?: (body: Buffer, r: Range, v: VolumeFacts) => string | undefined;
   /** Why the frame is not legal in the volume's present state, or undefined. */
@@ -104,7 +108,7 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
       },
     },
   ],
-  [PeerMsg.RS_REQUEST, { name: 'RS_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_RESYNC_RANGE }, legal: onlySource }],
+  [PeerMsg.RS_REQUEST, { name: 'RS_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_RESYNC_RANGE, answerReads: true }, legal: onlySource }],
   [
     PeerMsg.RS_DATA,
     {
@@ -121,7 +125,7 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
   [PeerMsg.RS_DONE, { name: 'RS_DONE', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: 0 }, legal: onlySource }],
   // Any time: a read changes nothing, and the peer may lack a range outside a resync too (its
   // disk failed, or a resync into it was cut short).
-  [PeerMsg.PEER_READ, { name: 'PEER_READ', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_REQUEST } }],
+  [PeerMsg.PEER_READ, { name: 'PEER_READ', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_REQUEST, answerReads: true } }],
   [
     PeerMsg.PEER_READ_DATA,
     {
@@ -139,14 +143,14 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
   ],
   [
     PeerMsg.RS_CSUM_REQUEST,
-    { name: 'RS_CSUM_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, body: digestsMatch, legal: onlySource },
+    { name: 'RS_CSUM_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true, answerReads: true }, body: digestsMatch, legal: onlySource },
   ],
   [
     PeerMsg.RS_DIFF,
     // Its runs are checked against its range as it is parsed (BlockComparer.decodeDiff).
     { name: 'RS_DIFF', minBody: RANGE_SIZE + 12, maxBody: RANGE_SIZE + 12 + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8 + MAX_COMPARE_RANGE, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, legal: onlyTarget },
   ],
-  [PeerMsg.VERIFY_REQUEST, { name: 'VERIFY_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, legal: noResync }],
+  [PeerMsg.VERIFY_REQUEST, { name: 'VERIFY_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true, answerReads: true }, legal: noResync }],
   [
     PeerMsg.VERIFY_DIGESTS,
     { name: 'VERIFY_DIGESTS', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, body: digestsMatch },
@@ -161,6 +165,20 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
 /** A frame type's name for logs. */
 export function frameName(type: number): string {
   return FRAME_RULES.get(type)?.name ?? `type ${type}`;
+}
+
+/**
+ * What a frame from the peer costs while its volume works on it (the link's receive budget,
+ * link-limits.ts): the bytes it holds — its body, plus, for a request whose answer reads the
+ * range it names, that range's length (capped at the type's limit: the range itself is checked
+ * later, by checkVolumeFrame). Undefined for the link's own frames, which are no volume's work.
+ * The header was checked (checkFrameHeader): a body with a range is long enough to hold it.
+ */
+export function workCost(h: FrameHeader, body: Buffer): number | undefined {
+  const rule = FRAME_RULES.get(h.type);
+  if (rule?.scope !== 'volume') return undefined;
+  if (!rule.range?.answerReads) return body.length;
+  return body.length + Math.min(body.readUInt32BE(12), rule.range.maxLength);
 }
 
 /**

@@ -15,6 +15,29 @@
 // boot id) or reconnected, and the old connection is dead. A live link that answers keeps
 // running and the candidate is refused, whatever its HELLO claims. Refusals are logged at most
 // once a minute per source address.
+//
+// Backpressure (link-limits.ts). Receive: each volume frame handed to onFrame is in work, at the
+// cost the frame table gives (workCost), until the volume gives its body back (`release`). At
+// the limit the decoder holds the next frame at its header, unallocated, keeping the bytes after
+// it, and the socket stops reading; a release lets decoding and reading go on from a fresh turn
+// of the event loop. The budget is the link's, not the connection's: frames of a lost connection
+// still in work keep their cost until they end, so reconnecting frees no memory early. While
+// held, the peer's silence is this node's doing: the dead-peer check is skipped, and its clock
+// restarts when reading resumes. The peer still gets this node's PINGs (sending goes on), so
+// only its ack timeout applies: if this node's disk never completes the work it holds, the
+// peer's writes go unanswered and it resets the link, as it should.
+// Send: queued bytes over a cap, or a queue from which nothing leaves for `sendStallMs`, reset
+// the link (the peer does not read what this node sends).
+//
+// Why this cannot deadlock: receiving is held only by work this node's volumes complete on their
+// own — local disk I/O, handlers returning — never by the send side (a full send queue never
+// stops reading: both nodes could then wait on each other's reading for ever). Sending never
+// waits for anything (it only queues, bounded by the reset above), so both nodes held at once
+// each resume as their own disks finish. One dependency on the peer remains: on a resync target,
+// a peer WRITE to a range whose resync data is still on the way waits for that data (the overlap
+// rule), and the data follows it in the stream. Such writes hold the budget only when the peer's
+// clients keep 64 MiB (or 1024 writes) in flight on the few MiB being resynced at that moment;
+// if they ever did, the peer's ack timeout resets the link rather than wait.
 import { randomBytes } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
@@ -23,7 +46,8 @@ import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { adoptWithOnRead, onReadOptions, type ReceiveSink } from '../server/receive.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello, type HelloFields } from './hello.js';
-import { checkFrameHeader } from './peer-frames.js';
+import { DEFAULT_LINK_LIMITS, SendWatch, WorkBudget, type LinkLimits } from './link-limits.js';
+import { checkFrameHeader, workCost } from './peer-frames.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
 
 /** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
@@ -41,14 +65,22 @@ export interface PeerLinkOptions {
   readonly timeoutMs?: number;
   /** PING interval (default timeoutMs / 4). */
   readonly heartbeatMs?: number;
+  /**
+   * The peer may take nothing of what is queued for it for this long before the link is reset
+   * (default 5 x timeoutMs, link.ackTimeout's default): an honest peer stops reading only while
+   * its disk is behind, and gets as long for that as for leaving a write unanswered.
+   */
+  readonly sendStallMs?: number;
   readonly log: Logger;
+  /** Receive and send bounds (default DEFAULT_LINK_LIMITS; tests make them tiny). */
+  readonly limits?: Partial<LinkLimits>;
   /** A buffer to receive a frame body of `length` bytes into (default: a fresh Buffer). */
   allocBody?(length: number): Buffer;
-  /** Gives back a buffer from allocBody that no frame will use (a body cut off by a lost connection). */
+  /** Gives back a buffer from allocBody: once its frame is done (through `release`), or cut off by a lost connection. */
   releaseBody?(body: Buffer): void;
   onConnected?(peer: Hello): void;
   onDisconnected?(reason: string): void;
-  /** Frames other than the link's own (HELLO, PING, PONG, ERROR). */
+  /** Frames other than the link's own (HELLO, PING, PONG, ERROR); each body goes back through `release`. */
   onFrame?(header: FrameHeader, body: Buffer): void;
 }
 
@@ -70,6 +102,16 @@ interface Candidate {
   readonly decoder: FrameDecoder;
   /** Ends it when no acceptable HELLO came within the link timeout. */
   readonly timer: NodeJS.Timeout;
+}
+
+/** What the link holds now and how often it stopped reading (for status). */
+export interface LinkCounters {
+  framesInWork: number;
+  bytesInWork: number;
+  /** Times reading stopped because the frames in work reached a limit, since start-up. */
+  receivePauses: number;
+  /** Bytes queued for the peer's socket. */
+  sendQueuedBytes: number;
 }
 
 /** A live link being asked whether it still answers, because `socket` wants to replace it. */
@@ -99,14 +141,24 @@ export class PeerLink {
   private stopped = false;
   private readonly dialer: boolean;
   private readonly timeoutMs: number;
+  private readonly sendStallMs: number;
   private readonly candidates = new Map<net.Socket, Candidate>();
   private probe: Probe | undefined;
   private probes = 0n;
   private readonly refusalsLogged = new Map<string, { at: number; since: number }>();
+  private readonly limits: LinkLimits;
+  /** Frames handed to onFrame and not given back yet, across connections. */
+  private readonly work: WorkBudget;
+  private sendWatch: SendWatch | undefined;
+  private resumeScheduled = false;
+  private receivePauses = 0;
 
   constructor(private readonly o: PeerLinkOptions) {
     this.dialer = o.hello().node < o.peerName;
     this.timeoutMs = o.timeoutMs ?? 2000;
+    this.sendStallMs = o.sendStallMs ?? 5 * this.timeoutMs;
+    this.limits = { ...DEFAULT_LINK_LIMITS, ...o.limits };
+    this.work = new WorkBudget(this.limits);
   }
 
   get state(): LinkState {
@@ -118,6 +170,33 @@ export class PeerLink {
   get peer(): Hello | undefined {
     return this.peerHello;
   }
+
+  get counters(): LinkCounters {
+    return { framesInWork: this.work.frames, bytesInWork: this.work.bytes, receivePauses: this.receivePauses, sendQueuedBytes: this.socket?.writableLength ?? 0 };
+  }
+
+  /**
+   * Gives back the body of a frame handed to onFrame, once its volume is done with it: its cost
+   * leaves the receive budget, the buffer goes back (releaseBody), and a held frame may go on.
+   */
+  release(body: Buffer): void {
+    const wasInWork = this.work.release(body);
+    this.o.releaseBody?.(body);
+    if (!wasInWork || !this.decoder?.holding || this.resumeScheduled) return;
+    // From a fresh turn: release runs inside a volume's completion, which must end before the
+    // next frames are handled (as IoBudget wakes connections).
+    this.resumeScheduled = true;
+    setImmediate(this.resumeReceiving);
+  }
+
+  private readonly resumeReceiving = (): void => {
+    this.resumeScheduled = false;
+    const s = this.socket;
+    if (!s || !this.decoder?.holding) return;
+    this.decoding(s, (d) => d.resume());
+    // The silence while held was this node's: the peer gets a whole timeout from now.
+    if (!this.decoder?.holding) this.lastSeen = Date.now();
+  };
 
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
@@ -173,7 +252,23 @@ export class PeerLink {
     s.cork();
     for (const part of parts) s.write(part);
     s.uncork();
+    // Checked as the queue grows, not only at the next heartbeat: answers to a rogue's reads
+    // could otherwise pile up at disk speed in between.
+    this.checkSending(s);
   };
+
+  /**
+   * Resets the link if the peer does not read what this node sends (see SendWatch). The outbox
+   * is empty whenever this runs (flushed at the end of each turn), so the socket's queue is all
+   * there is; `bytesWritten` counts queued bytes too, so the difference is what has left.
+   */
+  private checkSending(s: net.Socket): boolean {
+    const why = this.sendWatch?.check(s.writableLength, s.bytesWritten - s.writableLength, Date.now());
+    if (!why) return false;
+    this.o.log.warn({ reason: why, stallMs: this.sendStallMs, limitBytes: this.limits.queuedBytes }, 'the peer does not read what this node sends, dropping the link');
+    this.drop(`the peer does not read what this node sends: ${why}`, true);
+    return true;
+  }
 
   /** Drops the current connection so both sides meet again (and decide again) at once. */
   reconnect(reason: string): void {
@@ -227,6 +322,7 @@ export class PeerLink {
     this.decoder = this.decoderFor(s);
     s.setNoDelay(true);
     this.lastSeen = Date.now();
+    this.sendWatch = new SendWatch(this.limits, this.sendStallMs, this.lastSeen);
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
     s.on('close', () => {
       if (this.socket === s) this.drop('peer closed the connection', true);
@@ -283,8 +379,11 @@ export class PeerLink {
       // Size and phase from the frame table before a byte of the body is buffered: a HELLO over
       // MAX_HELLO, or any other frame before HELLO, is refused at its header.
       admit: (h) => checkFrameHeader(h, linked() ? 'connected' : 'handshake'),
-      // Handshake frames are small (the table says so): WASM slots only for the live link.
-      allocBody: (n) => (linked() && this.o.allocBody ? this.o.allocBody(n) : Buffer.allocUnsafe(n)),
+      // The receive budget (see the file comment); never during the handshake.
+      hold: (h) => linked() && !this.work.admits(h.length),
+      // Handshake frames are small (the table says so): WASM slots only for the live link. An
+      // empty body is a new object too: the work budget tells frames apart by their body.
+      allocBody: (n) => (n === 0 ? Buffer.alloc(0) : linked() && this.o.allocBody ? this.o.allocBody(n) : Buffer.allocUnsafe(n)),
       onFrame: (h, body) => this.onFrame(s, h, body),
     });
   }
@@ -321,6 +420,18 @@ export class PeerLink {
     } finally {
       s.uncork();
     }
+    if (s === this.socket) this.updateReading(s);
+  }
+
+  /** The live socket reads while its decoder takes frames and stops while one is held (the decoder keeps what arrives meanwhile). */
+  private updateReading(s: net.Socket): void {
+    const held = this.decoder!.holding;
+    if (held && !s.isPaused()) {
+      this.receivePauses++;
+      s.pause();
+    } else if (!held && s.isPaused()) {
+      s.resume();
+    }
   }
 
   private startHeartbeat(): void {
@@ -329,11 +440,14 @@ export class PeerLink {
   }
 
   private beat(): void {
-    if (Date.now() - this.lastSeen > this.timeoutMs) {
+    // Held, this node reads nothing: the peer's silence is then ours (see resumeReceiving).
+    if (!this.decoder?.holding && Date.now() - this.lastSeen > this.timeoutMs) {
       this.o.log.warn({ timeoutMs: this.timeoutMs }, 'peer silent past the timeout, dropping the link');
       return this.drop(`no frame from the peer for ${this.timeoutMs} ms`, true);
     }
-    if (this.peerHello) this.socket?.write(encodeFrame(PeerMsg.PING, 0n));
+    const s = this.socket;
+    if (!s || this.checkSending(s)) return;
+    if (this.peerHello) s.write(encodeFrame(PeerMsg.PING, 0n));
   }
 
   private onFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
@@ -351,8 +465,12 @@ export class PeerLink {
       case PeerMsg.ERROR:
         this.o.log.warn({ reason: body.toString('utf8') }, 'peer reported an error');
         return this.drop(`peer error: ${body.toString('utf8')}`, true);
-      default:
-        this.o.onFrame?.(h, body);
+      default: {
+        if (!this.o.onFrame) return; // nobody to work on it, nor to give it back
+        const cost = workCost(h, body);
+        if (cost !== undefined) this.work.charge(body, cost);
+        this.o.onFrame(h, body);
+      }
     }
   }
 
@@ -426,6 +544,7 @@ export class PeerLink {
     this.socket = s;
     this.decoder = c.decoder;
     this.lastSeen = Date.now();
+    this.sendWatch = new SendWatch(this.limits, this.sendStallMs, this.lastSeen);
     this.ourHello = this.makeHello();
     s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(this.ourHello)));
     this.startHeartbeat();
@@ -497,6 +616,7 @@ export class PeerLink {
     const partial = this.decoder?.abandon();
     this.socket = undefined;
     this.decoder = undefined;
+    this.sendWatch = undefined;
     this.peerHello = undefined;
     this.outbox = []; // frames meant for that connection never go to the next one
     clearInterval(this.heartbeat);

@@ -217,14 +217,28 @@ export function decodeWriteHeader(body: Buffer): WriteHeader {
 export interface FrameSink {
   /** Checks a header before its body is buffered (throws a ProtocolViolation to refuse it). */
   admit?(header: FrameHeader): void;
+  /**
+   * Asked once a header is admitted, before its body is allocated (and again on each `resume`):
+   * true holds the frame — nothing of it is allocated, and the bytes after its header are kept
+   * unparsed — until `resume` finds it false. The receiver's backpressure (see peer-link.ts).
+   */
+  hold?(header: FrameHeader): boolean;
   /** A buffer of `length` bytes to receive a frame body into (a hot-path slot for WRITEs). */
   allocBody(length: number): Buffer;
   onFrame(header: FrameHeader, body: Buffer): void;
 }
 
+/** Bytes kept while a frame is held start in a buffer of this size (one socket read is at most 256 KiB). */
+const KEPT_MIN = 64 * 1024;
+const NO_BYTES = Buffer.alloc(0);
+
 /**
  * Streaming frame decoder: chunks in, whole frames out, no concatenation. A bad magic or an
  * oversize body is a ProtocolViolation: the link is dropped, and no data is touched.
+ *
+ * States: gathering a header (`header` unset); HELD (a header the sink holds: no body yet,
+ * later bytes are kept, in order, in `kept`); receiving a body (`body` set, `bodyFill` of it
+ * in place). Chunks may be views of a reused receive buffer: what is kept is copied.
  */
 export class FrameDecoder {
   private readonly head = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
@@ -232,31 +246,30 @@ export class FrameDecoder {
   private header: FrameHeader | undefined;
   private body: Buffer | undefined;
   private bodyFill = 0;
+  private held = false;
+  /** Bytes that arrived while a frame was held: the first `keptLength` of `kept`. */
+  private kept: Buffer | undefined;
+  private keptLength = 0;
 
   constructor(private readonly sink: FrameSink) {}
 
+  /** True while a decoded frame waits for the sink to let it go on (see FrameSink.hold). */
+  get holding(): boolean {
+    return this.held;
+  }
+
   feed(chunk: Buffer): void {
-    let pos = 0;
-    while (pos < chunk.length) {
-      if (!this.header) {
-        const n = Math.min(FRAME_HEADER_SIZE - this.headFill, chunk.length - pos);
-        chunk.copy(this.head, this.headFill, pos, pos + n);
-        this.headFill += n;
-        pos += n;
-        if (this.headFill < FRAME_HEADER_SIZE) return;
-        this.headFill = 0;
-        const header = decodeFrameHeader(this.head);
-        this.sink.admit?.(header);
-        this.header = header;
-        this.body = this.sink.allocBody(header.length);
-        this.bodyFill = 0;
-      }
-      const body = this.body!;
-      const n = Math.min(body.length - this.bodyFill, chunk.length - pos);
-      chunk.copy(body, this.bodyFill, pos, pos + n);
-      pos += n;
-      this.bodyArrived(n);
-    }
+    if (this.held) return this.keep(chunk, 0);
+    this.parse(chunk, 0);
+  }
+
+  /** Goes on with a held frame if the sink lets it now, then with the bytes kept meanwhile. */
+  resume(): void {
+    if (!this.held || !this.start()) return;
+    const kept = this.kept?.subarray(0, this.keptLength) ?? NO_BYTES;
+    this.dropKept();
+    // Held again part way: keep() copies the rest (less than one socket read) into a new buffer.
+    this.parse(kept, 0);
   }
 
   /**
@@ -264,8 +277,8 @@ export class FrameDecoder {
    * its buffer those bytes go to, so the socket can read straight into it (no second copy).
    */
   bodyTarget(min: number): Buffer | undefined {
-    if (!this.header) return undefined;
-    const body = this.body!;
+    const body = this.body;
+    if (!body) return undefined;
     return body.length - this.bodyFill >= min ? body.subarray(this.bodyFill) : undefined;
   }
 
@@ -274,6 +287,8 @@ export class FrameDecoder {
     const body = this.body;
     this.header = undefined;
     this.body = undefined;
+    this.held = false;
+    this.dropKept();
     return body;
   }
 
@@ -286,6 +301,59 @@ export class FrameDecoder {
     this.header = undefined;
     this.body = undefined;
     this.sink.onFrame(header, body);
+  }
+
+  /** Decodes `chunk` from `pos` until it ends or a frame is held (the rest is then kept). */
+  private parse(chunk: Buffer, pos: number): void {
+    for (;;) {
+      if (!this.header) {
+        if (pos >= chunk.length) return;
+        const n = Math.min(FRAME_HEADER_SIZE - this.headFill, chunk.length - pos);
+        chunk.copy(this.head, this.headFill, pos, pos + n);
+        this.headFill += n;
+        pos += n;
+        if (this.headFill < FRAME_HEADER_SIZE) return;
+        this.headFill = 0;
+        const header = decodeFrameHeader(this.head);
+        this.sink.admit?.(header);
+        this.header = header;
+        if (!this.start()) return this.keep(chunk, pos);
+      }
+      const body = this.body!;
+      const n = Math.min(body.length - this.bodyFill, chunk.length - pos);
+      chunk.copy(body, this.bodyFill, pos, pos + n);
+      pos += n;
+      this.bodyArrived(n);
+      if (this.body) return; // the body waits for more bytes: the chunk is used up
+    }
+  }
+
+  /** The decoded header goes on unless the sink holds it: its body is allocated. */
+  private start(): boolean {
+    this.held = this.sink.hold?.(this.header!) ?? false;
+    if (this.held) return false;
+    this.body = this.sink.allocBody(this.header!.length);
+    this.bodyFill = 0;
+    return true;
+  }
+
+  private dropKept(): void {
+    this.kept = undefined;
+    this.keptLength = 0;
+  }
+
+  /** Keeps `chunk` from `pos` (a copy), after what is kept already. */
+  private keep(chunk: Buffer, pos: number): void {
+    const n = chunk.length - pos;
+    if (n === 0) return;
+    const had = this.keptLength;
+    if (!this.kept || had + n > this.kept.length) {
+      const grown = Buffer.allocUnsafe(Math.max(KEPT_MIN, had + n, 2 * had));
+      this.kept?.copy(grown, 0, 0, had);
+      this.kept = grown;
+    }
+    chunk.copy(this.kept, had, pos);
+    this.keptLength += n;
   }
 }
 

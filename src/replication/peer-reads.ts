@@ -62,7 +62,7 @@ export function notResynced(): MirrorError {
 /** PEER_READ: a read for the peer's client, answered once earlier changes to the range are on disk. */
 export function answerPeerRead(ctx: MirrorContext, id: bigint, body: Buffer): void {
   const { offset, length } = decodeRange(body);
-  answerRange(ctx, 'PEER_READ', id, offset, length, false, (err, data) => {
+  answerRange(ctx, 'PEER_READ', id, body, offset, length, false, (err, data) => {
     const head = encodeRange(ctx.index, offset, length);
     const sealed = encodeDigest(err ? 0n : sealDigest(ctx.hot.digestOf(data), offset));
     ctx.peer.send(PeerMsg.PEER_READ_DATA, id, err ? [head, encodeStatus(err), sealed] : [head, encodeStatus(null), sealed, data]);

@@ -3,10 +3,12 @@
 // the handler the volume declares for its type. A frame the table refuses throws — the link
 // drops — having changed no data and no bit.
 //
-// Body ownership: a data frame's body (WRITE, RS_DATA, RS_DIFF) is written from in place, so
-// its handler gives it back (peer.release) when the data is on disk; such a handler does all
-// that may throw before its I/O starts, and a throw before then gives the body back here. Every
-// other frame is done with its body when its handler returns.
+// Body ownership (the link's receive budget counts a frame until its body is given back): a data
+// frame's body (WRITE, RS_DATA, RS_DIFF) is written from in place, and a range request's (RS_REQUEST,
+// RS_CSUM_REQUEST, PEER_READ, VERIFY_REQUEST) is kept until its answer is sent, so their handlers
+// give the body back (peer.release) themselves; such a handler does all that may throw before its
+// I/O starts, and a throw before then gives the body back here. Every other frame is done with
+// its body when its handler returns.
 import type { MirrorContext } from './mirror-context.js';
 import { checkVolumeFrame, type VolumePhase } from './peer-frames.js';
 import { PeerMsg, type FrameHeader } from './peer-protocol.js';
@@ -35,7 +37,7 @@ export type VolumeFrameType =
   | PeerMsg.RESYNC_NOW
   | PeerMsg.DISK_FAILED;
 
-const KEEPS_BODY: ReadonlySet<number> = new Set([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.RS_DIFF]);
+const KEEPS_BODY: ReadonlySet<number> = new Set([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.RS_DIFF, PeerMsg.RS_REQUEST, PeerMsg.RS_CSUM_REQUEST, PeerMsg.PEER_READ, PeerMsg.VERIFY_REQUEST]);
 
 export class PeerReceiver {
   constructor(

@@ -5,16 +5,31 @@ import type { MirrorContext } from './mirror-context.js';
 
 /**
  * Reads [offset, offset + length) for the peer's request `id` in its place among overlapping
- * changes and calls `answer` with the data (or the read's error). `inSlot`: the data goes into a
- * hot-path slot, given back when `answer` returns — only for answers that send digests, never
- * the data itself (the link may still hold a sent buffer).
+ * changes and calls `answer` with the data (or the read's error). The request's frame `body` is
+ * kept until the answer is sent, so the link's receive budget counts the request's work (its
+ * read buffer) until then; it is given back however the request ends. `inSlot`: the data goes
+ * into a hot-path slot, given back when `answer` returns — only for answers that send digests,
+ * never the data itself (the link may still hold a sent buffer).
  */
-export function answerRange(ctx: MirrorContext, frame: string, id: bigint, offset: number, length: number, inSlot: boolean, answer: (err: Error | null, data: Buffer) => void): void {
+export function answerRange(ctx: MirrorContext, frame: string, id: bigint, body: Buffer, offset: number, length: number, inSlot: boolean, answer: (err: Error | null, data: Buffer) => void): void {
   const entry = ctx.track(offset, length, 'resync', id);
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    ctx.tracker.release(entry);
+    ctx.peer.release(body);
+  };
   ctx.tracker.afterEarlier(
     entry,
     ctx.guard(frame, () => {
-      const data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
+      let data: Buffer;
+      try {
+        data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
+      } catch (err) {
+        end();
+        throw err;
+      }
       ctx.local.read(
         data,
         offset,
@@ -24,6 +39,7 @@ export function answerRange(ctx: MirrorContext, frame: string, id: bigint, offse
             answer(err, data);
           } finally {
             if (inSlot) ctx.hot.slots.release(data);
+            end();
           }
         }),
       );

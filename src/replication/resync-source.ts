@@ -17,7 +17,7 @@ export class ResyncSource {
   /** RS_REQUEST: the whole range, once every earlier change to it is on disk. */
   onRequest(id: bigint, body: Buffer): void {
     const { offset, length } = decodeRange(body);
-    answerRange(this.ctx, 'RS_REQUEST', id, offset, length, false, (err, data) => {
+    answerRange(this.ctx, 'RS_REQUEST', id, body, offset, length, false, (err, data) => {
       if (err) return this.cannotRead(err, offset, length);
       this.ctx.counters.resyncWireBytes += data.length;
       this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
@@ -28,8 +28,8 @@ export class ResyncSource {
   onChecksumRequest(id: bigint, body: Buffer): void {
     const { compare } = this.ctx;
     const req = compare.decodeDigests(body);
-    const theirs = Buffer.from(req.digests); // the body is given back when this returns
-    answerRange(this.ctx, 'RS_CSUM_REQUEST', id, req.offset, req.length, false, (err, data) => {
+    const theirs = req.digests; // a view of the body, kept until the answer is sent
+    answerRange(this.ctx, 'RS_CSUM_REQUEST', id, body, req.offset, req.length, false, (err, data) => {
       if (err) return this.cannotRead(err, req.offset, req.length);
       const parts = compare.diffBody(this.ctx.index, req.offset, data, compare.differing(data, theirs));
       for (let i = 1; i < parts.length; i++) this.ctx.counters.resyncWireBytes += parts[i]!.length;

@@ -71,7 +71,7 @@ export class VolumeVerify {
   onRequest(id: bigint, body: Buffer): void {
     const { ctx } = this;
     const { offset, length } = decodeRange(body);
-    answerRange(ctx, 'VERIFY_REQUEST', id, offset, length, true, (err, data) => {
+    answerRange(ctx, 'VERIFY_REQUEST', id, body, offset, length, true, (err, data) => {
       if (!err) ctx.peer.send(PeerMsg.VERIFY_DIGESTS, id, ctx.compare.digestRequest(ctx.index, offset, data));
     });
   }

@@ -4,14 +4,20 @@
 // copies match, and each source address is logged once. Then, with node a stopped, the rogue
 // takes a's place (as item 1 allows: the live link is gone) and sends forged frames: each
 // drops the link with no change to node b's data or dirty bits, and b never dies. Node a then
-// returns and the pair ends identical.
+// returns and the pair ends identical. Last, a rogue in a's place floods b with writes and reads
+// nothing: b's memory stays bounded (the link's receive budget), its clients are served, and the
+// link is reset.
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { xxh3 } from '@node-rs/xxhash';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PeerMsg } from '../../src/replication/peer-protocol.js';
+import { fetchStatus } from '../../src/admin/admin-client.js';
+import { encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
 import { dataFile, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
+import { memoryOf } from '../support/raw-nbd.js';
 import { startClusterNode, type RunningServer } from '../support/processes.js';
 import { closedWithin, forged, frameWithin, rangeBody, rogueConnect, rogueHello, writeBody } from '../support/rogue-peer.js';
 
@@ -30,13 +36,29 @@ describe('a rogue on the peer port', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('strangers never disturb the live link; forged frames drop only the rogue, change nothing, crash nothing', async () => {
+  /** Nodes a and b of a new pair (config `name`), linked and in sync. */
+  async function syncedPair(name: string) {
     const p = await pairPorts();
-    const config = writePairConfig(join(dir, 'c.json'), p, '64M', p.peerB, { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT } });
-    let a = await startClusterNode(config, 'a');
+    const config = writePairConfig(join(dir, name), p, '64M', p.peerB, { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT } });
+    const a = await startClusterNode(config, 'a');
     const b = await startClusterNode(config, 'b');
     running.push(a, b);
     await until(async () => (await status(p.adminA)).connection === 'Connected' && (await status(p.adminB)).disk === 'UpToDate');
+    return { p, config, a, b };
+  }
+
+  /** Node a goes away; returns its generation, for a rogue to meet b in sync as a (it may: no live link to disturb). */
+  async function killA(a: RunningServer, adminB: number) {
+    await a.stop('SIGKILL');
+    await until(async () => (await status(adminB)).connection !== 'Connected');
+    const meta = readFileSync(join(dir, 'a', 'vol0.meta'));
+    const hex = (i: number) => meta.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
+    return { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] as [string, string] };
+  }
+
+  it('strangers never disturb the live link; forged frames drop only the rogue, change nothing, crash nothing', async () => {
+    const { p, config, b, ...first } = await syncedPair('c.json');
+    let a = first.a;
 
     // A real client writes through node a all along (bounded in count).
     const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
@@ -101,12 +123,8 @@ describe('a rogue on the peer port', () => {
       expect(new Set(refusals.map((l) => String(l.from).replace(/:\d+$/, ''))).size).toBe(refusals.length);
     }
 
-    // Node a goes away; the rogue takes its place on b's link (it may: no live link to disturb).
-    await a.stop('SIGKILL');
-    await until(async () => (await status(p.adminB)).connection !== 'Connected');
-    const meta = readFileSync(join(dir, 'a', 'vol0.meta'));
-    const hex = (i: number) => meta.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
-    const generation = { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] as [string, string] };
+    // Node a goes away; the rogue takes its place on b's link.
+    const generation = await killA(a, p.adminB);
     const bFile = dataFile(dir, 'b');
     const before = { bytes: readFileSync(bFile), bits: (await status(p.adminB)).outOfSyncBytes };
     expect(before.bits).toBe(0); // so the rogue (same generation) meets b in sync: no resync runs
@@ -197,5 +215,56 @@ describe('a rogue on the peer port', () => {
     await c2.flush();
     c2.close();
     expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(bFile))).toBe(true);
+  });
+
+  it('a peer that floods writes and never reads holds bounded memory on the node; clients are served; the link is reset', async () => {
+    const { p, a, b } = await syncedPair('flood.json');
+    const generation = await killA(a, p.adminB);
+
+    const rogue = await rogueConnect(p.peerB);
+    rogue.send(rogueHello('a', SIZE, generation));
+    await frameWithin(rogue, PeerMsg.HELLO, 2000);
+    await until(async () => (await status(p.adminB)).connection === 'Connected', 3000);
+    rogue.socket.pause(); // from now on it reads nothing the node sends
+    const lostBefore = logged(b, 'peer link lost').length;
+    const before = memoryOf(b.proc.pid!);
+
+    // FRAMES FUA writes of 4 MiB, all at offset 0 with valid digests: b applies them one after
+    // the other, each with an fdatasync, far slower than loopback brings them.
+    const FRAMES = 300;
+    const data = Buffer.alloc(4 * MiB, 0x42);
+    const digest = sealDigest(xxh3.xxh64(data), 0, 1);
+    const writeHeader = encodeWriteHeader({ volume: 0, flags: 1, offset: 0, digest });
+    let peak = before.peak;
+    const sampler = setInterval(() => (peak = Math.max(peak, memoryOf(b.proc.pid!).peak)), 50);
+    let sent = 0;
+    const flood = (async () => {
+      for (; sent < FRAMES && !rogue.socket.destroyed; sent++) {
+        const head = Buffer.concat([encodeFrameHeader(PeerMsg.WRITE, BigInt(sent + 1), WRITE_HEADER_SIZE + data.length), writeHeader]);
+        rogue.socket.write(head);
+        if (!rogue.socket.write(data)) await Promise.race([once(rogue.socket, 'drain').catch(() => undefined), rogue.closed]);
+      }
+    })();
+
+    // Meanwhile a client of b writes and reads: the write goes to the rogue, which never answers,
+    // so after link.ackTimeout the link is reset and the write completes without the peer.
+    const client = await NbdClient.connect({ port: p.nbdB, exportName: 'vol0' });
+    const t0 = Date.now();
+    await client.write(16 * MiB, Buffer.alloc(65536, 0x6d));
+    const held = Date.now() - t0;
+    expect((await client.read(16 * MiB, 65536)).equals(Buffer.alloc(65536, 0x6d))).toBe(true);
+    client.close();
+    // The node reset the link (the rogue, reading nothing, may not even see it until it writes).
+    await until(() => logged(b, 'peer link lost').length === lostBefore + 1, 5000);
+    rogue.socket.destroy();
+    await flood;
+    clearInterval(sampler);
+    peak = Math.max(peak, memoryOf(b.proc.pid!).peak);
+    const grew = (peak - before.peak) / MiB;
+    console.log(`a peer flooding ${sent} x 4 MiB FUA writes without reading: node peak RSS +${grew.toFixed(0)} MiB; a client write took ${held} ms; link reset: ${logged(b, 'peer link lost').at(-1)?.reason}`);
+    expect(b.proc.exitCode).toBeNull();
+    expect(held).toBeLessThan(ACK_TIMEOUT + 3000);
+    expect(grew).toBeLessThan(300); // 1.1 GiB without the receive budget: every frame read at once
+    expect((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).link.receivePauses).toBeGreaterThan(0);
   });
 });

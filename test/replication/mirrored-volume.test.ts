@@ -51,6 +51,7 @@ async function cluster() {
       timeoutMs: 500,
       log,
       allocBody: (n) => hot.slots.acquire(n),
+      releaseBody: (body) => hot.slots.release(body),
       onFrame: (h, body) => mv!.handleFrame(h, body),
       onDisconnected: () => mv!.peerLost('link lost'),
     });
@@ -61,7 +62,7 @@ async function cluster() {
       send: (t, id, body, flags) => link.send(t, id, body, flags),
       afterSend: (fn) => link.afterSend(fn),
       reset: (reason) => link.reconnect(reason),
-      release: (body) => hot.slots.release(body),
+      release: (body) => link.release(body),
     };
     mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node: name, peerName, grain: GRAIN, hot, log });
     cleanups.push(async () => {

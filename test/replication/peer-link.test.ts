@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { encodeFrame, PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
+import type { LinkLimits } from '../../src/replication/link-limits.js';
+import { encodeFrame, PEER_VERSION, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 import { freePort } from '../support/processes.js';
 import { until } from '../support/cluster.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
@@ -28,12 +29,13 @@ afterEach(async () => {
 });
 
 /** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
-async function pair(opts: { bHello?: HelloFields; timeoutMs?: number } = {}) {
+async function pair(opts: { bHello?: HelloFields; timeoutMs?: number; aSendStallMs?: number; aLimits?: Partial<LinkLimits>; bLimits?: Partial<LinkLimits>; bOnFrame?: (h: FrameHeader, body: Buffer) => void } = {}) {
   const bPort = await freePort();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
   await proxy.start();
   const events: string[] = [];
   const frames: number[] = [];
+  const reasons: string[] = [];
   const b = new PeerLink({
     hello: () => opts.bHello ?? hello('b'),
     listen: { host: '127.0.0.1', port: bPort },
@@ -41,9 +43,10 @@ async function pair(opts: { bHello?: HelloFields; timeoutMs?: number } = {}) {
     peerName: 'a',
     timeoutMs: opts.timeoutMs ?? 400,
     log,
+    limits: opts.bLimits,
     onConnected: () => events.push('b up'),
     onDisconnected: () => events.push('b down'),
-    onFrame: (h) => frames.push(h.type),
+    onFrame: opts.bOnFrame ?? ((h) => frames.push(h.type)),
   });
   const a = new PeerLink({
     hello: () => hello('a'),
@@ -52,13 +55,15 @@ async function pair(opts: { bHello?: HelloFields; timeoutMs?: number } = {}) {
     peerName: 'b',
     timeoutMs: opts.timeoutMs ?? 400,
     log,
+    limits: opts.aLimits,
+    sendStallMs: opts.aSendStallMs,
     onConnected: () => events.push('a up'),
-    onDisconnected: () => events.push('a down'),
+    onDisconnected: (reason) => (events.push('a down'), reasons.push(reason)),
   });
   cleanups.push(() => a.stop(), () => b.stop(), () => proxy.stop());
   await b.start();
   await a.start();
-  return { a, b, proxy, events, frames, bPort };
+  return { a, b, proxy, events, frames, reasons, bPort };
 }
 
 describe('peer link', () => {
@@ -153,5 +158,82 @@ describe('strangers and restarts', () => {
     expect(logged).toContain('the live peer link stopped answering; a new connection from the peer replaces it');
     expect(logged).not.toContain('peer silent past the timeout, dropping the link');
     expect(events).toContain('b down');
+  });
+});
+
+describe('backpressure', () => {
+  /** Frames b was handed and has not given back, in arrival order. */
+  const keeper = () => {
+    const kept: Array<{ id: bigint; body: Buffer }> = [];
+    const ids: bigint[] = [];
+    return { kept, ids, onFrame: (h: FrameHeader, body: Buffer) => (ids.push(h.id), kept.push({ id: h.id, body })) };
+  };
+  /** The window must pass with nothing to poll for: how long b's socket gets to read more if it would. */
+  const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it('a receiver stops taking frames at its limit, stays linked while held past the timeout, and takes the rest in order as it gives frames back', async () => {
+    const k = keeper();
+    const inWork: number[] = [];
+    const { a, b } = await pair({ bLimits: { workFrames: 4 }, bOnFrame: (h, body) => (k.onFrame(h, body), inWork.push(b.counters.framesInWork)) });
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    await settle(500); // heartbeats both ways: link frames are never in work
+    expect(b.counters).toMatchObject({ framesInWork: 0, receivePauses: 0 });
+    for (let id = 1n; id <= 20n; id++) a.send(PeerMsg.FLUSH, id);
+    await until(() => b.counters.receivePauses === 1);
+    await settle(1200); // three link timeouts: b reads nothing meanwhile, and nobody drops the link
+    expect(k.ids).toEqual([1n, 2n, 3n, 4n]);
+    expect(b.counters.framesInWork).toBe(4);
+    expect([a.state, b.state]).toEqual(['Connected', 'Connected']);
+    while (k.ids.length < 20) {
+      const given = k.kept.splice(0);
+      for (const f of given) b.release(f.body);
+      await until(() => k.kept.length > 0 || k.ids.length === 20, 2000);
+    }
+    expect(k.ids).toEqual(Array.from({ length: 20 }, (_, i) => BigInt(i + 1)));
+    expect(Math.max(...inWork)).toBe(4); // it stopped again at every limit
+    for (const f of k.kept.splice(0)) b.release(f.body);
+    expect(b.counters).toMatchObject({ framesInWork: 0, bytesInWork: 0 });
+    expect([a.state, b.state]).toEqual(['Connected', 'Connected']);
+  });
+
+  it('a frame larger than the limit goes through alone once nothing else is in work', async () => {
+    const k = keeper();
+    const inWorkAtArrival: number[] = [];
+    const { a, b } = await pair({
+      bLimits: { workBytes: 64 * 1024 },
+      bOnFrame: (h, body) => (k.onFrame(h, body), inWorkAtArrival.push(b.counters.framesInWork)),
+    });
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    a.send(PeerMsg.WRITE, 1n, Buffer.alloc(1024));
+    a.send(PeerMsg.WRITE, 2n, Buffer.alloc(1024 * 1024, 2)); // 16 times the limit
+    a.send(PeerMsg.WRITE, 3n, Buffer.alloc(1024));
+    await until(() => b.counters.receivePauses === 1);
+    await settle(100);
+    expect(k.ids).toEqual([1n]); // the large one waits for the small one
+    b.release(k.kept.shift()!.body);
+    await until(() => k.ids.length === 2);
+    await settle(100);
+    expect(k.ids).toEqual([1n, 2n]); // and the next waits for the large one
+    expect(k.kept[0]!.body.equals(Buffer.alloc(1024 * 1024, 2))).toBe(true);
+    b.release(k.kept.shift()!.body);
+    await until(() => k.ids.length === 3);
+    expect(inWorkAtArrival).toEqual([1, 1, 1]); // each one alone in work
+    expect(b.counters.bytesInWork).toBe(1024);
+  });
+
+  it('a sender whose peer reads nothing resets the link: at once past the queue cap, or once nothing has left for the stall time', async () => {
+    for (const [aLimits, why] of [
+      [{ queuedBytes: 4 * 1024 * 1024 }, /bytes queued for the peer \(limit 4194304\)/],
+      [{}, /the peer took none of \d+ queued bytes for \d+ ms/],
+    ] as const) {
+      // b holds the first frame and never gives it back: from then on it reads nothing.
+      const { a, b, reasons } = await pair({ aLimits, aSendStallMs: 400, bLimits: { workFrames: 1 }, bOnFrame: () => undefined });
+      await until(() => a.state === 'Connected' && b.state === 'Connected');
+      for (let id = 1n; id <= 64n; id++) a.send(PeerMsg.WRITE, id, Buffer.alloc(1024 * 1024));
+      await until(() => reasons.length > 0, 3000);
+      expect(reasons[0]).toMatch(/^the peer does not read what this node sends: /);
+      expect(reasons[0]).toMatch(why);
+      for (const c of cleanups.splice(0)) await c();
+    }
   });
 });

@@ -75,6 +75,36 @@ describe('peer frames', () => {
     expect(encodeFrameHeader(PeerMsg.FLUSH, 9n, 0).length).toBe(FRAME_HEADER_SIZE);
   });
 
+  it('holds a frame at its header, allocating nothing and keeping later bytes, until resumed; then delivers every frame in order', () => {
+    const s = stream();
+    // Chunks are views of one reused buffer, overwritten after each feed (as the receive buffer is).
+    const scratch = Buffer.alloc(s.length);
+    for (let cut = 1; cut < s.length; cut += 5) {
+      const frames: Array<{ header: FrameHeader; body: Buffer }> = [];
+      const allocated: number[] = [];
+      let open = false;
+      const decoder = new FrameDecoder({
+        hold: (h) => h.type === PeerMsg.WRITE && !open,
+        allocBody: (n) => (allocated.push(n), Buffer.alloc(n)),
+        onFrame: (header, body) => frames.push({ header, body }),
+      });
+      for (const [from, to] of [[0, cut], [cut, s.length]] as const) {
+        s.copy(scratch, 0, from, to);
+        decoder.feed(scratch.subarray(0, to - from));
+        scratch.fill(0xee);
+      }
+      expect(frames.map((f) => f.header.type)).toEqual([PeerMsg.PING]);
+      expect(allocated).toEqual([0]); // the held WRITE got no body
+      expect(decoder.holding).toBe(true);
+      decoder.resume(); // still held: nothing moves
+      expect(frames).toHaveLength(1);
+      open = true;
+      decoder.resume();
+      expect(decoder.holding).toBe(false);
+      check(frames);
+    }
+  });
+
   it('hands out the rest of a large frame body for the socket to read into', () => {
     const { frames, decoder } = collect();
     const body = Buffer.alloc(300_000, 0x5a);
