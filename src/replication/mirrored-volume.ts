@@ -349,7 +349,7 @@ export class MirroredVolume implements Volume {
     this.ctx.rate.cancel();
     r?.run.onDone(new MirrorError(MirrorCode.NO_PEER, 'peer link lost during resync'));
     this.verifier.abort('peer link lost during verify');
-    this.state.setReplication('Connecting', reason);
+    if (this.state.replication !== 'StandAlone') this.state.setReplication('Connecting', reason); // not while stopping
   }
 
   /** The node stops: nothing more is mirrored. */

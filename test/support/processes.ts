@@ -32,6 +32,9 @@ function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null>
  * Starts `nbd-mirror serve` with the given arguments plus `--listen 127.0.0.1:0`, and resolves
  * once it logs `listening` with the port the kernel picked.
  */
+/** Every nbd-mirror process this test file started, with its logs (printed when a test fails: failure-logs.ts). */
+export const startedLogs: Array<{ args: readonly string[]; logs: Array<Record<string, unknown>> }> = [];
+
 export function startNbdMirror(args: string[], opts: StartOptions = {}): Promise<RunningServer> {
   return startCli(['serve', '--listen', '127.0.0.1:0', ...args], opts);
 }
@@ -60,6 +63,7 @@ function startCli(args: string[], opts: StartOptions): Promise<RunningServer> {
     env: { ...process.env, ...opts.env },
   });
   const logs: Array<Record<string, unknown>> = [];
+  startedLogs.push({ args, logs });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   return new Promise((resolve, reject) => {
