@@ -129,7 +129,8 @@ export async function startNbdkit(file: string, extra: string[] = []): Promise<R
  * parallel test files never pick the same one.
  */
 const PORT_BLOCK = 400;
-const portBase = 20_000 + (Number(process.env.VITEST_POOL_ID ?? 0) % 30) * PORT_BLOCK;
+// NBD_MIRROR_TEST_PORT_BASE moves the blocks, so two test runs on one machine never pick the same ports.
+const portBase = Number(process.env.NBD_MIRROR_TEST_PORT_BASE ?? 20_000) + (Number(process.env.VITEST_POOL_ID ?? 0) % 30) * PORT_BLOCK;
 let portCursor = 0;
 
 export async function freePort(): Promise<number> {
