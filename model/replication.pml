@@ -1,0 +1,216 @@
+/*
+ * A model of nbd-mirror's replication protocol (two nodes, a witness), checked with spin.
+ * model/README.md maps each step to the code. Every event is one atomic step; spin explores
+ * every interleaving of client writes, link cuts, crashes, restarts, reconnects and resync
+ * steps, bounded by MAXW writes and MAXF faults.
+ *
+ * Abstractions (each covered elsewhere): a block's value is the id of the write that last
+ * changed it; everything a node does is durable when it does it (power loss: issue 14's
+ * harness); two writes to one block are never in flight together (one client at a time, as a
+ * VM that moves between nodes: the overlap rule for concurrent writers is property-tested in
+ * test/replication/in-flight.test.ts); a resync copy of a block is one step (the tracker orders
+ * it against writes to that block).
+ */
+#define B 2          /* blocks */
+#ifndef MAXW
+#define MAXW 4       /* client writes */
+#endif
+#ifndef MAXF
+#define MAXF 3       /* faults: link cuts + crashes */
+#endif
+#define NONE 2       /* no node */
+#define IDX(n, b) ((n) * B + (b))
+#define PEER(n) (1 - (n))
+
+mtype = { UpToDate, Inconsistent };
+mtype = { Idle, Mirroring };
+
+byte data[2 * B];
+bool dirty[2 * B];
+byte cur[2];          /* generation: current id */
+byte bm[2];           /* generation: bitmap id (0: not tracking) */
+mtype disk[2] = UpToDate;
+bool alive[2] = 1;
+bool link = 1;        /* connected and decided */
+byte holder = NONE;   /* the witness's write grant */
+byte nextGen = 2;
+
+/* the one client write in flight */
+mtype wstep = Idle;
+byte wn; byte wb; byte wv;
+bool localDone; bool peerDone;
+byte writes = 0;
+byte faults = 0;
+
+/* resync */
+bool resyncing = 0;
+byte src; byte tgt;
+
+/* activity log: a node that crashes with a mirrored write in flight finds it on restart */
+byte alog[2];         /* block + 1, or 0 */
+
+/* ghosts for the invariants */
+byte acked[B];        /* value of the last acknowledged write per block */
+bool uncertain[B];    /* a write to the block ended unacknowledged after it: either value may be there */
+bool wroteAlone[2];   /* acknowledged a write without its peer since the pair was last in sync */
+
+inline startTracking(n) {
+  if
+  :: bm[n] == 0 -> bm[n] = cur[n]; cur[n] = nextGen; nextGen++
+  :: else -> skip
+  fi
+}
+
+/* May node n write without its peer? The witness grant (claimed if free), never an incomplete copy. */
+inline mayWriteAlone(n, ok) {
+  ok = 0;
+  if
+#ifdef MUTANT_NO_WITNESS
+  :: disk[n] != Inconsistent -> ok = 1
+#else
+  :: disk[n] != Inconsistent && (holder == NONE || holder == n) -> holder = n; ok = 1
+#endif
+  :: else -> skip
+  fi
+}
+
+/* A write waiting for the peer when the link went: bits first, then acknowledged alone with quorum. */
+inline degradeWrite() {
+#ifndef MUTANT_NO_BITS_ON_LINK_LOSS
+  dirty[IDX(wn, wb)] = 1;
+#endif
+  mayWriteAlone(wn, ok);
+  if
+  :: ok -> startTracking(wn); wroteAlone[wn] = 1;
+           data[IDX(wn, wb)] = wv; acked[wb] = wv; uncertain[wb] = 0
+  :: else -> uncertain[wb] = 1
+  fi;
+  alog[wn] = 0; /* the write is over: its extent leaves the activity log */
+  wstep = Idle
+}
+
+inline loseLink() {
+  link = 0;
+  resyncing = 0;
+  if
+  :: wstep == Mirroring && alive[wn] -> degradeWrite()
+  :: else -> skip
+  fi
+}
+
+/* May node n serve a read of block b, and from which copy? (quorum gate + resync target reads) */
+inline checkRead(n, b) {
+  if
+  :: link && resyncing && tgt == n && dirty[IDX(n, b)] -> assert(uncertain[b] || data[IDX(src, b)] == acked[b])
+  :: link && !(resyncing && tgt == n && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
+  :: !link && holder == n && !(disk[n] == Inconsistent && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
+  :: else -> skip /* held or refused: no data served */
+  fi
+}
+
+active proctype world() {
+  byte n; byte b; bool ok; byte s; byte t;
+  cur[0] = 1; cur[1] = 1;
+  do
+  /* a client starts a write through node n */
+  :: atomic { wstep == Idle && writes < MAXW ->
+       select(n : 0 .. 1); select(b : 0 .. B - 1);
+       if
+       :: alive[n] ->
+            writes++; wn = n; wb = b; wv = writes;
+            if
+            :: link -> wstep = Mirroring; localDone = 0; peerDone = 0; alog[n] = b + 1
+            :: else ->
+                 mayWriteAlone(n, ok);
+                 if
+                 :: ok -> dirty[IDX(n, b)] = 1; startTracking(n); wroteAlone[n] = 1;
+                          data[IDX(n, b)] = wv; acked[b] = wv; uncertain[b] = 0
+                 :: else -> skip /* refused before anything changed */
+                 fi
+            fi
+       :: else -> skip
+       fi }
+  /* its local write lands */
+  :: atomic { wstep == Mirroring && !localDone && alive[wn] -> data[IDX(wn, wb)] = wv; localDone = 1 }
+  /* the peer applies it */
+  :: atomic { wstep == Mirroring && !peerDone && link -> data[IDX(PEER(wn), wb)] = wv; peerDone = 1 }
+  /* both done: acknowledged */
+  :: atomic { wstep == Mirroring && localDone && peerDone && link && alive[wn] ->
+       acked[wb] = wv; uncertain[wb] = 0; alog[wn] = 0; wstep = Idle }
+  /* the link is cut */
+  :: atomic { link && faults < MAXF -> faults++; loseLink() }
+  /* node n crashes (kill -9) */
+  :: atomic { faults < MAXF -> select(n : 0 .. 1);
+       if
+       :: alive[n] -> faults++; alive[n] = 0;
+            if
+            :: wstep == Mirroring && wn == n -> uncertain[wb] = 1; wstep = Idle
+            :: else -> skip
+            fi;
+            if :: link -> loseLink() :: else -> resyncing = 0 fi
+       :: else -> skip
+       fi }
+  /* node n restarts: its activity log marks what may differ */
+  :: atomic { select(n : 0 .. 1);
+       if
+       :: !alive[n] -> alive[n] = 1;
+#ifndef MUTANT_NO_ACTIVITY_LOG
+            if :: alog[n] > 0 -> dirty[IDX(n, alog[n] - 1)] = 1; alog[n] = 0 :: else -> skip fi
+#endif
+       :: else -> skip
+       fi }
+  /* both alive, the link comes up: decide by generations (generation.ts decide) */
+  :: atomic { alive[0] && alive[1] && !link && wstep == Idle ->
+       s = NONE;
+       if
+       :: cur[0] == cur[1] ->
+            /* in sync; bits from a crash: the consistent side, else the first by name */
+            if
+            :: disk[0] == Inconsistent && disk[1] != Inconsistent -> s = 1
+            :: else -> s = 0
+            fi
+       :: cur[0] != cur[1] && bm[0] != 0 && bm[0] == cur[1] && !(bm[1] != 0 && bm[1] == cur[0]) -> s = 0
+       :: cur[0] != cur[1] && bm[1] != 0 && bm[1] == cur[0] && !(bm[0] != 0 && bm[0] == cur[1]) -> s = 1
+       :: else -> assert(0) /* split brain or unrelated copies: the witness must have prevented it */
+       fi;
+       t = PEER(s);
+       if
+       /* never sync from an incomplete copy: the generations alone never name one here (decide()
+          refuses one anyway: no-consistent-source, Diverged, for cases this model leaves out) */
+       :: disk[s] == Inconsistent -> assert(0)
+       :: else ->
+            link = 1;
+            for (b : 0 .. B - 1) {
+              if :: dirty[IDX(0, b)] || dirty[IDX(1, b)] -> dirty[IDX(0, b)] = 1; dirty[IDX(1, b)] = 1 :: else -> skip fi
+            }
+            if
+            :: dirty[IDX(0, 0)] || dirty[IDX(0, 1)] || cur[0] != cur[1] -> resyncing = 1; src = s; tgt = t; disk[t] = Inconsistent
+            :: else -> skip
+            fi
+       fi }
+  /* resync copies one dirty block, in its place among writes: never while a write to the block
+     is in flight (in-flight.ts orders the copy before it on both nodes, or after it on both) */
+  :: atomic { resyncing && link -> select(b : 0 .. B - 1);
+       if
+#ifdef MUTANT_NO_OVERLAP_ORDER
+       :: dirty[IDX(tgt, b)] ->
+#else
+       :: dirty[IDX(tgt, b)] && !(wstep == Mirroring && wb == b) ->
+#endif
+            data[IDX(tgt, b)] = data[IDX(src, b)]; dirty[IDX(tgt, b)] = 0; dirty[IDX(src, b)] = 0
+       :: else -> skip
+       fi }
+  /* resync done: the target takes the source's generation, both stop tracking, the grant goes back */
+  :: atomic { resyncing && link && !dirty[IDX(tgt, 0)] && !dirty[IDX(tgt, 1)] ->
+       resyncing = 0; disk[tgt] = UpToDate; cur[tgt] = cur[src]; bm[0] = 0; bm[1] = 0 }
+  /* in sync (connected, no bits, nothing running): the grant goes back, nobody has written alone */
+  :: atomic { link && !resyncing && !dirty[0] && !dirty[1] && !dirty[2] && !dirty[3] && wstep == Idle ->
+       assert(data[0] == data[2] && data[1] == data[3]); /* both copies identical */
+       holder = NONE; wroteAlone[0] = 0; wroteAlone[1] = 0 }
+  /* a client reads block b through node n */
+  :: atomic { wstep == Idle -> select(n : 0 .. 1); select(b : 0 .. B - 1);
+       if :: alive[n] -> checkRead(n, b) :: else -> skip fi }
+  /* at most one node writes without its peer */
+  :: atomic { assert(!(wroteAlone[0] && wroteAlone[1])) }
+  od
+}
