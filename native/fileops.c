@@ -73,6 +73,17 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode, 
   return NULL;
 }
 
+/* posix_fadvise(WILLNEED): the kernel reads the range into the page cache in the background
+   (NBD_CMD_CACHE, as nbdkit's file plugin does); returns the error number, it never throws: a
+   prefetch hint that fails changes nothing. */
+static napi_value will_need(napi_env env, napi_callback_info info) {
+  int64_t a[3];
+  if (get_args(env, info, 3, a) < 0) return NULL;
+  napi_value out;
+  napi_create_int32(env, posix_fadvise((int)a[0], (off_t)a[1], (off_t)a[2], POSIX_FADV_WILLNEED), &out);
+  return out;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info info) {
   return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE, "fallocate(PUNCH_HOLE)");
 }
@@ -128,6 +139,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mapShared", NULL, map_shared, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

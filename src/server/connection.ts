@@ -40,8 +40,6 @@ const HANDSHAKE_LIMIT_MS = 10_000;
 const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 /** A WRITE payload with at least this much still to come is read straight into its buffer. */
 const DIRECT_PAYLOAD_MIN = 64 * 1024;
-/** What a CACHE request holds while it runs: the volume's scratch buffer (at most 1 MiB). */
-const CACHE_BUFFER = 1024 * 1024;
 /** A BLOCK_STATUS reply: header, context id and up to MAX_EXTENTS descriptors. */
 const BLOCK_STATUS_REPLY = 32 + 8 * MAX_EXTENTS;
 const EMPTY = Buffer.alloc(0);
@@ -53,12 +51,10 @@ export function requestCost(req: Request): number {
       return readReplyHeaderSize(true) + req.length;
     case Cmd.WRITE:
       return req.length;
-    case Cmd.CACHE:
-      return Math.min(req.length, CACHE_BUFFER);
     case Cmd.BLOCK_STATUS:
       return BLOCK_STATUS_REPLY;
     default:
-      return 0; // FLUSH, TRIM, WRITE_ZEROES, DISC: a 16-byte reply (they count as requests in flight)
+      return 0; // FLUSH, TRIM, WRITE_ZEROES, CACHE (a posix_fadvise hint), DISC: a 16-byte reply (they count as requests in flight)
   }
 }
 

@@ -205,14 +205,10 @@ export class FileVolume implements Volume {
   }
 
   cache(offset: number, length: number, done: Done): void {
-    // Node has no posix_fadvise: reading the range into the page cache is the portable prefetch.
-    const scratch = Buffer.allocUnsafe(Math.min(CHUNK, length));
-    const end = offset + length;
-    const next = (pos: number): void => {
-      if (pos >= end || this.closed) return done(null);
-      fs.read(this.fd, scratch, 0, Math.min(CHUNK, end - pos), pos, (err) => (err ? done(err) : next(pos + CHUNK)));
-    };
-    next(offset);
+    // A hint to the kernel, read ahead in the background: no buffer, no wait (nbdkit's file
+    // plugin does the same). A failed hint is no error for the client: CACHE is advisory.
+    fileOps.willNeed(this.fd, offset, length);
+    done(null);
   }
 
   extents(offset: number, length: number, max: number, done: (err: Error | null, extents: Extent[]) => void): void {
