@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
 import type { DirtyBitmap, Hotpath } from '../hotpath/index.js';
 import { ActivityLog, AL_BLOCK, readAlRecord } from './activity-log.js';
+import { syncDirectoryOf } from '../durable.js';
 
 const MAGIC = Buffer.from('NBMMETA\0', 'latin1');
 const FORMAT_VERSION = 1;
@@ -189,7 +190,8 @@ export class VolumeMeta {
       sb = { ...id, state: DiskState.Inconsistent, flags: 0, trackingSince: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
       fs.writeSync(fd, encodeSuperblock(sb), 0, SUPERBLOCK_SIZE, 0);
       fs.ftruncateSync(fd, SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK + 2 * AL_BLOCK);
-      fs.fdatasyncSync(fd);
+      fs.fsyncSync(fd);
+      syncDirectoryOf(path); // a new metadata file must not vanish in a power cut
       return new VolumeMeta(path, fd, sb, bitmap, al);
     }
     const head = Buffer.alloc(SUPERBLOCK_SIZE);

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import { AllocState, MAX_PAYLOAD, NbdErr } from '../protocol/constants.js';
 import { NbdError } from '../protocol/errors.js';
 import { fileOps } from './fileops.js';
+import { syncDirectoryOf } from '../durable.js';
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
 
 export type IoMode = 'auto' | 'sync' | 'async' | 'mmap';
@@ -74,6 +75,9 @@ export class FileVolume implements Volume {
       }
       fd = fs.openSync(path, 'w+');
       fs.ftruncateSync(fd, opts.createSize);
+      // Its size and its directory entry durable before anything is acknowledged on it.
+      fs.fsyncSync(fd);
+      syncDirectoryOf(path);
       if (readOnly) {
         fs.closeSync(fd);
         fd = fs.openSync(path, 'r');

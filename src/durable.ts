@@ -1,0 +1,15 @@
+// Making a new file's existence durable, not only its bytes: fsync of a file does not promise
+// that its directory entry is on disk (POSIX; LazyFS and our power-cut harness drop it), so a
+// file created and then only fsynced can vanish in a power cut with everything written to it.
+import fs from 'node:fs';
+import { dirname } from 'node:path';
+
+/** fsyncs the directory holding `path`, so a file created (or renamed) there survives a power cut. */
+export function syncDirectoryOf(path: string): void {
+  const fd = fs.openSync(dirname(path), 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
