@@ -65,6 +65,13 @@ export interface ActivityLogOptions {
   readonly slots: number;
   /** The sequence to continue from (the one found on disk). */
   readonly sequence: bigint;
+  /**
+   * Makes the volume's data durable (its flush). Called before a block that drops an extent is
+   * written: once an extent is out of the log, a power cut must not find writes of it that never
+   * reached the disk (recovery would not know to resync them). DRBD flushes before such an
+   * activity-log transaction too. Without it (tests of the log alone) nothing is flushed.
+   */
+  readonly flushData?: (done: (err: Error | null) => void) => void;
 }
 
 type Waiter = { readonly extents: readonly number[]; readonly done: (err: Error | null) => void };
@@ -78,6 +85,8 @@ export class ActivityLog {
   /** Writes that found every slot busy, waiting for one to go idle. */
   private blocked: Waiter[] = [];
   private writing = false;
+  /** An extent left the log since the last block: the data must be durable before the next one. */
+  private evicted = false;
   private sequence: bigint;
   /** Activity-log block writes (each with an fdatasync): the cost to watch. */
   updates = 0;
@@ -156,7 +165,10 @@ export class ActivityLog {
       this.blocked.push(w); // every slot has writes in flight: wait for one to finish
       return;
     }
-    for (let i = 0; this.active.size + missing.length > this.o.slots && i < idle.length; i++) this.active.delete(idle[i]!);
+    for (let i = 0; this.active.size + missing.length > this.o.slots && i < idle.length; i++) {
+      this.active.delete(idle[i]!);
+      this.evicted = true;
+    }
     for (const e of missing) {
       this.active.set(e, 0);
       this.joining.add(e);
@@ -183,7 +195,10 @@ export class ActivityLog {
       for (const w of waiters) w.done(err);
       this.writeBack();
     };
-    fs.write(this.o.fd, block, 0, AL_BLOCK, this.blockAt(), (err) => (err ? finish(err) : fs.fdatasync(this.o.fd, finish)));
+    const writeBlock = (): void => fs.write(this.o.fd, block, 0, AL_BLOCK, this.blockAt(), (err) => (err ? finish(err) : fs.fdatasync(this.o.fd, finish)));
+    if (!this.evicted || !this.o.flushData) return writeBlock();
+    this.evicted = false;
+    this.o.flushData((err) => (err ? finish(err) : writeBlock()));
   }
 
   private nextBlock(extents: number[]): Buffer {

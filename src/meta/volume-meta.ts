@@ -57,6 +57,12 @@ export function newGenerationId(): string {
 
 /** Superblock flag: the next resync compares block digests first (set after a crash). */
 const FLAG_CHECKSUM_RESYNC = 1;
+/**
+ * Set while a process has the volume open, cleared by a clean close: found set at open, the last
+ * run died (a crash or a power cut), even with an empty activity log — it may have lost writes
+ * from the peer that were never flushed here, so this copy is suspect (checksumResync).
+ */
+const FLAG_RUNNING = 2;
 
 interface Superblock extends MetaIdentity {
   state: DiskState;
@@ -69,6 +75,8 @@ interface Superblock extends MetaIdentity {
 export interface ActivityLogConfig {
   readonly extentBytes: number;
   readonly slots: number;
+  /** The data volume's flush, before an extent leaves the log (see ActivityLogOptions.flushData). */
+  readonly flushData?: (done: (err: Error | null) => void) => void;
 }
 
 /**
@@ -146,10 +154,17 @@ export class VolumeMeta {
   ) {
     const alAt = SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK;
     const found = readAlRecord(fd, alAt);
-    this.activityLog = new ActivityLog({ fd, at: alAt, extentBytes: al.extentBytes, slots: al.slots, sequence: found?.sequence ?? 0n });
+    this.activityLog = new ActivityLog({ fd, at: alAt, extentBytes: al.extentBytes, slots: al.slots, sequence: found?.sequence ?? 0n, flushData: al.flushData });
     this.recoveredExtents = found?.extents.length ?? 0;
+    this.stoppedUncleanly = (sb.flags & FLAG_RUNNING) !== 0;
     if (found && found.extents.length > 0) this.recover(found.extentBytes, found.extents);
+    else if (this.stoppedUncleanly) this.saveIdentity({ checksumResync: true });
+    this.sb.flags |= FLAG_RUNNING;
+    this.saveIdentity({});
   }
+
+  /** The previous run did not close the volume cleanly (crash, kill -9, power cut). */
+  readonly stoppedUncleanly: boolean;
 
   /**
    * The last run ended with writes possibly on one node only, somewhere in these extents: mark
@@ -296,9 +311,11 @@ export class VolumeMeta {
     next(0);
   }
 
-  /** A clean stop: the activity log is emptied (nothing is in flight any more). */
+  /** A clean stop: the activity log is emptied (nothing is in flight any more; the caller made the data durable first). */
   close(): void {
     this.activityLog.clear();
+    this.sb.flags &= ~FLAG_RUNNING;
+    this.saveIdentity({});
     fs.closeSync(this.fd);
   }
 }

@@ -147,7 +147,7 @@ export class ClusterNode {
         this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
-        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`);
+        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`, leaving);
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
@@ -186,6 +186,7 @@ export class ClusterNode {
       const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot, {
         extentBytes: config.activityLog.extent,
         slots: config.activityLog.extents,
+        flushData: (done) => file.flush(done),
       });
       if (meta.recoveredExtents > 0) {
         log.warn({ volume: name, extents: meta.recoveredExtents, outOfSyncBytes: meta.bitmap.count() * GRAIN }, 'volume did not stop cleanly: activity-log extents marked out of sync for a checksum resync');
@@ -257,8 +258,8 @@ export class ClusterNode {
         v.mirror.markPeerDiskFailed('the peer reports its disk failed');
         return v.mirror.connected('connected to a peer whose disk failed: this copy serves both');
       }
-      const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any() };
-      const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: PERSISTED_DISK[theirs.state], dirty: theirs.dirty };
+      const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any(), crashed: v.meta.checksumResync };
+      const other: NodeGeneration = { node: peer.node, generation: theirs.generation, state: PERSISTED_DISK[theirs.state], dirty: theirs.dirty, crashed: theirs.checksum };
       const d = decide(mine, other);
       switch (d.kind) {
         case 'in-sync':
@@ -464,6 +465,8 @@ export class ClusterNode {
     this.link.stop();
     for (const v of this.volumes) {
       v.mirror.stopped();
+      // The data durable before the activity log is emptied: after that, nothing would resync it.
+      await new Promise<void>((res) => v.file.flush(() => res()));
       await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
       v.meta.close();
       await v.file.close();

@@ -14,13 +14,19 @@ export interface NodeGeneration {
   readonly state: DiskState;
   /** Does the node's dirty bitmap have bits set? */
   readonly dirty: boolean;
+  /**
+   * The node died since the pair was last in sync (crash, power cut: its superblock's
+   * checksum-resync flag): its copy may lack writes it acknowledged but never flushed.
+   */
+  readonly crashed?: boolean;
 }
 
 export type SyncDecision =
   /**
    * Same data lineage: nothing to copy unless bits are set (then a bitmap resync, `source` names
    * who sends: the consistent side when the other is Inconsistent — a full sync cut short — else
-   * the node whose name sorts first).
+   * the side that did not crash when the other did — a power cut may have taken writes from it
+   * that the survivor holds — else the node whose name sorts first).
    */
   | { kind: 'in-sync'; resync: boolean; source: string }
   /** One side changed alone since they parted: copy its dirty bits' ranges from `source`. */
@@ -109,7 +115,9 @@ function byGeneration(a: NodeGeneration, b: NodeGeneration): SyncDecision {
   const gb = b.generation;
   if (ga.current === gb.current) {
     const inconsistent = [a, b].filter((n) => n.state === DiskState.Inconsistent);
-    const source = inconsistent.length === 1 ? (inconsistent[0] === a ? b : a) : first;
+    const crashed = [a, b].filter((n) => n.crashed === true);
+    const suspect = inconsistent.length === 1 ? inconsistent : crashed.length === 1 ? crashed : [];
+    const source = suspect.length === 1 ? (suspect[0] === a ? b : a) : first;
     return { kind: 'in-sync', resync: a.dirty || b.dirty, source: source.node };
   }
   // One side tracked its changes from the other's current: a bitmap resync, even when the other

@@ -106,6 +106,7 @@ export class MirroredWrite {
         if (ctx.peerDiskFailed) return this.markOutOfSync('peer-diskless');
         if (e.status === 0) {
           this.peerHasIt = true;
+          this.path.storedOnPeer(this.offset, this.length);
           this.step = 'PeerSettled';
           return this.maybeComplete();
         }
@@ -232,6 +233,13 @@ export class MirroredWrite {
  * answers heartbeats but no longer its requests must not hold client writes for ever; the
  * link-loss path then makes them degraded writes — DRBD's ko-count idea).
  */
+/**
+ * The peer is asked to flush (an epoch flush, DRBD's barrier) once this much it stored is not
+ * durable there yet: what a power cut of the peer could take, and what link loss marks out of
+ * sync here, stays bounded.
+ */
+const EPOCH = { bytes: 64 * 1024 * 1024, writes: 4096 } as const;
+
 export class WritePath {
   /** Mirrored changes waiting for their turn, in the order they were asked for. */
   private readonly queued: Array<{ w: MirroredWrite; ready: boolean; err: Error | null }> = [];
@@ -240,6 +248,17 @@ export class WritePath {
   /** Writes and flushes sent to the peer and not answered yet: id → when sent (oldest first). */
   private readonly awaitingPeer = new Map<bigint, number>();
   private ackWatch: NodeJS.Timeout | undefined;
+  /**
+   * Changes the peer stored but has not made durable yet (no FLUSH_ACK for a flush sent after
+   * them): a power cut there may lose them, so when the link is lost they are marked out of sync
+   * here (DRBD's transfer log). Pruned by every answered flush, and bounded by epoch flushes.
+   */
+  private readonly notDurableOnPeer: Array<{ readonly seq: number; readonly offset: number; readonly length: number }> = [];
+  private notDurableBytes = 0;
+  private storedSeq = 0;
+  /** Flushes sent to the peer: id → the last stored change they cover. */
+  private readonly flushCovers = new Map<bigint, number>();
+  private epochFlushing = false;
 
   constructor(
     readonly ctx: MirrorContext,
@@ -288,6 +307,25 @@ export class WritePath {
     if (w.entry) this.open.delete(w.entry.id);
   }
 
+  /** @internal MirroredWrite: the peer stored [offset, offset + length) (not durably yet). */
+  storedOnPeer(offset: number, length: number): void {
+    this.notDurableOnPeer.push({ seq: ++this.storedSeq, offset, length });
+    this.notDurableBytes += length;
+    if (this.epochFlushing || (this.notDurableBytes < EPOCH.bytes && this.notDurableOnPeer.length < EPOCH.writes)) return;
+    this.epochFlushing = true;
+    this.sendFlush(() => (this.epochFlushing = false));
+  }
+
+  /** Asks the peer to flush; `done` gets its answer. The changes stored before it then count as durable there. */
+  private sendFlush(done: Done): bigint {
+    const id = this.ctx.nextId();
+    this.flushes.set(id, done);
+    this.flushCovers.set(id, this.storedSeq);
+    this.expectAnswer(id);
+    this.ctx.peer.send(PeerMsg.FLUSH, id);
+    return id;
+  }
+
   /** WRITE_ACK from the peer. */
   onAck(id: bigint, status: number): void {
     this.open.get(id)?.on({ type: 'peer-ack', status });
@@ -296,7 +334,6 @@ export class WritePath {
   flush(done: Done): void {
     const { peer, local } = this.ctx;
     if (!peer.connected) return local.flush(done);
-    const id = this.ctx.nextId();
     // As for writes: it succeeds when one copy is durable and the other's failure is declared.
     let localErr: Error | null | undefined;
     let peerErr: Error | null | undefined;
@@ -305,9 +342,7 @@ export class WritePath {
       if (localErr && !peerErr) this.ctx.diskFailed(localErr, 'a client flush', 0, 0);
       done(localErr && peerErr ? localErr : peerErr);
     };
-    this.flushes.set(id, (err) => ((peerErr = err), settle()));
-    this.expectAnswer(id);
-    peer.send(PeerMsg.FLUSH, id);
+    this.sendFlush((err) => ((peerErr = err), settle()));
     local.flush((err) => ((localErr = err), settle()));
   }
 
@@ -316,6 +351,9 @@ export class WritePath {
     const f = this.flushes.get(id);
     this.flushes.delete(id);
     this.awaitingPeer.delete(id);
+    const covers = this.flushCovers.get(id);
+    this.flushCovers.delete(id);
+    if (status === 0 && covers !== undefined) this.durableOnPeer(covers);
     // A peer whose disk failed said so first (DISK_FAILED): this copy alone counts then.
     f?.(status === 0 || this.ctx.peerDiskFailed ? null : new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the flush (${statusErrno(status)})`, statusErrno(status)));
   }
@@ -325,13 +363,28 @@ export class WritePath {
    * are made durable, then it completes with quorum); flushes waiting for the peer complete
    * locally.
    */
-  peerLost(): void {
+  peerLost(peerFlushed: boolean): void {
     this.awaitingPeer.clear(); // what waited for answers is settled below
+    // What the peer may have lost, if it lost power: out of sync here, so the next resync copies
+    // it. A peer that left gracefully made everything it stored durable on its way out.
+    for (const c of peerFlushed ? [] : this.notDurableOnPeer) {
+      const [first, count] = this.ctx.grains(c.offset, c.length);
+      this.ctx.meta.markDirty(first, count, () => undefined);
+    }
+    this.durableOnPeer(this.storedSeq);
+    this.flushCovers.clear();
     for (const w of [...this.open.values()]) w.on({ type: 'link-lost' });
     for (const [id, f] of this.flushes) {
       this.flushes.delete(id);
       this.ctx.local.flush(f);
     }
+  }
+
+  /** The peer made every change up to `seq` durable. */
+  private durableOnPeer(seq: number): void {
+    let n = 0;
+    while (n < this.notDurableOnPeer.length && this.notDurableOnPeer[n]!.seq <= seq) this.notDurableBytes -= this.notDurableOnPeer[n++]!.length;
+    this.notDurableOnPeer.splice(0, n);
   }
 
   private expectAnswer(id: bigint): void {

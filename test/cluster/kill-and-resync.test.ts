@@ -41,6 +41,8 @@ describe('two-node cluster: kill -9 and automatic resync', () => {
     // Cross-node read-after-write.
     const ca = await NbdClient.connect({ port: nbdA, exportName: 'vol0' });
     await ca.write(0, Buffer.alloc(MiB, 0x11));
+    // Flushed, so durable on b too: a power cut of b could not take it, and it is not resynced.
+    await ca.flush();
     const cb = await NbdClient.connect({ port: nbdB, exportName: 'vol0' });
     expect((await cb.read(0, MiB)).every((x) => x === 0x11)).toBe(true);
     cb.close();

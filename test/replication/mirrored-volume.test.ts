@@ -197,6 +197,7 @@ describe('mirrored volume (in-process pair)', () => {
   it('checksum resync moves only the blocks that differ, and ends identical', async () => {
     const { a, b, proxy } = await cluster();
     await write(a.mv, 0, Buffer.alloc(MiB, 0x11));
+    await new Promise<void>((res, rej) => a.mv.flush((e) => (e ? rej(e) : res()))); // durable on b: not marked when the link goes
     proxy.cut();
     await until(() => a.link.state !== 'Connected' && b.link.state !== 'Connected');
     await write(a.mv, 3 * 4096, Buffer.alloc(8192, 0x22)); // 2 grains really differ
