@@ -10,6 +10,7 @@ import { fetchStatus, postAction } from './admin/admin-client.js';
 import { runVerify } from './admin/verify-command.js';
 import { createMetrics } from './admin/metrics.js';
 import { startWitness } from './witness/witness-server.js';
+import { loadWitnessSecrets } from './witness/witness-secrets.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
 import { ClusterNode } from './replication/cluster-node.js';
@@ -330,12 +331,14 @@ export function buildProgram(): Command {
     .description('run the witness: a small process with no data that lets one node of a pair write alone when the two lose each other')
     .requiredOption('--listen <host:port>', 'address to listen on (the "witness" of the cluster config)', argParser(parseHostPort))
     .option('--state <file>', 'where the witness keeps who holds the write grant (survives restarts)', 'nbd-mirror-witness.json')
+    .option('--secrets <dir>', 'folder of <cluster id>.secret files: only signed requests of these clusters are served')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
-    .action(async (opts: { listen: ListenAddress; state: string; logLevel: (typeof LOG_LEVELS)[number] }) => {
+    .action(async (opts: { listen: ListenAddress; state: string; secrets?: string; logLevel: (typeof LOG_LEVELS)[number] }) => {
       const log = createLogger(opts.logLevel).child({ component: 'witness' });
-      const server = await startWitness(opts.listen, resolve(opts.state), log);
+      const secrets = opts.secrets === undefined ? undefined : loadWitnessSecrets(resolve(opts.secrets));
+      const server = await startWitness(opts.listen, resolve(opts.state), log, { secrets });
       const a = server.address() as { address: string; port: number };
-      log.info({ address: a.address, port: a.port, state: resolve(opts.state) }, 'listening');
+      log.info({ address: a.address, port: a.port, state: resolve(opts.state), clusters: secrets ? [...secrets.keys()] : 'any' }, 'listening');
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
     });
 
