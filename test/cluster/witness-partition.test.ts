@@ -144,7 +144,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     // 5. Graceful leave with the witness gone: `nbd-mirror stop` on b, a goes on writing alone.
     await witness.stop('SIGKILL');
     client.b.close();
-    const said = await run(process.execPath, [cliPath, 'stop', '--admin', `127.0.0.1:${p.adminB}`]);
+    const said = await run(process.execPath, [cliPath, 'stop', '--config', bConfig, '--node', 'b']);
     expect(said).toMatch(/node b is stopping/);
     expect(b.proc.exitCode ?? (await new Promise((r) => b.proc.once('exit', r)))).toBe(0);
     await until(async () => (await volumeStatus(p.adminA)).quorum === 'alone');
