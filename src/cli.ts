@@ -1,15 +1,19 @@
 #!/usr/bin/env node
 // Command-line entry: parses arguments and calls into the modules; nothing below imports this.
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
 import { fetchStatus, postAction } from './admin/admin-client.js';
+import { adminTarget, type AdminTargetOptions } from './admin/admin-target.js';
 import { runVerify } from './admin/verify-command.js';
 import { createMetrics } from './admin/metrics.js';
 import { startWitness } from './witness/witness-server.js';
+import { loadWitnessSecrets } from './witness/witness-secrets.js';
+import { readClusterKey } from './security/cluster-keys.js';
+import { keygen, type ExistingKeys } from './security/keygen.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
 import { ClusterNode } from './replication/cluster-node.js';
@@ -106,6 +110,7 @@ async function serve(opts: ServeOptions): Promise<void> {
 async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFile | undefined): Promise<void> {
   if (!opts.config || !opts.node) throw new Error('--config and --node go together');
   const config = loadClusterConfig(opts.config);
+  const adminToken = readClusterKey(config, dirname(resolve(opts.config)), 'adminToken');
   log = log.child({ node: opts.node });
   const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
   faults?.start();
@@ -129,6 +134,7 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
       },
     },
     log,
+    adminToken,
   );
   const adminPort = (admin.address() as { port: number }).port;
   await node.start();
@@ -168,6 +174,12 @@ async function demo(opts: { dir: string }): Promise<void> {
   const dir = resolve(opts.dir);
   mkdirSync(dir, { recursive: true });
   const configPath = join(dir, 'cluster.json');
+  // Keys made on the first run and kept after (`npm start` again reuses them); the witness
+  // gets the cluster secret as its secrets folder wants it: `<cluster id>.secret`.
+  const keys = keygen(dir, 'keep');
+  const witnessSecrets = join(dir, 'witness-secrets');
+  mkdirSync(witnessSecrets, { recursive: true, mode: 0o700 });
+  copyFileSync(keys.clusterSecret, join(witnessSecrets, 'a+b.secret'));
   const config = {
     nodes: {
       a: { nbd: '127.0.0.1:10809', peer: '127.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: 'a' },
@@ -175,12 +187,13 @@ async function demo(opts: { dir: string }): Promise<void> {
     },
     volumes: { vol0: { size: '1G' } },
     witness: '127.0.0.1:7800',
+    security: { adminToken: 'admin.token', clusterSecret: 'cluster.secret' },
   };
   writeFileSync(configPath, `${JSON.stringify(config, null, 2)}\n`);
   const self = fileURLToPath(import.meta.url);
   const run = (args: string[]) => spawn(process.execPath, [self, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
   const children = [
-    run(['witness', '--listen', '127.0.0.1:7800', '--state', join(dir, 'witness.json')]),
+    run(['witness', '--listen', '127.0.0.1:7800', '--state', join(dir, 'witness.json'), '--secrets', witnessSecrets]),
     ...(['a', 'b'] as const).map((node) => run(['serve', '--config', configPath, '--node', node])),
   ];
   let exited = 0;
@@ -193,13 +206,14 @@ async function demo(opts: { dir: string }): Promise<void> {
       '',
       ...(connected ? [] : ['(the nodes did not report Connected within 30 s: see the log above)']),
       `nbd-mirror demo: two nodes mirroring volume "vol0" (1 GiB) and a witness, config ${configPath}`,
-      '  node a: nbd://127.0.0.1:10809/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9180',
-      '  node b: nbd://127.0.0.1:10810/vol0   status: npx nbd-mirror status --admin 127.0.0.1:9181',
+      `  node a: nbd://127.0.0.1:10809/vol0   status: npx nbd-mirror status --config ${configPath} --node a`,
+      `  node b: nbd://127.0.0.1:10810/vol0   status: npx nbd-mirror status --config ${configPath} --node b`,
+      `  keys: ${keys.adminToken} (admin actions), ${keys.clusterSecret} (witness requests)`,
       '  witness: 127.0.0.1:7800 (curl http://127.0.0.1:7800/status)',
       '  write on one, read on the other:',
       "    qemu-io -f raw nbd://127.0.0.1:10809/vol0 -c 'write -P 0xab 0 1M'",
       "    qemu-io -f raw nbd://127.0.0.1:10810/vol0 -c 'read -P 0xab 0 1M'",
-      '  fail-over: stop b (npx nbd-mirror stop --admin 127.0.0.1:9181, or kill -9 its process);',
+      `  fail-over: stop b (npx nbd-mirror stop --config ${configPath} --node b, or kill -9 its process);`,
       '    writes on a go on; bring b back and it catches up by itself:',
       `    npx nbd-mirror serve --config ${configPath} --node b`,
       '  or attach both with nbd-client (one per node) under dm-multipath (docs/OPERATIONS.md).',
@@ -218,12 +232,12 @@ async function untilConnected(admins: ListenAddress[], ms: number): Promise<bool
   return false;
 }
 
-async function resolveSplitBrain(opts: { admin: ListenAddress; volume: string; discard: string }): Promise<void> {
-  process.stdout.write(`${await postAction(opts.admin, '/resolve', { volume: opts.volume, discard: opts.discard })}\n`);
+async function resolveSplitBrain(opts: AdminTargetOptions & { volume: string; discard: string }): Promise<void> {
+  process.stdout.write(`${await postAction(adminTarget(opts), '/resolve', { volume: opts.volume, discard: opts.discard })}\n`);
 }
 
-async function status(opts: { admin: ListenAddress; json?: boolean }): Promise<void> {
-  const body = await fetchStatus(opts.admin);
+async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<void> {
+  const body = await fetchStatus(adminTarget(opts).addr);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
   const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
@@ -254,6 +268,18 @@ function printAttachHelp(addr: ListenAddress, registry: ExportRegistry): void {
   }
   lines.push('Stop with Ctrl-C (SIGINT) or SIGTERM: requests in flight finish and data is flushed.', '');
   process.stderr.write(lines.join('\n'));
+}
+
+/**
+ * The ways a command names a node's admin endpoint (admin-target.ts): `--admin` (with
+ * `--token-file`), or `--config` and `--node`, which find the address and the token themselves.
+ */
+function adminOptions(cmd: Command, admin: Option): Command {
+  return cmd
+    .addOption(admin.argParser(argParser(parseHostPort)).conflicts('config'))
+    .addOption(new Option('--token-file <file>', 'with --admin: the admin token file (security.adminToken of the cluster config)').conflicts('config'))
+    .option('--config <file>', 'the cluster config: the admin address and token of --node come from it')
+    .option('--node <name>', 'with --config: the node to talk to');
 }
 
 export function buildProgram(): Command {
@@ -297,32 +323,49 @@ export function buildProgram(): Command {
     .option('--dir <dir>', 'where the demo keeps its config and volumes', 'data/demo')
     .action(demo);
 
-  program
-    .command('resolve')
-    .description('resolve a split brain: discard the changes one node made since the split (it resyncs from the other)')
-    .requiredOption('--admin <host:port>', 'the admin address of the node whose changes are discarded', argParser(parseHostPort))
+  adminOptions(
+    program.command('resolve').description('resolve a split brain: discard the changes one node made since the split (it resyncs from the other)'),
+    new Option('--admin <host:port>', 'the admin address of the node whose changes are discarded'),
+  )
     .requiredOption('--volume <name>', 'the diverged volume')
     .requiredOption('--discard <node>', 'the node whose changes are thrown away (must be the node at --admin)')
     .action(resolveSplitBrain);
 
-  program
-    .command('verify')
-    .description('compare every block of a volume on both nodes (online, rate-limited) and report the ranges that differ')
+  adminOptions(
+    program.command('verify').description('compare every block of a volume on both nodes (online, rate-limited) and report the ranges that differ'),
+    new Option('--admin <host:port>', 'admin address of the node that runs the verify').default({ host: '127.0.0.1', port: 9180 }, '127.0.0.1:9180'),
+  )
     .requiredOption('--volume <name>', 'the volume to verify')
-    .addOption(new Option('--admin <host:port>', 'admin address of the node that runs the verify').argParser(argParser(parseHostPort)).default({ host: '127.0.0.1', port: 9180 }, '127.0.0.1:9180'))
     .option('--repair', 'copy the differing ranges from --source afterwards (nothing is repaired without it)')
     .option('--source <node>', 'with --repair: the node whose copy is right')
     .option('--json', 'print the result as JSON (outOfSyncBytes, ranges, …)')
-    .action(async (opts: { volume: string; admin: ListenAddress; repair?: boolean; source?: string; json?: boolean }) => {
-      process.exitCode = await runVerify(opts);
+    .action(async (opts: AdminTargetOptions & { volume: string; repair?: boolean; source?: string; json?: boolean }) => {
+      process.exitCode = await runVerify({ ...opts, admin: adminTarget(opts) });
     });
 
+  adminOptions(
+    program.command('stop').description('stop a node gracefully: it tells its peer it is leaving (the peer goes on writing alone), finishes requests in flight and exits'),
+    new Option('--admin <host:port>', "the node's admin address"),
+  ).action(async (opts: AdminTargetOptions) => {
+    process.stdout.write(`${await postAction(adminTarget(opts), '/stop', {})}\n`);
+  });
+
   program
-    .command('stop')
-    .description('stop a node gracefully: it tells its peer it is leaving (the peer goes on writing alone), finishes requests in flight and exits')
-    .requiredOption('--admin <host:port>', "the node's admin address", argParser(parseHostPort))
-    .action(async (opts: { admin: ListenAddress }) => {
-      process.stdout.write(`${await postAction(opts.admin, '/stop', {})}\n`);
+    .command('keygen')
+    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests), mode 0600')
+    .requiredOption('--dir <dir>', 'where to write them (created if missing)')
+    .option('--force', 'replace key files that exist (nodes and the witness then need the new ones)')
+    .action((opts: { dir: string; force?: boolean }) => {
+      const existing: ExistingKeys = opts.force ? 'replace' : 'refuse';
+      const keys = keygen(resolve(opts.dir), existing);
+      process.stdout.write(
+        [
+          `wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`,
+          `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`,
+          'and on the witness machine, as <cluster id>.secret in the folder given to nbd-mirror witness --secrets (docs/SECURITY.md).',
+          '',
+        ].join('\n'),
+      );
     });
 
   program
@@ -330,19 +373,18 @@ export function buildProgram(): Command {
     .description('run the witness: a small process with no data that lets one node of a pair write alone when the two lose each other')
     .requiredOption('--listen <host:port>', 'address to listen on (the "witness" of the cluster config)', argParser(parseHostPort))
     .option('--state <file>', 'where the witness keeps who holds the write grant (survives restarts)', 'nbd-mirror-witness.json')
+    .option('--secrets <dir>', 'folder of <cluster id>.secret files: only signed requests of these clusters are served')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
-    .action(async (opts: { listen: ListenAddress; state: string; logLevel: (typeof LOG_LEVELS)[number] }) => {
+    .action(async (opts: { listen: ListenAddress; state: string; secrets?: string; logLevel: (typeof LOG_LEVELS)[number] }) => {
       const log = createLogger(opts.logLevel).child({ component: 'witness' });
-      const server = await startWitness(opts.listen, resolve(opts.state), log);
+      const secrets = opts.secrets === undefined ? undefined : loadWitnessSecrets(resolve(opts.secrets));
+      const server = await startWitness(opts.listen, resolve(opts.state), log, { secrets });
       const a = server.address() as { address: string; port: number };
-      log.info({ address: a.address, port: a.port, state: resolve(opts.state) }, 'listening');
+      log.info({ address: a.address, port: a.port, state: resolve(opts.state), clusters: secrets ? [...secrets.keys()] : 'any' }, 'listening');
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
     });
 
-  program
-    .command('status')
-    .description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress")
-    .requiredOption('--admin <host:port>', "the node's admin address", argParser(parseHostPort))
+  adminOptions(program.command('status').description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress"), new Option('--admin <host:port>', "the node's admin address"))
     .option('--json', 'print the raw JSON')
     .action(status);
 

@@ -3,12 +3,17 @@
 // POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard;
 // POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair);
 // POST /stop stops the node gracefully (it tells its peer it is leaving).
-// Listens where the cluster config says (`admin`): keep it on loopback or a management network.
+// Listens where the cluster config says (`admin`: loopback unless `security.adminPublic`); who
+// may do what is admin-auth.ts. Action parameters are in the query; the JSON body is not used.
 import http from 'node:http';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import type { NodeMetrics } from './metrics.js';
-import { guardedHandler, requestPath, requestQuery } from '../http-request.js';
+import { adminRefusal } from './admin-auth.js';
+import { guardedHandler, readBody, refusalLog, requestPath, requestQuery } from '../http-request.js';
+
+/** An action's body is not used; anything longer than this drops the connection. */
+const MAX_ACTION_BODY = 1024;
 
 export interface AdminActions {
   status(): unknown;
@@ -21,10 +26,25 @@ export interface AdminActions {
   stop(): string;
 }
 
-export function startAdminServer(addr: HostPort, actions: AdminActions, log: Logger): Promise<http.Server> {
+/** `token`: the bearer token actions need (undefined: none, as before keys existed; a warning says so). */
+export function startAdminServer(addr: HostPort, actions: AdminActions, log: Logger, token?: Buffer): Promise<http.Server> {
+  if (token === undefined) log.warn('the admin endpoint has no token (security.adminToken): anyone who reaches it can stop the node or resolve a split brain; nbd-mirror keygen writes one');
+  const refused = refusalLog(log);
+  const actionsByPath: Record<string, (q: URLSearchParams) => string> = {
+    '/resolve': (q) => actions.discard(q.get('volume') ?? '', q.get('discard') ?? ''),
+    '/verify': (q) => actions.verify(q.get('volume') ?? '', q.get('source')),
+    '/stop': () => actions.stop(),
+  };
   const server = http.createServer(
     guardedHandler(log, (req, res) => {
       const path = requestPath(req.url);
+      const refusal = adminRefusal(req, token);
+      if (refusal) {
+        refused({ method: req.method, path, status: refusal.status, remote: req.socket.remoteAddress, reason: refusal.message }, 'admin request refused');
+        res.writeHead(refusal.status, { 'content-type': 'text/plain', ...(refusal.status === 401 ? { 'www-authenticate': 'Bearer' } : {}) });
+        res.end(`${refusal.message}\n`);
+        return;
+      }
       if (req.method === 'GET' && path === '/status') {
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(JSON.stringify(actions.status()));
@@ -44,20 +64,21 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
         );
         return;
       }
-      const q = requestQuery(req.url);
-      const act = (fn: () => string): void => {
-        try {
-          const msg = fn();
-          res.writeHead(200, { 'content-type': 'text/plain' });
-          res.end(msg.endsWith('\n') ? msg : `${msg}\n`);
-        } catch (err) {
-          res.writeHead(409, { 'content-type': 'text/plain' });
-          res.end(`${(err as Error).message}\n`);
-        }
-      };
-      if (req.method === 'POST' && path === '/resolve') return act(() => actions.discard(q.get('volume') ?? '', q.get('discard') ?? ''));
-      if (req.method === 'POST' && path === '/verify') return act(() => actions.verify(q.get('volume') ?? '', q.get('source')));
-      if (req.method === 'POST' && path === '/stop') return act(() => actions.stop());
+      const action = req.method === 'POST' && Object.hasOwn(actionsByPath, path) ? actionsByPath[path]! : undefined;
+      if (action) {
+        const q = requestQuery(req.url);
+        // Answered once the body is in (and bounded); what the action throws is a refusal (409).
+        return readBody(req, MAX_ACTION_BODY, () => {
+          try {
+            const msg = action(q);
+            res.writeHead(200, { 'content-type': 'text/plain' });
+            res.end(msg.endsWith('\n') ? msg : `${msg}\n`);
+          } catch (err) {
+            res.writeHead(409, { 'content-type': 'text/plain' });
+            res.end(`${(err as Error).message}\n`);
+          }
+        });
+      }
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found: GET /status, GET /metrics, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop\n');
     }),

@@ -3,13 +3,12 @@
 // for the resync that copies them from NODE.
 //
 // Exit codes: 0 both copies identical (or repaired); 1 ranges differ (not repaired); 2 error.
-import type { HostPort } from '../config/units.js';
 import { formatSize } from '../config/units.js';
 import type { VerifyStatus } from '../replication/cluster-node.js';
-import { fetchStatus, postAction } from './admin-client.js';
+import { fetchStatus, postAction, type AdminTarget } from './admin-client.js';
 
 export interface VerifyOptions {
-  admin: HostPort;
+  admin: AdminTarget;
   volume: string;
   repair?: boolean;
   source?: string;
@@ -43,7 +42,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
   let node = '';
   let v: VerifyStatus | null = null;
   for (;;) {
-    const s = await fetchStatus(o.admin);
+    const s = await fetchStatus(o.admin.addr);
     node = s.node;
     v = s.volumes[o.volume]?.verify ?? null;
     if (!v) throw new Error(`node ${node} reports no verify of ${o.volume}`);
@@ -57,7 +56,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
   if (o.repair && v.outOfSyncBytes > 0) {
     // The resync starts when the verify ends; wait until nothing is out of sync any more.
     for (;;) {
-      const s = (await fetchStatus(o.admin)).volumes[o.volume]!;
+      const s = (await fetchStatus(o.admin.addr)).volumes[o.volume]!;
       if (s.connection !== 'Connected') throw new Error(`the peer link went down during the repair (${s.connection}); it finishes on reconnect`);
       if (s.resync === null && s.outOfSyncBytes === 0 && s.disk === 'UpToDate') break;
       await sleep(poll);

@@ -86,6 +86,18 @@ const nodeSchema = z.strictObject({
   dataDir: z.string().min(1),
 });
 
+/** Keys (files `nbd-mirror keygen` writes; relative to the config file's folder) and exposure. */
+const securitySchema = z
+  .strictObject({
+    /** Bearer token for the admin endpoint's actions (POST /stop, /resolve, /verify). */
+    adminToken: z.string().min(1).optional(),
+    /** The cluster's secret: signs the nodes' requests to the witness. */
+    clusterSecret: z.string().min(1).optional(),
+    /** Lets an admin endpoint listen on an address other machines reach (needs adminToken). */
+    adminPublic: z.boolean().default(false),
+  })
+  .prefault({});
+
 const volumeSchema = z.strictObject({
   size: size.refine((n) => n % 4096 === 0, 'must be a multiple of 4096 bytes'),
   description: z.string().max(1024).optional(),
@@ -108,10 +120,21 @@ export const clusterSchema = z
     resync: resyncSchema,
     quorum: quorumSchema,
     splitBrain: splitBrainSchema,
+    security: securitySchema,
   })
   .superRefine((c, ctx) => {
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
       ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
+    }
+    // GET /status and /metrics answer anyone who reaches the admin endpoint, and without a token
+    // so do the actions: another machine must be let in on purpose.
+    for (const [node, n] of Object.entries(c.nodes)) {
+      if (!c.security.adminPublic && !isLoopback(n.admin.host)) {
+        ctx.addIssue({ code: 'custom', path: ['nodes', node, 'admin'], message: `${n.admin.host} is not a loopback address: set "security": { "adminPublic": true, "adminToken": FILE } to serve the admin endpoint to other machines` });
+      }
+    }
+    if (c.security.adminPublic && c.security.adminToken === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['security', 'adminPublic'], message: 'a public admin endpoint needs security.adminToken (nbd-mirror keygen writes one)' });
     }
     // Two services on one address collide — within a node always, across nodes only where the
     // address names one machine: two servers may each keep their admin (or NBD) endpoint on
@@ -134,7 +157,12 @@ export type ClusterConfig = z.output<typeof clusterSchema>;
 
 /** Loopback and wildcard hosts: the same text means a different endpoint on each machine. */
 function isLocalOnly(host: string): boolean {
-  return host === 'localhost' || host.startsWith('127.') || host === '::1' || host === '0.0.0.0' || host === '::';
+  return isLoopback(host) || host === '0.0.0.0' || host === '::';
+}
+
+/** Hosts only this machine reaches. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host.startsWith('127.') || host === '::1';
 }
 
 /** Thrown for an unreadable or invalid config; the message lists every problem with its field. */

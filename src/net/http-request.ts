@@ -10,11 +10,19 @@ export interface HttpAnswer {
   body: string;
 }
 
-export function httpRequest(addr: HostPort, method: 'GET' | 'POST', path: string, opts: { json?: unknown; timeoutMs?: number } = {}): Promise<HttpAnswer> {
-  const payload = opts.json === undefined ? undefined : JSON.stringify(opts.json);
+export interface HttpRequestOptions {
+  /** A JSON body, already serialized: a signature may cover its exact bytes. */
+  jsonText?: string;
+  headers?: Record<string, string>;
+  timeoutMs?: number;
+}
+
+export function httpRequest(addr: HostPort, method: 'GET' | 'POST', path: string, opts: HttpRequestOptions = {}): Promise<HttpAnswer> {
+  const payload = opts.jsonText;
+  const headers = { ...opts.headers, ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) }) };
   return new Promise((resolve, reject) => {
     const req = http.request(
-      { host: addr.host, port: addr.port, method, path, agent: false, headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
+      { host: addr.host, port: addr.port, method, path, agent: false, headers },
       (res) => {
         let body = '';
         res.setEncoding('utf8');

@@ -20,6 +20,7 @@ import { ProtocolViolation } from '../protocol/errors.js';
 import { diskStateName, PERSISTED_DISK, type DiskStateName, type ReplicationState } from './replication-state.js';
 import { QuorumGate, type QuorumDescription, type QuorumState } from './quorum.js';
 import { WitnessClient } from '../witness/witness-client.js';
+import { readClusterKey } from '../security/cluster-keys.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
@@ -171,8 +172,10 @@ export class ClusterNode {
         v.mirror.handleFrame(h, body);
       },
     });
+    const secret = readClusterKey(config, configDir, 'clusterSecret');
+    if (config.witness && !secret) log.warn('no security.clusterSecret: requests to the witness are unsigned, so anyone who reaches it can take or give back this cluster\'s grant; nbd-mirror keygen writes one');
     this.quorum = new QuorumGate({
-      witness: config.witness ? new WitnessClient(config.witness, this.clusterId, nodeName, Math.max(200, config.link.timeoutMs / 2)) : undefined,
+      witness: config.witness ? new WitnessClient(config.witness, this.clusterId, nodeName, Math.max(200, config.link.timeoutMs / 2), secret) : undefined,
       onNoQuorum: config.quorum.onNoQuorum,
       suspendMs: config.quorum.suspendTimeout,
       retryMs: 500,

@@ -1,7 +1,9 @@
 // A node's side of the witness: ask for the write grant, give it back. Every request is bounded
-// in time; a witness that does not answer counts as absent.
+// in time; a witness that does not answer counts as absent. With the cluster's secret, every
+// request is signed (request-signature.ts).
 import type { HostPort } from '../config/units.js';
 import { httpRequest } from '../net/http-request.js';
+import { signatureHeaders } from './request-signature.js';
 import type { WitnessAnswer } from './witness-server.js';
 
 export class WitnessClient {
@@ -10,6 +12,8 @@ export class WitnessClient {
     private readonly cluster: string,
     private readonly node: string,
     private readonly timeoutMs: number,
+    /** The cluster's secret (security.clusterSecret); undefined: unsigned requests. */
+    private readonly secret?: Buffer,
   ) {}
 
   claim(): Promise<WitnessAnswer> {
@@ -21,7 +25,9 @@ export class WitnessClient {
   }
 
   private async post(path: string): Promise<WitnessAnswer> {
-    const res = await httpRequest(this.addr, 'POST', path, { json: { cluster: this.cluster, node: this.node }, timeoutMs: this.timeoutMs });
+    const body = JSON.stringify({ cluster: this.cluster, node: this.node });
+    const headers = this.secret === undefined ? {} : signatureHeaders(this.secret, 'POST', path, body);
+    const res = await httpRequest(this.addr, 'POST', path, { jsonText: body, headers, timeoutMs: this.timeoutMs });
     if (res.status !== 200) throw new Error(`witness answered ${res.status}: ${res.body}`);
     return JSON.parse(res.body) as WitnessAnswer;
   }

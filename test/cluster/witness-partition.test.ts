@@ -3,8 +3,9 @@
 // requests, reads too; once healed its held reads see the new data and its held writes fail,
 // since their client may have written the same blocks elsewhere meanwhile); a lost witness alone changes
 // nothing; peer and witness both lost stop writes as `quorum.onNoQuorum: suspend` says; a node
-// stopped gracefully lets its peer write alone without the witness.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+// stopped gracefully lets its peer write alone without the witness. The nodes sign their witness
+// requests with the cluster secret, and the witness serves only signed ones (--secrets).
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,6 +15,7 @@ import { run } from '../support/fixture.js';
 import { NbdClient, NbdReplyError } from '../support/nbd-client.js';
 import { cliPath, freePort, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
+import { keygen } from '../../src/security/keygen.js';
 
 const MiB = 2 ** 20;
 const SUSPEND_MS = 4000;
@@ -42,7 +44,10 @@ describe('witness quorum: partitions and graceful leave', () => {
 
   it('a cut link lets exactly one node write; witness loss alone changes nothing; losing both suspends writes; a graceful stop needs no witness', async () => {
     const p = await pairPorts();
-    const witness = await startWitnessProcess(join(dir, 'witness.json'));
+    const keys = keygen(dir, 'refuse');
+    mkdirSync(join(dir, 'secrets'));
+    copyFileSync(keys.clusterSecret, join(dir, 'secrets', 'ward-7.secret'));
+    const witness = await startWitnessProcess(join(dir, 'witness.json'), ['--secrets', join(dir, 'secrets')]);
     procs.push(witness);
     const proxy = (port: number) => {
       const x = new TcpProxy({ host: '127.0.0.1', port });
@@ -51,7 +56,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     };
     const [link, toWitnessA, toWitnessB] = await Promise.all([proxy(p.peerB), proxy(witness.port), proxy(witness.port)]);
     // A named cluster: the witness keys its grant by the name (default: the node names, "a+b").
-    const extra = (w: TcpProxy) => ({ name: 'ward-7', witness: `127.0.0.1:${w.port}`, quorum: { onNoQuorum: 'suspend', suspendTimeout: SUSPEND_MS } });
+    const extra = (w: TcpProxy) => ({ name: 'ward-7', witness: `127.0.0.1:${w.port}`, quorum: { onNoQuorum: 'suspend', suspendTimeout: SUSPEND_MS }, security: { clusterSecret: 'cluster.secret' } });
     const aConfig = writePairConfig(join(dir, 'a.json'), p, '16M', link.port, extra(toWitnessA));
     const bConfig = writePairConfig(join(dir, 'b.json'), p, '16M', p.peerB, extra(toWitnessB));
     const a = await startClusterNode(aConfig, 'a');
@@ -102,6 +107,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     expect(heldRead.value!.equals(fresh)).toBe(true);
     await until(() => both(inSync));
     await until(async () => Object.keys(await witnessGrants(witness.port)).length === 0); // given back once in sync
+    expect(witness.logs.filter((l) => l.msg === 'witness request refused')).toEqual([]); // every signed request passed
     await Promise.all([client.a.flush(), client.b.flush()]);
     expect(identical()).toBe(true);
 
@@ -138,7 +144,7 @@ describe('witness quorum: partitions and graceful leave', () => {
     // 5. Graceful leave with the witness gone: `nbd-mirror stop` on b, a goes on writing alone.
     await witness.stop('SIGKILL');
     client.b.close();
-    const said = await run(process.execPath, [cliPath, 'stop', '--admin', `127.0.0.1:${p.adminB}`]);
+    const said = await run(process.execPath, [cliPath, 'stop', '--config', bConfig, '--node', 'b']);
     expect(said).toMatch(/node b is stopping/);
     expect(b.proc.exitCode ?? (await new Promise((r) => b.proc.once('exit', r)))).toBe(0);
     await until(async () => (await volumeStatus(p.adminA)).quorum === 'alone');

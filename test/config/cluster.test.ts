@@ -111,4 +111,18 @@ describe('cluster config', () => {
     writeFileSync(join(dir, 'ok.json'), JSON.stringify(example));
     expect(loadClusterConfig(join(dir, 'ok.json')).volumes.vol0!.size).toBe(2 ** 30);
   });
+
+  it('keeps the admin endpoint on loopback unless security.adminPublic says otherwise, and then wants a token', () => {
+    expect(parseClusterConfig(example).security).toEqual({ adminPublic: false });
+    const onLan = (admin: string, security?: object) => ({ ...example, nodes: { ...example.nodes, b: { ...example.nodes.b, admin } }, ...(security ? { security } : {}) });
+    for (const admin of ['10.0.0.2:9180', '0.0.0.0:9180', '[::]:9180', 'mgmt-b:9180']) {
+      expect(() => parseClusterConfig(onLan(admin)), admin).toThrow(/nodes\.b\.admin: .* is not a loopback address: set "security": \{ "adminPublic": true, "adminToken": FILE \}/);
+    }
+    expect(() => parseClusterConfig(onLan('10.0.0.2:9180', { adminPublic: true }))).toThrow(/security\.adminPublic: a public admin endpoint needs security\.adminToken/);
+    const c = parseClusterConfig(onLan('10.0.0.2:9180', { adminPublic: true, adminToken: 'keys/admin.token', clusterSecret: 'keys/cluster.secret' }));
+    expect(c.security).toEqual({ adminPublic: true, adminToken: 'keys/admin.token', clusterSecret: 'keys/cluster.secret' });
+    expect(parseClusterConfig(onLan('localhost:9181')).nodes.b!.admin.host).toBe('localhost');
+    expect(() => parseClusterConfig({ ...example, security: { adminToken: '' } })).toThrow(/security\.adminToken/);
+    expect(() => parseClusterConfig({ ...example, security: { token: 'x' } })).toThrow(/security/);
+  });
 });

@@ -1,7 +1,7 @@
 // The witness process's HTTP side, in-process: grants through the real client, a restart keeps
 // the grant (state file), a damaged state file stops it from starting, bad requests get clear
 // errors and change nothing.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { WitnessClient } from '../../src/witness/witness-client.js';
-import { startWitness } from '../../src/witness/witness-server.js';
+import { MAX_CLUSTERS, startWitness } from '../../src/witness/witness-server.js';
 
 const log = createLogger('silent');
 const cleanups: Array<() => unknown> = [];
@@ -100,5 +100,26 @@ describe('witness server', () => {
     await expect(post('/claim', 'x'.repeat(100_000))).rejects.toThrow(); // oversized: connection dropped
     expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
     expect(await w.client('a').claim()).toMatchObject({ granted: true }); // still serving
+  });
+
+  it('refuses what a web page can send: an Origin header (403), a non-JSON content type (415); nothing changes', async () => {
+    const w = await witness(tempState());
+    const body = JSON.stringify({ cluster: 'a+b', node: 'a' });
+    expect((await fetch(`http://127.0.0.1:${w.port}/claim`, { method: 'POST', headers: { 'content-type': 'application/json', origin: 'http://evil.example' }, body })).status).toBe(403);
+    expect((await fetch(`http://127.0.0.1:${w.port}/claim`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body })).status).toBe(415);
+    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
+  });
+
+  it(`without secrets, holds at most ${MAX_CLUSTERS} clusters' grants: one more is refused (503), the file stays as it was, the others are served`, async () => {
+    const state = tempState();
+    const grants = Object.fromEntries(Array.from({ length: MAX_CLUSTERS }, (_, i) => [`c${i}`, { holder: 'a', since: '2026-01-01T00:00:00.000Z' }]));
+    writeFileSync(state, JSON.stringify(grants));
+    const w = await witness(state);
+    const as = (cluster: string, node: string) => new WitnessClient({ host: '127.0.0.1', port: w.port }, cluster, node, 2000);
+    await expect(as('one-more', 'a').claim()).rejects.toThrow(new RegExp(`witness answered 503: .*grants for ${MAX_CLUSTERS} clusters already`));
+    expect(readFileSync(state, 'utf8')).toBe(JSON.stringify(grants));
+    expect(await as('c7', 'b').claim()).toMatchObject({ granted: false, holder: 'a' });
+    expect(await as('c7', 'a').release()).toMatchObject({ holder: null });
+    expect(await as('one-more', 'a').claim()).toMatchObject({ granted: true }); // room again
   });
 });

@@ -1,0 +1,36 @@
+// `nbd-mirror keygen --dir DIR`: the keys of one cluster, as files in DIR — `admin.token` (the
+// admin endpoint's bearer token) and `cluster.secret` (what the witness checks the nodes' requests
+// with; the peer link's TLS-PSK key too). Format: key-file.ts.
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeKeyFile } from './key-file.js';
+
+export const ADMIN_TOKEN_FILE = 'admin.token';
+export const CLUSTER_SECRET_FILE = 'cluster.secret';
+
+/** What to do with a key file that is there already: refuse (write nothing), keep it, or replace it. */
+export type ExistingKeys = 'refuse' | 'keep' | 'replace';
+
+export interface KeyFiles {
+  adminToken: string;
+  clusterSecret: string;
+  /** The files written this time (with `keep`, those that were missing). */
+  written: string[];
+}
+
+export function keygen(dir: string, existing: ExistingKeys): KeyFiles {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const files = { adminToken: join(dir, ADMIN_TOKEN_FILE), clusterSecret: join(dir, CLUSTER_SECRET_FILE) };
+  const present = Object.values(files).filter((f) => existsSync(f));
+  // Checked for both before either is written: a refusal leaves the folder as it was.
+  if (existing === 'refuse' && present.length > 0) {
+    throw new Error(`${present.join(' and ')} exist${present.length === 1 ? 's' : ''}: keygen does not overwrite keys the nodes and the witness may be using (--force replaces them)`);
+  }
+  const written: string[] = [];
+  for (const f of Object.values(files)) {
+    if (existing === 'keep' && present.includes(f)) continue;
+    writeKeyFile(f, existing === 'replace');
+    written.push(f);
+  }
+  return { ...files, written };
+}
