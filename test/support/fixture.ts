@@ -73,8 +73,8 @@ export async function serveTempExport(opts: { size?: string; name?: string; extr
 const execFileP = promisify(execFile);
 
 /** Runs a real client tool with /usr/bin first in PATH; rejects with its stderr on failure. */
-export async function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<string> {
-  const child = execFileP(cmd, args, { env: toolEnv(), timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 });
+export async function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const child = execFileP(cmd, args, { env: { ...toolEnv(), ...opts.env }, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 });
   if (opts.input !== undefined) {
     child.child.stdin!.end(opts.input);
   }
