@@ -1,12 +1,12 @@
 // NBD over TLS with the real clients (gnutls inside libnbd and qemu): PSK and X.509, the
 // three modes, refusals that end only the refused connection and say why in the server log.
 import { randomFillSync } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run, serveTempExport, type Fixture } from '../support/fixture.js';
+import { run, serveMirroredExport, serveTempExport, type Fixture } from '../support/fixture.js';
 import { until } from '../support/cluster.js';
 import type { RunningServer } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
@@ -223,6 +223,29 @@ describe.skipIf(missingTools(...tools).length > 0)('NBD over TLS', () => {
       await run('qemu-io', ['-f', 'raw', f.uri, '-c', 'write -P 0x11 0 64k']);
       const creds = `tls-creds-x509,id=tls0,dir=${keys.clientNoCert},endpoint=client`;
       await qemuIo(f, creds, 'read -P 0x11 0 64k');
+    });
+  });
+
+  describe('a mirrored pair, TLS per node', () => {
+    let f: Fixture;
+    beforeAll(async () => {
+      // Node a takes PSK, node b X.509, each from nodes.NAME.tls; paths relative to the config file.
+      f = await serveMirroredExport({
+        size: '16M',
+        config: (dir) => {
+          copyFileSync(keys.psk, join(dir, 'a.psk'));
+          return { nodeA: { tls: { mode: 'require', psk: 'a.psk' } }, nodeB: { tls: { mode: 'require', certificates: keys.serverCerts } } };
+        },
+      });
+    });
+    afterAll(() => f?.cleanup());
+
+    it('data written through node a over TLS (PSK) reads back through node b over TLS (X.509)', async () => {
+      await qemuIo(f, `tls-creds-psk,id=tls0,dir=${keys.qemuPskDir},username=${PSK_USER},endpoint=client`, 'write -P 0x7e 0 1M');
+      const b = { ...f, server: f.peer! };
+      expect(await qemuIo(b, `tls-creds-x509,id=tls0,dir=${keys.clientNoCert},endpoint=client`, 'read -P 0x7e 0 1M')).toContain('read 1048576/1048576 bytes');
+      await expect(run('nbdinfo', [f.uri])).rejects.toThrow(/nbdinfo/); // plain refused on a
+      await expect(run('nbdinfo', [f.peer!.uri('vol0')])).rejects.toThrow(/nbdinfo/); // and on b
     });
   });
 });
