@@ -168,7 +168,7 @@ export class Connection implements RequestSink {
     this.host.tls!.upgrade(plain, (err, peer) => {
       this.tlsStarting = false;
       if (err) {
-        // Dropped already (handshake timeout, shutdown): that was logged.
+        // Dropped already by the handshake timer: that was logged.
         if (!this.disconnecting) this.log.warn({ reason: err.message }, 'TLS handshake failed, dropping connection');
         this.disconnecting = true;
         return this.onClose();

@@ -134,6 +134,13 @@ describe.skipIf(missingTools(...tools).length > 0)('NBD over TLS', () => {
       await logged(f.server, (l) => l.msg === 'handshake failed, dropping connection' && l.reason === 'cleartext bytes after STARTTLS');
     });
 
+    it('a TLS handshake that never comes is dropped at the handshake limit (10 s)', async () => {
+      const { s, reply } = await rawStartTls(f.server.port);
+      expect(await reply).toBe(Rep.ACK);
+      await closed(s, 15_000); // the client says nothing more: no ClientHello
+      expect(await logged(f.server, (l) => l.msg === 'handshake not finished in time, dropping connection')).toMatchObject({ tlsHandshake: true });
+    }, 30_000);
+
     it('an identity not in the key file is refused', async () => {
       const other = join(keys.dir, 'bob.psk');
       writeFileSync(other, readFileSync(keys.psk, 'utf8').replace(`${PSK_USER}:`, 'bob:'));
