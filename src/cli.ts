@@ -23,6 +23,8 @@ import { DEFAULT_LIMITS, NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress, t
 import { formatSize, parseDuration, parseHostPort, parseSize } from './config/units.js';
 import { FaultFile } from './volume/fault-file.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
+import { NbdTls, type NbdTlsSettings } from './security/nbd-tls.js';
+import type { TlsMode } from './protocol/handshake.js';
 
 interface ExportArg {
   readonly name: string;
@@ -72,6 +74,25 @@ interface ServeOptions {
   maxConnections: number;
   sendTimeout: number;
   testFaults?: string;
+  tls?: TlsMode;
+  tlsCertificates?: string;
+  tlsVerifyPeer?: boolean;
+  tlsPsk?: string;
+}
+
+/** TLS settings with their paths made absolute from `base` (the working directory, or the config file's folder). */
+function loadTls(s: NbdTlsSettings, base: string): NbdTls | undefined {
+  const at = (path: string | undefined) => (path === undefined ? undefined : resolve(base, path));
+  return NbdTls.load({ ...s, certificates: at(s.certificates), psk: at(s.psk) });
+}
+
+/** The --tls flags of a standalone serve. */
+function tlsFromFlags(opts: ServeOptions): NbdTls | undefined {
+  const mode = opts.tls ?? 'off';
+  if (mode === 'off' && (opts.tlsCertificates ?? opts.tlsPsk ?? opts.tlsVerifyPeer) !== undefined) {
+    throw new Error('--tls-certificates, --tls-psk and --tls-verify-peer need --tls on or --tls require');
+  }
+  return loadTls({ mode, certificates: opts.tlsCertificates, verifyPeer: opts.tlsVerifyPeer, psk: opts.tlsPsk }, process.cwd());
 }
 
 function serverLimits(opts: ServeOptions): ServerLimits {
@@ -84,6 +105,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   const faults = opts.testFaults === undefined ? undefined : new FaultFile(resolve(opts.testFaults), log.child({ component: 'faults' }));
   if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log, faults);
   if (!opts.listen || !opts.export) throw new Error('give --listen and --export, or --config and --node');
+  const tls = tlsFromFlags(opts);
   const registry = new ExportRegistry();
   for (const e of opts.export) {
     const path = resolve(e.path);
@@ -99,27 +121,33 @@ async function serve(opts: ServeOptions): Promise<void> {
   // the partly received payload of each connection.
   faults?.start();
   const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
-  const server = new NbdServer(registry, hot.slots, log, serverLimits(opts));
+  const server = new NbdServer(registry, hot.slots, log, serverLimits(opts), tls);
   const addr = await server.listen(opts.listen);
-  log.info({ address: addr.host, port: addr.port }, 'listening');
-  printAttachHelp(addr, registry);
+  log.info({ address: addr.host, port: addr.port, tls: tls?.mode ?? 'off' }, 'listening');
+  printAttachHelp(addr, registry, tls);
   stopOnSignals(log, () => server.shutdown());
 }
 
 /** One node of a mirrored pair, as the cluster config describes it (issue 4, in progress). */
 async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFile | undefined): Promise<void> {
   if (!opts.config || !opts.node) throw new Error('--config and --node go together');
+  if ((opts.tls ?? opts.tlsCertificates ?? opts.tlsPsk ?? opts.tlsVerifyPeer) !== undefined) {
+    throw new Error(`with --config, NBD TLS is set per node in the config (nodes.${opts.node}.tls), not by --tls flags`);
+  }
   const config = loadClusterConfig(opts.config);
   const adminToken = readClusterKey(config, dirname(resolve(opts.config)), 'adminToken');
   log = log.child({ node: opts.node });
-  const node = new ClusterNode(config, opts.node, dirname(resolve(opts.config)), 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
+  const configDir = dirname(resolve(opts.config));
+  const self = config.nodes[opts.node];
+  // Before the node opens anything: a missing key file is a config error, not a half-started node.
+  const tls = self && loadTls(self.tls, configDir);
+  const node = new ClusterNode(config, opts.node, configDir, 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
   faults?.start();
   const registry = new ExportRegistry();
   for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
-  const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts));
-  const self = config.nodes[opts.node]!;
+  const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts), tls);
   const admin = await startAdminServer(
-    self.admin,
+    self!.admin,
     {
       status: () => node.statusAll(),
       metrics: createMetrics(() => node.statusAll()),
@@ -138,9 +166,9 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
   );
   const adminPort = (admin.address() as { port: number }).port;
   await node.start();
-  const addr = await server.listen(self.nbd);
-  log.info({ address: addr.host, port: addr.port, adminPort, node: opts.node }, 'listening');
-  printAttachHelp(addr, registry);
+  const addr = await server.listen(self!.nbd);
+  log.info({ address: addr.host, port: addr.port, adminPort, node: opts.node, tls: tls?.mode ?? 'off' }, 'listening');
+  printAttachHelp(addr, registry, tls);
   stopOnSignals(log, async () => {
     await server.shutdown();
     // Requests in flight are done: tell the peer, so it goes on alone without the witness.
@@ -252,7 +280,7 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
 }
 
 /** Tells a person how to attach (stderr, so stdout stays JSON logs). */
-function printAttachHelp(addr: ListenAddress, registry: ExportRegistry): void {
+function printAttachHelp(addr: ListenAddress, registry: ExportRegistry, tls: NbdTls | undefined): void {
   const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
   const lines = [''];
   for (const e of registry.list()) {
@@ -263,6 +291,7 @@ function printAttachHelp(addr: ListenAddress, registry: ExportRegistry): void {
       `  sudo nbd-client ${addr.host} ${addr.port} /dev/nbd0 -N ${e.name}`,
       `  qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio ...`,
       `  qemu-io -f raw ${uri}`,
+      ...(tls ? [`  over TLS (${tls.mode}): nbdinfo 'nbds://${host}:${addr.port}/${e.name}?tls-psk-file=FILE' or ?tls-certificates=DIR (README, docs/SECURITY.md)`] : []),
       '',
     );
   }
@@ -313,6 +342,10 @@ export function buildProgram(): Command {
         .argParser(argParser(parseSeconds))
         .default(DEFAULT_LIMITS.sendTimeoutMs, `${DEFAULT_LIMITS.sendTimeoutMs / 1000}`),
     )
+    .addOption(new Option('--tls <mode>', 'NBD over TLS: off, on (STARTTLS offered), require (plain clients refused); default off').choices(['off', 'on', 'require']))
+    .option('--tls-certificates <dir>', 'TLS with X.509: a directory with ca-cert.pem, server-cert.pem, server-key.pem (and ca-crl.pem), as nbdkit reads it')
+    .option('--tls-verify-peer', 'with --tls-certificates: clients must show a certificate signed by ca-cert.pem')
+    .option('--tls-psk <file>', 'TLS with pre-shared keys: the username:hexkey file psktool writes')
     // For tests and chaos drills only (docs/CONFIG.md), so not in --help.
     .addOption(new Option('--test-faults <file>', 'fail or delay chosen requests as FILE says; re-read on SIGUSR2').hideHelp())
     .action(serve);

@@ -1,6 +1,8 @@
 // Server benchmark: fio (ioengine=nbd) against nbd-mirror and against `nbdkit file` on the same
-// file in the same run, then a memory test (16 clients × QD32 × 1 MiB writes, peak RSS).
-//   npm run bench:server [-- --runtime 5] [--rounds 3] [--io auto|mmap] [--size 2G] [--json] [--only nbd-mirror|nbdkit] [--no-memory]
+// file in the same run, then a memory test (16 clients × QD32 × 1 MiB writes, peak RSS). With
+// --tls, both servers also serve over TLS (X.509, --tls require) and each TLS row gives its
+// ratio to the same server in plain.
+//   npm run bench:server [-- --runtime 5] [--rounds 3] [--io auto|mmap] [--size 2G] [--json] [--only nbd-mirror|nbdkit] [--no-memory] [--tls]
 // Each profile runs `rounds` times per server, alternating servers; the median round counts.
 import { execFileSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
@@ -10,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { parseSize } from '../../src/config/units.js';
 import { startNbdkit, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
 import { toolEnv } from '../../test/support/tools.js';
+import { makeTlsKeys, withLibnbdCerts, type TlsKeys } from '../../test/support/tls.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -20,6 +23,7 @@ const { values: opts } = parseArgs({
     only: { type: 'string' },
     'no-memory': { type: 'boolean', default: false },
     io: { type: 'string', default: 'auto' },
+    tls: { type: 'boolean', default: false },
   },
 });
 
@@ -49,7 +53,17 @@ interface Result {
   p99us: number;
 }
 
-function fio(uri: string, p: Profile, runtime: number, size: number, outFile: string): Result {
+/** A server under test, and how fio reaches it (over TLS: with the client certificates). */
+interface Target {
+  readonly name: string;
+  readonly server: RunningServer;
+  /** The same server in plain, for a TLS row's ratio. */
+  readonly plain?: string;
+  readonly tls?: TlsKeys;
+}
+
+function fio(t: Target, p: Profile, runtime: number, size: number): Result {
+  const uri = t.tls ? t.server.uri('disk').replace(/^nbd:/, 'nbds:') : t.server.uri('disk');
   const args = [
     '--name=bench',
     '--ioengine=nbd',
@@ -64,10 +78,10 @@ function fio(uri: string, p: Profile, runtime: number, size: number, outFile: st
     '--time_based',
     `--runtime=${runtime}`,
     '--output-format=json',
-    `--output=${outFile}`,
   ];
-  execFileSync('fio', args, { env: toolEnv(), stdio: 'ignore' });
-  const job = JSON.parse(readFileSync(outFile, 'utf8')).jobs[0];
+  const c = t.tls ? withLibnbdCerts(t.tls, t.tls.clientCerts, 'fio', args) : { cmd: 'fio', args };
+  const out = execFileSync(c.cmd, c.args, { env: toolEnv(), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0]; // fio's nbd engine says "connected" first
   const p99 = (side: { clat_ns: { percentile?: Record<string, number> }; iops: number }) =>
     side.iops > 0 ? (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000 : 0;
   return {
@@ -128,20 +142,31 @@ async function main(): Promise<void> {
     log(`# ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), node ${process.version}, ${version('nbdkit', ['--version'])}, ${version('fio', ['--version'])}`);
     log(`# file ${opts.size} pre-filled; ${opts.rounds} alternating rounds of ${runtime}s per server and profile, median shown; nbdkit file plugin with its default 16 threads; nbd-mirror --io ${opts.io} (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? 4})`);
 
-    const servers: Array<[string, RunningServer]> = [];
-    if (opts.only !== 'nbdkit') servers.push(['nbd-mirror', await startNbdMirror(['--export', `disk=${file}`, '--io', opts.io!])]);
-    if (opts.only !== 'nbd-mirror') servers.push(['nbdkit', await startNbdkit(file)]);
+    const servers: Target[] = [];
+    const tls = opts.tls ? makeTlsKeys() : undefined;
+    if (opts.only !== 'nbdkit') {
+      servers.push({ name: 'nbd-mirror', server: await startNbdMirror(['--export', `disk=${file}`, '--io', opts.io!]) });
+      if (tls) {
+        const server = await startNbdMirror(['--export', `disk=${file}`, '--io', opts.io!, '--tls', 'require', '--tls-certificates', tls.serverCerts]);
+        servers.push({ name: 'nbd-mirror TLS', server, plain: 'nbd-mirror', tls });
+      }
+    }
+    if (opts.only !== 'nbd-mirror') {
+      servers.push({ name: 'nbdkit', server: await startNbdkit(file) });
+      if (tls) servers.push({ name: 'nbdkit TLS', server: await startNbdkit(file, ['--tls=require', `--tls-certificates=${tls.serverCerts}`]), plain: 'nbdkit', tls });
+    }
+    if (tls) log(`# TLS: --tls require with X.509 (ECDSA P-256 keys from certtool), fio through nbds://; "ratio" of a TLS row is to the same server in plain`);
     const rows: string[][] = [['profile', 'server', 'IOPS', 'MB/s', 'p99 µs', 'ratio', 'target', '']];
     try {
       for (const [i, p] of profiles.entries()) {
-        const rounds = new Map<string, Result[]>(servers.map(([name]) => [name, []]));
+        const rounds = new Map<string, Result[]>(servers.map((t) => [t.name, []]));
         // Servers alternate round by round (and who starts alternates by profile), each run after
         // a short warm-up; the median round is reported, since a shared machine is noisy.
         for (let round = 0; round < Number(opts.rounds); round++) {
           const order = (i + round) % 2 === 0 ? servers : [...servers].reverse();
-          for (const [name, s] of order) {
-            fio(s.uri('disk'), p, 1, size, join(dir, 'warm.json'));
-            rounds.get(name)!.push(fio(s.uri('disk'), p, runtime, size, join(dir, 'out.json')));
+          for (const t of order) {
+            fio(t, p, 1, size);
+            rounds.get(t.name)!.push(fio(t, p, runtime, size));
           }
         }
         const results = new Map<string, Result>();
@@ -149,24 +174,26 @@ async function main(): Promise<void> {
         const ours = results.get('nbd-mirror');
         const theirs = results.get('nbdkit');
         const ratio = ours && theirs ? ours.iops / theirs.iops : undefined;
-        for (const [name] of servers) {
-          const r = results.get(name)!;
-          const mine = name === 'nbd-mirror';
-          if (opts.json) console.log(JSON.stringify({ profile: p.name, server: name, ...r, ...(mine && ratio ? { ratio } : {}) }));
+        for (const t of servers) {
+          const r = results.get(t.name)!;
+          const mine = t.name === 'nbd-mirror';
+          const ofPlain = t.plain ? r.iops / results.get(t.plain)!.iops : undefined;
+          if (opts.json) console.log(JSON.stringify({ profile: p.name, server: t.name, ...r, ...(mine && ratio ? { ratio } : {}), ...(ofPlain ? { ofPlain } : {}) }));
           rows.push([
             p.name,
-            name,
+            t.name,
             r.iops.toFixed(0),
             r.mbps.toFixed(0),
             r.p99us.toFixed(0),
-            mine && ratio ? `${ratio.toFixed(2)}x` : '',
-            mine && ratio ? `>= ${TARGET}x` : '',
+            mine && ratio ? `${ratio.toFixed(2)}x` : ofPlain ? `${ofPlain.toFixed(2)}x` : '',
+            mine && ratio ? `>= ${TARGET}x` : ofPlain ? 'of plain' : '',
             mine && ratio ? (ratio >= TARGET ? 'pass' : 'MISS') : '',
           ]);
         }
       }
     } finally {
-      for (const [, s] of servers) await s.stop();
+      for (const t of servers) await t.server.stop();
+      tls?.cleanup();
     }
     const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
     for (const r of rows) log(r.map((cell, c) => (c >= 2 && c <= 5 ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join('  '));

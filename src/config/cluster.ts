@@ -75,6 +75,16 @@ const splitBrainSchema = z
   ])
   .default({ policy: 'manual' });
 
+/** Paths are relative to the config file's folder; the files are read (and checked) when the node starts. */
+const nbdTlsSchema = z
+  .strictObject({
+    mode: z.enum(['off', 'on', 'require']).default('off'),
+    certificates: z.string().min(1).optional(),
+    verifyPeer: z.boolean().default(false),
+    psk: z.string().min(1).optional(),
+  })
+  .prefault({});
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -84,6 +94,8 @@ const nodeSchema = z.strictObject({
   admin: address,
   /** Volume files and metadata of this node (relative to the config file's folder). */
   dataDir: z.string().min(1),
+  /** NBD over TLS for the hosts attaching to this node (serve's --tls flags; docs/CONFIG.md). */
+  tls: nbdTlsSchema,
 });
 
 /** Keys (files `nbd-mirror keygen` writes; relative to the config file's folder) and exposure. */

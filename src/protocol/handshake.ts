@@ -43,8 +43,17 @@ export interface Negotiated {
   readonly transmissionFlags: number;
 }
 
+/**
+ * NBD over TLS, as the spec's server modes: `off` (NOTLS: STARTTLS is refused by policy), `on`
+ * (STARTTLS offered, plain clients served too), `require` (FORCEDTLS: every option but STARTTLS
+ * and ABORT is answered ERR_TLS_REQD until TLS is up).
+ */
+export type TlsMode = 'off' | 'on' | 'require';
+
 export type HandshakeOutcome =
   | { readonly kind: 'continue' }
+  /** STARTTLS was acknowledged: start TLS as the server; every byte fed from now on must be decrypted. */
+  | { readonly kind: 'starttls' }
   | { readonly kind: 'ready'; readonly negotiated: Negotiated; readonly rest: Buffer }
   | { readonly kind: 'close'; readonly reason: string; readonly clean: boolean };
 
@@ -81,10 +90,13 @@ export class Handshake {
   /** Export name and whether base:allocation was selected by the last SET_META_CONTEXT. */
   private metaExport: string | undefined;
   private metaBaseAllocation = false;
+  /** STARTTLS was acknowledged: what follows comes through TLS. */
+  private tlsActive = false;
 
   constructor(
     private readonly catalog: ExportCatalog,
     private readonly isShuttingDown: () => boolean = () => false,
+    private readonly tls: TlsMode = 'off',
   ) {}
 
   /** The server's opening bytes: NBDMAGIC, IHAVEOPT, handshake flags. */
@@ -188,8 +200,17 @@ export class Handshake {
     return CONTINUE;
   }
 
+  /** Before TLS on a server that requires it, only STARTTLS and ABORT get anything but ERR_TLS_REQD. */
+  private get tlsRequired(): boolean {
+    return this.tls === 'require' && !this.tlsActive;
+  }
+
   private onOption(opt: number, data: Buffer, out: Buffer[]): HandshakeOutcome {
-    if (opt === Opt.EXPORT_NAME) return this.onExportName(data, out);
+    if (opt === Opt.EXPORT_NAME) {
+      // It cannot be answered with an error: the spec's only answer is to hang up.
+      if (this.tlsRequired) return this.close('EXPORT_NAME before STARTTLS, and this server requires TLS', false);
+      return this.onExportName(data, out);
+    }
     if (opt === Opt.ABORT) {
       out.push(optionReply(opt, Rep.ACK));
       return this.close('client aborted the handshake', true);
@@ -198,16 +219,14 @@ export class Handshake {
       out.push(optionReply(opt, Rep.ERR_SHUTDOWN, 'server is shutting down'));
       return CONTINUE;
     }
+    if (opt === Opt.STARTTLS) return this.onStartTls(data, out);
+    if (this.tlsRequired) {
+      out.push(optionReply(opt, Rep.ERR_TLS_REQD, 'this server requires TLS: send STARTTLS first'));
+      return CONTINUE;
+    }
     switch (opt) {
       case Opt.LIST:
         this.onList(data, out);
-        return CONTINUE;
-      case Opt.STARTTLS:
-        out.push(
-          data.length !== 0
-            ? optionReply(opt, Rep.ERR_INVALID, 'STARTTLS takes no data')
-            : optionReply(opt, Rep.ERR_POLICY, 'TLS is not configured on this server'),
-        );
         return CONTINUE;
       case Opt.INFO:
       case Opt.GO:
@@ -228,6 +247,31 @@ export class Handshake {
         out.push(optionReply(opt, Rep.ERR_UNSUP, `option ${opt} is not supported`));
         return CONTINUE;
     }
+  }
+
+  private onStartTls(data: Buffer, out: Buffer[]): HandshakeOutcome {
+    if (data.length !== 0) {
+      out.push(optionReply(Opt.STARTTLS, Rep.ERR_INVALID, 'STARTTLS takes no data'));
+      return CONTINUE;
+    }
+    if (this.tls === 'off') {
+      out.push(optionReply(Opt.STARTTLS, Rep.ERR_POLICY, 'TLS is not configured on this server'));
+      return CONTINUE;
+    }
+    if (this.tlsActive) {
+      out.push(optionReply(Opt.STARTTLS, Rep.ERR_INVALID, 'TLS is already active'));
+      return CONTINUE;
+    }
+    // A client waits for the ACK before it says anything more, so bytes already here were sent in
+    // the clear by someone else: they must never be read as options of the encrypted session.
+    if (this.pending.length > 0) return this.close('cleartext bytes after STARTTLS', false);
+    // What was negotiated in the clear may have been injected (CVE-2021-3716 in nbdkit): forget it.
+    this.structured = false;
+    this.metaExport = undefined;
+    this.metaBaseAllocation = false;
+    this.tlsActive = true;
+    out.push(optionReply(Opt.STARTTLS, Rep.ACK));
+    return { kind: 'starttls' };
   }
 
   private onExportName(data: Buffer, out: Buffer[]): HandshakeOutcome {

@@ -6,6 +6,9 @@
 // the decoder, the socket stops reading, and decoding goes on when bytes are given back, the
 // socket drains, or the pool has room. All decoding runs in one loop (`pump`), never by re-entry:
 // completions that free room while the loop runs only ask it to go round again.
+//
+// TLS (after STARTTLS) swaps the socket under the connection for a TLS one (`startTls`); nothing
+// else here knows. A TLS socket is read through 'data' events: `onread` does not reach it.
 import type { Socket } from 'node:net';
 import { AllocState, BASE_ALLOCATION_ID, Cmd, CmdFlag, NbdErr, TransmissionFlag } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
@@ -26,6 +29,7 @@ import type { Extent, Volume } from '../volume/volume.js';
 import type { ExportRegistry } from './exports.js';
 import type { SlotPool } from '../hotpath/index.js';
 import type { BudgetAccount, IoBudget } from './io-budget.js';
+import type { NbdTls, TlsPeer } from '../security/nbd-tls.js';
 
 /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks. */
 const SPARSE_READ_MIN = 256 * 1024;
@@ -66,7 +70,11 @@ export interface ConnectionHost {
   readonly budget: IoBudget;
   /** A client that takes no reply bytes for this long while replies wait is dropped. */
   readonly sendTimeoutMs: number;
+  /** NBD over TLS; undefined when it is off. */
+  readonly tls: NbdTls | undefined;
   isShuttingDown(): boolean;
+  /** The connection is closed: forget it. */
+  closed(conn: Connection): void;
 }
 
 export class Connection implements RequestSink {
@@ -89,29 +97,35 @@ export class Connection implements RequestSink {
   private idleWaiters: Array<() => void> = [];
   private requests = 0;
   private errors = 0;
+  /** STARTTLS was acknowledged: TLS starts once the decoding loop is done (`startTls`). */
+  private tlsRequested = false;
+  /** The TLS handshake runs: the socket belongs to it, and nothing is read or paused here. */
+  private tlsStarting = false;
+  private readonly onDrain = (): void => {
+    this.writeBlocked = false;
+    this.pump();
+  };
+  private readonly onError = (err: Error): void => this.log.debug({ err }, 'socket error');
+  private readonly onSocketClose = (): void => this.onClose();
+  /** No read or write activity for the send timeout while replies wait: the client stopped reading. */
+  private readonly onSendTimeout = (): void => {
+    if (this.socket.writableLength === 0) return; // idle, with nothing to send: that is allowed
+    this.log.warn({ sendTimeoutS: this.host.sendTimeoutMs / 1000, unsentBytes: this.socket.writableLength }, 'client took no reply bytes within the send timeout, dropping connection');
+    this.socket.destroy();
+  };
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly host: ConnectionHost,
     private readonly log: Logger,
   ) {
     this.account = host.budget.account(() => this.pump());
     socket.setNoDelay(true);
-    socket.on('drain', () => {
-      this.writeBlocked = false;
-      this.pump();
-    });
-    socket.on('error', (err) => this.log.debug({ err }, 'socket error'));
-    socket.on('close', () => this.onClose());
-    // No read or write activity for the send timeout while replies wait: the client stopped reading.
-    socket.setTimeout(host.sendTimeoutMs, () => {
-      if (socket.writableLength === 0) return; // idle, with nothing to send: that is allowed
-      this.log.warn({ sendTimeoutS: host.sendTimeoutMs / 1000, unsentBytes: socket.writableLength }, 'client took no reply bytes within the send timeout, dropping connection');
-      socket.destroy();
-    });
-    this.handshake = new Handshake(host.exports, () => host.isShuttingDown());
+    this.listen(socket);
+    this.handshake = new Handshake(host.exports, () => host.isShuttingDown(), host.tls?.mode ?? 'off');
     this.handshakeTimer = setTimeout(() => {
-      this.log.warn({ limitMs: HANDSHAKE_LIMIT_MS }, 'handshake not finished in time, dropping connection');
+      this.log.warn({ limitMs: HANDSHAKE_LIMIT_MS, tlsHandshake: this.tlsStarting }, 'handshake not finished in time, dropping connection');
+      this.disconnecting = true;
       this.socket.destroy();
     }, HANDSHAKE_LIMIT_MS);
     this.send(Handshake.greeting());
@@ -121,6 +135,51 @@ export class Connection implements RequestSink {
   idle(): Promise<void> {
     if (this.account.requests === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private listen(socket: Socket): void {
+    socket.on('drain', this.onDrain);
+    socket.on('error', this.onError);
+    socket.on('close', this.onSocketClose);
+    socket.setTimeout(this.host.sendTimeoutMs, this.onSendTimeout);
+  }
+
+  private unlisten(socket: Socket): void {
+    socket.off('drain', this.onDrain);
+    socket.off('error', this.onError);
+    socket.off('close', this.onSocketClose);
+    socket.setTimeout(0, this.onSendTimeout);
+  }
+
+  /**
+   * Hands the socket to the TLS handshake (the ACK of STARTTLS is already written to it). On
+   * success the TLS socket takes its place; a failure ends this connection only, logged once.
+   * The handshake timer still runs: a TLS handshake that never ends is dropped with it.
+   */
+  private startTls(): void {
+    this.tlsRequested = false;
+    this.tlsStarting = true;
+    const plain = this.socket;
+    this.unlisten(plain);
+    this.host.tls!.upgrade(plain, (err, peer) => {
+      this.tlsStarting = false;
+      if (err) {
+        // Dropped already by the handshake timer: that was logged.
+        if (!this.disconnecting) this.log.warn({ reason: err.message }, 'TLS handshake failed, dropping connection');
+        this.disconnecting = true;
+        return this.onClose();
+      }
+      this.secured(peer!);
+    });
+  }
+
+  private secured(peer: TlsPeer): void {
+    this.socket = peer.socket;
+    this.listen(peer.socket);
+    // Decrypted bytes are fresh buffers of their own; `receive` treats them as it does shared ones.
+    peer.socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    this.log.info({ tlsProtocol: peer.protocol, cipher: peer.cipher, pskIdentity: peer.identity }, 'TLS started');
+    this.updateReading();
   }
 
   /** Ends the connection once in-flight requests have been answered. */
@@ -187,6 +246,8 @@ export class Connection implements RequestSink {
       this.pumping = false;
       this.socket.uncork();
     }
+    // After the uncork, so the STARTTLS ACK has gone to the socket before TLS takes it over.
+    if (this.tlsRequested) this.startTls();
     this.updateReading();
   }
 
@@ -246,6 +307,8 @@ export class Connection implements RequestSink {
       // end(), not destroy(): a last error reply (too many options) still reaches the client.
       this.socket.end();
       setTimeout(() => this.socket.destroy(), 2000).unref();
+    } else if (o.kind === 'starttls') {
+      this.tlsRequested = true;
     } else if (o.kind === 'ready') {
       this.handshake = undefined;
       this.startTransmission(o.negotiated);
@@ -498,7 +561,7 @@ export class Connection implements RequestSink {
 
   /** The socket reads while requests can be taken, and stops while one is held or bytes wait. */
   private updateReading(): void {
-    if (this.socket.destroyed) return;
+    if (this.socket.destroyed || this.tlsStarting) return;
     const pause = this.writeBlocked || this.backlog !== undefined || this.decoder?.holding === true;
     if (pause && !this.socket.isPaused()) this.socket.pause();
     else if (!pause && this.socket.isPaused()) this.socket.resume();
@@ -506,6 +569,7 @@ export class Connection implements RequestSink {
 
   private onClose(): void {
     clearTimeout(this.handshakeTimer);
+    this.host.closed(this);
     this.account.close();
     if (this.decoder?.midRequest) this.log.warn('client disconnected in the middle of a request');
     this.log.info({ requests: this.requests, errors: this.errors, export: this.negotiated?.export.name }, 'connection closed');

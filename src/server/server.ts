@@ -9,6 +9,7 @@ import { IoBudget, type BudgetLimits } from './io-budget.js';
 import { adoptWithOnRead } from './receive.js';
 import type { ExportRegistry } from './exports.js';
 import { MAX_REQUEST } from '../protocol/constants.js';
+import type { NbdTls } from '../security/nbd-tls.js';
 
 /** The server pool for request bytes beyond each connection's guarantee (see IoBudget): one largest request fits. */
 export const SERVER_INFLIGHT_BYTES = MAX_REQUEST;
@@ -51,6 +52,8 @@ export class NbdServer {
     readonly buffers: SlotPool,
     private readonly log: Logger,
     private readonly limits: ServerLimits = DEFAULT_LIMITS,
+    /** NBD over TLS (STARTTLS offered or required); undefined: off. */
+    readonly tls: NbdTls | undefined = undefined,
   ) {
     this.budget = new IoBudget(limits.budget);
     this.sendTimeoutMs = limits.sendTimeoutMs;
@@ -86,7 +89,10 @@ export class NbdServer {
     });
     conn = new Connection(socket, this, log);
     this.connections.add(conn);
-    socket.once('close', () => this.connections.delete(conn));
+  }
+
+  closed(conn: Connection): void {
+    this.connections.delete(conn);
   }
 
   private refuse(socket: net.Socket): void {

@@ -149,7 +149,7 @@ describe('options', () => {
     expect(step.outcome).toMatchObject({ kind: 'close', clean: true });
   });
 
-  it('STARTTLS is refused by policy (no TLS yet), with data it is invalid', () => {
+  it('STARTTLS is refused by policy when TLS is off, with data it is invalid', () => {
     expect(replies(started().receive(option(Opt.STARTTLS)))[0]!.type).toBe(Rep.ERR_POLICY);
     expect(replies(started().receive(option(Opt.STARTTLS, Buffer.from('x'))))[0]!.type).toBe(Rep.ERR_INVALID);
   });
@@ -235,6 +235,56 @@ describe('options', () => {
     h.receive(u32(3));
     expect(replies(h.receive(option(Opt.GO, infoData('disk'))))[0]!.type).toBe(Rep.ERR_SHUTDOWN);
     expect(h.receive(option(Opt.EXPORT_NAME, Buffer.from('disk'))).outcome.kind).toBe('close');
+  });
+});
+
+describe('STARTTLS', () => {
+  function tlsStarted(mode: 'on' | 'require'): Handshake {
+    const h = new Handshake(catalog, () => false, mode);
+    h.receive(u32(3));
+    return h;
+  }
+
+  it('with TLS on: ACK, then the connection starts TLS; a second STARTTLS is ERR_INVALID', () => {
+    const h = tlsStarted('on');
+    const step = h.receive(option(Opt.STARTTLS));
+    expect(replies(step).map((r) => [r.opt, r.type])).toEqual([[Opt.STARTTLS, Rep.ACK]]);
+    expect(step.outcome.kind).toBe('starttls');
+    const again = h.receive(option(Opt.STARTTLS));
+    expect(replies(again)[0]!.type).toBe(Rep.ERR_INVALID);
+    expect(again.outcome.kind).toBe('continue');
+  });
+
+  it('with TLS on, a plain client negotiates as without TLS', () => {
+    const step = tlsStarted('on').receive(option(Opt.GO, infoData('disk')));
+    expect(step.outcome.kind).toBe('ready');
+  });
+
+  it('with TLS required, options before STARTTLS get ERR_TLS_REQD; after it they work', () => {
+    const h = tlsStarted('require');
+    const r = replies(h.receive(Buffer.concat([option(Opt.LIST), option(Opt.STRUCTURED_REPLY), option(Opt.INFO, infoData('disk')), option(Opt.GO, infoData('disk'))])));
+    expect(r.map((x) => x.type)).toEqual([Rep.ERR_TLS_REQD, Rep.ERR_TLS_REQD, Rep.ERR_TLS_REQD, Rep.ERR_TLS_REQD]);
+    expect(h.receive(option(Opt.STARTTLS)).outcome.kind).toBe('starttls');
+    expect(h.receive(option(Opt.GO, infoData('disk'))).outcome.kind).toBe('ready');
+  });
+
+  it('with TLS required, EXPORT_NAME before STARTTLS hangs up (it has no error reply); ABORT still works', () => {
+    expect(tlsStarted('require').receive(option(Opt.EXPORT_NAME, Buffer.from('disk'))).outcome).toMatchObject({ kind: 'close', clean: false });
+    expect(tlsStarted('require').receive(option(Opt.ABORT)).outcome).toMatchObject({ kind: 'close', clean: true });
+  });
+
+  it('bytes behind STARTTLS (sent in the clear, before the ACK) end the handshake unread', () => {
+    const step = tlsStarted('require').receive(Buffer.concat([option(Opt.STARTTLS), option(Opt.GO, infoData('disk'))]));
+    expect(step.outcome).toMatchObject({ kind: 'close', reason: 'cleartext bytes after STARTTLS' });
+    expect(step.out).toEqual([]);
+  });
+
+  it('what was negotiated in the clear is forgotten at STARTTLS (structured replies must be asked again)', () => {
+    const h = tlsStarted('on');
+    h.receive(option(Opt.STRUCTURED_REPLY));
+    h.receive(option(Opt.STARTTLS));
+    const step = h.receive(option(Opt.GO, infoData('disk')));
+    expect(step.outcome).toMatchObject({ kind: 'ready', negotiated: { structuredReplies: false } });
   });
 });
 

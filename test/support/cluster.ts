@@ -21,16 +21,23 @@ export async function pairPorts(): Promise<PairPorts> {
 
 /**
  * Writes a two-node config with one volume `vol0`; `bPeer` lets a reach b through a proxy;
- * `extra` adds top-level settings (activityLog, resync, link) and volume settings (`volume`).
+ * `extra` adds top-level settings (activityLog, resync, link), volume settings (`volume`) and
+ * per-node settings (`nodeA`, `nodeB`: e.g. tls).
  */
-export function writePairConfig(path: string, p: PairPorts, size: string, bPeer = p.peerB, extra: { volume?: Record<string, unknown>; [key: string]: unknown } = {}): string {
-  const { volume, ...top } = extra;
+export function writePairConfig(
+  path: string,
+  p: PairPorts,
+  size: string,
+  bPeer = p.peerB,
+  extra: { volume?: Record<string, unknown>; nodeA?: Record<string, unknown>; nodeB?: Record<string, unknown>; [key: string]: unknown } = {},
+): string {
+  const { volume, nodeA, nodeB, ...top } = extra;
   writeFileSync(
     path,
     JSON.stringify({
       nodes: {
-        a: { nbd: `127.0.0.1:${p.nbdA}`, peer: `127.0.0.1:${p.peerA}`, admin: `127.0.0.1:${p.adminA}`, dataDir: 'a' },
-        b: { nbd: `127.0.0.1:${p.nbdB}`, peer: `127.0.0.1:${bPeer}`, admin: `127.0.0.1:${p.adminB}`, dataDir: 'b' },
+        a: { nbd: `127.0.0.1:${p.nbdA}`, peer: `127.0.0.1:${p.peerA}`, admin: `127.0.0.1:${p.adminA}`, dataDir: 'a', ...nodeA },
+        b: { nbd: `127.0.0.1:${p.nbdB}`, peer: `127.0.0.1:${bPeer}`, admin: `127.0.0.1:${p.adminB}`, dataDir: 'b', ...nodeB },
       },
       volumes: { vol0: { size, ...volume } },
       ...top,

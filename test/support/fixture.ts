@@ -31,10 +31,10 @@ export function serveExport(mode: ServeMode, opts: { size?: string; extraArgs?: 
  * A mirrored pair on loopback serving volume `vol0`: resolves once
  * a and b are connected and b is UpToDate. Clients attach to node a (`uri`).
  */
-export async function serveMirroredExport(opts: { size?: string; extraArgs?: string[] } = {}): Promise<Fixture> {
+export async function serveMirroredExport(opts: { size?: string; extraArgs?: string[]; config?: (dir: string) => Parameters<typeof writePairConfig>[4] } = {}): Promise<Fixture> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-pair-'));
   const p = await pairPorts();
-  const config = writePairConfig(join(dir, 'cluster.json'), p, opts.size ?? '64M');
+  const config = writePairConfig(join(dir, 'cluster.json'), p, opts.size ?? '64M', p.peerB, opts.config?.(dir));
   const a = await startClusterNode(config, 'a', opts.extraArgs);
   const b = await startClusterNode(config, 'b', opts.extraArgs);
   await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
@@ -73,8 +73,8 @@ export async function serveTempExport(opts: { size?: string; name?: string; extr
 const execFileP = promisify(execFile);
 
 /** Runs a real client tool with /usr/bin first in PATH; rejects with its stderr on failure. */
-export async function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<string> {
-  const child = execFileP(cmd, args, { env: toolEnv(), timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 });
+export async function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const child = execFileP(cmd, args, { env: { ...toolEnv(), ...opts.env }, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 });
   if (opts.input !== undefined) {
     child.child.stdin!.end(opts.input);
   }

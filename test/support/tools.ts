@@ -24,7 +24,7 @@ export const toolsRequired = process.env.NBD_MIRROR_REQUIRE_TOOLS === '1';
 export function missingTools(...names: string[]): string[] {
   const missing = names.filter((n) => !hasTool(n));
   if (missing.length > 0) {
-    const msg = `MISSING TOOLS: ${missing.join(', ')} (install: apt-get install libnbd-bin python3-libnbd qemu-utils fio nbdkit nbdfuse spin gcc)`;
+    const msg = `MISSING TOOLS: ${missing.join(', ')} (install: apt-get install libnbd-bin python3-libnbd qemu-utils fio nbdkit nbdfuse spin gcc gnutls-bin python3-pyfuse3)`;
     if (toolsRequired) throw new Error(msg);
     console.warn(`\n*** SKIPPING: ${msg} ***\n`);
   }
