@@ -86,6 +86,17 @@ const nodeSchema = z.strictObject({
   dataDir: z.string().min(1),
 });
 
+/** Keys the nodes share. */
+const securitySchema = z
+  .strictObject({
+    /**
+     * The cluster secret's file (relative to the config file's folder; `nbd-mirror keygen`
+     * writes one): the peer link runs TLS-PSK keyed by it. The same file on both nodes.
+     */
+    clusterSecret: z.string().min(1).optional(),
+  })
+  .prefault({});
+
 const volumeSchema = z.strictObject({
   size: size.refine((n) => n % 4096 === 0, 'must be a multiple of 4096 bytes'),
   description: z.string().max(1024).optional(),
@@ -108,6 +119,7 @@ export const clusterSchema = z
     resync: resyncSchema,
     quorum: quorumSchema,
     splitBrain: splitBrainSchema,
+    security: securitySchema,
   })
   .superRefine((c, ctx) => {
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {

@@ -14,6 +14,8 @@ import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
+import { PeerTls } from './peer-tls.js';
+import { readClusterSecret } from '../security/cluster-secret.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -125,7 +127,9 @@ export class ClusterNode {
       slotArenaBytes,
       stagingBytes: MAX_FRAME_BODY,
     });
+    const secret = config.security.clusterSecret;
     this.link = new PeerLink({
+      tls: secret === undefined ? undefined : PeerTls.fromSecret(readClusterSecret(resolve(configDir, secret))),
       hello: () => this.hello(),
       listen: self.peer,
       peer: config.nodes[this.peerName]!.peer,
