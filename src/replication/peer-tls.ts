@@ -70,7 +70,7 @@ const FAILURES: Record<string, string> = {
   ERR_SSL_SSLV3_ALERT_ILLEGAL_PARAMETER: 'the peer refused this node\'s key: the two nodes have different cluster secrets',
   ERR_SSL_WRONG_VERSION_NUMBER: 'not TLS: a peer without security.clusterSecret, or not nbd-mirror at all',
   ERR_SSL_NO_SHARED_CIPHER: 'no pre-shared key offered: a TLS client without this cluster secret',
-  ECONNRESET: 'the other end hung up during the TLS handshake (a peer without security.clusterSecret refuses TLS)',
+  ECONNRESET: 'the other end hung up during the TLS handshake (a node without security.clusterSecret, or one that takes no connections from this address)',
 };
 
 /** Why a peer-link TLS handshake failed, for the log. */
