@@ -1,8 +1,10 @@
-// Mirroring benchmark: write speed of a mirrored pair vs a standalone node, and resync time for
+// Mirroring benchmark: write speed of a mirrored pair vs a standalone node, of a pair whose peer
+// link is encrypted (TLS-PSK, security.clusterSecret) vs a plain one, and resync time for
 // 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the same volume between two nbdkits.
 //   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json]
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -38,28 +40,49 @@ async function main(): Promise<void> {
     let b = await startClusterNode(config, 'b');
     procs.push(a, b);
     await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate', 30_000);
+    // The same pair with an encrypted peer link, in a folder of its own (its data dirs, its secret).
+    const tlsDir = join(dir, 'tls');
+    mkdirSync(tlsDir);
+    writeFileSync(join(tlsDir, 'cluster.secret'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    const pt = await pairPorts();
+    const tlsConfig = writePairConfig(join(tlsDir, 'cluster.json'), pt, opts.size!, pt.peerB, { security: { clusterSecret: 'cluster.secret' } });
+    procs.push(await startClusterNode(tlsConfig, 'a'), await startClusterNode(tlsConfig, 'b'));
+    await until(async () => (await volumeStatus(pt.adminA)).connection === 'Connected' && (await volumeStatus(pt.adminB)).disk === 'UpToDate', 30_000);
     if (!opts.json) console.log(`# mirrored pair vs standalone, ${opts.size} volume, fio ${opts.runtime}s per run, median of 3 alternating rounds after preconditioning, ${new Date().toISOString()}`);
     const mirrorUri = `nbd://127.0.0.1:${p.nbdA}/vol0`;
+    const tlsUri = `nbd://127.0.0.1:${pt.nbdA}/vol0`;
     // Precondition: fio's 1 GiB region allocated on every file first, so no side pays ext4 block
     // allocation that the other does not (a fresh sparse file is much slower to write randomly).
-    for (const uri of [single.uri('disk'), mirrorUri]) execFileSync('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', '--size=1G'], { env: toolEnv(), stdio: 'ignore' });
+    for (const uri of [single.uri('disk'), mirrorUri, tlsUri]) execFileSync('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', '--size=1G'], { env: toolEnv(), stdio: 'ignore' });
     const median = (xs: number[]) => xs.sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+    const encrypted: Array<{ name: string; plain: number; tls: number }> = [];
     for (const [name, rw, bs, qd, target] of [
       ['4k randwrite QD16', 'randwrite', '4k', 16, 0.6],
       ['1M write QD8', 'write', '1M', 8, undefined],
     ] as const) {
       // Median of 3 alternating rounds: this kind of machine drifts by tens of percent.
-      const runs = { standalone: [] as number[], mirrored: [] as number[] };
+      const runs = { standalone: [] as number[], mirrored: [] as number[], tls: [] as number[] };
       for (let round = 0; round < 3; round++) {
         runs.standalone.push(fioIops(single.uri('disk'), rw, bs, qd, dir));
         runs.mirrored.push(fioIops(mirrorUri, rw, bs, qd, dir));
+        runs.tls.push(fioIops(tlsUri, rw, bs, qd, dir));
       }
       const standalone = median(runs.standalone);
       const mirrored = median(runs.mirrored);
+      encrypted.push({ name, plain: mirrored, tls: median(runs.tls) });
       const ratio = mirrored / standalone;
       out(
         { case: name, standaloneIops: standalone, mirroredIops: mirrored, ratio },
         `${name.padEnd(20)} standalone ${standalone.toFixed(0).padStart(7)} IOPS  mirrored ${mirrored.toFixed(0).padStart(7)} IOPS  ${ratio.toFixed(2)}x${target ? `  target >= ${target}x ${ratio >= target ? 'pass' : 'MISS'}` : ''}`,
+      );
+    }
+
+    if (!opts.json) console.log('\n# mirrored, peer link encrypted (TLS-PSK) vs plain, same rounds');
+    for (const { name, plain, tls } of encrypted) {
+      const ratio = tls / plain;
+      out(
+        { case: `${name} encrypted link`, plainIops: plain, tlsIops: tls, ratio },
+        `${name.padEnd(20)} plain ${plain.toFixed(0).padStart(7)} IOPS  TLS-PSK ${tls.toFixed(0).padStart(7)} IOPS  ${ratio.toFixed(2)}x  target >= 0.8x ${ratio >= 0.8 ? 'pass' : 'MISS'}`,
       );
     }
 

@@ -103,7 +103,10 @@ const securitySchema = z
   .strictObject({
     /** Bearer token for the admin endpoint's actions (POST /stop, /resolve, /verify). */
     adminToken: z.string().min(1).optional(),
-    /** The cluster's secret: signs the nodes' requests to the witness. */
+    /**
+     * The cluster's secret (the same file on both nodes): the peer link runs TLS-PSK keyed by it,
+     * and it signs the nodes' requests to the witness.
+     */
     clusterSecret: z.string().min(1).optional(),
     /** Lets an admin endpoint listen on an address other machines reach (needs adminToken). */
     adminPublic: z.boolean().default(false),

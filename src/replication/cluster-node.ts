@@ -14,6 +14,7 @@ import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
+import { PeerTls } from './peer-tls.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -126,7 +127,10 @@ export class ClusterNode {
       slotArenaBytes,
       stagingBytes: MAX_FRAME_BODY,
     });
+    // The cluster secret keys both the peer link's TLS-PSK and the witness requests' signatures.
+    const secret = readClusterKey(config, configDir, 'clusterSecret');
     this.link = new PeerLink({
+      tls: secret === undefined ? undefined : PeerTls.fromSecret(secret),
       hello: () => this.hello(),
       listen: self.peer,
       peer: config.nodes[this.peerName]!.peer,
@@ -172,7 +176,6 @@ export class ClusterNode {
         v.mirror.handleFrame(h, body);
       },
     });
-    const secret = readClusterKey(config, configDir, 'clusterSecret');
     if (config.witness && !secret) log.warn('no security.clusterSecret: requests to the witness are unsigned, so anyone who reaches it can take or give back this cluster\'s grant; nbd-mirror keygen writes one');
     this.quorum = new QuorumGate({
       witness: config.witness ? new WitnessClient(config.witness, this.clusterId, nodeName, Math.max(200, config.link.timeoutMs / 2), secret) : undefined,

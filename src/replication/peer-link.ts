@@ -14,7 +14,16 @@
 // answer a PING within half the link timeout — the peer restarted (its HELLO then carries a new
 // boot id) or reconnected, and the old connection is dead. A live link that answers keeps
 // running and the candidate is refused, whatever its HELLO claims. Refusals are logged at most
-// once a minute per source address.
+// once a minute per source address and kind (a refused HELLO, a failed TLS handshake).
+//
+// Authentication (peer-tls.ts). With a cluster secret, every connection is TLS-PSK from its
+// first byte: the listener checks the source host, then runs the TLS handshake, and only a
+// connection whose handshake proved the key becomes a candidate that may send HELLO. A failed
+// handshake (another key, a plain peer, garbage) is refused like a bad HELLO and never reaches
+// the probe logic, so it cannot disturb the live link. The handshake counts against the same
+// deadline as the HELLO (the link timeout) and the same candidate limit. Decrypted bytes come
+// as 'data' chunks (a TLSSocket has no `onread`) and feed the same decoders. Without a secret
+// the link is plain, as before, and says so once at start.
 //
 // Backpressure (link-limits.ts). Receive: each volume frame handed to onFrame is in work, at the
 // cost the frame table gives (workCost), until the volume gives its body back (`release`). At
@@ -44,11 +53,12 @@ import net from 'node:net';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
-import { adoptWithOnRead, onReadOptions, type ReceiveSink } from '../server/receive.js';
+import { adoptWithOnRead, onReadOptions, receiveFromStream, type ReceiveSink } from '../server/receive.js';
 import { decodeHello, encodeHello, helloMismatch, type Hello, type HelloFields } from './hello.js';
 import { DEFAULT_LINK_LIMITS, SendWatch, WorkBudget, type LinkLimits } from './link-limits.js';
 import { checkFrameHeader, workCost } from './peer-frames.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
+import { handshakeFailure, looksLikeTls, type PeerTls } from './peer-tls.js';
 
 /** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
 export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
@@ -61,6 +71,8 @@ export interface PeerLinkOptions {
   /** Where the peer accepts us; only its host may connect to us. */
   readonly peer: HostPort;
   readonly peerName: string;
+  /** TLS-PSK for every connection (the cluster secret's); without it the link is plain. */
+  readonly tls?: PeerTls;
   /** The peer counts as dead after this long without a frame (default 2000 ms). */
   readonly timeoutMs?: number;
   /** PING interval (default timeoutMs / 4). */
@@ -92,8 +104,9 @@ const DIRECT_BODY_MIN = 64 * 1024;
 const MAX_CANDIDATES = 8;
 /** A source address whose connections are refused is logged at most this often. */
 const REFUSAL_LOG_MS = 60_000;
-/** Source addresses remembered for rate-limiting refusal logs. */
+/** Source addresses (with the message logged for them) remembered for rate-limiting refusal logs. */
 const REFUSAL_LOG_ADDRESSES = 1024;
+const TLS_FAILED = 'peer-link TLS handshake failed';
 
 /** An accepted connection whose HELLO has not been accepted yet. */
 interface Candidate {
@@ -200,6 +213,7 @@ export class PeerLink {
 
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
+    if (!this.o.tls) this.o.log.warn("the peer link is neither authenticated nor encrypted: any process on the peer's host can link, and mirrored data crosses the network in clear (set security.clusterSecret, docs/SECURITY.md)");
     this.server = net.createServer({ pauseOnConnect: true }, (accepted) => void this.accept(accepted));
     const addr = await new Promise<HostPort>((resolve, reject) => {
       this.server!.once('error', reject);
@@ -288,20 +302,34 @@ export class PeerLink {
     // From our own listen address when it is one: that is the host the peer lets in.
     const local = this.o.listen.host;
     const localAddress = net.isIP(local) && local !== '0.0.0.0' && local !== '::' ? local : undefined;
+    const to = { port: this.o.peer.port, host: this.o.peer.host, localAddress };
     let dialed: net.Socket | undefined = undefined;
-    const s = (dialed = net.connect({ port: this.o.peer.port, host: this.o.peer.host, localAddress, onread: onReadOptions(this.receiveSink(() => dialed)) }));
-    s.resume(); // flowing, so the peer's hang-up is seen as 'end'
+    const sink = this.receiveSink(() => dialed);
+    const secure = this.o.tls;
+    let s: net.Socket;
+    if (secure) {
+      s = dialed = secure.connect(to);
+      receiveFromStream(s, sink);
+    } else {
+      s = dialed = net.connect({ ...to, onread: onReadOptions(sink) });
+      s.resume(); // flowing, so the peer's hang-up is seen as 'end'
+    }
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
-    // then 32 s apart) would decide when its return is noticed.
-    const connectLimit = setTimeout(() => s.destroy(new Error('connect timed out')), this.timeoutMs);
-    s.once('connect', () => {
+    // then 32 s apart) would decide when its return is noticed. With TLS the handshake is
+    // inside the same limit: a peer that takes the connection and stalls the handshake is dead too.
+    let connected = false;
+    const connectLimit = setTimeout(() => s.destroy(new Error(connected ? 'TLS handshake timed out' : 'connect timed out')), this.timeoutMs);
+    s.once('connect', () => (connected = true));
+    s.once(secure ? 'secureConnect' : 'connect', () => {
       clearTimeout(connectLimit);
       this.adoptDialed(s);
     });
     s.once('close', () => clearTimeout(connectLimit));
     s.once('error', (err) => {
       if (this.socket !== s) {
-        this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
+        // Reached, but no key agreed: the operator must hear of it (a retry comes every 250 ms).
+        if (secure && connected) this.logLimited(this.o.peer.host, TLS_FAILED, { peer: to, reason: handshakeFailure(err) });
+        else this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
         s.destroy();
         this.scheduleDial();
       }
@@ -325,7 +353,10 @@ export class PeerLink {
     this.sendWatch = new SendWatch(this.limits, this.sendStallMs, this.lastSeen);
     s.on('error', (err) => this.o.log.debug({ err: err.message }, 'peer socket error'));
     s.on('close', () => {
-      if (this.socket === s) this.drop('peer closed the connection', true);
+      if (this.socket !== s) return;
+      // Hung up on our HELLO without an ERROR: it did not take this connection at all.
+      if (!this.peerHello) this.logLimited(this.o.peer.host, 'the peer closed the connection before answering HELLO', { peer: this.o.peer, hint: this.o.tls ? undefined : 'it may require TLS (security.clusterSecret), or not take connections from this address' });
+      this.drop('peer closed the connection', true);
     });
     this.o.log.debug('peer socket open, sending HELLO');
     this.ourHello = this.makeHello();
@@ -346,18 +377,45 @@ export class PeerLink {
       accepted.destroy();
       return this.logRefusal(address, from, refusal);
     }
-    // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
+    const secure = this.o.tls;
+    let secured = false;
     let s: net.Socket | undefined = undefined;
-    s = adoptWithOnRead(accepted, this.receiveSink(() => s));
+    const sink = this.receiveSink(() => s);
+    if (secure) {
+      s = secure.accept(accepted);
+      s.once('secure', () => (secured = true));
+      receiveFromStream(s, sink);
+    } else {
+      // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
+      s = adoptWithOnRead(accepted, this.plainCandidateSink(() => s, sink));
+    }
     const socket = s;
-    const timer = setTimeout(() => this.refuseCandidate(socket, `no acceptable HELLO within ${this.timeoutMs} ms`), this.timeoutMs);
+    const timer = setTimeout(() => this.refuseCandidate(socket, secure && !secured ? `no TLS handshake within ${this.timeoutMs} ms` : `no acceptable HELLO within ${this.timeoutMs} ms`), this.timeoutMs);
     this.candidates.set(socket, { from, address, decoder: this.decoderFor(socket), timer });
     socket.setNoDelay(true);
-    socket.on('error', (err) => this.o.log.debug({ err: err.message, from }, 'peer socket error'));
+    socket.on('error', (err) => {
+      if (secure && !secured) return this.refuseCandidate(socket, handshakeFailure(err), TLS_FAILED);
+      this.o.log.debug({ err: err.message, from }, 'peer socket error');
+    });
     socket.on('close', () => {
       if (this.socket === socket) this.drop('peer closed the connection', true);
       else this.endCandidate(socket);
     });
+  }
+
+  /**
+   * A plain candidate's reads; a first read that is a TLS handshake is refused with a reason an
+   * operator can act on (the frame decoder would only see a bad magic).
+   */
+  private plainCandidateSink(socket: () => net.Socket | undefined, sink: ReceiveSink): ReceiveSink {
+    let first = true;
+    return {
+      ...sink,
+      onChunk: (chunk) => {
+        if (first && ((first = false), looksLikeTls(chunk))) return this.refuseCandidate(socket()!, 'it speaks TLS: the peer has security.clusterSecret set and this node has none');
+        sink.onChunk(chunk);
+      },
+    };
   }
 
   /** Is `address` one the peer's configured host stands for (names are looked up each time: they may move)? */
@@ -596,17 +654,22 @@ export class PeerLink {
     }
   }
 
-  /**
-   * Logs a refused connection, at most once per REFUSAL_LOG_MS per source address (with how many
-   * were refused since), so a flood of connections cannot flood the log.
-   */
   private logRefusal(address: string, from: string, reason: string, message = 'refused a peer-link connection'): void {
+    this.logLimited(address, message, { from, reason });
+  }
+
+  /**
+   * Logs a warning at most once per REFUSAL_LOG_MS per address and message (with how many were
+   * left out since), so a flood of connections, or a dialer retrying, cannot flood the log.
+   */
+  private logLimited(address: string, message: string, fields: Record<string, unknown>): void {
     const now = Date.now();
-    const seen = this.refusalsLogged.get(address);
+    const key = `${message}\0${address}`;
+    const seen = this.refusalsLogged.get(key);
     if (seen && now - seen.at < REFUSAL_LOG_MS) return void seen.since++;
     if (!seen && this.refusalsLogged.size >= REFUSAL_LOG_ADDRESSES) this.refusalsLogged.clear();
-    this.refusalsLogged.set(address, { at: now, since: 0 });
-    this.o.log.warn({ from, reason, refusedSinceLastLog: seen?.since ?? 0 }, message);
+    this.refusalsLogged.set(key, { at: now, since: 0 });
+    this.o.log.warn({ ...fields, refusedSinceLastLog: seen?.since ?? 0 }, message);
   }
 
   /** Ends the current connection; `retry` schedules a new dial (dialer side). */

@@ -40,6 +40,15 @@ export function adoptWithOnRead(accepted: net.Socket, sink: ReceiveSink): net.So
 }
 
 /**
+ * Feeds a socket that cannot take `onread` to the same sink, from its 'data' events: a TLSSocket,
+ * whose reads are decrypted records rather than the kernel's bytes. Each chunk is a fresh
+ * Buffer, so there is no direct target (a body costs one copy, as the decryption made one anyway).
+ */
+export function receiveFromStream(socket: net.Socket, sink: ReceiveSink): void {
+  socket.on('data', (chunk: Buffer) => sink.onChunk(chunk));
+}
+
+/**
  * One receive buffer for every socket of the process. A read is handed to its sink and consumed
  * before the event loop runs another, and sinks copy what must outlive the call, so sockets never
  * need one each: an idle connection holds no receive buffer at all.

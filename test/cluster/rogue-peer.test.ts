@@ -7,19 +7,26 @@
 // returns and the pair ends identical. Last, a rogue in a's place floods b with writes and reads
 // nothing: b's memory stays bounded (the link's receive budget), its clients are served, and the
 // link is reset.
+// All of it twice: on a plain link, and on a TLS-PSK one (security.clusterSecret), where the
+// strangers have no key and the rogue in a's place has it — a peer that passed authentication
+// must still harm nothing. With TLS, two more: a recorded session replayed to b, and a node
+// started with another key; both are refused, with the live link, data and dirty bits untouched.
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { xxh3 } from '@node-rs/xxhash';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import { encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
+import { PeerTls } from '../../src/replication/peer-tls.js';
 import { dataFile, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { memoryOf } from '../support/raw-nbd.js';
 import { startClusterNode, type RunningServer } from '../support/processes.js';
-import { closedWithin, forged, frameWithin, rangeBody, rogueConnect, rogueHello, writeBody } from '../support/rogue-peer.js';
+import { closedWithin, forged, frameWithin, rangeBody, rogueConnect, rogueHello, writeBody, type RogueSocket } from '../support/rogue-peer.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 const MiB = 2 ** 20;
 const SIZE = 64 * MiB;
@@ -27,37 +34,63 @@ const TIMEOUT = 1000; // link.timeout: half-open sockets are closed within it
 const ACK_TIMEOUT = 2000; // link.ackTimeout: a write the peer leaves unanswered this long resets the link
 const anyGeneration = { current: '0123456789abcdef', bitmap: '0000000000000000', history: ['0000000000000000', '0000000000000000'] as [string, string] };
 const logged = (r: RunningServer, msg: string) => r.logs.filter((l) => l.msg === msg);
+const TLS_FAILED = 'peer-link TLS handshake failed';
+/** What a stranger must never read in clear: the cluster id, the volume name, a HELLO's fields. */
+const IDENTIFYING = ['a+b', 'vol0', '"generation"'];
 
-describe('a rogue on the peer port', () => {
+describe.each([
+  ['plain', false],
+  ['TLS-PSK', true],
+] as const)('a rogue on the peer port (%s)', (_mode, secured) => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-rogue-'));
+  const secret = randomBytes(32);
+  /** The cluster's peer-link key; undefined on a plain link. */
+  const key = secured ? PeerTls.fromSecret(secret) : undefined;
+  const security = secured ? { security: { clusterSecret: 'cluster.secret' } } : {};
   const running: RunningServer[] = [];
   afterAll(async () => {
     for (const r of running) await r.stop('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Nodes a and b of a new pair (config `name`), linked and in sync. */
-  async function syncedPair(name: string) {
+  /** A folder of its own for one pair (config, data dirs, the secret file): pairs of one file run side by side. */
+  function pairDir(name: string, pairSecret = secret): string {
+    const sub = join(dir, name);
+    mkdirSync(sub);
+    if (secured) writeFileSync(join(sub, 'cluster.secret'), `${pairSecret.toString('hex')}\n`, { mode: 0o600 });
+    return sub;
+  }
+
+  /** A rogue holding the cluster's key when there is one: a peer that passed authentication and misbehaves. */
+  const insider = (port: number) => rogueConnect(port, '127.0.0.1', key);
+
+  /** Nodes a and b of a new pair, linked and in sync; `viaProxy`: a reaches b through a recording proxy. */
+  async function syncedPair(name: string, viaProxy = false) {
     const p = await pairPorts();
-    const config = writePairConfig(join(dir, name), p, '64M', p.peerB, { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT } });
+    const sub = pairDir(name);
+    const extra = { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT }, ...security };
+    const proxy = viaProxy ? new TcpProxy({ host: '127.0.0.1', port: p.peerB }) : undefined;
+    if (proxy) proxy.record = true;
+    const configB = writePairConfig(join(sub, 'cluster.json'), p, '64M', p.peerB, extra);
+    const config = proxy ? writePairConfig(join(sub, 'a.json'), p, '64M', await proxy.start(), extra) : configB;
     const a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
+    const b = await startClusterNode(configB, 'b');
     running.push(a, b);
     await until(async () => (await status(p.adminA)).connection === 'Connected' && (await status(p.adminB)).disk === 'UpToDate');
-    return { p, config, a, b };
+    return { p, sub, config, a, b, proxy };
   }
 
   /** Node a goes away; returns its generation, for a rogue to meet b in sync as a (it may: no live link to disturb). */
-  async function killA(a: RunningServer, adminB: number) {
+  async function killA(sub: string, a: RunningServer, adminB: number) {
     await a.stop('SIGKILL');
     await until(async () => (await status(adminB)).connection !== 'Connected');
-    const meta = readFileSync(join(dir, 'a', 'vol0.meta'));
+    const meta = readFileSync(join(sub, 'a', 'vol0.meta'));
     const hex = (i: number) => meta.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
     return { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] as [string, string] };
   }
 
   it('strangers never disturb the live link; forged frames drop only the rogue, change nothing, crash nothing', async () => {
-    const { p, config, b, ...first } = await syncedPair('c.json');
+    const { p, sub, config, b, ...first } = await syncedPair('strangers');
     let a = first.a;
 
     // A real client writes through node a all along (bounded in count).
@@ -70,17 +103,24 @@ describe('a rogue on the peer port', () => {
     })();
     const reader = await NbdClient.connect({ port: p.nbdB, exportName: 'vol0' });
 
+    // Every connection without the key (with TLS: all but the impostors): what they received.
+    const strangers: RogueSocket[] = [];
+    const stranger = async (port: number, localAddress?: string) => {
+      const r = await rogueConnect(port, localAddress);
+      strangers.push(r);
+      return r;
+    };
     for (const [name, port] of [['b', p.peerB], ['a', p.peerA]] as const) {
       // Bare connects: no HELLO is ever sent to them, and each is closed within the link timeout.
-      const bare = await Promise.all(Array.from({ length: 10 }, () => rogueConnect(port)));
+      const bare = await Promise.all(Array.from({ length: 10 }, () => stranger(port)));
       for (const r of bare) await closedWithin(r, TIMEOUT + 1500);
       expect(bare.every((r) => r.frames.length === 0)).toBe(true);
       // Garbage: closed at its first header.
-      const garbage = await rogueConnect(port);
+      const garbage = await stranger(port);
       garbage.send(Buffer.alloc(4096, 0x5a));
       expect(await closedWithin(garbage, 1000)).toBeLessThan(1000);
       // A 28 MiB HELLO: refused at its header, never buffered nor parsed; clients of the node are not stalled.
-      const huge = await rogueConnect(port);
+      const huge = await stranger(port);
       const header = forged(PeerMsg.HELLO).subarray(0, 20);
       header.writeUInt32BE(28 * MiB, 8);
       huge.send(header);
@@ -90,32 +130,44 @@ describe('a rogue on the peer port', () => {
       expect(Date.now() - t0).toBeLessThan(500);
       await closedWithin(huge, 1000);
       // Half-open: half a header, then silence: closed within the link timeout.
-      const half = await rogueConnect(port);
+      const half = await stranger(port);
       half.send(header.subarray(0, 10));
       await closedWithin(half, TIMEOUT + 1500);
       // From another host (127.0.0.2 is loopback too): refused at once.
-      const foreign = await rogueConnect(port, '127.0.0.2');
+      const foreign = await stranger(port, '127.0.0.2');
       expect(await closedWithin(foreign, 1000)).toBeLessThan(500);
-      // An impostor: a valid HELLO claiming to be the peer, with a fresh boot id. The live link
-      // answers its probe, so the impostor is refused and the link stays. (Node a, the dialer,
-      // takes no inbound link at all.)
+      // A HELLO in clear on a TLS link: not TLS, refused before a frame is read.
+      if (secured) {
+        const plainHello = await stranger(port);
+        plainHello.send(rogueHello(name === 'b' ? 'a' : 'b', SIZE, anyGeneration));
+        await closedWithin(plainHello, 1000);
+      }
+      // An impostor (with the key, on a TLS link): a valid HELLO claiming to be the peer, with a
+      // fresh boot id. The live link answers its probe, so the impostor is refused and the link
+      // stays. (Node a, the dialer, takes no inbound link at all: not even a TLS handshake.)
       for (let i = 0; i < 5; i++) {
-        const impostor = await rogueConnect(port);
+        const impostor = await (name === 'b' ? insider(port) : stranger(port));
         impostor.send(rogueHello(name === 'b' ? 'a' : 'b', SIZE, anyGeneration));
         await closedWithin(impostor, TIMEOUT + 1500);
         expect(impostor.frames.some((f) => f.header.type === PeerMsg.HELLO)).toBe(false); // it learnt nothing
       }
       expect((await status(name === 'b' ? p.adminB : p.adminA)).connection).toBe('Connected');
     }
+    // Nothing identifying was sent to a connection that had not authenticated (on a plain link
+    // there is no authentication: the rule is then that a stranger gets no HELLO).
+    const seen = Buffer.concat(strangers.flatMap((r) => r.received));
+    for (const word of IDENTIFYING) expect(seen.includes(word), word).toBe(false);
 
     stop = true;
     expect(await writer).toBeGreaterThan(0);
     await client.flush();
     reader.close();
     for (const node of [a, b]) expect(logged(node, 'peer link lost')).toHaveLength(0);
+    // With TLS, strangers fail the handshake: said once for 127.0.0.1 (the others are refused before TLS).
+    if (secured) expect(logged(b, TLS_FAILED).map((l) => String(l.from).replace(/:\d+$/, ''))).toEqual(['127.0.0.1']);
     const [sa, sb] = [await status(p.adminA), await status(p.adminB)];
     expect([sa.connection, sb.connection, sa.outOfSyncBytes, sb.outOfSyncBytes]).toEqual(['Connected', 'Connected', 0, 0]);
-    expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
+    expect(readFileSync(dataFile(sub, 'a')).equals(readFileSync(dataFile(sub, 'b')))).toBe(true);
     // Dozens of refusals, logged once per source address (127.0.0.1 and 127.0.0.2).
     for (const node of [a, b]) {
       const refusals = node.logs.filter((l) => l.msg === 'refused a peer-link connection' || l.msg === 'refusing the peer link');
@@ -124,8 +176,8 @@ describe('a rogue on the peer port', () => {
     }
 
     // Node a goes away; the rogue takes its place on b's link.
-    const generation = await killA(a, p.adminB);
-    const bFile = dataFile(dir, 'b');
+    const generation = await killA(sub, a, p.adminB);
+    const bFile = dataFile(sub, 'b');
     const before = { bytes: readFileSync(bFile), bits: (await status(p.adminB)).outOfSyncBytes };
     expect(before.bits).toBe(0); // so the rogue (same generation) meets b in sync: no resync runs
     const cases: Array<[string, Buffer]> = [
@@ -155,8 +207,10 @@ describe('a rogue on the peer port', () => {
       ['HELLO_ACK (never used)', forged(PeerMsg.HELLO_ACK)],
       ['type 999', forged(999)],
     ];
+    const malformed = () => logged(b, 'peer sent a malformed frame, dropping the link').length;
     for (const [what, frame] of cases) {
-      const r = await rogueConnect(p.peerB);
+      const said = malformed();
+      const r = await insider(p.peerB);
       r.send(rogueHello('a', SIZE, generation));
       await frameWithin(r, PeerMsg.HELLO, 2000); // b took the rogue for a
       r.send(frame);
@@ -166,12 +220,13 @@ describe('a rogue on the peer port', () => {
       expect(b.proc.exitCode, what).toBeNull();
       expect((await status(p.adminB)).outOfSyncBytes, what).toBe(before.bits);
       expect(statSync(bFile).size, what).toBe(SIZE);
-      expect(logged(b, 'peer sent a malformed frame, dropping the link').length, what).toBeGreaterThan(0);
+      // b's log line may reach this process after the close it precedes: wait for it.
+      await until(() => malformed() > said, 2000).catch(() => expect.fail(`${what}: b did not log a malformed frame`));
     }
     expect(readFileSync(bFile).equals(before.bytes)).toBe(true);
 
     // LEAVING, then the link stays up past link.timeout: the word lapses; the drop is a failure.
-    const leaver = await rogueConnect(p.peerB);
+    const leaver = await insider(p.peerB);
     leaver.send(rogueHello('a', SIZE, generation));
     await frameWithin(leaver, PeerMsg.HELLO, 2000);
     leaver.send(forged(PeerMsg.LEAVING, Buffer.alloc(0), { id: 0n }));
@@ -184,7 +239,7 @@ describe('a rogue on the peer port', () => {
 
     // A peer that answers heartbeats (it PINGs) but never acknowledges a write: after
     // link.ackTimeout b resets the link and the client's write completes as a degraded write.
-    const deaf = await rogueConnect(p.peerB);
+    const deaf = await insider(p.peerB);
     deaf.send(rogueHello('a', SIZE, generation));
     await frameWithin(deaf, PeerMsg.HELLO, 2000);
     await until(async () => (await status(p.adminB)).connection === 'Connected', 3000);
@@ -214,14 +269,14 @@ describe('a rogue on the peer port', () => {
     await c2.write(5 * MiB, Buffer.alloc(65536, 0xee));
     await c2.flush();
     c2.close();
-    expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(bFile))).toBe(true);
+    expect(readFileSync(dataFile(sub, 'a')).equals(readFileSync(bFile))).toBe(true);
   });
 
   it('a peer that floods writes and never reads holds bounded memory on the node; clients are served; the link is reset', async () => {
-    const { p, a, b } = await syncedPair('flood.json');
-    const generation = await killA(a, p.adminB);
+    const { p, sub, a, b } = await syncedPair('flood');
+    const generation = await killA(sub, a, p.adminB);
 
-    const rogue = await rogueConnect(p.peerB);
+    const rogue = await insider(p.peerB);
     rogue.send(rogueHello('a', SIZE, generation));
     await frameWithin(rogue, PeerMsg.HELLO, 2000);
     await until(async () => (await status(p.adminB)).connection === 'Connected', 3000);
@@ -266,5 +321,73 @@ describe('a rogue on the peer port', () => {
     expect(held).toBeLessThan(ACK_TIMEOUT + 3000);
     expect(grew).toBeLessThan(300); // 1.1 GiB without the receive budget: every frame read at once
     expect((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).link.receivePauses).toBeGreaterThan(0);
+  });
+
+  it.runIf(secured)('a recorded session replayed to b is refused, while the link is up and once a is gone: link, data and dirty bits untouched', async () => {
+    const { p, sub, a, b, proxy } = await syncedPair('replay', true);
+    // Real traffic on the recorded session: HELLO, then mirrored writes and a flush.
+    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    for (let i = 0; i < 32; i++) await client.write(i * 65536, Buffer.alloc(65536, 0x30 + i));
+    await client.flush();
+    client.close();
+    // All a sent b on the live link (a's earlier dials, before b listened, carried a ClientHello at most).
+    const [session] = proxy!.recordings.map((r) => Buffer.concat(r.toUpstream)).sort((x, y) => y.length - x.length);
+    if (!session) throw new Error('nothing recorded');
+    expect(session.length).toBeGreaterThan(32 * 65536);
+    const bFile = dataFile(sub, 'b');
+    const before = readFileSync(bFile);
+    expect(before.equals(readFileSync(dataFile(sub, 'a')))).toBe(true);
+
+    const replay = async () => {
+      const r = await rogueConnect(p.peerB);
+      r.send(session);
+      await closedWithin(r, TIMEOUT + 1500);
+      const got = Buffer.concat(r.received);
+      for (const word of IDENTIFYING) expect(got.includes(word), word).toBe(false);
+    };
+    await replay();
+    expect(logged(b, TLS_FAILED)).toHaveLength(1);
+    console.log(`a replayed session (${session.length} bytes): ${String(logged(b, TLS_FAILED)[0]!.reason)}`);
+    expect((await status(p.adminB)).connection).toBe('Connected');
+    for (const node of [a, b]) expect(logged(node, 'peer link lost')).toHaveLength(0);
+
+    // With a gone there is no live link to protect: the replay still cannot take its place.
+    const bits = (await killA(sub, a, p.adminB), (await status(p.adminB)).outOfSyncBytes);
+    await replay();
+    expect(logged(b, 'peer link connected')).toHaveLength(1); // the real a, once
+    const after = await status(p.adminB);
+    expect([after.connection === 'Connected', after.outOfSyncBytes]).toEqual([false, bits]);
+    expect(readFileSync(bFile).equals(before)).toBe(true);
+    expect(b.proc.exitCode).toBeNull();
+  });
+
+  it.runIf(secured)('a node started with another key is refused, each side logging why; the live link and the data stay', async () => {
+    const { p, sub, a, b } = await syncedPair('wrong-key');
+    // The impostor: node a's name, its own ports and data, b's address, another secret.
+    const own = await pairPorts();
+    const wrongDir = pairDir('wrong-key-a', randomBytes(32));
+    const wrongConfig = writePairConfig(join(wrongDir, 'cluster.json'), { ...p, nbdA: own.nbdA, peerA: own.peerA, adminA: own.adminA }, '64M', p.peerB, { link: { timeout: TIMEOUT, ackTimeout: ACK_TIMEOUT }, ...security });
+    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    const wrong = await startClusterNode(wrongConfig, 'a');
+    running.push(wrong);
+    // Mirrored writes go on while it knocks.
+    for (let i = 0; !(logged(wrong, TLS_FAILED).length > 0 && logged(b, TLS_FAILED).length > 0); i++) {
+      if (i >= 2000) throw new Error('no TLS refusal logged on both sides');
+      await client.write((i % 512) * 65536, Buffer.alloc(65536, i % 251));
+    }
+    await client.flush();
+    client.close();
+    expect(String(logged(b, TLS_FAILED)[0]!.reason)).toMatch(/does not hold this cluster secret/);
+    expect(String(logged(wrong, TLS_FAILED)[0]!.reason)).toMatch(/different cluster secrets/);
+    expect(logged(wrong, 'peer link connected')).toHaveLength(0);
+    expect((await status(own.adminA)).connection).not.toBe('Connected');
+    expect((await status(p.adminB)).connection).toBe('Connected');
+    for (const node of [a, b]) expect(logged(node, 'peer link lost')).toHaveLength(0);
+    const [sa, sb] = [await status(p.adminA), await status(p.adminB)];
+    expect([sa.outOfSyncBytes, sb.outOfSyncBytes]).toEqual([0, 0]);
+    expect(readFileSync(dataFile(sub, 'a')).equals(readFileSync(dataFile(sub, 'b')))).toBe(true);
+    // The impostor's own copy was never written by b: still all zeros.
+    expect(readFileSync(dataFile(wrongDir, 'a')).equals(Buffer.alloc(SIZE))).toBe(true);
+    await wrong.stop();
   });
 });

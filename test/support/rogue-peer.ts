@@ -1,7 +1,9 @@
 // A rogue peer for tests: raw sockets to a node's peer port that connect and say nothing, send
-// garbage, huge or forged HELLOs and forged frames. Every wait is bounded in time.
+// garbage, huge or forged HELLOs and forged frames — without the cluster key, or with it (a peer
+// that passed authentication and still misbehaves). Every wait is bounded in time.
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import type { PeerTls } from '../../src/replication/peer-tls.js';
 import { encodeHello, type Hello } from '../../src/replication/hello.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PEER_VERSION, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 
@@ -9,20 +11,28 @@ export interface RogueSocket {
   readonly socket: net.Socket;
   /** Frames the node sent us (HELLO, ERROR…). */
   readonly frames: Array<{ header: FrameHeader; body: Buffer }>;
+  /** Every byte the node sent us, as it came (decrypted when the rogue holds the key). */
+  readonly received: Buffer[];
   /** Resolves once the node has closed the connection (or it failed): ms since connect. */
   readonly closed: Promise<number>;
   send(b: Buffer): void;
 }
 
-/** Connects to 127.0.0.1:port (from `localAddress`, default 127.0.0.1); resolves once connected. */
-export function rogueConnect(port: number, localAddress = '127.0.0.1'): Promise<RogueSocket> {
+/**
+ * Connects to 127.0.0.1:port (from `localAddress`, default 127.0.0.1); resolves once connected,
+ * with `key` once its TLS handshake is done.
+ */
+export function rogueConnect(port: number, localAddress = '127.0.0.1', key?: PeerTls): Promise<RogueSocket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ port, host: '127.0.0.1', localAddress });
+    const to = { port, host: '127.0.0.1', localAddress };
+    const socket = key ? key.connect(to) : net.connect(to);
     const started = Date.now();
     const frames: RogueSocket['frames'] = [];
+    const received: Buffer[] = [];
     let garbled = false;
     const decoder = new FrameDecoder({ allocBody: (n) => Buffer.alloc(n), onFrame: (header, body) => frames.push({ header, body }) });
-    socket.on('data', (d) => {
+    socket.on('data', (d: Buffer) => {
+      received.push(d);
       if (garbled) return;
       try {
         decoder.feed(d);
@@ -32,10 +42,11 @@ export function rogueConnect(port: number, localAddress = '127.0.0.1'): Promise<
     });
     const closed = new Promise<number>((res) => socket.once('close', () => res(Date.now() - started)));
     socket.on('error', () => undefined); // a reset is how a node may end it
-    socket.once('connect', () =>
+    socket.once(key ? 'secureConnect' : 'connect', () =>
       resolve({
         socket,
         frames,
+        received,
         closed,
         send: (b) => void (socket.destroyed || socket.write(b)),
       }),

@@ -1,5 +1,6 @@
-// A TCP proxy for cutting and restoring a link between two processes on loopback, and for
-// damaging peer-link data frames in flight (client → upstream direction).
+// A TCP proxy for cutting and restoring a link between two processes on loopback, for
+// damaging peer-link data frames in flight (client → upstream direction), and for recording
+// what crosses it (what an onlooker sees, and what an attacker could replay).
 import net from 'node:net';
 import { Transform } from 'node:stream';
 import { FRAME_HEADER_SIZE, PeerMsg } from '../../src/replication/peer-protocol.js';
@@ -60,6 +61,9 @@ export class TcpProxy {
   damageFrames = 0;
   /** Data frames damaged so far. */
   damagedFrames = 0;
+  /** With `record` set, the bytes of each connection since, both ways, as they passed. */
+  record = false;
+  readonly recordings: Array<{ toUpstream: Buffer[]; toClient: Buffer[] }> = [];
 
   constructor(private readonly target: { host: string; port: number }) {
     this.server = net.createServer((client) => {
@@ -76,6 +80,8 @@ export class TcpProxy {
       };
       client.on('error', end(client)).on('close', end(client));
       upstream.on('error', end(upstream)).on('close', end(upstream));
+      const recording = this.record ? { toUpstream: [] as Buffer[], toClient: [] as Buffer[] } : undefined;
+      if (recording) this.recordings.push(recording);
       const damager = new FrameDamager(() => {
         if (this.damageFrames <= 0) return false;
         this.damageFrames--;
@@ -83,8 +89,13 @@ export class TcpProxy {
         return true;
       });
       // Ends are not piped: a close reaches the other side through `end` (and not at all when silent).
-      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, this.silent ? undefined : damager.pass(chunk)) })).pipe(upstream, { end: false });
-      upstream.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, this.silent ? undefined : chunk) })).pipe(client, { end: false });
+      const passing = (chunk: Buffer, into: Buffer[] | undefined): Buffer | undefined => {
+        if (this.silent) return undefined;
+        into?.push(chunk);
+        return chunk;
+      };
+      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(damager.pass(chunk), recording?.toUpstream)) })).pipe(upstream, { end: false });
+      upstream.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(chunk, recording?.toClient)) })).pipe(client, { end: false });
     });
   }
 
