@@ -57,6 +57,12 @@ export class QuorumGate {
   private retry: NodeJS.Timeout | undefined;
   /** The witness gave this node the grant and it has not given it back yet. */
   private holdsGrant = false;
+  /**
+   * Since start-up this node has not given a grant back: one it claimed before a restart may still
+   * be held at the witness (it lives in the witness's file, not here), so the first in-sync gives
+   * it back too — a release by a node that holds nothing changes nothing at the witness.
+   */
+  private grantFromBefore = true;
   private releasing = false;
   private reason = 'starting';
   /** This copy may be older than the peer's (see the file comment): reads wait too. */
@@ -126,13 +132,15 @@ export class QuorumGate {
 
   /** The pair is connected and in sync again: a grant held is given back. */
   inSync(): void {
-    if (!this.holdsGrant || this.releasing || !this.o.witness) return;
+    if (!(this.holdsGrant || this.grantFromBefore) || this.releasing || !this.o.witness) return;
     this.releasing = true;
     this.o.witness.release().then(
       () => {
         this.releasing = false;
+        const held = this.holdsGrant;
         this.holdsGrant = false;
-        this.o.log.info('in sync with the peer again: write grant given back to the witness');
+        this.grantFromBefore = false;
+        if (held) this.o.log.info('in sync with the peer again: write grant given back to the witness');
       },
       (err: unknown) => {
         this.releasing = false;

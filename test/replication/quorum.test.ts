@@ -90,6 +90,25 @@ describe('quorum gate', () => {
     b.stop();
   });
 
+  it('a node restarted while holding the grant gives it back at its first in-sync (the grant lives at the witness)', async () => {
+    const w = new WitnessState();
+    expect(w.claim({ cluster: 'a+b', node: 'a' })).toMatchObject({ granted: true }); // before the restart
+    const a = gate('a', w); // the restarted process: it knows nothing of that grant
+    a.peerConnected();
+    a.inSync();
+    await settle();
+    expect(w.toJSON()).toEqual({});
+    // The peer's grant is not taken away by it.
+    expect(w.claim({ cluster: 'a+b', node: 'b' })).toMatchObject({ granted: true });
+    const a2 = gate('a', w);
+    a2.peerConnected();
+    a2.inSync();
+    await settle();
+    expect(w.toJSON()).toMatchObject({ 'a+b': { holder: 'b' } });
+    a.stop();
+    a2.stop();
+  });
+
   it('neither peer nor witness: suspend holds writes (reads go on), then fails them with EIO', async () => {
     vi.useFakeTimers();
     const reachable = { up: false };
