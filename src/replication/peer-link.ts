@@ -243,14 +243,23 @@ export class PeerLink {
   /** Calls `done` once everything written to the socket has left this process (or there is no socket). */
   drain(done: () => void): void {
     const s = this.socket;
-    if (!s || s.writableLength === 0) return done();
+    if (!s || s.destroyed) return done();
     let called = false;
     const once = (): void => {
-      if (!called) (called = true), done();
+      if (called) return;
+      called = true;
+      clearTimeout(limit);
+      done();
     };
-    s.once('drain', once);
+    // The callback of an empty write runs once everything written before it has left (a
+    // 'drain' event comes only after a write that filled the buffer: with TLS, bytes can be
+    // queued without one, and a stop waited for ever). Bounded: a peer that reads nothing
+    // must not keep this node from stopping.
+    const limit = setTimeout(once, this.timeoutMs);
+    s.write(Buffer.alloc(0), once);
     s.once('close', once);
   }
+
 
   /** Runs `fn` after the frames queued so far have been handed to the socket. */
   afterSend(fn: () => void): void {
