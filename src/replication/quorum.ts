@@ -134,7 +134,8 @@ export class QuorumGate {
   inSync(): void {
     if (!(this.holdsGrant || this.grantFromBefore) || this.releasing || !this.o.witness) return;
     this.releasing = true;
-    this.o.witness.release().then(
+    // A claim waits for this answer (see claim): the witness must not see them the other way round.
+    this.release = this.o.witness.release().then(
       () => {
         this.releasing = false;
         const held = this.holdsGrant;
@@ -153,6 +154,9 @@ export class QuorumGate {
     );
   }
 
+  /** A release on its way to the witness (inSync), if any. */
+  private release: Promise<void> | undefined;
+
   stop(): void {
     clearTimeout(this.retry);
     for (const h of this.held.splice(0)) {
@@ -164,6 +168,8 @@ export class QuorumGate {
   private async claim(bestEffort: boolean): Promise<void> {
     clearTimeout(this.retry);
     try {
+      // A release still on its way could reach the witness after this claim and undo its grant.
+      await this.release;
       const answer = await this.o.witness!.claim();
       if (this.current === 'connected') return; // the peer came back meanwhile
       if (answer.granted) {

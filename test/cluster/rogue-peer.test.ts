@@ -346,6 +346,8 @@ describe.each([
       for (const word of IDENTIFYING) expect(got.includes(word), word).toBe(false);
     };
     await replay();
+    // The log line crosses b's stdout pipe: it may land just after the socket closed.
+    await until(() => logged(b, TLS_FAILED).length > 0, 3000);
     expect(logged(b, TLS_FAILED)).toHaveLength(1);
     console.log(`a replayed session (${session.length} bytes): ${String(logged(b, TLS_FAILED)[0]!.reason)}`);
     expect((await status(p.adminB)).connection).toBe('Connected');

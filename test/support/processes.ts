@@ -33,7 +33,7 @@ function waitExit(proc: ChildProcess, timeoutMs: number): Promise<number | null>
  * once it logs `listening` with the port the kernel picked.
  */
 /** Every nbd-mirror process this test file started, with its logs (printed when a test fails: failure-logs.ts). */
-export const startedLogs: Array<{ args: readonly string[]; logs: Array<Record<string, unknown>> }> = [];
+export const startedLogs: Array<{ args: readonly string[]; logs: Array<Record<string, unknown>>; proc: ChildProcess }> = [];
 
 export function startNbdMirror(args: string[], opts: StartOptions = {}): Promise<RunningServer> {
   return startCli(['serve', '--listen', '127.0.0.1:0', ...args], opts);
@@ -63,7 +63,7 @@ function startCli(args: string[], opts: StartOptions): Promise<RunningServer> {
     env: { ...process.env, ...opts.env },
   });
   const logs: Array<Record<string, unknown>> = [];
-  startedLogs.push({ args, logs });
+  startedLogs.push({ args, logs, proc });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   return new Promise((resolve, reject) => {
@@ -131,7 +131,9 @@ export async function startNbdkit(file: string, extra: string[] = []): Promise<R
 const PORT_BLOCK = 400;
 // NBD_MIRROR_TEST_PORT_BASE moves the blocks, so two test runs on one machine never pick the same ports.
 const portBase = Number(process.env.NBD_MIRROR_TEST_PORT_BASE ?? 20_000) + (Number(process.env.VITEST_POOL_ID ?? 0) % 30) * PORT_BLOCK;
-let portCursor = 0;
+// A random start: every test file loads this module afresh, and the same first ports in each file
+// would meet whatever an earlier file left behind.
+let portCursor = Math.floor(Math.random() * PORT_BLOCK);
 
 export async function freePort(): Promise<number> {
   for (let tries = 0; tries < PORT_BLOCK; tries++) {
