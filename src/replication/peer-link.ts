@@ -544,7 +544,9 @@ export class PeerLink {
   /** The dialer's connection before the listener's HELLO. */
   private onHandshakeFrame(s: net.Socket, h: FrameHeader, body: Buffer): void {
     if (h.type === PeerMsg.ERROR) {
-      this.o.log.warn({ reason: body.toString('utf8') }, 'peer refused the link');
+      // The dialer retries every 250 ms: each reason is logged once a minute, with a count.
+      const reason = body.toString('utf8');
+      this.logLimited(`${this.o.peer.host} ${reason}`, 'peer refused the link', { reason });
       return this.drop(`peer refused: ${body.toString('utf8')}`, true);
     }
     let hello: Hello;
