@@ -119,6 +119,10 @@ export class QuorumGate {
 
   /** The peer is gone; `leaving`: it said so first (graceful stop), so this node goes on alone. */
   peerLost(leaving: boolean): void {
+    // A stopping node's own link going down is no reason to claim: it would take the grant from
+    // under the peer it just told it is leaving (found by the demo test: the leaver won the race to
+    // the witness, and could later have written alone with its old copy).
+    if (this.stopped) return;
     if (!this.o.witness) return this.set('alone', 'peer gone; no witness configured: writing alone');
     if (leaving) {
       this.set('alone', 'peer left gracefully: writing alone (last man standing)');
@@ -154,10 +158,13 @@ export class QuorumGate {
     );
   }
 
+  /** The node is stopping: nothing more is asked of the witness. */
+  private stopped = false;
   /** A release on its way to the witness (inSync), if any. */
   private release: Promise<void> | undefined;
 
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.retry);
     for (const h of this.held.splice(0)) {
       clearTimeout(h.timer);

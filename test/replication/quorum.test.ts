@@ -90,6 +90,16 @@ describe('quorum gate', () => {
     b.stop();
   });
 
+  it('a stopping node does not claim the grant when its own link goes down', async () => {
+    const w = new WitnessState();
+    const b = gate('b', w);
+    b.peerConnected();
+    b.stop();
+    b.peerLost(false); // its link.stop() after the quorum's
+    await settle();
+    expect(w.toJSON()).toEqual({});
+  });
+
   it('a node restarted while holding the grant gives it back at its first in-sync (the grant lives at the witness)', async () => {
     const w = new WitnessState();
     expect(w.claim({ cluster: 'a+b', node: 'a' })).toMatchObject({ granted: true }); // before the restart
