@@ -158,7 +158,8 @@ export class VolumeMeta {
     this.recoveredExtents = found?.extents.length ?? 0;
     this.stoppedUncleanly = (sb.flags & FLAG_RUNNING) !== 0;
     if (found && found.extents.length > 0) this.recover(found.extentBytes, found.extents);
-    else if (this.stoppedUncleanly) this.saveIdentity({ checksumResync: true });
+    else if (this.stoppedUncleanly) this.sb.flags |= FLAG_CHECKSUM_RESYNC;
+    // One superblock write: the running mark, and the suspicion of an unclean stop with it.
     this.sb.flags |= FLAG_RUNNING;
     this.saveIdentity({});
   }
