@@ -69,7 +69,8 @@ export interface ActivityLogOptions {
    * Makes the volume's data durable (its flush). Called before a block that drops an extent is
    * written: once an extent is out of the log, a power cut must not find writes of it that never
    * reached the disk (recovery would not know to resync them). DRBD flushes before such an
-   * activity-log transaction too. Without it (tests of the log alone) nothing is flushed.
+   * activity-log transaction too. On a mirrored volume it is a client flush, the peer's copy
+   * included (cluster-node.ts). Without it (tests of the log alone) nothing is flushed.
    */
   readonly flushData?: (done: (err: Error | null) => void) => void;
 }

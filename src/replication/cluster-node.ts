@@ -192,7 +192,10 @@ export class ClusterNode {
       const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot, {
         extentBytes: config.activityLog.extent,
         slots: config.activityLog.extents,
-        flushData: (done) => file.flush(done),
+        // Before an extent leaves the log its writes are made durable on both copies: a client
+        // flush (here and on the peer). The peer's copy of a write is named by no log of its own;
+        // were both nodes to lose power, the block would not be resynced (power-cut chaos, both cut).
+        flushData: (done) => entry.mirror.flush(done),
       });
       if (meta.recoveredExtents > 0) {
         log.warn({ volume: name, extents: meta.recoveredExtents, outOfSyncBytes: meta.bitmap.count() * GRAIN }, 'volume did not stop cleanly: activity-log extents marked out of sync for a checksum resync');

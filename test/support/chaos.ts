@@ -13,9 +13,9 @@ import { join } from 'node:path';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
 import { pairPorts, until, volumeStatus, witnessGrants, type PairPorts } from './cluster.js';
 import { NbdClient } from './nbd-client.js';
-import { mountPowerCut, type PowerCutMount } from './powercut.js';
 import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
 import { toolEnv } from './tools.js';
+import { blockContent } from './write-ledger.js';
 
 const MiB = 2 ** 20;
 const BLOCK = 4096;
@@ -34,15 +34,11 @@ export interface ChaosCluster {
   readonly acked: Uint32Array;
   readonly maybe: Map<number, number[]>;
   nextWriteId: number;
-  /** Power-cut mode: each node's data directory is on a power-cut filesystem (powercut.ts). */
-  readonly power?: Record<'a' | 'b', { backing: string; mountpoint: string; mount: PowerCutMount }>;
 }
 
 export interface RoundResult {
   round: number;
   killed: 'a' | 'b';
-  /** Power-cut mode: what the cut dropped (unsynced sectors). */
-  cut?: { how: string; sectors: number };
   killAfterMs: number;
   writesAcked: number;
   survivorDirtyBytes: number;
@@ -53,18 +49,16 @@ export interface RoundResult {
   seconds: number;
 }
 
-export async function startChaosCluster(dir: string, opts: { witness?: boolean; power?: boolean } = {}): Promise<ChaosCluster> {
+export async function startChaosCluster(dir: string, opts: { witness?: boolean } = {}): Promise<ChaosCluster> {
   const ports = await pairPorts();
-  const power = opts.power ? await powerMounts(dir) : undefined;
-  const dataDir = (n: 'a' | 'b') => power?.[n].mountpoint ?? n;
   const config = join(dir, 'cluster.json');
   const witness = opts.witness ? await startWitnessProcess(join(dir, 'witness.json')) : undefined;
   writeFileSync(
     config,
     JSON.stringify({
       nodes: {
-        a: { nbd: `127.0.0.1:${ports.nbdA}`, peer: `127.0.0.1:${ports.peerA}`, admin: `127.0.0.1:${ports.adminA}`, dataDir: dataDir('a') },
-        b: { nbd: `127.0.0.1:${ports.nbdB}`, peer: `127.0.0.1:${ports.peerB}`, admin: `127.0.0.1:${ports.adminB}`, dataDir: dataDir('b') },
+        a: { nbd: `127.0.0.1:${ports.nbdA}`, peer: `127.0.0.1:${ports.peerA}`, admin: `127.0.0.1:${ports.adminA}`, dataDir: 'a' },
+        b: { nbd: `127.0.0.1:${ports.nbdB}`, peer: `127.0.0.1:${ports.peerB}`, admin: `127.0.0.1:${ports.adminB}`, dataDir: 'b' },
       },
       volumes: { vol0: { size: CHAOS_SIZE } },
       activityLog: { extent: CHAOS_AL.extent, extents: CHAOS_AL.extents },
@@ -72,30 +66,9 @@ export async function startChaosCluster(dir: string, opts: { witness?: boolean; 
     }),
   );
   const nodes = { a: await startClusterNode(config, 'a'), b: await startClusterNode(config, 'b') };
-  const c: ChaosCluster = { dir, ports, config, nodes, witness, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1, power };
+  const c: ChaosCluster = { dir, ports, config, nodes, witness, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1 };
   await untilHealthy(c);
   return c;
-}
-
-async function powerMounts(dir: string): Promise<NonNullable<ChaosCluster['power']>> {
-  const one = async (n: 'a' | 'b') => {
-    const backing = join(dir, `${n}-disk`);
-    const mountpoint = join(dir, `${n}-mnt`);
-    return { backing, mountpoint, mount: await mountPowerCut(backing, mountpoint) };
-  };
-  return { a: await one('a'), b: await one('b') };
-}
-
-/** Ends node `n` at once: kill -9, and in power-cut mode the unsynced data goes too (then the disk is back). */
-async function crash(c: ChaosCluster, n: 'a' | 'b', rnd: () => number): Promise<RoundResult['cut']> {
-  await c.nodes[n].stop('SIGKILL');
-  const p = c.power?.[n];
-  if (!p) return undefined;
-  const torn = rnd() < 0.5;
-  const seed = Math.floor(rnd() * 1e9);
-  const dropped = await p.mount.cut(torn ? { torn: seed } : 'all');
-  p.mount = await mountPowerCut(p.backing, p.mountpoint);
-  return { how: torn ? `torn, seed ${seed}` : 'all', sectors: dropped.sectors };
 }
 
 const admin = (c: ChaosCluster, n: 'a' | 'b') => (n === 'a' ? c.ports.adminA : c.ports.adminB);
@@ -109,16 +82,6 @@ async function untilHealthy(c: ChaosCluster): Promise<[VolumeStatus, VolumeStatu
     return synced && (!c.witness || Object.keys(await witnessGrants(c.witness.port)).length === 0);
   }, 60_000);
   return last!;
-}
-
-/** The content of write `id` for block `block`: (id, block) repeated, so misplaced data shows. */
-function blockContent(id: number, block: number): Buffer {
-  const b = Buffer.allocUnsafe(BLOCK);
-  for (let i = 0; i < BLOCK; i += 8) {
-    b.writeUInt32LE(id, i);
-    b.writeUInt32LE(block, i + 4);
-  }
-  return b;
 }
 
 /** Writes random 4–64 KiB runs of blocks in `region` until stopped or the connection dies. */
@@ -156,9 +119,10 @@ function fio(c: ChaosCluster, node: 'a' | 'b'): Promise<{ ok: boolean; output: s
   return new Promise((resolve) => execFile('fio', args, { env: toolEnv(), timeout: 120_000 }, (err, stdout, stderr) => resolve({ ok: !err, output: `${stdout}${stderr}` })));
 }
 
-function verify(c: ChaosCluster, node: 'a' | 'b'): Promise<{ code: number; outOfSyncBytes: number; stderr: string }> {
+/** `nbd-mirror verify --json` through the node whose admin endpoint is on `adminPort`. */
+export function verifyVolume(adminPort: number): Promise<{ code: number; outOfSyncBytes: number; stderr: string }> {
   return new Promise((resolve) =>
-    execFile(process.execPath, [cliPath, 'verify', '--admin', `127.0.0.1:${admin(c, node)}`, '--volume', 'vol0', '--json'], { timeout: 120_000 }, (err, stdout, stderrOut) => {
+    execFile(process.execPath, [cliPath, 'verify', '--admin', `127.0.0.1:${adminPort}`, '--volume', 'vol0', '--json'], { timeout: 120_000 }, (err, stdout, stderrOut) => {
       let stderr = stderrOut;
       let outOfSyncBytes = -1;
       try {
@@ -214,7 +178,7 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
   const fioRun = fio(c, survivor);
   const killAfterMs = 150 + Math.floor(rnd() * 600);
   await new Promise((r) => setTimeout(r, killAfterMs));
-  const cut = await crash(c, killed, rnd);
+  await c.nodes[killed].stop('SIGKILL');
   // The survivor notices (link timeout) and goes on writing alone for a moment.
   await until(async () => (await volumeStatus(admin(c, survivor))).connection !== 'Connected', 10_000);
   await new Promise((r) => setTimeout(r, 200));
@@ -230,21 +194,19 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
   const wireBytes = back.lastResync?.wireBytes ?? 0;
   const boundBytes = survivorDirtyBytes + CHAOS_AL.extent * CHAOS_AL.extents;
   if (resyncedBytes > boundBytes) throw new Error(`round ${round}: resync covered ${resyncedBytes} bytes, more than dirty bits + activity log (${boundBytes})`);
-  const v = await verify(c, round % 2 === 0 ? 'a' : 'b');
+  const v = await verifyVolume(admin(c, round % 2 === 0 ? 'a' : 'b'));
   if (v.code !== 0 || v.outOfSyncBytes !== 0) throw new Error(`round ${round}: verify after resync: exit ${v.code}, ${v.outOfSyncBytes} bytes out of sync ${v.stderr}`);
   const problems = [...(await checkContents(c, 'a')), ...(await checkContents(c, 'b'))];
   if (problems.length > 0) throw new Error(`round ${round}: acknowledged writes lost:\n${problems.join('\n')}`);
-  return { round, killed, cut, killAfterMs, writesAcked, survivorDirtyBytes, resyncedBytes, wireBytes, boundBytes, verifyOutOfSyncBytes: v.outOfSyncBytes, seconds: (Date.now() - t0) / 1000 };
+  return { round, killed, killAfterMs, writesAcked, survivorDirtyBytes, resyncedBytes, wireBytes, boundBytes, verifyOutOfSyncBytes: v.outOfSyncBytes, seconds: (Date.now() - t0) / 1000 };
 }
 
 export async function stopChaosCluster(c: ChaosCluster): Promise<void> {
   for (const n of Object.values(c.nodes)) await n.stop('SIGKILL');
   await c.witness?.stop('SIGKILL');
-  for (const p of Object.values(c.power ?? {})) await p.mount.stop();
 }
 
 export function formatRound(r: RoundResult): string {
   const mib = (n: number) => `${(n / MiB).toFixed(2)} MiB`;
-  const how = r.cut ? `power cut of ${r.killed} (${r.cut.how}: ${r.cut.sectors} unsynced sectors dropped)` : `killed ${r.killed}`;
-  return `round ${String(r.round).padStart(3)}: ${how} after ${String(r.killAfterMs).padStart(3)} ms, ${String(r.writesAcked).padStart(5)} writes acked, survivor dirty ${mib(r.survivorDirtyBytes)}, resynced ${mib(r.resyncedBytes)} (bound ${mib(r.boundBytes)}), on the wire ${mib(r.wireBytes)}, verify 0 B out of sync, ${r.seconds.toFixed(1)} s`;
+  return `round ${String(r.round).padStart(3)}: killed ${r.killed} after ${String(r.killAfterMs).padStart(3)} ms, ${String(r.writesAcked).padStart(5)} writes acked, survivor dirty ${mib(r.survivorDirtyBytes)}, resynced ${mib(r.resyncedBytes)} (bound ${mib(r.boundBytes)}), on the wire ${mib(r.wireBytes)}, verify 0 B out of sync, ${r.seconds.toFixed(1)} s`;
 }

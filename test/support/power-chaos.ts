@@ -1,0 +1,570 @@
+// Power-cut chaos aimed at phases (issue 14, items 2 and 4), shared by the CI test
+// (test/cluster/power-chaos.test.ts: one round per phase) and the soak (`npm run soak -- --power`).
+//
+// A pair and its witness, each with its data directory (the witness: its state file) on a
+// power-cut filesystem (test/support/powercut/). One round: two clients write through the nodes
+// (FUA on some writes, a FLUSH every few), the round's phase drives the pair into a state it reads
+// from the nodes' status — a resync running, a verify running, the witness being asked… — and
+// cuts the power of one node, both, or the witness (kill -9, and what they never synced is
+// dropped: all of it or sectors torn at random). Then everything is restarted with disk faults
+// cleared, and the round checks: both nodes UpToDate and connected, the witness's grant given
+// back, online verify finds 0 bytes out of sync, the two data files are byte-identical, every
+// sector holds what the write ledger allows (write-ledger.ts: flushed/FUA writes always, every
+// acknowledged write while one node stayed up), no node process ended on its own, and every
+// metadata file opened again (a node refuses to start on a damaged one).
+//
+// Phases are entries of PHASES: adding one (pool allocation, import) is one more entry.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fetchStatus, postAction } from '../../src/admin/admin-client.js';
+import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
+import { CHAOS_AL, seededRandom, verifyVolume } from './chaos.js';
+import { pairPorts, until, witnessGrants, type PairPorts } from './cluster.js';
+import { NbdClient } from './nbd-client.js';
+import { mountPowerCut, type PowerCutMount } from './powercut.js';
+import { freePort, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
+import { WriteLedger } from './write-ledger.js';
+
+export { seededRandom };
+
+type Node = 'a' | 'b';
+export type Target = Node | 'w';
+const MiB = 2 ** 20;
+const BLOCK = 4096;
+const SIZE = 64 * MiB;
+/** Each client writes its own region (one writer per block keeps a block's writes in order). */
+const REGIONS: ReadonlyArray<readonly [number, number]> = [
+  [0, 32 * MiB],
+  [32 * MiB, 64 * MiB],
+];
+const FUA = 1; // NBD_CMD_FLAG_FUA
+const other = (n: Node): Node => (n === 'a' ? 'b' : 'a');
+
+interface Disk {
+  readonly backing: string;
+  readonly mountpoint: string;
+  mount: PowerCutMount;
+}
+
+export interface PowerCluster {
+  readonly dir: string;
+  readonly ports: PairPorts;
+  readonly config: string;
+  readonly witnessPort: number;
+  readonly witnessState: string;
+  readonly faults: Record<Node, string>;
+  nodes: Record<Node, RunningServer | null>;
+  witness: RunningServer | null;
+  readonly disks: Record<Target, Disk>;
+  readonly ledger: WriteLedger;
+}
+
+/** `activityLog`: the log's shape (default CHAOS_AL: 16 extents of 256 KiB, so extents come and go). */
+export async function startPowerCluster(dir: string, opts: { activityLog?: { extent: number; extents: number } } = {}): Promise<PowerCluster> {
+  const ports = await pairPorts();
+  const disk = async (t: Target): Promise<Disk> => {
+    const backing = join(dir, `${t}-disk`);
+    const mountpoint = join(dir, `${t}-mnt`);
+    return { backing, mountpoint, mount: await mountPowerCut(backing, mountpoint) };
+  };
+  const disks = { a: await disk('a'), b: await disk('b'), w: await disk('w') };
+  const witnessPort = await freePort();
+  const config = join(dir, 'cluster.json');
+  writeFileSync(
+    config,
+    JSON.stringify({
+      nodes: {
+        a: { nbd: `127.0.0.1:${ports.nbdA}`, peer: `127.0.0.1:${ports.peerA}`, admin: `127.0.0.1:${ports.adminA}`, dataDir: disks.a.mountpoint },
+        b: { nbd: `127.0.0.1:${ports.nbdB}`, peer: `127.0.0.1:${ports.peerB}`, admin: `127.0.0.1:${ports.adminB}`, dataDir: disks.b.mountpoint },
+      },
+      volumes: { vol0: { size: SIZE } },
+      activityLog: opts.activityLog ?? CHAOS_AL,
+      witness: `127.0.0.1:${witnessPort}`,
+      // Writes fail at once without quorum (no 30 s suspends in a round); a lost link is seen in 1 s.
+      quorum: { onNoQuorum: 'io-error' },
+      link: { timeout: 1000 },
+      // Resync and verify crawl while clients write (4 MiB/s: windows to cut in), run free after.
+      resync: { busyRate: '4M' },
+    }),
+  );
+  const faults = { a: join(dir, 'faults-a.json'), b: join(dir, 'faults-b.json') };
+  const c: PowerCluster = {
+    dir,
+    ports,
+    config,
+    witnessPort,
+    witnessState: join(disks.w.mountpoint, 'witness.json'),
+    faults,
+    nodes: { a: null, b: null },
+    witness: null,
+    disks,
+    ledger: new WriteLedger(SIZE / BLOCK),
+  };
+  await restartDown(c);
+  await untilHealthy(c);
+  return c;
+}
+
+export async function stopPowerCluster(c: PowerCluster): Promise<void> {
+  for (const n of ['a', 'b'] as const) await c.nodes[n]?.stop('SIGKILL');
+  await c.witness?.stop('SIGKILL');
+  for (const d of Object.values(c.disks)) await d.mount.stop();
+}
+
+const adminPort = (c: PowerCluster, n: Node) => (n === 'a' ? c.ports.adminA : c.ports.adminB);
+const nbdPort = (c: PowerCluster, n: Node) => (n === 'a' ? c.ports.nbdA : c.ports.nbdB);
+
+async function nodeStatus(c: PowerCluster, n: Node): Promise<NodeStatus | null> {
+  if (!c.nodes[n]) return null;
+  try {
+    return await fetchStatus({ host: '127.0.0.1', port: adminPort(c, n) });
+  } catch {
+    return null;
+  }
+}
+
+async function vol(c: PowerCluster, n: Node): Promise<VolumeStatus | null> {
+  return (await nodeStatus(c, n))?.volumes.vol0 ?? null;
+}
+
+/** Polls `cond` (every 50 ms) for at most `ms`; resolves whether it came true. */
+async function reached(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  try {
+    await until(cond, ms);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Starts what is down, with disk faults cleared: the witness first, then the nodes. */
+export async function restartDown(c: PowerCluster): Promise<void> {
+  c.witness ??= await startWitnessProcess(c.witnessState, [], c.witnessPort);
+  for (const n of ['a', 'b'] as const) {
+    writeFileSync(c.faults[n], JSON.stringify({ rules: [] }));
+    c.nodes[n] ??= await startClusterNode(c.config, n, ['--test-faults', c.faults[n]]);
+  }
+}
+
+export async function untilHealthy(c: PowerCluster, ms = 90_000): Promise<void> {
+  let last: unknown;
+  const ok = await reached(async () => {
+    const s = [await vol(c, 'a'), await vol(c, 'b')];
+    last = s.map((v) => v && { connection: v.connection, disk: v.disk, resync: v.resync, outOfSync: v.outOfSyncBytes, quorum: v.quorum });
+    const synced = s.every((v) => v && v.connection === 'Connected' && v.disk === 'UpToDate' && v.resync === null && v.outOfSyncBytes === 0 && !v.peerDiskFailed);
+    return synced && Object.keys(await witnessGrants(c.witnessPort)).length === 0;
+  }, ms);
+  if (!ok) throw new Error(`the pair did not become healthy within ${ms / 1000} s: ${JSON.stringify(last)}`);
+}
+
+/**
+ * The clients of a round: one writer per region, through its own node or, when that one is
+ * down or refuses, the other. Some writes with FUA, a FLUSH every 8–24 writes. A failed write
+ * stays in the ledger as "maybe there".
+ */
+class Load {
+  private stopped = false;
+  private readonly runs: Array<Promise<void>>;
+  errors = 0;
+
+  constructor(
+    private readonly c: PowerCluster,
+    /** Its own generator: the writers draw at their own pace, the round's choices stay those of the seed. */
+    private readonly rnd: () => number,
+  ) {
+    this.runs = REGIONS.map((region, i) => this.writer(region, i === 0 ? 'a' : 'b'));
+  }
+
+  get acked(): number {
+    return this.c.ledger.totals.acked;
+  }
+
+  async end(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.runs);
+  }
+
+  private async writer(region: readonly [number, number], home: Node): Promise<void> {
+    const { ledger } = this.c;
+    const blocks = (region[1] - region[0]) / BLOCK;
+    let conn: { client: NbdClient; through: Node } | null = null;
+    let prefer = home;
+    let sinceFlush = 0;
+    try {
+      while (!this.stopped) {
+        conn ??= await this.connect(prefer);
+        if (!conn) {
+          await new Promise((r) => setTimeout(r, 50)); // both down: poll until a node is back or the round ends
+          continue;
+        }
+        const count = 1 + Math.floor(this.rnd() * 16);
+        const first = region[0] / BLOCK + Math.floor(this.rnd() * (blocks - count));
+        const fua = this.rnd() < 0.1;
+        const { id, data } = ledger.start(first, count);
+        try {
+          await conn.client.write(first * BLOCK, data, fua ? FUA : 0);
+          ledger.acked(id, first, count, fua);
+          if (++sinceFlush >= 8 + this.rnd() * 16) {
+            sinceFlush = 0;
+            const covers = ledger.flushStart();
+            await conn.client.flush();
+            ledger.flushDone(covers);
+          }
+        } catch {
+          this.errors++;
+          conn.client.close();
+          prefer = other(conn.through); // the node died or refused: try the other one first
+          conn = null;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    } finally {
+      conn?.client.close();
+    }
+  }
+
+  /** A connection through `prefer`, else the other node; null while both are down. */
+  private async connect(prefer: Node): Promise<{ client: NbdClient; through: Node } | null> {
+    for (const n of [prefer, other(prefer)]) {
+      if (!this.c.nodes[n]) continue;
+      const client = await NbdClient.connect({ port: nbdPort(this.c, n), exportName: 'vol0' }).catch(() => null);
+      if (client) return { client, through: n };
+    }
+    return null;
+  }
+}
+
+/** One cut: which targets lost power together, in which phase, and what was dropped. */
+export interface CutRecord {
+  phase: string;
+  /** Did the status show the phase when the power went (else the phase had ended: a miss)? */
+  hit: boolean;
+  targets: Target[];
+  dropped: string;
+}
+
+interface RoundContext {
+  readonly c: PowerCluster;
+  readonly rnd: () => number;
+  readonly load: Load;
+  /** Nodes that went down in this round (cut, killed or stopped): one → every acknowledged write must survive. */
+  readonly down: Set<Node>;
+  readonly cuts: CutRecord[];
+  readonly notes: string[];
+  readonly problems: string[];
+}
+
+/** Power cut of `targets` at once: kill -9 of each, then its unsynced data dropped (`how`), its disk back. Says what was dropped. */
+export async function powerCut(c: PowerCluster, targets: readonly Target[], how: (t: Target) => 'all' | { torn: number }): Promise<string> {
+  await Promise.all(targets.map((t) => (t === 'w' ? c.witness : c.nodes[t])?.stop('SIGKILL')));
+  const dropped: string[] = [];
+  for (const t of targets) {
+    if (t === 'w') c.witness = null;
+    else c.nodes[t] = null;
+    const d = c.disks[t];
+    const h = how(t);
+    const r = await d.mount.cut(h);
+    d.mount = await mountPowerCut(d.backing, d.mountpoint);
+    dropped.push(`${t}: ${h === 'all' ? 'all' : `torn seed ${h.torn}`}, ${r.sectors} sectors/${r.entries} entries`);
+  }
+  return dropped.join('; ');
+}
+
+/** A round's cut: all unsynced data, or sectors torn at random (seeded), per target. */
+async function cut(x: RoundContext, phase: string, hit: boolean, targets: Target[]): Promise<void> {
+  checkAlive(x);
+  for (const t of targets) if (t !== 'w') x.down.add(t);
+  const dropped = await powerCut(x.c, targets, () => (x.rnd() < 0.5 ? { torn: Math.floor(x.rnd() * 1e9) } : 'all'));
+  x.cuts.push({ phase, hit, targets, dropped });
+}
+
+/** A node process that ended without being stopped is a crash: a problem. */
+function checkAlive(x: RoundContext): void {
+  for (const n of ['a', 'b'] as const) {
+    const p = x.c.nodes[n]?.proc;
+    if (p && (p.exitCode !== null || p.signalCode !== null)) {
+      x.problems.push(`node ${n} ended on its own (exit ${p.exitCode}, signal ${p.signalCode}): a crash`);
+      x.c.nodes[n] = null;
+      x.down.add(n);
+    }
+  }
+}
+
+async function gracefulStop(x: RoundContext, n: Node): Promise<void> {
+  const code = await x.c.nodes[n]!.stop('SIGTERM', 20_000);
+  if (code !== 0) x.problems.push(`node ${n}: graceful stop exited ${code}`);
+  x.c.nodes[n] = null;
+  x.down.add(n);
+}
+
+/** Until at least `n` more writes were acknowledged (the clients are busy). */
+const afterWrites = (x: RoundContext, n: number, ms = 20_000) => {
+  const target = x.load.acked + n;
+  return reached(() => x.load.acked >= target, ms);
+};
+
+const pick = <T>(rnd: () => number, xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+
+/** A node goes down (power cut or graceful stop) and the other writes alone until it has `bytes` out of sync. */
+async function peerDown(x: RoundContext, gone: Node, how: 'cut' | 'stop', bytes: number): Promise<boolean> {
+  await afterWrites(x, 20);
+  if (how === 'cut') await cut(x, 'mirroring', true, [gone]);
+  else await gracefulStop(x, gone);
+  return reached(async () => {
+    const v = await vol(x.c, other(gone));
+    return v !== null && v.connection !== 'Connected' && v.outOfSyncBytes >= bytes;
+  }, 30_000);
+}
+
+/** Restarts `n` and waits for the resync it starts; resolves the resync seen at `fraction` of it, or null if it ended first. */
+async function resyncAt(x: RoundContext, n: Node, fraction: number, checksum: boolean | null): Promise<VolumeStatus['resync']> {
+  x.c.nodes[n] = await startClusterNode(x.c.config, n, ['--test-faults', x.c.faults[n]]);
+  let seen: VolumeStatus['resync'] = null;
+  await reached(async () => {
+    const v = await vol(x.c, n);
+    const r = v?.resync ?? null;
+    if (r && r.totalBytes > 0 && (checksum === null || r.checksum === checksum) && r.doneBytes >= fraction * r.totalBytes) seen = r;
+    // Over: the resync ended (or never needed to run) before the point we aimed at.
+    const over = v !== null && v.connection === 'Connected' && v.resync === null && v.disk === 'UpToDate';
+    return seen !== null || over;
+  }, 30_000);
+  return seen;
+}
+
+export interface Phase {
+  readonly name: string;
+  /** Drives the pair into the phase and cuts; the round then recovers and checks. */
+  run(x: RoundContext): Promise<void>;
+}
+
+/** The phases a round can aim at. One entry each: pool allocation/free and import go here when they exist. */
+export const PHASES: readonly Phase[] = [
+  {
+    name: 'mirroring',
+    async run(x) {
+      await afterWrites(x, 20 + Math.floor(x.rnd() * 300));
+      const both = x.rnd() < 0.4;
+      const hit = (await vol(x.c, 'a'))?.connection === 'Connected';
+      await cut(x, 'mirroring', hit, both ? ['a', 'b'] : [pick(x.rnd, ['a', 'b'] as const)]);
+    },
+  },
+  {
+    name: 'degraded',
+    async run(x) {
+      const gone = pick(x.rnd, ['a', 'b'] as const);
+      const hit = await peerDown(x, gone, x.rnd() < 0.5 ? 'cut' : 'stop', 64 * 1024 + Math.floor(x.rnd() * 2 * MiB));
+      await cut(x, 'degraded', hit, [other(gone)]);
+    },
+  },
+  ...(['source', 'target'] as const).map(
+    (role): Phase => ({
+      name: `resync-${role}`,
+      async run(x) {
+        const back = pick(x.rnd, ['a', 'b'] as const);
+        // A graceful leave: the resync back is a plain bitmap resync (a crash would make it a checksum one).
+        await peerDown(x, back, 'stop', 3 * MiB);
+        const seen = await resyncAt(x, back, 0.1 + x.rnd() * 0.6, false);
+        const victim = role === 'target' ? back : other(back);
+        await cut(x, `resync-${role}`, seen !== null, [victim]);
+      },
+    }),
+  ),
+  {
+    name: 'verify',
+    async run(x) {
+      await afterWrites(x, 20);
+      const on = pick(x.rnd, ['a', 'b'] as const);
+      await postAction({ addr: { host: '127.0.0.1', port: adminPort(x.c, on) } }, '/verify', { volume: 'vol0' });
+      const at = MiB / 2 + Math.floor(x.rnd() * 6 * MiB);
+      const hit = await reached(async () => {
+        const v = (await vol(x.c, on))?.verify;
+        return v?.running === true && v.doneBytes >= at;
+      }, 30_000);
+      const both = x.rnd() < 0.4;
+      await cut(x, 'verify', hit, both ? ['a', 'b'] : [pick(x.rnd, ['a', 'b'] as const)]);
+    },
+  },
+  {
+    name: 'checksum-resync',
+    async run(x) {
+      const back = pick(x.rnd, ['a', 'b'] as const);
+      await afterWrites(x, 20 + Math.floor(x.rnd() * 200));
+      await cut(x, 'mirroring', true, [back]);
+      // Restarted at once after a crash: the resync compares checksums (activity log + bits).
+      const seen = await resyncAt(x, back, x.rnd() * 0.6, true);
+      const r = x.rnd();
+      await cut(x, 'checksum-resync', seen !== null, r < 0.4 ? [back] : r < 0.8 ? [other(back)] : ['a', 'b']);
+    },
+  },
+  {
+    name: 'witness-grant',
+    async run(x) {
+      const gone = pick(x.rnd, ['a', 'b'] as const);
+      const survivor = other(gone);
+      await afterWrites(x, 20);
+      // The witness is held (SIGSTOP) so the survivor's claim waits in its socket; let go, it
+      // writes the grant (temporary file, fsync, rename, directory fsync) and the power goes a
+      // random 0–20 ms later: before, during or after the write.
+      x.c.witness!.proc.kill('SIGSTOP');
+      await cut(x, 'mirroring', true, [gone]);
+      const hit = await reached(async () => (await nodeStatus(x.c, survivor))?.quorum.state === 'claiming', 15_000);
+      x.c.witness!.proc.kill('SIGCONT');
+      await new Promise((r) => setTimeout(r, Math.floor(x.rnd() * 20))); // the random instant of the cut
+      const withNode = x.rnd() < 0.3;
+      await cut(x, 'witness-grant', hit, withNode ? ['w', survivor] : ['w']);
+      if (withNode) return;
+      // The witness back on what its disk kept: a node that holds the grant must find it there.
+      x.c.witness = await startWitnessProcess(x.c.witnessState, [], x.c.witnessPort);
+      await reached(async () => (await nodeStatus(x.c, survivor))?.quorum.state === 'alone', 15_000);
+      const q = (await nodeStatus(x.c, survivor))?.quorum;
+      const grants = await witnessGrants(x.c.witnessPort);
+      const holder = Object.values(grants)[0]?.holder ?? null;
+      if (q?.grantHeld && holder !== survivor) x.problems.push(`witness-grant: node ${survivor} holds the grant, the restarted witness says ${holder}: a split brain the witness should prevent`);
+      x.notes.push(`witness after the cut: grant ${holder ?? 'free'}, ${survivor} ${q?.state}${q?.grantHeld ? ' (holds it)' : ''}`);
+    },
+  },
+  {
+    name: 'disk-error',
+    async run(x) {
+      const bad = pick(x.rnd, ['a', 'b'] as const);
+      await afterWrites(x, 20 + Math.floor(x.rnd() * 200));
+      const kind = pick(x.rnd, [
+        { op: 'write', errno: 'EIO' },
+        { op: 'write', errno: 'ENOSPC' },
+        { op: 'read', errno: 'EIO' },
+      ] as const);
+      const offset = Math.floor(x.rnd() * 56) * MiB;
+      const rule = { ...kind, offset, length: '8M' };
+      const node = x.c.nodes[bad]!;
+      const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
+      const before = loaded();
+      writeFileSync(x.c.faults[bad], JSON.stringify({ seed: Math.floor(x.rnd() * 2 ** 32), rules: [rule] }));
+      node.proc.kill('SIGUSR2');
+      await until(() => loaded() > before, 10_000);
+      // Reads through the bad node over the faulty range (the writers only write).
+      const reader = await NbdClient.connect({ port: nbdPort(x.c, bad), exportName: 'vol0' });
+      let readErrors = 0;
+      const failed = await reached(async () => {
+        await reader.read(offset, 64 * 1024).catch(() => readErrors++);
+        const [v, p] = [await vol(x.c, bad), await vol(x.c, other(bad))];
+        return v?.disk === 'Failed' && p?.peerDiskFailed === true;
+      }, 15_000);
+      reader.close();
+      if (readErrors > 0) x.problems.push(`disk-error: ${readErrors} reads through ${bad} failed although its peer serves them`);
+      if (!failed) x.problems.push(`disk-error: ${JSON.stringify(rule)} on ${bad}: status never showed its disk Failed and the peer serving`);
+      // The peer's service: clients keep writing through both nodes.
+      const errorsBefore = x.load.errors;
+      if (!(await afterWrites(x, 30, 15_000))) x.problems.push(`disk-error: clients stalled after ${bad}'s disk failed`);
+      if (x.load.errors > errorsBefore) x.problems.push(`disk-error: ${x.load.errors - errorsBefore} client writes failed after ${bad}'s disk failed`);
+      x.notes.push(`disk error: ${kind.op} ${kind.errno} at ${offset / MiB} MiB on ${bad}: Failed and served by the peer: ${failed}`);
+      const r = x.rnd();
+      if (r < 0.25) return; // no cut: the recovery restarts the failed node with its faults cleared
+      await cut(x, 'disk-error', failed, r < 0.5 ? [bad] : r < 0.75 ? [other(bad)] : ['a', 'b']);
+    },
+  },
+];
+
+export interface PowerRoundResult {
+  round: number;
+  phase: string;
+  cuts: CutRecord[];
+  strict: boolean;
+  writesAcked: number;
+  notes: string[];
+  problems: string[];
+  seconds: number;
+}
+
+/** One round aimed at `phase`. Problems are returned (and counted), not thrown, so the soak goes on. */
+export async function powerRound(c: PowerCluster, round: number, phase: Phase, rnd: () => number): Promise<PowerRoundResult> {
+  const t0 = Date.now();
+  const ackedBefore = c.ledger.totals.acked;
+  const x: RoundContext = { c, rnd, load: new Load(c, seededRandom(Math.floor(rnd() * 2 ** 32))), down: new Set(), cuts: [], notes: [], problems: [] };
+  try {
+    await phase.run(x);
+  } catch (err) {
+    x.problems.push(`phase ${phase.name}: ${(err as Error).message}`);
+  } finally {
+    await x.load.end();
+  }
+  checkAlive(x);
+  // A node whose disk failed is restarted on its disk with the faults cleared (the disk replaced).
+  for (const n of ['a', 'b'] as const) {
+    if ((await vol(c, n))?.disk === 'Failed') {
+      await c.nodes[n]!.stop('SIGKILL');
+      c.nodes[n] = null;
+      x.down.add(n);
+    }
+  }
+  const strict = x.down.size <= 1;
+  try {
+    await restartDown(c);
+    await untilHealthy(c);
+    await checkRound(x, strict);
+  } catch (err) {
+    x.problems.push(`recovery: ${(err as Error).message}`);
+  }
+  return { round, phase: phase.name, cuts: x.cuts, strict, writesAcked: c.ledger.totals.acked - ackedBefore, notes: x.notes, problems: x.problems, seconds: (Date.now() - t0) / 1000 };
+}
+
+/** After recovery: verify, byte compare, the ledger through both nodes; then the read-back content is the baseline. */
+async function checkRound(x: RoundContext, strict: boolean): Promise<void> {
+  const { c } = x;
+  const v = await verifyVolume(adminPort(c, x.rnd() < 0.5 ? 'a' : 'b'));
+  if (v.code !== 0 || v.outOfSyncBytes !== 0) x.problems.push(`verify after recovery: exit ${v.code}, ${v.outOfSyncBytes} bytes out of sync ${v.stderr}`);
+  const [fa, fb] = [readFileSync(join(c.disks.a.mountpoint, 'vol0.img')), readFileSync(join(c.disks.b.mountpoint, 'vol0.img'))];
+  if (!fa.equals(fb)) x.problems.push(`the data files differ: first at byte ${firstDifference(fa, fb)}`);
+  let content: Buffer | null = null;
+  for (const n of ['a', 'b'] as const) {
+    const client = await NbdClient.connect({ port: nbdPort(c, n), exportName: 'vol0' });
+    try {
+      const parts: Buffer[] = [];
+      for (let off = 0; off < SIZE; off += 8 * MiB) parts.push(await client.read(off, 8 * MiB));
+      const data = Buffer.concat(parts);
+      x.problems.push(...c.ledger.check(data, 0, strict, `node ${n}`));
+      content ??= data;
+      if (n === 'b') await client.flush(); // durable on both: the baseline of the next round
+    } finally {
+      client.close();
+    }
+  }
+  c.ledger.rebase(content!, 0);
+}
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  if (a.length !== b.length) return Math.min(a.length, b.length);
+  for (let off = 0; off < a.length; off += MiB) {
+    if (!a.subarray(off, off + MiB).equals(b.subarray(off, off + MiB))) {
+      for (let i = off; ; i++) if (a[i] !== b[i]) return i;
+    }
+  }
+  return -1;
+}
+
+export function formatPowerRound(r: PowerRoundResult): string {
+  const cuts = r.cuts.map((k) => `${k.phase}${k.hit ? '' : ' (missed)'} → ${k.targets.join('+')} [${k.dropped}]`).join(', ') || 'no cut';
+  const head = `round ${String(r.round).padStart(3)} ${r.phase.padEnd(15)}: ${cuts}; ${r.writesAcked} writes acked, ${r.strict ? 'every acknowledged' : 'every flushed/FUA'} write checked on both, ${r.seconds.toFixed(1)} s`;
+  return [head, ...r.notes.map((n) => `    ${n}`), ...r.problems.map((p) => `    PROBLEM: ${p}`)].join('\n');
+}
+
+/** The end-of-run summary: rounds, cuts by phase (one node, both, the witness), writes checked, problems. */
+export function powerSummary(results: readonly PowerRoundResult[], ledger: WriteLedger): string {
+  const byPhase = new Map<string, { one: number; both: number; witness: number; missed: number }>();
+  for (const k of results.flatMap((r) => r.cuts)) {
+    const e = byPhase.get(k.phase) ?? { one: 0, both: 0, witness: 0, missed: 0 };
+    if (k.targets.includes('w')) e.witness++;
+    else if (k.targets.length === 2) e.both++;
+    else e.one++;
+    if (!k.hit) e.missed++;
+    byPhase.set(k.phase, e);
+  }
+  const phases = [...byPhase].map(([p, e]) => `${p} ${e.one + e.both + e.witness} (one ${e.one}, both ${e.both}${e.witness ? `, witness ${e.witness}` : ''}${e.missed ? `, missed ${e.missed}` : ''})`);
+  const t = ledger.totals;
+  const problems = results.reduce((n, r) => n + r.problems.length, 0);
+  return [
+    `# power chaos: ${results.length} rounds, ${results.reduce((n, r) => n + r.cuts.length, 0)} cuts (strict rounds ${results.filter((r) => r.strict).length})`,
+    `# cuts by phase: ${phases.join('; ')}`,
+    `# writes: ${t.acked} acknowledged (${t.fua} FUA, ${t.durableByFlush} made durable by ${t.flushes} FLUSHes), all checked on both nodes after each recovery`,
+    `# problems: ${problems}`,
+  ].join('\n');
+}
