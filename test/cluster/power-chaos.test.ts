@@ -31,7 +31,7 @@ describe.skipIf(missingTools('fusermount3').length > 0)('chaos: power cuts aimed
       console.log(formatPowerRound(r));
       results.push(r);
     }
-    console.log(powerSummary(results, cluster.ledger));
+    console.log(powerSummary(results));
     expect(results.flatMap((r) => r.problems)).toEqual([]);
     // Each phase was seen in status when the power went (a miss would test only the recovery).
     expect(results.flatMap((r) => r.cuts).filter((k) => !k.hit).map((k) => k.phase)).toEqual([]);

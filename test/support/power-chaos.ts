@@ -469,7 +469,8 @@ export interface PowerRoundResult {
   phase: string;
   cuts: CutRecord[];
   strict: boolean;
-  writesAcked: number;
+  /** The round's writes: acknowledged, with FUA, made durable by a FLUSH, FLUSHes. */
+  writes: { acked: number; fua: number; durableByFlush: number; flushes: number };
   notes: string[];
   problems: string[];
   seconds: number;
@@ -478,7 +479,7 @@ export interface PowerRoundResult {
 /** One round aimed at `phase`. Problems are returned (and counted), not thrown, so the soak goes on. */
 export async function powerRound(c: PowerCluster, round: number, phase: Phase, rnd: () => number): Promise<PowerRoundResult> {
   const t0 = Date.now();
-  const ackedBefore = c.ledger.totals.acked;
+  const before = { ...c.ledger.totals };
   const x: RoundContext = { c, rnd, load: new Load(c, seededRandom(Math.floor(rnd() * 2 ** 32))), down: new Set(), cuts: [], notes: [], problems: [] };
   try {
     await phase.run(x);
@@ -504,7 +505,11 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
   } catch (err) {
     x.problems.push(`recovery: ${(err as Error).message}`);
   }
-  return { round, phase: phase.name, cuts: x.cuts, strict, writesAcked: c.ledger.totals.acked - ackedBefore, notes: x.notes, problems: x.problems, seconds: (Date.now() - t0) / 1000 };
+  return { round, phase: phase.name, cuts: x.cuts, strict, writes: delta(before, c.ledger.totals), notes: x.notes, problems: x.problems, seconds: (Date.now() - t0) / 1000 };
+}
+
+function delta(before: WriteLedger['totals'], after: WriteLedger['totals']): PowerRoundResult['writes'] {
+  return { acked: after.acked - before.acked, fua: after.fua - before.fua, durableByFlush: after.durableByFlush - before.durableByFlush, flushes: after.flushes - before.flushes };
 }
 
 /** After recovery: verify, byte compare, the ledger through both nodes; then the read-back content is the baseline. */
@@ -543,28 +548,31 @@ function firstDifference(a: Buffer, b: Buffer): number {
 
 export function formatPowerRound(r: PowerRoundResult): string {
   const cuts = r.cuts.map((k) => `${k.phase}${k.hit ? '' : ' (missed)'} → ${k.targets.join('+')} [${k.dropped}]`).join(', ') || 'no cut';
-  const head = `round ${String(r.round).padStart(3)} ${r.phase.padEnd(15)}: ${cuts}; ${r.writesAcked} writes acked, ${r.strict ? 'every acknowledged' : 'every flushed/FUA'} write checked on both, ${r.seconds.toFixed(1)} s`;
+  const head = `round ${String(r.round).padStart(3)} ${r.phase.padEnd(15)}: ${cuts}; ${r.writes.acked} writes acked, ${r.strict ? 'every acknowledged' : 'every flushed/FUA'} write checked on both, ${r.seconds.toFixed(1)} s`;
   return [head, ...r.notes.map((n) => `    ${n}`), ...r.problems.map((p) => `    PROBLEM: ${p}`)].join('\n');
 }
 
 /** The end-of-run summary: rounds, cuts by phase (one node, both, the witness), writes checked, problems. */
-export function powerSummary(results: readonly PowerRoundResult[], ledger: WriteLedger): string {
-  const byPhase = new Map<string, { one: number; both: number; witness: number; missed: number }>();
+export function powerSummary(results: readonly PowerRoundResult[]): string {
+  const byPhase = new Map<string, { one: number; both: number; witness: number; witnessAndNode: number; missed: number }>();
   for (const k of results.flatMap((r) => r.cuts)) {
-    const e = byPhase.get(k.phase) ?? { one: 0, both: 0, witness: 0, missed: 0 };
-    if (k.targets.includes('w')) e.witness++;
+    const e = byPhase.get(k.phase) ?? { one: 0, both: 0, witness: 0, witnessAndNode: 0, missed: 0 };
+    if (k.targets.includes('w')) k.targets.length > 1 ? e.witnessAndNode++ : e.witness++;
     else if (k.targets.length === 2) e.both++;
     else e.one++;
     if (!k.hit) e.missed++;
     byPhase.set(k.phase, e);
   }
-  const phases = [...byPhase].map(([p, e]) => `${p} ${e.one + e.both + e.witness} (one ${e.one}, both ${e.both}${e.witness ? `, witness ${e.witness}` : ''}${e.missed ? `, missed ${e.missed}` : ''})`);
-  const t = ledger.totals;
+  const phases = [...byPhase].map(([p, e]) => {
+    const parts = [`one node ${e.one}`, `both ${e.both}`, ...(e.witness + e.witnessAndNode > 0 ? [`witness ${e.witness}`, `witness + node ${e.witnessAndNode}`] : []), ...(e.missed > 0 ? [`MISSED ${e.missed}`] : [])];
+    return `${p} ${e.one + e.both + e.witness + e.witnessAndNode} (${parts.join(', ')})`;
+  });
+  const w = results.reduce((t, r) => ({ acked: t.acked + r.writes.acked, fua: t.fua + r.writes.fua, durableByFlush: t.durableByFlush + r.writes.durableByFlush, flushes: t.flushes + r.writes.flushes }), { acked: 0, fua: 0, durableByFlush: 0, flushes: 0 });
   const problems = results.reduce((n, r) => n + r.problems.length, 0);
   return [
-    `# power chaos: ${results.length} rounds, ${results.reduce((n, r) => n + r.cuts.length, 0)} cuts (strict rounds ${results.filter((r) => r.strict).length})`,
+    `# power chaos: ${results.length} rounds, ${results.reduce((n, r) => n + r.cuts.length, 0)} cuts; ${results.filter((r) => r.strict).length} rounds kept one node up (every acknowledged write checked), the others every flushed/FUA write`,
     `# cuts by phase: ${phases.join('; ')}`,
-    `# writes: ${t.acked} acknowledged (${t.fua} FUA, ${t.durableByFlush} made durable by ${t.flushes} FLUSHes), all checked on both nodes after each recovery`,
+    `# writes checked on both nodes after recovery: ${w.acked} acknowledged (${w.fua} with FUA, ${w.durableByFlush} made durable by ${w.flushes} FLUSHes)`,
     `# problems: ${problems}`,
   ].join('\n');
 }
