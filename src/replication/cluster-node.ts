@@ -461,7 +461,11 @@ export class ClusterNode {
    * Graceful stop, first step: tell the peer this node is leaving, so it goes on writing alone
    * without asking the witness (DRBD's "last man standing"). Resolves once the frame is sent.
    */
-  leave(): Promise<void> {
+  async leave(): Promise<void> {
+    // Only a node that holds no witness grant may let its peer go on without asking (quorum.ts giveBack).
+    if (!(await this.quorum.giveBack())) {
+      return this.log.warn('stopping without telling the peer it is leaving: the witness grant held here could not be given back, so the peer asks the witness as after a failure');
+    }
     return new Promise((resolve) => {
       if (!this.link.send(PeerMsg.LEAVING, 0n)) return resolve();
       this.link.afterSend(() => this.link.drain(resolve));
