@@ -1,9 +1,10 @@
 // Chaos soak for manual runs: the CI chaos tests' rounds, as many as you like. Exits 1 if any
 // round failed.
 //   npm run soak [-- --rounds 100] [--seed N] [--witness]      kill -9 rounds (test/support/chaos.ts)
-//   npm run soak -- --power [--rounds 100] [--seed N] [--phase NAME]
-//     power cuts aimed at phases, disk errors too (test/support/power-chaos.ts), the phases in
-//     turn (or only NAME); prints each round and a summary (cuts by phase, writes checked, problems).
+//   npm run soak -- --power [--rounds 100] [--seed N] [--phase NAME] [--disk-errors P]
+//     power cuts aimed at phases (test/support/power-chaos.ts), the phases in turn (or only NAME);
+//     with chance P (default 0.25) a round also gets a disk error at a random moment. Prints each
+//     round and a summary (cuts by phase, writes checked, problems).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { chaosRound, formatRound, seededRandom, startChaosCluster, stopChaosClus
 import { formatPowerRound, PHASES, powerRound, powerSummary, startPowerCluster, stopPowerCluster, type PowerRoundResult } from '../../test/support/power-chaos.js';
 
 const { values: opts } = parseArgs({
-  options: { rounds: { type: 'string', default: '50' }, seed: { type: 'string' }, witness: { type: 'boolean', default: false }, power: { type: 'boolean', default: false }, phase: { type: 'string' } },
+  options: { rounds: { type: 'string', default: '50' }, seed: { type: 'string' }, witness: { type: 'boolean', default: false }, power: { type: 'boolean', default: false }, phase: { type: 'string' }, 'disk-errors': { type: 'string', default: '0.25' } },
 });
 const rounds = Number(opts.rounds);
 const seed = Number(opts.seed ?? Date.now() % 100_000);
@@ -48,7 +49,7 @@ async function powerRounds(dir: string): Promise<number> {
   const results: PowerRoundResult[] = [];
   try {
     for (let round = 1; round <= rounds; round++) {
-      const r = await powerRound(cluster, round, phases[(round - 1) % phases.length]!, rnd);
+      const r = await powerRound(cluster, round, phases[(round - 1) % phases.length]!, rnd, Number(opts['disk-errors']));
       console.log(formatPowerRound(r));
       results.push(r);
       if (r.problems.length > 0) {

@@ -73,4 +73,36 @@ describe.skipIf(missingTools('fusermount3').length > 0)('power cuts after which 
     const [fa, fb] = [readFileSync(join(c.disks.a.mountpoint, 'vol0.img')), readFileSync(join(c.disks.b.mountpoint, 'vol0.img'))];
     expect(fa.equals(fb)).toBe(true);
   }, 120_000);
+
+  // power-disk-errors.test.ts (a read EIO on b during a verify round, then a cut of b): b held
+  // zeros where a write acknowledged before its disk failed belonged. The write was stored on b,
+  // unflushed; a FLUSH after the failure was answered "done" by b's detached disk, so a dropped
+  // the write from its transfer log; b lost power: no log or bit named the write any more.
+  it('regression detached-disk-flush: a failed disk never answers a flush as done', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-bothcut-'));
+    dirs.push(dir);
+    const c = (cluster = await startPowerCluster(dir));
+    const client = await NbdClient.connect({ port: c.ports.nbdA, exportName: 'vol0' });
+    await client.write(0, Buffer.alloc(4 * KiB, 0x11)); // stored on both, flushed nowhere
+    // b's disk fails a read: b Failed, a holds the only good copy.
+    const b = c.nodes.b!;
+    const loaded = () => b.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
+    const before = loaded();
+    writeFileSync(c.faults.b, JSON.stringify({ rules: [{ op: 'read', errno: 'EIO' }] }));
+    b.proc.kill('SIGUSR2');
+    await until(() => loaded() > before, 10_000);
+    const cb = await NbdClient.connect({ port: c.ports.nbdB, exportName: 'vol0' });
+    await cb.read(1024 * KiB, 4 * KiB); // served by a; b's disk goes Failed
+    cb.close();
+    await until(async () => (await volumeStatus(c.ports.adminA)).peerDiskFailed, 10_000);
+    await client.flush();
+    client.close();
+    await powerCut(c, ['b'], () => 'all');
+    await restartDown(c);
+    await untilHealthy(c);
+    const v = await verifyVolume(c.ports.adminA);
+    expect(v.outOfSyncBytes).toBe(0);
+    const [fa, fb] = [readFileSync(join(c.disks.a.mountpoint, 'vol0.img')), readFileSync(join(c.disks.b.mountpoint, 'vol0.img'))];
+    expect(fa.equals(fb)).toBe(true);
+  }, 120_000);
 });

@@ -312,7 +312,7 @@ async function peerDown(x: RoundContext, gone: Node, how: 'cut' | 'stop', bytes:
   else await gracefulStop(x, gone);
   return reached(async () => {
     const v = await vol(x.c, other(gone));
-    return v !== null && v.connection !== 'Connected' && v.outOfSyncBytes >= bytes;
+    return v !== null && v.connection !== 'Connected' && (v.outOfSyncBytes >= bytes || v.disk === 'Failed');
   }, 30_000);
 }
 
@@ -325,7 +325,7 @@ async function resyncAt(x: RoundContext, n: Node, fraction: number, checksum: bo
     const r = v?.resync ?? null;
     if (r && r.totalBytes > 0 && (checksum === null || r.checksum === checksum) && r.doneBytes >= fraction * r.totalBytes) seen = r;
     // Over: the resync ended (or never needed to run) before the point we aimed at.
-    const over = v !== null && v.connection === 'Connected' && v.resync === null && v.disk === 'UpToDate';
+    const over = (v !== null && v.connection === 'Connected' && v.resync === null && v.disk === 'UpToDate') || v?.disk === 'Failed';
     return seen !== null || over;
   }, 30_000);
   return seen;
@@ -376,9 +376,11 @@ export const PHASES: readonly Phase[] = [
       const on = pick(x.rnd, ['a', 'b'] as const);
       await postAction({ addr: { host: '127.0.0.1', port: adminPort(x.c, on) } }, '/verify', { volume: 'vol0' });
       const at = MiB / 2 + Math.floor(x.rnd() * 6 * MiB);
-      const hit = await reached(async () => {
+      let hit = false;
+      await reached(async () => {
         const v = (await vol(x.c, on))?.verify;
-        return v?.running === true && v.doneBytes >= at;
+        hit = v?.running === true && v.doneBytes >= at;
+        return hit || v?.running === false; // there, or the verify ended first
       }, 30_000);
       const both = x.rnd() < 0.4;
       await cut(x, 'verify', hit, both ? ['a', 'b'] : [pick(x.rnd, ['a', 'b'] as const)]);
@@ -429,41 +431,77 @@ export const PHASES: readonly Phase[] = [
     async run(x) {
       const bad = pick(x.rnd, ['a', 'b'] as const);
       await afterWrites(x, 20 + Math.floor(x.rnd() * 200));
-      const kind = pick(x.rnd, [
-        { op: 'write', errno: 'EIO' },
-        { op: 'write', errno: 'ENOSPC' },
-        { op: 'read', errno: 'EIO' },
-      ] as const);
-      const offset = Math.floor(x.rnd() * 56) * MiB;
-      const rule = { ...kind, offset, length: '8M' };
-      const node = x.c.nodes[bad]!;
-      const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
-      const before = loaded();
-      writeFileSync(x.c.faults[bad], JSON.stringify({ seed: Math.floor(x.rnd() * 2 ** 32), rules: [rule] }));
-      node.proc.kill('SIGUSR2');
-      await until(() => loaded() > before, 10_000);
-      // Reads through the bad node over the faulty range (the writers only write).
-      const reader = await NbdClient.connect({ port: nbdPort(x.c, bad), exportName: 'vol0' });
-      let readErrors = 0;
-      const failed = await reached(async () => {
-        await reader.read(offset, 64 * 1024).catch(() => readErrors++);
-        const [v, p] = [await vol(x.c, bad), await vol(x.c, other(bad))];
-        return v?.disk === 'Failed' && p?.peerDiskFailed === true;
-      }, 15_000);
-      reader.close();
+      const rule = await injectDiskError(x.c, bad, x.rnd);
+      const { failed, readErrors } = await untilFailed(x.c, bad, rule.offset, 15_000);
       if (readErrors > 0) x.problems.push(`disk-error: ${readErrors} reads through ${bad} failed although its peer serves them`);
       if (!failed) x.problems.push(`disk-error: ${JSON.stringify(rule)} on ${bad}: status never showed its disk Failed and the peer serving`);
       // The peer's service: clients keep writing through both nodes.
       const errorsBefore = x.load.errors;
       if (!(await afterWrites(x, 30, 15_000))) x.problems.push(`disk-error: clients stalled after ${bad}'s disk failed`);
       if (x.load.errors > errorsBefore) x.problems.push(`disk-error: ${x.load.errors - errorsBefore} client writes failed after ${bad}'s disk failed`);
-      x.notes.push(`disk error: ${kind.op} ${kind.errno} at ${offset / MiB} MiB on ${bad}: Failed and served by the peer: ${failed}`);
+      x.notes.push(`disk error: ${rule.op} ${rule.errno} at ${rule.offset / MiB} MiB on ${bad}: Failed and served by the peer: ${failed}`);
       const r = x.rnd();
       if (r < 0.25) return; // no cut: the recovery restarts the failed node with its faults cleared
       await cut(x, 'disk-error', failed, r < 0.5 ? [bad] : r < 0.75 ? [other(bad)] : ['a', 'b']);
     },
   },
 ];
+
+type DiskErrorRule = { op: 'read' | 'write'; errno: 'EIO' | 'ENOSPC'; offset: number; length: string };
+
+/** Node `bad`'s disk starts failing (the test-only fault layer, re-read on SIGUSR2): EIO on reads or writes, or ENOSPC on writes, over 8 MiB. */
+async function injectDiskError(c: PowerCluster, bad: Node, rnd: () => number): Promise<DiskErrorRule> {
+  const kind = pick(rnd, [
+    { op: 'write', errno: 'EIO' },
+    { op: 'write', errno: 'ENOSPC' },
+    { op: 'read', errno: 'EIO' },
+  ] as const);
+  const rule = { ...kind, offset: Math.floor(rnd() * 56) * MiB, length: '8M' };
+  const node = c.nodes[bad];
+  if (!node) throw new Error(`node ${bad} is down`);
+  const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
+  const before = loaded();
+  writeFileSync(c.faults[bad], JSON.stringify({ seed: Math.floor(rnd() * 2 ** 32), rules: [rule] }));
+  node.proc.kill('SIGUSR2');
+  await until(() => loaded() > before, 10_000);
+  return rule;
+}
+
+/** Reads through `bad` over the faulty range (the writers only write) until its status shows the disk Failed and the peer serving. */
+async function untilFailed(c: PowerCluster, bad: Node, offset: number, ms: number): Promise<{ failed: boolean; readErrors: number }> {
+  const reader = await NbdClient.connect({ port: nbdPort(c, bad), exportName: 'vol0' });
+  let readErrors = 0;
+  try {
+    const failed = await reached(async () => {
+      await reader.read(offset, 64 * 1024).catch(() => readErrors++);
+      const [v, p] = [await vol(c, bad), await vol(c, other(bad))];
+      return v?.disk === 'Failed' && p?.peerDiskFailed === true;
+    }, ms);
+    return { failed, readErrors };
+  } finally {
+    reader.close();
+  }
+}
+
+/**
+ * A disk error at a random moment of another phase's round: the phase goes on around it (and may
+ * cut the failing node). Whatever happens, the round's checks hold; the note says what was seen.
+ */
+async function diskErrorDuring(x: RoundContext, rnd: () => number, done: { now: boolean }): Promise<void> {
+  const start = x.load.acked;
+  const after = 5 + Math.floor(rnd() * 60);
+  await reached(() => done.now || x.load.acked >= start + after, 30_000);
+  const up = (['a', 'b'] as const).filter((n) => x.c.nodes[n]);
+  if (done.now || up.length === 0) return void x.notes.push('disk error: not injected (the phase was over first, or both nodes were down)');
+  const bad = pick(rnd, up);
+  try {
+    const rule = await injectDiskError(x.c, bad, rnd);
+    const { failed } = await untilFailed(x.c, bad, rule.offset, 5_000);
+    x.notes.push(`disk error during the phase: ${rule.op} ${rule.errno} at ${rule.offset / MiB} MiB on ${bad} after ${after} writes: disk Failed and peer serving seen: ${failed}`);
+  } catch (err) {
+    x.notes.push(`disk error: not injected on ${bad}: ${(err as Error).message} (the node went down meanwhile)`);
+  }
+}
 
 export interface PowerRoundResult {
   round: number;
@@ -477,16 +515,26 @@ export interface PowerRoundResult {
   seconds: number;
 }
 
-/** One round aimed at `phase`. Problems are returned (and counted), not thrown, so the soak goes on. */
-export async function powerRound(c: PowerCluster, round: number, phase: Phase, rnd: () => number): Promise<PowerRoundResult> {
+/**
+ * One round aimed at `phase`. `diskErrors`: the chance (0–1) that a disk error also strikes a
+ * random node at a random moment of the round (other phases than disk-error). Problems are
+ * returned (and counted), not thrown, so the soak goes on.
+ */
+export async function powerRound(c: PowerCluster, round: number, phase: Phase, rnd: () => number, diskErrors = 0): Promise<PowerRoundResult> {
   const t0 = Date.now();
   const before = { ...c.ledger.totals };
   const x: RoundContext = { c, rnd, load: new Load(c, seededRandom(Math.floor(rnd() * 2 ** 32))), down: new Set(), cuts: [], notes: [], problems: [] };
+  // Its own generator too: it draws while the phase does.
+  const errorRnd = seededRandom(Math.floor(rnd() * 2 ** 32));
+  const phaseDone = { now: false };
+  const diskError = phase.name !== 'disk-error' && rnd() < diskErrors ? diskErrorDuring(x, errorRnd, phaseDone) : undefined;
   try {
     await phase.run(x);
   } catch (err) {
     x.problems.push(`phase ${phase.name}: ${(err as Error).message}`);
   } finally {
+    phaseDone.now = true;
+    await diskError;
     await x.load.end();
   }
   checkAlive(x);
