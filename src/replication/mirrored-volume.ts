@@ -250,6 +250,7 @@ export class MirroredVolume implements Volume {
     this.ctx.peerDiskFailed = true;
     this.ctx.log.warn({ reason }, 'the peer\'s copy failed: this node holds the only good copy and tracks every change for it');
     this.startTracking();
+    this.writes.peerDiskless();
   }
 
   /**

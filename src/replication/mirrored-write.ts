@@ -380,6 +380,19 @@ export class WritePath {
     }
   }
 
+  /**
+   * The peer's disk failed: what it stored and never made durable may be gone from it for good
+   * (its flushes reach no disk now), so it is marked out of sync here at once, before this node's
+   * activity log can let go of it (found by the power-cut chaos: both nodes cut after the failure).
+   */
+  peerDiskless(): void {
+    for (const c of this.notDurableOnPeer) {
+      const [first, count] = this.ctx.grains(c.offset, c.length);
+      this.ctx.meta.markDirty(first, count, () => undefined);
+    }
+    this.durableOnPeer(this.storedSeq);
+  }
+
   /** The peer made every change up to `seq` durable. */
   private durableOnPeer(seq: number): void {
     let n = 0;

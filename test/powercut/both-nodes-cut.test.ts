@@ -105,4 +105,35 @@ describe.skipIf(missingTools('fusermount3').length > 0)('power cuts after which 
     const [fa, fb] = [readFileSync(join(c.disks.a.mountpoint, 'vol0.img')), readFileSync(join(c.disks.b.mountpoint, 'vol0.img'))];
     expect(fa.equals(fb)).toBe(true);
   }, 120_000);
+
+  // Soak seed 3003, round 64 (disk-error, then both cut): 12 KiB differed. A write stored on b,
+  // unflushed, before b's disk failed; a's extent for it then left a's log (the flush of both
+  // copies "succeeds" with a diskless peer) and only a's transfer log (memory) still named it.
+  it('regression peer-disk-failed-transfer-log: writes the failed peer never made durable are marked out of sync at once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-bothcut-'));
+    dirs.push(dir);
+    const c = (cluster = await startPowerCluster(dir, { activityLog: { extent: 64 * KiB, extents: 2 } }));
+    const client = await NbdClient.connect({ port: c.ports.nbdA, exportName: 'vol0' });
+    await client.write(0, Buffer.alloc(4 * KiB, 0x11)); // stored on both, flushed nowhere
+    const b = c.nodes.b!;
+    const loaded = () => b.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
+    const before = loaded();
+    writeFileSync(c.faults.b, JSON.stringify({ rules: [{ op: 'read', errno: 'EIO' }] }));
+    b.proc.kill('SIGUSR2');
+    await until(() => loaded() > before, 10_000);
+    const cb = await NbdClient.connect({ port: c.ports.nbdB, exportName: 'vol0' });
+    await cb.read(1024 * KiB, 4 * KiB); // served by a; b's disk goes Failed
+    cb.close();
+    await until(async () => (await volumeStatus(c.ports.adminA)).peerDiskFailed, 10_000);
+    // Three more extents through a: the first one leaves a's log.
+    for (let e = 1; e < 4; e++) await client.write(e * 64 * KiB, Buffer.alloc(4 * KiB, 0x11 + e));
+    client.close();
+    await powerCut(c, ['a', 'b'], () => 'all');
+    await restartDown(c);
+    await untilHealthy(c);
+    const v = await verifyVolume(c.ports.adminA);
+    expect(v.outOfSyncBytes).toBe(0);
+    const [fa, fb] = [readFileSync(join(c.disks.a.mountpoint, 'vol0.img')), readFileSync(join(c.disks.b.mountpoint, 'vol0.img'))];
+    expect(fa.equals(fb)).toBe(true);
+  }, 120_000);
 });
