@@ -138,7 +138,7 @@ async function reached(cond: () => boolean | Promise<boolean>, ms: number): Prom
 }
 
 /** Starts what is down, with disk faults cleared: the witness first, then the nodes. */
-export async function restartDown(c: PowerCluster): Promise<void> {
+async function restartDown(c: PowerCluster): Promise<void> {
   c.witness ??= await startWitnessProcess(c.witnessState, [], c.witnessPort);
   for (const n of ['a', 'b'] as const) {
     writeFileSync(c.faults[n], JSON.stringify({ rules: [] }));
@@ -146,7 +146,7 @@ export async function restartDown(c: PowerCluster): Promise<void> {
   }
 }
 
-export async function untilHealthy(c: PowerCluster, ms = 90_000): Promise<void> {
+async function untilHealthy(c: PowerCluster, ms = 90_000): Promise<void> {
   let last: unknown;
   const ok = await reached(async () => {
     const s = [await vol(c, 'a'), await vol(c, 'b')];
@@ -255,7 +255,7 @@ interface RoundContext {
 }
 
 /** Power cut of `targets` at once: kill -9 of each, then its unsynced data dropped (`how`), its disk back. Says what was dropped. */
-export async function powerCut(c: PowerCluster, targets: readonly Target[], how: (t: Target) => 'all' | { torn: number }): Promise<string> {
+async function powerCut(c: PowerCluster, targets: readonly Target[], how: (t: Target) => 'all' | { torn: number }): Promise<string> {
   await Promise.all(targets.map((t) => (t === 'w' ? c.witness : c.nodes[t])?.stop('SIGKILL')));
   const dropped: string[] = [];
   for (const t of targets) {
@@ -457,14 +457,29 @@ async function injectDiskError(c: PowerCluster, bad: Node, rnd: () => number): P
     { op: 'read', errno: 'EIO' },
   ] as const);
   const rule = { ...kind, offset: Math.floor(rnd() * 56) * MiB, length: '8M' };
-  const node = c.nodes[bad];
-  if (!node) throw new Error(`node ${bad} is down`);
+  await loadFaults(c, bad, { seed: Math.floor(rnd() * 2 ** 32), rules: [rule] });
+  return rule;
+}
+
+/** Node `n`'s fault rules become `spec` (docs/CONFIG.md, test-only fault injection): written, SIGUSR2, loaded. */
+export async function loadFaults(c: PowerCluster, n: Node, spec: unknown): Promise<void> {
+  const node = c.nodes[n];
+  if (!node) throw new Error(`node ${n} is down`);
   const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
   const before = loaded();
-  writeFileSync(c.faults[bad], JSON.stringify({ seed: Math.floor(rnd() * 2 ** 32), rules: [rule] }));
+  writeFileSync(c.faults[n], JSON.stringify(spec));
   node.proc.kill('SIGUSR2');
   await until(() => loaded() > before, 10_000);
-  return rule;
+}
+
+/** Power cut of `targets` (all unsynced data dropped), restart, recovery: then the copies must match (verify, byte compare). */
+export async function cutAndCompare(c: PowerCluster, targets: readonly Target[]): Promise<{ outOfSyncBytes: number; identical: boolean }> {
+  await powerCut(c, targets, () => 'all');
+  await restartDown(c);
+  await untilHealthy(c);
+  const v = await verifyVolume(c.ports.adminA);
+  const identical = readFileSync(join(c.disks.a.mountpoint, 'vol0.img')).equals(readFileSync(join(c.disks.b.mountpoint, 'vol0.img')));
+  return { outOfSyncBytes: v.outOfSyncBytes, identical };
 }
 
 /** Reads through `bad` over the faulty range (the writers only write) until its status shows the disk Failed and the peer serving. */
