@@ -15,6 +15,7 @@
 //
 // Phases are entries of PHASES: adding one (pool allocation, import) is one more entry.
 import { readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fetchStatus, postAction } from '../../src/admin/admin-client.js';
 import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
@@ -22,7 +23,7 @@ import { CHAOS_AL, seededRandom, verifyVolume } from './chaos.js';
 import { pairPorts, until, witnessGrants, type PairPorts } from './cluster.js';
 import { NbdClient } from './nbd-client.js';
 import { mountPowerCut, type PowerCutMount } from './powercut.js';
-import { freePort, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
+import { freePort, startClusterNode, startedLogs, startWitnessProcess, type RunningServer } from './processes.js';
 import { WriteLedger } from './write-ledger.js';
 
 export { seededRandom };
@@ -569,7 +570,17 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
   } catch (err) {
     x.problems.push(`recovery: ${(err as Error).message}`);
   }
+  if (x.problems.length > 0) x.notes.push(`node logs of this round: ${keepLogs(round, t0)}`);
   return { round, phase: phase.name, cuts: x.cuts, strict, writes: delta(before, c.ledger.totals), notes: x.notes, problems: x.problems, seconds: (Date.now() - t0) / 1000 };
+}
+
+/** Writes the log lines every node and witness process logged since `since` to a file that is kept; returns its path. */
+function keepLogs(round: number, since: number): string {
+  const path = join(tmpdir(), `nbd-mirror-power-round-${round}-${since}.log`);
+  const lines = startedLogs.flatMap((p) => p.logs.filter((l) => typeof l.time === 'number' && l.time >= since).map((l) => ({ process: p.args.slice(0, 5).join(' '), ...l })));
+  lines.sort((x, y) => (x.time as number) - (y.time as number));
+  writeFileSync(path, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
+  return path;
 }
 
 function delta(before: WriteLedger['totals'], after: WriteLedger['totals']): PowerRoundResult['writes'] {
