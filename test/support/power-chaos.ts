@@ -577,7 +577,7 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
 /** Writes the log lines every node and witness process logged since `since` to a file that is kept; returns its path. */
 function keepLogs(round: number, since: number): string {
   const path = join(tmpdir(), `nbd-mirror-power-round-${round}-${since}.log`);
-  const lines = startedLogs.flatMap((p) => p.logs.filter((l) => typeof l.time === 'number' && l.time >= since).map((l) => ({ process: p.args.slice(0, 5).join(' '), ...l })));
+  const lines = startedLogs.flatMap((p) => p.logs.filter((l) => typeof l.time === 'number' && l.time >= since).map((l): Record<string, unknown> => ({ process: p.args.slice(0, 5).join(' '), ...l })));
   lines.sort((x, y) => (x.time as number) - (y.time as number));
   writeFileSync(path, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
   return path;
