@@ -54,6 +54,8 @@ export interface PowerCluster {
   readonly witnessPort: number;
   readonly witnessState: string;
   readonly faults: Record<Node, string>;
+  /** Nodes running with fault rules loaded: restarted (rules cleared) before the round's checks. */
+  readonly faulty: Set<Node>;
   nodes: Record<Node, RunningServer | null>;
   witness: RunningServer | null;
   readonly disks: Record<Target, Disk>;
@@ -96,6 +98,7 @@ export async function startPowerCluster(dir: string, opts: { activityLog?: { ext
     witnessPort,
     witnessState: join(disks.w.mountpoint, 'witness.json'),
     faults,
+    faulty: new Set(),
     nodes: { a: null, b: null },
     witness: null,
     disks,
@@ -138,13 +141,16 @@ async function reached(cond: () => boolean | Promise<boolean>, ms: number): Prom
   }
 }
 
-/** Starts what is down, with disk faults cleared: the witness first, then the nodes. */
+/** Starts node `n` on its disk, its fault rules cleared (a failed disk comes back repaired). */
+async function startNode(c: PowerCluster, n: Node): Promise<RunningServer> {
+  writeFileSync(c.faults[n], JSON.stringify({ rules: [] }));
+  return (c.nodes[n] = await startClusterNode(c.config, n, ['--test-faults', c.faults[n]]));
+}
+
+/** Starts what is down: the witness first, then the nodes. */
 async function restartDown(c: PowerCluster): Promise<void> {
   c.witness ??= await startWitnessProcess(c.witnessState, [], c.witnessPort);
-  for (const n of ['a', 'b'] as const) {
-    writeFileSync(c.faults[n], JSON.stringify({ rules: [] }));
-    c.nodes[n] ??= await startClusterNode(c.config, n, ['--test-faults', c.faults[n]]);
-  }
+  for (const n of ['a', 'b'] as const) if (!c.nodes[n]) await startNode(c, n);
 }
 
 async function untilHealthy(c: PowerCluster, ms = 90_000): Promise<void> {
@@ -319,7 +325,7 @@ async function peerDown(x: RoundContext, gone: Node, how: 'cut' | 'stop', bytes:
 
 /** Restarts `n` and waits for the resync it starts; resolves the resync seen at `fraction` of it, or null if it ended first. */
 async function resyncAt(x: RoundContext, n: Node, fraction: number, checksum: boolean | null): Promise<VolumeStatus['resync']> {
-  x.c.nodes[n] = await startClusterNode(x.c.config, n, ['--test-faults', x.c.faults[n]]);
+  await startNode(x.c, n);
   let seen: VolumeStatus['resync'] = null;
   await reached(async () => {
     const v = await vol(x.c, n);
@@ -466,6 +472,7 @@ async function injectDiskError(c: PowerCluster, bad: Node, rnd: () => number): P
 export async function loadFaults(c: PowerCluster, n: Node, spec: unknown): Promise<void> {
   const node = c.nodes[n];
   if (!node) throw new Error(`node ${n} is down`);
+  c.faulty.add(n);
   const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
   const before = loaded();
   writeFileSync(c.faults[n], JSON.stringify(spec));
@@ -554,14 +561,16 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
     await x.load.end();
   }
   checkAlive(x);
-  // A node whose disk failed is restarted on its disk with the faults cleared (the disk replaced).
+  // A node whose disk failed, or may fail (its rules still loaded), is restarted on its disk
+  // with the rules cleared (the disk repaired).
   for (const n of ['a', 'b'] as const) {
-    if ((await vol(c, n))?.disk === 'Failed') {
+    if (c.nodes[n] && (c.faulty.has(n) || (await vol(c, n))?.disk === 'Failed')) {
       await c.nodes[n]!.stop('SIGKILL');
       c.nodes[n] = null;
       x.down.add(n);
     }
   }
+  c.faulty.clear();
   const strict = x.down.size <= 1;
   try {
     await restartDown(c);
