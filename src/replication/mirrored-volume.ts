@@ -75,7 +75,6 @@ type Running = { role: 'source'; run: ResyncRun; source: ResyncSource } | { role
 
 export class MirroredVolume implements Volume {
   readonly size: number;
-  readonly volumeIndex: number;
   readonly capabilities: VolumeCapabilities;
   /** The declared replication and disk states (replication-state.ts). */
   readonly state: VolumeState;
@@ -102,7 +101,6 @@ export class MirroredVolume implements Volume {
 
   constructor(o: MirroredVolumeOptions) {
     this.size = o.local.size;
-    this.volumeIndex = o.volumeIndex;
     // FAST_ZERO is offered as the local volume offers it; see zero().
     this.capabilities = o.local.capabilities;
     this.ctx = new MirrorContext({
@@ -153,6 +151,21 @@ export class MirroredVolume implements Volume {
       [PeerMsg.DISK_FAILED]: (_h, b) => this.markPeerDiskFailed(`the peer's disk failed (${statusErrno(b.readUInt32BE(0))})`),
     });
     this.state.setReplication('Connecting', 'started');
+  }
+
+  /** Index of the volume on the wire (mirror-context.ts). */
+  get volumeIndex(): number {
+    return this.ctx.index;
+  }
+
+  /** Numbers the volume for a new link (cluster-node.ts, at each connection: sorted names). */
+  renumber(index: number): void {
+    this.ctx.renumber(index);
+  }
+
+  /** Gives back the hot-path memory of its digest lists: the volume is deleted or reopened (after stopped()). */
+  release(): void {
+    this.ctx.compare.release();
   }
 
   /** Hot-path memory a mirrored volume needs besides its bitmap. */

@@ -193,6 +193,9 @@ export class MirroredWrite {
     this.step = 'Mirroring';
     this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
     this.path.sent(this);
+    // The body names the volume by its wire index as of now: a change that waited across a new
+    // link (volumes renumbered after some were created or deleted online) carries the new one.
+    (Buffer.isBuffer(this.frame) ? this.frame : this.frame[0]!).writeUInt32BE(ctx.index, 0);
     ctx.peer.send(this.type, this.entry.id, this.frame);
     // The peer's copy goes out first: its round trip then overlaps with the local write.
     ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
