@@ -278,7 +278,7 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   const body = await fetchStatus(adminTarget(opts).addr);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
-  const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
+  const lines = [`node ${body.node}  peer link ${body.peer}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';

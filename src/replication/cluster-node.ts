@@ -46,6 +46,8 @@ export interface NodeStatus {
   node: string;
   /** The node's quorum gate: state, why, whether a witness is configured and its grant held here. */
   quorum: QuorumDescription;
+  /** The peer link's state (volume changes need Connected: volume-ops.ts). */
+  peer: LinkState;
   /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
   link: LinkCounters;
   volumes: Record<string, VolumeStatus>;
@@ -551,7 +553,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**

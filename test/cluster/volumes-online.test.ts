@@ -1,0 +1,154 @@
+// Volumes created, grown and deleted online, with real node processes and real clients: the
+// command line (`nbd-mirror volume …`, authenticated through the config's admin token) asks one
+// node; both change. A created volume is served and mirrored at once (qemu-io writes on a, reads
+// on b), grows with its data kept (nbdinfo sees the new size on both), survives a restart of
+// both nodes, and its deletion removes the export and the files on both. Clients hold a volume
+// back from resize and delete unless --force drops them.
+import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fetchStatus } from '../../src/admin/admin-client.js';
+import { keygen } from '../../src/security/keygen.js';
+import { pairPorts, until, writePairConfig, type PairPorts } from '../support/cluster.js';
+import { run } from '../support/fixture.js';
+import { NbdClient } from '../support/nbd-client.js';
+import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
+import { missingTools } from '../support/tools.js';
+
+const MiB = 2 ** 20;
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cliPath, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr });
+    });
+  });
+}
+
+const missing = missingTools('qemu-io', 'nbdinfo');
+
+describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-volumes-online-'));
+  const running: RunningServer[] = [];
+  let p: PairPorts;
+  let config: string;
+  let a: RunningServer;
+  let b: RunningServer;
+  const volume = (node: 'a' | 'b', verb: string, name: string, ...rest: string[]) => cli(['volume', verb, name, '--config', config, '--node', node, ...rest]);
+  const uri = (node: 'a' | 'b', name: string) => `nbd://127.0.0.1:${node === 'a' ? p.nbdA : p.nbdB}/${name}`;
+  const state = async (node: 'a' | 'b', name: string) => (await fetchStatus({ host: '127.0.0.1', port: node === 'a' ? p.adminA : p.adminB })).volumes[name];
+  const mirrored = async (name: string) => {
+    for (const node of ['a', 'b'] as const) {
+      const v = await state(node, name);
+      if (v?.connection !== 'Connected' || v.replication !== 'Connected' || v.disk !== 'UpToDate') return false;
+    }
+    return true;
+  };
+  const start = async () => {
+    a = await startClusterNode(config, 'a');
+    b = await startClusterNode(config, 'b');
+    running.push(a, b);
+    await until(() => mirrored('vol0'));
+  };
+
+  beforeAll(async () => {
+    p = await pairPorts();
+    keygen(dir, 'refuse');
+    config = writePairConfig(join(dir, 'cluster.json'), p, '16M', p.peerB, { security: { adminToken: 'admin.token' } });
+    await start();
+  });
+  afterAll(async () => {
+    for (const r of running) await r.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('creates a volume through node a: served and mirrored at once on both nodes', async () => {
+    const res = await volume('a', 'create', 'vol1', '--size', '32M');
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stdout).toMatch(/create volume vol1 with 33554432 bytes: done on b and a/);
+    await until(() => mirrored('vol1'));
+    await run('qemu-io', ['-f', 'raw', uri('a', 'vol1'), '-c', 'write -P 0xab 0 1M', '-c', 'write -P 0xcd 31M 1M']);
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xcd 31M 1M', '-c', 'read -P 0 1M 30M']);
+    for (const node of ['a', 'b'] as const) {
+      expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(32 * MiB));
+      expect(JSON.parse(readFileSync(join(dir, node, 'volumes.json'), 'utf8')).volumes).toEqual({ vol0: { size: 16 * MiB, checksumResync: false }, vol1: { size: 32 * MiB, checksumResync: false } });
+    }
+    // The text status shows it too.
+    expect((await cli(['status', '--config', config, '--node', 'b'])).stdout).toMatch(/vol1: Connected UpToDate/);
+  });
+
+  it('refuses a second create of the name, a resize of a missing volume, a shrink, and changes nothing', async () => {
+    const again = await volume('b', 'create', 'vol1', '--size', '64M');
+    expect(again.code).not.toBe(0);
+    expect(again.stderr).toMatch(/volume vol1 exists on b/);
+    const missingOne = await volume('a', 'resize', 'nope', '--size', '64M');
+    expect(missingOne.stderr).toMatch(/no volume nope on a/);
+    const shrink = await volume('a', 'resize', 'vol1', '--size', '16M');
+    expect(shrink.stderr).toMatch(/volumes only grow: vol1 is 33554432 bytes, 16777216 asked/);
+    for (const node of ['a', 'b'] as const) expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(32 * MiB));
+    expect(await mirrored('vol1')).toBe(true);
+  });
+
+  it('grows a volume through node b: both nodes serve the new size, the data is kept, the new range mirrors', async () => {
+    // A connected client holds it back; --force drops it (it would see the new size on reconnecting).
+    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol1' });
+    const dropped = once(client.socket, 'close');
+    const held = await volume('b', 'resize', 'vol1', '--size', '64M');
+    expect(held.code).not.toBe(0);
+    expect(held.stderr).toMatch(/a refused: 1 NBD client is connected to vol1 on a: disconnect it first, or give --force/);
+    expect((await run('nbdinfo', ['--size', uri('b', 'vol1')])).trim()).toBe(String(32 * MiB));
+    const res = await volume('b', 'resize', 'vol1', '--size', '64M', '--force');
+    expect(res.code, res.stderr).toBe(0);
+    await dropped;
+    await until(() => mirrored('vol1'));
+    for (const node of ['a', 'b'] as const) expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(64 * MiB));
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xcd 31M 1M', '-c', 'read -P 0 32M 32M', '-c', 'write -P 0xef 60M 1M']);
+    await run('qemu-io', ['-f', 'raw', uri('a', 'vol1'), '-c', 'read -P 0xef 60M 1M', '-c', 'read -P 0xab 0 1M']);
+    expect(readFileSync(join(dir, 'a', 'vol1.meta')).length).toBeGreaterThan(4096 + (64 * MiB) / 4096 / 8 - 1);
+  });
+
+  it('keeps the volumes across a restart of both nodes, with their data', async () => {
+    await Promise.all([a.stop(), b.stop()]);
+    await start();
+    await until(() => mirrored('vol1'));
+    for (const node of ['a', 'b'] as const) expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(64 * MiB));
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xef 60M 1M']);
+    // A full link resync never ran for it: it was in sync from its creation on.
+    expect((await state('a', 'vol1'))!.resyncedBytesTotal).toBe(0);
+  });
+
+  it('deletes a volume through node a: the export and the files are gone on both nodes; a config volume stays deleted', async () => {
+    const client = await NbdClient.connect({ port: p.nbdB, exportName: 'vol1' });
+    const held = await volume('a', 'delete', 'vol1');
+    expect(held.stderr).toMatch(/1 NBD client is connected to vol1 on b/);
+    await client.close();
+    // The node sees the client go a moment later: retried (each try a process, bounded by until).
+    await until(async () => (await volume('a', 'delete', 'vol1')).code === 0);
+    for (const node of ['a', 'b'] as const) {
+      await expect(run('nbdinfo', ['--size', uri(node, 'vol1')])).rejects.toThrow();
+      expect(existsSync(join(dir, node, 'vol1.img'))).toBe(false);
+      expect(existsSync(join(dir, node, 'vol1.meta'))).toBe(false);
+      expect(await state(node, 'vol1')).toBeUndefined();
+    }
+    // vol0 comes from the config: deleted online, it stays deleted after a restart.
+    expect((await volume('b', 'delete', 'vol0')).code).toBe(0);
+    await Promise.all([a.stop(), b.stop()]);
+    a = await startClusterNode(config, 'a');
+    b = await startClusterNode(config, 'b');
+    running.push(a, b);
+    for (const node of ['a', 'b'] as const) {
+      expect(JSON.parse(readFileSync(join(dir, node, 'volumes.json'), 'utf8'))).toEqual({ version: 1, volumes: {}, deleted: ['vol0'] });
+      expect((await fetchStatus({ host: '127.0.0.1', port: node === 'a' ? p.adminA : p.adminB })).volumes).toEqual({});
+    }
+    expect(a.logs.some((l) => l.msg === 'volume config and volumes file differ' && l.volume === 'vol0')).toBe(true);
+    // And it can be created again, empty, once both are linked.
+    await until(async () => (await fetchStatus({ host: '127.0.0.1', port: p.adminA })).peer === 'Connected');
+    const again = await volume('a', 'create', 'vol0', '--size', '8M');
+    expect(again.code, again.stderr).toBe(0);
+    await until(() => mirrored('vol0'));
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol0'), '-c', 'read -P 0 0 8M']);
+  });
+});
