@@ -136,6 +136,12 @@ export class ClusterNode {
   /** Volumes changed online (volume-ops.ts). */
   readonly volumeOps: VolumeOps;
   private served: ServedExports | undefined;
+  /**
+   * What is left of the config's `online` room until the next start: volume bytes that may be
+   * created or grown, and volumes that may be created (a deletion gives its share back: its
+   * memory is reused).
+   */
+  private readonly room: { bytes: number; volumes: number };
 
   constructor(
     private readonly config: ClusterConfig,
@@ -169,6 +175,7 @@ export class ClusterNode {
     // online until the next start (config `online`): one bitmap of the whole capacity, and the
     // overhead and digest lists of each volume that may come.
     const onlineSlots = config.online.volumes;
+    this.room = { bytes: config.online.capacity, volumes: onlineSlots };
     this.hot = Hotpath.create({
       bitmaps: [...volumeNames.map((v) => VolumeMeta.bitsFor(atStart.volumes.get(v)!.size, GRAIN)), VolumeMeta.bitsFor(config.online.capacity, GRAIN), ...Array<number>(onlineSlots).fill(1)],
       digests: perVolume.digests * (volumeNames.length + onlineSlots),
@@ -616,6 +623,8 @@ export class ClusterNode {
       throw err;
     }
     this.addVolume(v);
+    this.room.bytes -= op.size!;
+    this.room.volumes--;
     if (this.link.state === 'Connected') v.mirror.connected('created online on both nodes');
     this.served?.add(v.name, v.mirror, this.exportDescription(v));
     this.log.info({ volume: op.name, size: op.size, index: v.mirror.volumeIndex }, 'volume created online');
@@ -638,6 +647,7 @@ export class ClusterNode {
     VolumeMeta.grow(this.metaPath(op.name), this.metaIdentity(op.size!), op.size!);
     const grown = this.openVolume(op.name, spec, index);
     this.addVolume(grown);
+    this.room.bytes -= op.size! - oldSize;
     if (this.link.state === 'Connected') grown.mirror.connected(`grown online from ${oldSize} to ${op.size} bytes on both nodes`);
     this.served?.add(grown.name, grown.mirror, this.exportDescription(grown));
     this.log.info({ volume: op.name, from: oldSize, to: op.size }, 'volume resized online');
@@ -651,6 +661,8 @@ export class ClusterNode {
     if (this.configVolumes.has(op.name)) this.recorded.deleted.add(op.name);
     this.commitRecorded();
     this.removeVolumeFiles(op.name);
+    this.room.bytes += v.file.size;
+    this.room.volumes++;
     this.log.info({ volume: op.name, size: v.file.size }, 'volume deleted online: data and metadata removed');
   }
 
@@ -724,7 +736,7 @@ export class ClusterNode {
     const v = this.volumes.find((x) => x.name === op.name);
     if (op.op === 'create') {
       if (v) return `volume ${op.name} exists on ${this.nodeName}`;
-      return this.roomFor(op.size!, true);
+      return this.roomFor(op.size!, op.size!, true);
     }
     if (!v) return `no volume ${op.name} on ${this.nodeName} (volumes: ${this.volumes.map((x) => x.name).sort().join(', ') || 'none'})`;
     if (v.mirror.resync) return `volume ${op.name} is resyncing on ${this.nodeName}: wait until it is done`;
@@ -739,14 +751,18 @@ export class ClusterNode {
     if (v.mirror.replication !== 'Connected' || v.mirror.state.disk !== 'UpToDate') {
       return `volume ${op.name} is ${v.mirror.replication} ${v.mirror.state.disk} on ${this.nodeName}: it grows only while Connected and UpToDate on both nodes`;
     }
-    return this.roomFor(op.size!, false);
+    return this.roomFor(op.size!, op.size! - v.file.size, false);
   }
 
   /**
-   * Is there hot-path memory for the dirty bitmap of a `size`-byte volume (and, new, its digest
-   * lists)? Tried for real and given back, so the answer holds for the change that follows.
+   * Is there room for a `size`-byte volume, `added` bytes more than now: in what the config keeps
+   * for online changes, and in hot-path memory for its dirty bitmap (and, new, its digest lists)
+   * — tried for real and given back, so the answer holds for the change that follows.
    */
-  private roomFor(size: number, newVolume: boolean): string | undefined {
+  private roomFor(size: number, added: number, newVolume: boolean): string | undefined {
+    const { capacity, volumes } = this.config.online;
+    const left = `the config's "online" section keeps ${capacity} bytes and ${volumes} volumes for online changes until the node restarts; left: ${this.room.bytes} bytes, ${this.room.volumes} volumes`;
+    if (added > this.room.bytes || (newVolume && this.room.volumes < 1)) return `no room left on ${this.nodeName} for ${added} more bytes${newVolume ? ' in a new volume' : ''}: ${left}`;
     const held: Array<{ release(): void }> = [];
     try {
       held.push(this.hot.bitmap(VolumeMeta.bitsFor(size, GRAIN)));
@@ -754,7 +770,7 @@ export class ClusterNode {
       return undefined;
     } catch (err) {
       if (!(err instanceof HotpathError)) throw err;
-      return `no room left on ${this.nodeName} for a volume of ${size} bytes: what the config's "online" section (capacity ${this.config.online.capacity} bytes, ${this.config.online.volumes} volumes) keeps for online changes is used up until the node restarts`;
+      return `no room left on ${this.nodeName} in hot-path memory for the bitmap of a volume of ${size} bytes (${left}; a restart makes room afresh)`;
     } finally {
       for (const h of held) h.release();
     }
