@@ -35,9 +35,12 @@ export class HotpathMemory {
     return this.end - this.next + this.freed.reduce((sum, f) => sum + f.size, 0);
   }
 
-  /** Carves `bytes` (rounded up to `alignment`) and returns the offset. */
+  /**
+   * Carves `bytes` at an offset aligned to `alignment` and returns the offset. Regions are whole
+   * 64-byte units, so regions carved one after the other touch, and merge when given back.
+   */
   alloc(bytes: number, alignment = 64): number {
-    const size = align(bytes, 16);
+    const size = align(bytes, 64);
     const reused = this.fromFreed(size, alignment);
     if (reused !== undefined) return reused;
     const at = align(this.next, alignment);

@@ -86,4 +86,31 @@ describe('VolumeMeta', () => {
     writeFileSync(join(dir, 'foreign.meta'), Buffer.alloc(8192, 1));
     expect(() => VolumeMeta.open(join(dir, 'foreign.meta'), id, hot())).toThrow(/not an nbd-mirror metadata file/);
   });
+
+  it('grows a cleanly closed file: bits kept, the new range clear, the log moved; only when closed, only larger', async () => {
+    const small = { ...id, volumeSize: 64 * 2 ** 20 };
+    const path = join(dir, 'grow.meta');
+    const h = Hotpath.create({ bitmaps: [VolumeMeta.bitsFor(small.volumeSize, 4096), VolumeMeta.bitsFor(GiB, 4096)] });
+    const m = VolumeMeta.open(path, small, h);
+    await mark(m, 3, 2);
+    await mark(m, 16383, 1);
+    expect(() => VolumeMeta.grow(path, small, GiB)).toThrow(/not closed cleanly/);
+    m.close();
+    m.bitmap.release();
+    expect(() => VolumeMeta.grow(path, small, 32 * 2 ** 20)).toThrow(/only grow/);
+    expect(() => VolumeMeta.grow(path, { ...small, node: 'b' }, GiB)).toThrow(/another volume or node/);
+    VolumeMeta.grow(path, small, GiB);
+    expect(VolumeMeta.recordedSize(path)).toBe(GiB);
+    expect(() => VolumeMeta.open(path, small, h)).toThrow(MetaError);
+    const big = VolumeMeta.open(path, { ...small, volumeSize: GiB }, h);
+    expect(big.recoveredExtents).toBe(0);
+    expect(big.bitmap.runs()).toEqual([
+      { start: 3, length: 2 },
+      { start: 16383, length: 1 },
+    ]);
+    expect(big.state).toBe(m.state);
+    expect(big.generation).toEqual(m.generation);
+    big.close();
+    expect(VolumeMeta.recordedSize(join(dir, 'none.meta'))).toBeUndefined();
+  });
 });
