@@ -6,7 +6,7 @@
 // back from resize and delete unless --force drops them.
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -118,6 +118,26 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xef 60M 1M']);
     // A full link resync never ran for it: it was in sync from its creation on.
     expect((await state('a', 'vol1'))!.resyncedBytesTotal).toBe(0);
+  });
+
+  it('finishes at start a growth that a crash cut short (its new size recorded, files not grown yet)', async () => {
+    // Both nodes die; each volumes file already says 96M (the first step of a resize), the data
+    // and metadata are still 64M, and the metadata was left open (a crash).
+    await Promise.all([a.stop('SIGKILL'), b.stop('SIGKILL')]);
+    for (const node of ['a', 'b'] as const) {
+      const path = join(dir, node, 'volumes.json');
+      const file = JSON.parse(readFileSync(path, 'utf8'));
+      file.volumes.vol1.size = 96 * MiB;
+      writeFileSync(path, JSON.stringify(file));
+    }
+    await start();
+    await until(() => mirrored('vol1'));
+    for (const node of ['a', 'b'] as const) {
+      expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(96 * MiB));
+      expect(statSync(join(dir, node, 'vol1.img')).size).toBe(96 * MiB);
+    }
+    expect(a.logs.some((l) => l.msg === 'finishing a resize that a stop cut short' && l.volume === 'vol1')).toBe(true);
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xef 60M 1M', '-c', 'read -P 0 64M 32M']);
   });
 
   it('deletes a volume through node a: the export and the files are gone on both nodes; a config volume stays deleted', async () => {
