@@ -434,11 +434,10 @@ export function buildProgram(): Command {
     .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
       process.stdout.write(`${await postAction(adminTarget(opts), '/volume/create', { name, size: String(opts.size) })}\n`);
     });
-  adminOptions(volume.command('resize').description('grow a volume on both nodes (never shrinks); clients see the new size when they next connect').argument('<name>', 'volume name'), volumeAdmin())
+  adminOptions(volume.command('resize').description('grow a volume on both nodes while it is served (never shrinks); connected clients keep their size, new connections see the new one').argument('<name>', 'volume name'), volumeAdmin())
     .requiredOption('--size <size>', 'its new size, larger than now, a multiple of 4K', argParser(parseSize))
-    .option('--force', 'drop the NBD clients connected to it instead of refusing (they reconnect and see the new size)')
-    .action(async (name: string, opts: AdminTargetOptions & { size: number; force?: boolean }) => {
-      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/resize', { name, size: String(opts.size), ...(opts.force ? { force: '1' } : {}) })}\n`);
+    .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/resize', { name, size: String(opts.size) })}\n`);
     });
   adminOptions(volume.command('delete').description('delete a volume on both nodes: no longer served, its data and metadata removed').argument('<name>', 'volume name'), volumeAdmin())
     .option('--force', 'drop the NBD clients connected to it instead of refusing')

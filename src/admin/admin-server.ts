@@ -3,7 +3,7 @@
 // POST /resolve?volume=V&discard=NODE resolves a split brain on the node named to discard;
 // POST /verify?volume=V[&source=NODE] starts an online verify (with source: and repair);
 // POST /stop stops the node gracefully (it tells its peer it is leaving);
-// POST /volume/create?name=V&size=BYTES, /volume/resize?name=V&size=BYTES[&force=1],
+// POST /volume/create?name=V&size=BYTES, /volume/resize?name=V&size=BYTES,
 // /volume/delete?name=V[&force=1] change volumes online, on both nodes (volume-ops.ts).
 // Listens where the cluster config says (`admin`: loopback unless `security.adminPublic`); who
 // may do what is admin-auth.ts. Action parameters are in the query; the JSON body is not used.
@@ -105,7 +105,7 @@ export function startAdminServer(addr: HostPort, actions: AdminActions, log: Log
         });
       }
       res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found: GET /status, GET /metrics, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop, POST /volume/create?name=V&size=BYTES, POST /volume/resize?name=V&size=BYTES[&force=1], POST /volume/delete?name=V[&force=1]\n');
+      res.end('not found: GET /status, GET /metrics, POST /resolve?volume=V&discard=NODE, POST /verify?volume=V[&source=NODE], POST /stop, POST /volume/create?name=V&size=BYTES, POST /volume/resize?name=V&size=BYTES, POST /volume/delete?name=V[&force=1]\n');
     }),
   );
   server.on('error', (err) => log.error({ err }, 'admin endpoint error'));

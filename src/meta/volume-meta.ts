@@ -141,7 +141,8 @@ export class VolumeMeta {
   /** fdatasync calls made for the bitmap (one per batch of markDirty calls). */
   bitmapSyncs = 0;
 
-  readonly activityLog: ActivityLog;
+  /** Replaced when the volume grows online (growOpen). */
+  activityLog: ActivityLog;
   /** Activity-log extents found at open (the previous run did not stop cleanly), now dirty bits. */
   readonly recoveredExtents: number;
 
@@ -149,8 +150,9 @@ export class VolumeMeta {
     readonly path: string,
     private readonly fd: number,
     private sb: Superblock,
-    readonly bitmap: DirtyBitmap,
-    al: ActivityLogConfig,
+    /** Replaced by a larger one when the volume grows online (growOpen). */
+    public bitmap: DirtyBitmap,
+    private readonly al: ActivityLogConfig,
   ) {
     const alAt = SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK;
     const found = readAlRecord(fd, alAt);
@@ -260,6 +262,33 @@ export class VolumeMeta {
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * Grows the metadata of an open volume (an online resize, its I/O paused and drained and its
+   * data flushed): a larger bitmap in hot-path memory with the old bits and clear ones for the
+   * new range, the file laid out for the new size as grow() does, the activity log emptied and
+   * continued behind the longer bitmap; the old bitmap's memory is given back. A crash at any
+   * step opens as the old size or the new one, with an empty log (and, being a crash, a
+   * checksum resync).
+   */
+  growOpen(volumeSize: number, hot: Hotpath): void {
+    if (this.flushing || this.dirtyPages.size > 0) throw new MetaError(`${this.path}: bitmap write-back in progress; flush it before growing`);
+    if (volumeSize <= this.sb.volumeSize) throw new MetaError(`${this.path}: volumes only grow (${this.sb.volumeSize} bytes now, ${volumeSize} asked)`);
+    const bigger = hot.bitmap(VolumeMeta.bitsFor(volumeSize, this.sb.grain));
+    bigger.bytes().set(this.bitmap.bytes());
+    const region = (b: DirtyBitmap) => Math.ceil(b.byteLength / AL_BLOCK) * AL_BLOCK;
+    const old = { log: this.activityLog, bitmap: this.bitmap };
+    old.log.clear();
+    fs.ftruncateSync(this.fd, SUPERBLOCK_SIZE + region(old.bitmap));
+    fs.ftruncateSync(this.fd, SUPERBLOCK_SIZE + region(bigger) + 2 * AL_BLOCK);
+    fs.fsyncSync(this.fd);
+    this.sb = { ...this.sb, volumeSize };
+    this.saveIdentity({});
+    this.activityLog = new ActivityLog({ fd: this.fd, at: SUPERBLOCK_SIZE + region(bigger), extentBytes: this.al.extentBytes, slots: this.al.slots, sequence: old.log.sequenceNow, flushData: this.al.flushData });
+    this.activityLog.updates = old.log.updates;
+    this.bitmap = bigger;
+    old.bitmap.release();
   }
 
   /** The size the metadata at `path` records (to finish a resize a crash cut short), or undefined without a file. */

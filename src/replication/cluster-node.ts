@@ -631,26 +631,21 @@ export class ClusterNode {
   }
 
   /**
-   * A volume grows: its clients (with --force) dropped, closed cleanly, the new size recorded
-   * (from then on a restart finishes the growth: finishInterruptedResize), data and metadata
-   * grown, then opened and served again under the same wire index.
+   * A volume grows while served: the new size recorded first (from then on a restart finishes
+   * the growth: finishInterruptedResize), then the volume grows in place (MirroredVolume.grow:
+   * changes held for a moment, data and metadata grown), then offered at the new size. Its
+   * connected clients keep going with the size they negotiated.
    */
   private async resizeVolume(op: VolumeOp): Promise<void> {
     const v = this.volumes.find((x) => x.name === op.name)!;
-    const index = v.mirror.volumeIndex;
     const oldSize = v.file.size;
-    await this.takeOffline(v, op, 'volume resized online');
-    const spec: VolumeEntry = { size: op.size!, checksumResync: v.checksumAlways };
-    this.recorded.volumes.set(op.name, spec);
+    this.recorded.volumes.set(op.name, { size: op.size!, checksumResync: v.checksumAlways });
     this.commitRecorded();
-    this.store.grow(op.name, op.size!);
-    VolumeMeta.grow(this.metaPath(op.name), this.metaIdentity(op.size!), op.size!);
-    const grown = this.openVolume(op.name, spec, index);
-    this.addVolume(grown);
+    await new Promise<void>((resolve, reject) => v.mirror.grow(op.size!, () => v.file.grow(op.size!), (err) => (err ? reject(err) : resolve())));
     this.room.bytes -= op.size! - oldSize;
-    if (this.link.state === 'Connected') grown.mirror.connected(`grown online from ${oldSize} to ${op.size} bytes on both nodes`);
-    this.served?.add(grown.name, grown.mirror, this.exportDescription(grown));
-    this.log.info({ volume: op.name, from: oldSize, to: op.size }, 'volume resized online');
+    this.served?.remove(v.name);
+    this.served?.add(v.name, v.mirror, this.exportDescription(v));
+    this.log.info({ volume: op.name, from: oldSize, to: op.size, clients: this.served?.clients(v.mirror) ?? 0 }, 'volume resized online');
   }
 
   /** A volume goes: clients (with --force) dropped, closed, its deletion recorded, its data and metadata removed. */
@@ -741,11 +736,11 @@ export class ClusterNode {
     if (!v) return `no volume ${op.name} on ${this.nodeName} (volumes: ${this.volumes.map((x) => x.name).sort().join(', ') || 'none'})`;
     if (v.mirror.resync) return `volume ${op.name} is resyncing on ${this.nodeName}: wait until it is done`;
     if (v.verify?.running) return `a verify of ${op.name} is running on ${this.nodeName}: wait until it is done`;
-    const clients = this.served?.clients(v.mirror) ?? 0;
-    if (clients > 0 && !op.force) {
+    if (op.op === 'delete') {
+      const clients = this.served?.clients(v.mirror) ?? 0;
+      if (clients === 0 || op.force) return undefined;
       return `${clients} NBD client${clients === 1 ? ' is' : 's are'} connected to ${op.name} on ${this.nodeName}: disconnect ${clients === 1 ? 'it' : 'them'} first, or give --force to drop ${clients === 1 ? 'it' : 'them'}`;
     }
-    if (op.op === 'delete') return undefined;
     if (op.size! < v.file.size) return `volumes only grow: ${op.name} is ${v.file.size} bytes, ${op.size} asked (shrinking would cut off data)`;
     if (op.size === v.file.size) return `volume ${op.name} is already ${op.size} bytes`;
     if (v.mirror.replication !== 'Connected' || v.mirror.state.disk !== 'UpToDate') {

@@ -61,7 +61,8 @@ export class MirrorContext {
    * the link's HELLO, or, for a volume created online, the next one then (see renumber).
    */
   index: number;
-  readonly size: number;
+  /** Grows when the volume is resized online (MirroredVolume.grow). */
+  size: number;
   /** Dirty-bitmap grain = digest block size. */
   readonly grain: number;
   readonly hot: Hotpath;

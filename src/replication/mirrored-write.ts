@@ -269,6 +269,11 @@ export class WritePath {
     private readonly ackTimeoutMs: number,
   ) {}
 
+  /** No change waiting for its turn or for the peer's answer (an online resize waits for this). */
+  get idle(): boolean {
+    return this.queued.length === 0 && this.open.size === 0;
+  }
+
   /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
   change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
     this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done));

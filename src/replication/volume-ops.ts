@@ -35,7 +35,7 @@ const opSchema = z
     name: safeName,
     /** create, resize: the size in bytes. */
     size: z.number().optional(),
-    /** resize, delete: drop the volume's NBD clients instead of refusing while it has any. */
+    /** delete: drop the volume's NBD clients instead of refusing while it has any (a resize keeps them). */
     force: z.boolean().default(false),
     /**
      * create: the new volume's generation id, the same on both nodes — both copies start as
@@ -51,6 +51,7 @@ const opSchema = z
       const why = o.size === undefined ? 'missing' : sizeRefusal(o.size);
       if (why) ctx.addIssue({ code: 'custom', path: ['size'], message: why });
     }
+    if (o.force && o.op !== 'delete') ctx.addIssue({ code: 'custom', path: ['force'], message: 'only a delete takes force (a resize keeps its clients connected)' });
     if ((o.op === 'create') !== (o.generation !== undefined)) ctx.addIssue({ code: 'custom', path: ['generation'], message: 'a create, and only a create, carries a generation id' });
   });
 

@@ -2,8 +2,8 @@
 // command line (`nbd-mirror volume …`, authenticated through the config's admin token) asks one
 // node; both change. A created volume is served and mirrored at once (qemu-io writes on a, reads
 // on b), grows with its data kept (nbdinfo sees the new size on both), survives a restart of
-// both nodes, and its deletion removes the export and the files on both. Clients hold a volume
-// back from resize and delete unless --force drops them.
+// both nodes, and its deletion removes the export and the files on both. A resize keeps the
+// clients writing on both nodes; a delete is refused while a volume has clients, unless --force.
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -28,7 +28,7 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
   });
 }
 
-const missing = missingTools('qemu-io', 'nbdinfo');
+const missing = missingTools('qemu-io', 'qemu-img', 'nbdinfo');
 
 describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-volumes-online-'));
@@ -92,22 +92,40 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
     expect(await mirrored('vol1')).toBe(true);
   });
 
-  it('grows a volume through node b: both nodes serve the new size, the data is kept, the new range mirrors', async () => {
-    // A connected client holds it back; --force drops it (it would see the new size on reconnecting).
-    const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol1' });
-    const dropped = once(client.socket, 'close');
-    const held = await volume('b', 'resize', 'vol1', '--size', '64M');
-    expect(held.code).not.toBe(0);
-    expect(held.stderr).toMatch(/a refused: 1 NBD client is connected to vol1 on a: disconnect it first, or give --force/);
-    expect((await run('nbdinfo', ['--size', uri('b', 'vol1')])).trim()).toBe(String(32 * MiB));
-    const res = await volume('b', 'resize', 'vol1', '--size', '64M', '--force');
+  it('grows a volume through node b while clients write on both nodes: they go on, new connections see the new size', async () => {
+    // Clients on both nodes write all along (each its own range, bounded in count); the resize
+    // holds their changes for a moment and lets them go on.
+    const writers = await Promise.all([NbdClient.connect({ port: p.nbdA, exportName: 'vol1' }), NbdClient.connect({ port: p.nbdB, exportName: 'vol1' })]);
+    let writing = true;
+    const writes = writers.map(async (c, i) => {
+      let n = 0;
+      for (; writing && n < 50_000; n++) await c.write((2 + i) * MiB + (n % 64) * 4096, Buffer.alloc(4096, (n + i) & 0xff));
+      return n;
+    });
+    await new Promise((res) => setTimeout(res, 200)); // some writes before the resize (no event to wait for)
+    const res = await volume('b', 'resize', 'vol1', '--size', '64M');
     expect(res.code, res.stderr).toBe(0);
-    await dropped;
+    expect(res.stdout).toMatch(/resize volume vol1 with 67108864 bytes: done on a and b/);
+    // Still connected, still writing; they keep the size they negotiated.
+    const after = await Promise.all(writers.map((c) => c.read(2 * MiB, 4096)));
+    expect(after).toHaveLength(2);
+    expect(writers.every((c) => c.info.size === 32 * MiB)).toBe(true);
+    writing = false;
+    expect(Math.min(...(await Promise.all(writes)))).toBeGreaterThan(0);
+    await Promise.all(writers.map((c) => c.flush()));
+    writers.forEach((c) => c.close());
     await until(() => mirrored('vol1'));
     for (const node of ['a', 'b'] as const) expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(64 * MiB));
+    // The copies are identical, the old data kept, the new range zeroes and mirrored.
+    await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', uri('a', 'vol1'), uri('b', 'vol1')]);
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xcd 31M 1M', '-c', 'read -P 0 32M 32M', '-c', 'write -P 0xef 60M 1M']);
     await run('qemu-io', ['-f', 'raw', uri('a', 'vol1'), '-c', 'read -P 0xef 60M 1M', '-c', 'read -P 0xab 0 1M']);
-    expect(readFileSync(join(dir, 'a', 'vol1.meta')).length).toBeGreaterThan(4096 + (64 * MiB) / 4096 / 8 - 1);
+    for (const node of ['a', 'b'] as const) {
+      expect((await state(node, 'vol1'))!.outOfSyncBytes).toBe(0);
+      // The bitmap covers the new size (one bit per 4 KiB), the activity log behind it.
+      expect(statSync(join(dir, node, 'vol1.meta')).size).toBe(4096 + 4096 + 2 * 4096);
+    }
+    expect(a.logs.some((l) => l.msg === 'volume grown online' && l.volume === 'vol1')).toBe(true);
   });
 
   it('keeps the volumes across a restart of both nodes, with their data', async () => {

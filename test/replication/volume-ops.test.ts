@@ -15,7 +15,8 @@ describe('VOLUME_OP codec', () => {
   it('round-trips a create, a resize and a delete', () => {
     for (const op of [
       { op: 'create', name: 'vm-disk.1', size: 4096 * 10, force: false, generation: gen },
-      { op: 'resize', name: 'v', size: 2 ** 40, force: true },
+      { op: 'resize', name: 'v', size: 2 ** 40, force: false },
+      { op: 'delete', name: 'v', force: true },
       { op: 'delete', name: 'v', force: false },
     ] as VolumeOp[]) {
       expect(decodeVolumeOp(encodeVolumeOp(op))).toEqual(op);
@@ -41,6 +42,7 @@ describe('VOLUME_OP codec', () => {
       { op: 'resize', name: 'v', size: 4096, generation: gen },
       { op: 'resize', name: 'v' },
       { op: 'delete', name: 'v', size: 4096 },
+      { op: 'resize', name: 'v', size: 8192, force: true },
       { op: 'shrink', name: 'v', size: 4096 },
       { op: 'delete', name: 'v', extra: true },
     ];
