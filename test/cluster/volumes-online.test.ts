@@ -5,7 +5,6 @@
 // both nodes, and its deletion removes the export and the files on both. A resize keeps the
 // clients writing on both nodes; a delete is refused while a volume has clients, unless --force.
 import { execFile } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
