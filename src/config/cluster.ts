@@ -131,8 +131,8 @@ const onlineSchema = z
   .strictObject({
     /** Volume bytes that can be added online (created, or grown) before a restart: 32 MiB of memory per 1T. */
     capacity: size.default(1024 ** 4),
-    /** Volumes that can be created online before a restart. */
-    volumes: z.number().int().min(0).max(1024).default(16),
+    /** Volumes that can be created online before a restart (a HELLO lists every volume in at most 64 KiB: a pair holds about 200). */
+    volumes: z.number().int().min(0).max(128).default(16),
   })
   .prefault({});
 

@@ -661,7 +661,7 @@ export class ClusterNode {
     this.log.info({ volume: op.name, size: v.file.size }, 'volume deleted online: data and metadata removed');
   }
 
-  /** No longer served, its clients dropped (--force), unlisted (its wire index a hole), closed, its memory given back. */
+  /** A volume being deleted: no longer served, its clients dropped, unlisted (its wire index a hole), closed, its memory given back. */
   private async takeOffline(v: NodeVolume, op: VolumeOp, reason: string): Promise<void> {
     this.served?.remove(v.name);
     // With --force, its clients; without, any that connected since the check (none new can now).

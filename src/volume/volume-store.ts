@@ -6,12 +6,15 @@
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { removeFileDurably } from '../durable.js';
-import { FileVolume, type IoMode } from './file-volume.js';
+import { FileVolume } from './file-volume.js';
 
 export interface VolumeStore {
   /** Opens the volume's data, creating it (all zeroes) with `size` when it does not exist. */
   open(name: string, size: number): FileVolume;
-  /** Makes a closed volume's data `size` bytes long (larger: the new range reads as zeroes). */
+  /**
+   * Makes a closed volume's data `size` bytes long (larger: the new range reads as zeroes): a
+   * growth a crash cut short, finished at start. An open volume grows itself (FileVolume.grow).
+   */
   grow(name: string, size: number): void;
   /** Removes a closed volume's data for good (durably: it does not come back after a crash). */
   destroy(name: string): void;
@@ -20,17 +23,14 @@ export interface VolumeStore {
 }
 
 export class FileStore implements VolumeStore {
-  constructor(
-    readonly dir: string,
-    private readonly io: IoMode = 'auto',
-  ) {}
+  constructor(readonly dir: string) {}
 
   private path(name: string): string {
     return join(this.dir, `${name}.img`);
   }
 
   open(name: string, size: number): FileVolume {
-    return FileVolume.open(this.path(name), { createSize: size, io: this.io });
+    return FileVolume.open(this.path(name), { createSize: size });
   }
 
   grow(name: string, size: number): void {

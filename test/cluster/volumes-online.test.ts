@@ -157,6 +157,35 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xef 60M 1M', '-c', 'read -P 0 64M 32M']);
   });
 
+  it('a node that missed a create (the link lost in the middle) is repaired through its volumes file, as docs/OPERATIONS.md says', async () => {
+    expect((await volume('a', 'create', 'vol2', '--size', '8M')).code).toBe(0);
+    await run('qemu-io', ['-f', 'raw', uri('a', 'vol2'), '-c', 'write -P 0x5a 0 1M']);
+    // b as if the change never reached it: no entry, no files.
+    await b.stop();
+    const path = join(dir, 'b', 'volumes.json');
+    const recorded = JSON.parse(readFileSync(path, 'utf8'));
+    const entry = recorded.volumes.vol2;
+    delete recorded.volumes.vol2;
+    writeFileSync(path, JSON.stringify(recorded));
+    rmSync(join(dir, 'b', 'vol2.img'));
+    rmSync(join(dir, 'b', 'vol2.meta'));
+    b = await startClusterNode(config, 'b');
+    running.push(b);
+    await until(() => b.logs.some((l) => l.msg === 'refusing the peer link' && /peer has volume "vol2", we do not/.test(String(l.reason))));
+    expect((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).peer).not.toBe('Connected');
+    // The repair: b's file made to match a's for that volume, b started again.
+    await b.stop();
+    recorded.volumes.vol2 = entry;
+    writeFileSync(path, JSON.stringify(recorded));
+    b = await startClusterNode(config, 'b');
+    running.push(b);
+    await until(() => mirrored('vol2'));
+    await until(() => mirrored('vol1'));
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol2'), '-c', 'read -P 0x5a 0 1M', '-c', 'read -P 0 1M 7M']);
+    expect((await state('b', 'vol2'))!.lastResync).toMatchObject({ role: 'target' });
+    expect((await volume('b', 'delete', 'vol2')).code).toBe(0);
+  });
+
   it('deletes a volume through node a: the export and the files are gone on both nodes; a config volume stays deleted', async () => {
     const client = await NbdClient.connect({ port: p.nbdB, exportName: 'vol1' });
     const held = await volume('a', 'delete', 'vol1');
