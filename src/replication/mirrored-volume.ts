@@ -201,6 +201,8 @@ export class MirroredVolume implements Volume {
         if (Date.now() - started > this.drainLimitMs) return resume(new Error(`changes in flight did not finish within ${this.drainLimitMs} ms; not resized`));
         return void setTimeout(whenDrained, 2);
       }
+      // A resync started meanwhile (a new link) walks the old bitmap: not now.
+      if (this.running) return resume(new Error('a resync started; not resized'));
       // The data durable before the activity log is emptied; the bitmap written back before it moves.
       this.ctx.local.flush((err) => {
         if (err) return resume(err);

@@ -5,6 +5,7 @@
 // both nodes, and its deletion removes the export and the files on both. A resize keeps the
 // clients writing on both nodes; a delete is refused while a volume has clients, unless --force.
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -188,11 +189,14 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
 
   it('deletes a volume through node a: the export and the files are gone on both nodes; a config volume stays deleted', async () => {
     const client = await NbdClient.connect({ port: p.nbdB, exportName: 'vol1' });
+    const dropped = once(client.socket, 'close');
     const held = await volume('a', 'delete', 'vol1');
-    expect(held.stderr).toMatch(/1 NBD client is connected to vol1 on b/);
-    await client.close();
-    // The node sees the client go a moment later: retried (each try a process, bounded by until).
-    await until(async () => (await volume('a', 'delete', 'vol1')).code === 0);
+    expect(held.stderr).toMatch(/1 NBD client is connected to vol1 on b: disconnect it first, or give --force to drop it/);
+    expect((await run('nbdinfo', ['--size', uri('a', 'vol1')])).trim()).toBe(String(96 * MiB));
+    // --force drops the client (on b, the node not asked) and deletes.
+    const res = await volume('a', 'delete', 'vol1', '--force');
+    expect(res.code, res.stderr).toBe(0);
+    await dropped;
     for (const node of ['a', 'b'] as const) {
       await expect(run('nbdinfo', ['--size', uri(node, 'vol1')])).rejects.toThrow();
       expect(existsSync(join(dir, node, 'vol1.img'))).toBe(false);
