@@ -9,9 +9,8 @@ import { removeFileDurably } from '../durable.js';
 import { Hotpath, HotpathError } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, newGenerationId, VolumeMeta, type ActivityLogConfig } from '../meta/volume-meta.js';
-import type { FileVolume } from '../volume/file-volume.js';
 import type { Volume } from '../volume/volume.js';
-import { FileStore, type VolumeStore } from '../volume/volume-store.js';
+import { FileStore, type StoredVolume, type VolumeStore } from '../volume/volume-store.js';
 import { VolumeOps, parseVolumeOp, type VolumeOp } from './volume-ops.js';
 import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello, HelloFields } from './hello.js';
@@ -78,7 +77,8 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
-  readonly file: FileVolume;
+  /** Its data, from the node's store. */
+  readonly file: StoredVolume;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
   resyncStarted: number;
@@ -278,7 +278,7 @@ export class ClusterNode {
     const file = this.store.open(name, spec.size);
     if (file.size !== spec.size) {
       void file.close();
-      throw new Error(`${file.path} is ${file.size} bytes, the volume ${spec.size}: it belongs to something else (move it away) or was resized by hand`);
+      throw new Error(`the data of volume ${name} in ${this.dataDir} is ${file.size} bytes, the volume ${spec.size}: it belongs to something else (move it away) or was resized by hand`);
     }
     let meta: VolumeMeta;
     try {

@@ -7,10 +7,17 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { removeFileDurably } from '../durable.js';
 import { FileVolume } from './file-volume.js';
+import type { Volume } from './volume.js';
+
+/** A volume's data as its store hands it out: the Volume interface, and growth while open. */
+export interface StoredVolume extends Volume {
+  /** Grows to `size` bytes while served (the new range reads as zeroes), durably. */
+  grow(size: number): void;
+}
 
 export interface VolumeStore {
   /** Opens the volume's data, creating it (all zeroes) with `size` when it does not exist. */
-  open(name: string, size: number): FileVolume;
+  open(name: string, size: number): StoredVolume;
   /**
    * Makes a closed volume's data `size` bytes long (larger: the new range reads as zeroes): a
    * growth a crash cut short, finished at start. An open volume grows itself (FileVolume.grow).
