@@ -215,7 +215,7 @@ export class MirroredVolume implements Volume {
           } catch (e) {
             return resume(e as Error);
           }
-          this.ctx.log.info({ size }, 'volume grown online');
+          this.ctx.log.info({ size, heldMs: Date.now() - started, heldChanges: held.changes.length, heldFrames: held.frames.length }, 'volume grown online');
           resume(null);
         });
       });

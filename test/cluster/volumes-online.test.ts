@@ -125,7 +125,9 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
       // The bitmap covers the new size (one bit per 4 KiB), the activity log behind it.
       expect(statSync(join(dir, node, 'vol1.meta')).size).toBe(4096 + 4096 + 2 * 4096);
     }
-    expect(a.logs.some((l) => l.msg === 'volume grown online' && l.volume === 'vol1')).toBe(true);
+    const grown = [b, a].map((n) => n.logs.find((l) => l.msg === 'volume grown online' && l.volume === 'vol1')!);
+    console.log(`grown online while writing: held writes ${grown.map((l, i) => `${'ba'[i]} ${l.heldMs} ms (${l.heldChanges} client changes, ${l.heldFrames} peer frames)`).join(', ')}`);
+    expect(grown.every((l) => typeof l.heldMs === 'number')).toBe(true);
   });
 
   it('keeps the volumes across a restart of both nodes, with their data', async () => {
