@@ -591,8 +591,8 @@ export class ClusterNode {
   }
 
   /** Stops mirroring a volume and closes it cleanly (its activity log emptied). */
-  private async closeVolume(v: NodeVolume): Promise<void> {
-    v.mirror.stopped();
+  private async closeVolume(v: NodeVolume, reason?: string): Promise<void> {
+    v.mirror.stopped(reason);
     // The data durable before the activity log is emptied: after that, nothing would resync it.
     await new Promise<void>((res) => v.file.flush(() => res()));
     await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
@@ -615,7 +615,7 @@ export class ClusterNode {
       this.commitRecorded();
     } catch (err) {
       this.recorded.volumes.delete(op.name);
-      void this.closeVolume(v).then(() => {
+      void this.closeVolume(v, 'its creation could not be recorded').then(() => {
         v.meta.bitmap.release();
         v.mirror.release();
         this.removeVolumeFiles(op.name);
@@ -667,7 +667,7 @@ export class ClusterNode {
     // With --force, its clients; without, any that connected since the check (none new can now).
     if (this.served && this.served.clients(v.mirror) > 0) await this.served.disconnect(v.mirror, op.force ? `${reason} (--force)` : reason);
     this.forget(v);
-    await this.closeVolume(v);
+    await this.closeVolume(v, reason);
     v.meta.bitmap.release();
     v.mirror.release();
   }

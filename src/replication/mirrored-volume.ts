@@ -441,9 +441,9 @@ export class MirroredVolume implements Volume {
     if (this.state.replication !== 'StandAlone') this.state.setReplication('Connecting', reason); // not while stopping
   }
 
-  /** The node stops: nothing more is mirrored. */
-  stopped(): void {
-    this.state.setReplication('StandAlone', 'node stopping');
+  /** The node stops, or the volume is deleted: nothing more is mirrored. */
+  stopped(reason = 'node stopping'): void {
+    this.state.setReplication('StandAlone', reason);
   }
 
   /** Progress of a running resync, if any. */
