@@ -176,7 +176,7 @@ export class VolumeOps {
           },
         };
       });
-      port.send(PeerMsg.VOLUME_OP, id, encodeVolumeOp(op));
+      if (!port.send(PeerMsg.VOLUME_OP, id, encodeVolumeOp(op))) this.pending?.failed(new VolumeOpError(`cannot ${what}: the link to ${port.peerName} went down before the change was sent; nothing changed`));
       await done;
       port.log.info({ op: op.op, volume: op.name, size: op.size, force: op.force, peer: port.peerName }, 'volume changed online on both nodes');
       return `${what}: done on ${port.peerName} and ${port.node}`;

@@ -119,6 +119,10 @@ describe('VolumeOps', () => {
 
   it('a lost link or no answer fails the change, saying its outcome on the peer is unknown; a late answer is ignored', async () => {
     const t = pair();
+    const send = t.port.send;
+    t.port.send = () => false; // the link went down between the check and the send
+    await expect(t.ops.request(create('u'))).rejects.toThrow(/went down before the change was sent; nothing changed/);
+    t.port.send = send;
     const lost = t.ops.request(create('v'));
     t.ops.linkLost();
     await expect(lost).rejects.toThrow(/lost before it answered/);
