@@ -334,9 +334,9 @@ export class MirroredVolume implements Volume {
    * The link is gone: writes waiting for the peer become degraded writes, flushes complete
    * locally, resync and verify stop (their bits stay set), reads waiting for the peer fail.
    */
-  peerLost(reason: string, gracefully = false): void {
+  peerLost(reason: string): void {
     this.ctx.peerDiskFailed = false; // told again in the next HELLO
-    this.writes.peerLost(gracefully);
+    this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
     // Resync requests that will never be answered: release what waits on them; bits stay set.
