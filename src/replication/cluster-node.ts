@@ -208,7 +208,7 @@ export class ClusterNode {
         this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
-        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`, leaving);
+        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`);
         this.volumeOps.linkLost();
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.

@@ -421,11 +421,11 @@ export class MirroredVolume implements Volume {
    * The link is gone: writes waiting for the peer become degraded writes, flushes complete
    * locally, resync and verify stop (their bits stay set), reads waiting for the peer fail.
    */
-  peerLost(reason: string, gracefully = false): void {
+  peerLost(reason: string): void {
     // Frames of the lost link held by a resize: never to be answered.
     if (this.held) for (const f of this.held.frames.splice(0)) this.ctx.peer.release(f.body);
     this.ctx.peerDiskFailed = false; // told again in the next HELLO
-    this.writes.peerLost(gracefully);
+    this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
     // Resync requests that will never be answered: release what waits on them; bits stay set.

@@ -371,11 +371,13 @@ export class WritePath {
    * are made durable, then it completes with quorum); flushes waiting for the peer complete
    * locally.
    */
-  peerLost(peerFlushed: boolean): void {
+  peerLost(): void {
     this.awaitingPeer.clear(); // what waited for answers is settled below
     // What the peer may have lost, if it lost power: out of sync here, so the next resync copies
-    // it. A peer that left gracefully made everything it stored durable on its way out.
-    for (const c of peerFlushed ? [] : this.notDurableOnPeer) {
+    // it. A graceful leave is no exception: writes sent before the peer's LEAVING arrived cross it
+    // and reach a peer that may lose power before its closing flush (a few extents resynced after
+    // a planned stop is the price).
+    for (const c of this.notDurableOnPeer) {
       const [first, count] = this.ctx.grains(c.offset, c.length);
       this.ctx.meta.markDirty(first, count, () => undefined);
     }
