@@ -198,8 +198,16 @@ export class VolumeMeta {
    * bitmap comes back as saved.
    */
   static open(path: string, id: MetaIdentity, hot: Hotpath, al: ActivityLogConfig = DEFAULT_ACTIVITY_LOG, created?: { state: DiskState; generation: Generation }): VolumeMeta {
-    const bits = VolumeMeta.bitsFor(id.volumeSize, id.grain);
-    const bitmap = hot.bitmap(bits);
+    const bitmap = hot.bitmap(VolumeMeta.bitsFor(id.volumeSize, id.grain));
+    try {
+      return VolumeMeta.openWith(bitmap, path, id, al, created);
+    } catch (err) {
+      bitmap.release(); // a node that goes on (a volume created online that failed) gets its memory back
+      throw err;
+    }
+  }
+
+  private static openWith(bitmap: DirtyBitmap, path: string, id: MetaIdentity, al: ActivityLogConfig, created?: { state: DiskState; generation: Generation }): VolumeMeta {
     let fd: number;
     let sb: Superblock;
     try {

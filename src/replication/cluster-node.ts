@@ -302,7 +302,7 @@ export class ClusterNode {
       release: (body) => link.release(body),
     };
     const config = this.config;
-    const mirror = new MirroredVolume({
+    const mirror = this.unlessThrows(() => new MirroredVolume({
       local: this.wrapLocal?.(name, file) ?? file,
       meta,
       peer: port,
@@ -316,9 +316,23 @@ export class ClusterNode {
       onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
       quorum: this.quorum,
       ackTimeoutMs: config.link.ackTimeoutMs,
+    }), () => {
+      meta.close();
+      meta.bitmap.release();
+      void file.close();
     });
     const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: spec.checksumResync, verify: null };
     return entry;
+  }
+
+  /** `make()`, or, if it throws, `undo()` then the throw (what a half-opened volume holds is given back). */
+  private unlessThrows<T>(make: () => T, undo: () => void): T {
+    try {
+      return make();
+    } catch (err) {
+      undo();
+      throw err;
+    }
   }
 
   private addVolume(v: NodeVolume): void {
