@@ -125,6 +125,12 @@ describe.skipIf(missing.length > 0)('volume changes refuse hostile input (real p
     const hex = (i: number) => meta.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
     const generation = { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] as [string, string] };
     const filesB = () => readdirSync(join(dir, 'b')).sort();
+    // With its peer gone, b refuses every change: nothing would reach a, and the two would no longer link.
+    for (const path of ['/volume/create?name=v9&size=4096', '/volume/resize?name=vol0&size=33554432', '/volume/delete?name=vol0']) {
+      const res = await request(p.adminB, 'POST', path, { authorization: `Bearer ${token}`, 'content-type': 'application/json' });
+      expect(res.status, path).toBe(409);
+      expect(res.body, path).toMatch(/the link to a is down; volumes are created, resized and deleted only while both nodes are connected/);
+    }
     const before = { files: filesB(), volumes: JSON.stringify((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).volumes.vol0!.disk) };
     const op = (o: Record<string, unknown>) => forged(PeerMsg.VOLUME_OP, Buffer.from(JSON.stringify(o)), { id: 5n });
     const gen = '0123456789abcdef';

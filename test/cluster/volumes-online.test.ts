@@ -76,8 +76,9 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
       expect((await run('nbdinfo', ['--size', uri(node, 'vol1')])).trim()).toBe(String(32 * MiB));
       expect(JSON.parse(readFileSync(join(dir, node, 'volumes.json'), 'utf8')).volumes).toEqual({ vol0: { size: 16 * MiB, checksumResync: false }, vol1: { size: 32 * MiB, checksumResync: false } });
     }
-    // The text status shows it too.
+    // The text status and the metrics show it too.
     expect((await cli(['status', '--config', config, '--node', 'b'])).stdout).toMatch(/vol1: Connected UpToDate/);
+    expect(await (await fetch(`http://127.0.0.1:${p.adminA}/metrics`)).text()).toMatch(/nbd_mirror_volume_disk_state\{volume="vol1",state="UpToDate"\} 1/);
   });
 
   it('refuses a second create of the name, a resize of a missing volume, a shrink, and changes nothing', async () => {
