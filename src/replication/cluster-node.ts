@@ -4,6 +4,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ClusterConfig } from '../config/cluster.js';
+import { formatSize } from '../config/units.js';
 import { readVolumesFile, volumesAtStart, writeVolumesFile, type VolumeEntry } from '../config/volumes-file.js';
 import { removeFileDurably } from '../durable.js';
 import { Hotpath, HotpathError } from '../hotpath/index.js';
@@ -726,7 +727,7 @@ export class ClusterNode {
   }
 
   private exportDescription(v: NodeVolume): string {
-    return `nbd-mirror volume ${v.name} (${v.file.size} bytes), node ${this.nodeName}`;
+    return `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${this.nodeName}`;
   }
 
   /** `nbd-mirror volume create|resize|delete` (the admin endpoint): on both nodes, or refused. */
