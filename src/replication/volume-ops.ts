@@ -14,6 +14,7 @@
 // `refusal`, answered with a refusal and no change.
 import { z } from 'zod';
 import { MAX_VOLUME_SIZE, name as safeName, VOLUME_ALIGN } from '../config/cluster.js';
+import { formatSize } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { MAX_VOLUME_OP } from './peer-frames.js';
@@ -227,5 +228,5 @@ export class VolumeOps {
 
 function describe(op: VolumeOp): string {
   if (op.op === 'delete') return `delete volume ${op.name}${op.force ? ' (--force)' : ''}`;
-  return `${op.op} volume ${op.name} with ${op.size} bytes${op.force ? ' (--force)' : ''}`;
+  return `${op.op === 'create' ? 'create' : 'grow'} volume ${op.name} to ${formatSize(op.size!)} (${op.size} bytes)`;
 }

@@ -68,7 +68,7 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
   it('creates a volume through node a: served and mirrored at once on both nodes', async () => {
     const res = await volume('a', 'create', 'vol1', '--size', '32M');
     expect(res.code, res.stderr).toBe(0);
-    expect(res.stdout).toMatch(/create volume vol1 with 33554432 bytes: done on b and a/);
+    expect(res.stdout).toMatch(/create volume vol1 to 32 MiB \(33554432 bytes\): done on b and a/);
     await until(() => mirrored('vol1'));
     await run('qemu-io', ['-f', 'raw', uri('a', 'vol1'), '-c', 'write -P 0xab 0 1M', '-c', 'write -P 0xcd 31M 1M']);
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xcd 31M 1M', '-c', 'read -P 0 1M 30M']);
@@ -106,7 +106,7 @@ describe.skipIf(missing.length > 0)('volumes online (real processes)', () => {
     await new Promise((res) => setTimeout(res, 200)); // some writes before the resize (no event to wait for)
     const res = await volume('b', 'resize', 'vol1', '--size', '64M');
     expect(res.code, res.stderr).toBe(0);
-    expect(res.stdout).toMatch(/resize volume vol1 with 67108864 bytes: done on a and b/);
+    expect(res.stdout).toMatch(/grow volume vol1 to 64 MiB \(67108864 bytes\): done on a and b/);
     // Still connected, still writing; they keep the size they negotiated.
     const after = await Promise.all(writers.map((c) => c.read(2 * MiB, 4096)));
     expect(after).toHaveLength(2);
