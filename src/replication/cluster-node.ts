@@ -29,6 +29,8 @@ import { readClusterKey } from '../security/cluster-keys.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
+/** Volume indices one link can number (the top 16 bits of a frame id). */
+const MAX_WIRE_INDEX = 2 ** 16;
 
 export interface VerifyStatus extends VerifyReport {
   running: boolean;
@@ -746,6 +748,8 @@ export class ClusterNode {
     const v = this.volumes.find((x) => x.name === op.name);
     if (op.op === 'create') {
       if (v) return `volume ${op.name} exists on ${this.nodeName}`;
+      // Wire indices are 16 bits, and a link never reuses one (a deleted volume's late frames).
+      if (this.byIndex.length >= MAX_WIRE_INDEX) return `${this.byIndex.length} volumes were created or numbered on this link: it must reconnect (nbd-mirror stop and start one node) before more`;
       return this.roomFor(op.size!, op.size!, true);
     }
     if (!v) return `no volume ${op.name} on ${this.nodeName} (volumes: ${this.volumes.map((x) => x.name).sort().join(', ') || 'none'})`;
