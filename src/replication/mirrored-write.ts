@@ -193,6 +193,9 @@ export class MirroredWrite {
     this.step = 'Mirroring';
     this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
     this.path.sent(this);
+    // The body names the volume by its wire index as of now: a change that waited across a new
+    // link (volumes renumbered after some were created or deleted online) carries the new one.
+    (Buffer.isBuffer(this.frame) ? this.frame : this.frame[0]!).writeUInt32BE(ctx.index, 0);
     ctx.peer.send(this.type, this.entry.id, this.frame);
     // The peer's copy goes out first: its round trip then overlaps with the local write.
     ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
@@ -265,6 +268,11 @@ export class WritePath {
     readonly alone: AlonePolicy,
     private readonly ackTimeoutMs: number,
   ) {}
+
+  /** No change waiting for its turn or for the peer's answer (an online resize waits for this). */
+  get idle(): boolean {
+    return this.queued.length === 0 && this.open.size === 0;
+  }
 
   /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
   change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
