@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import { encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
-import { PeerTls } from '../../src/replication/peer-tls.js';
+import { PeerPsk } from '../../src/replication/peer-tls.js';
 import { dataFile, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { memoryOf } from '../support/raw-nbd.js';
@@ -45,7 +45,7 @@ describe.each([
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-rogue-'));
   const secret = randomBytes(32);
   /** The cluster's peer-link key; undefined on a plain link. */
-  const key = secured ? PeerTls.fromSecret(secret) : undefined;
+  const key = secured ? PeerPsk.fromSecret(secret) : undefined;
   const security = secured ? { security: { clusterSecret: 'cluster.secret' } } : {};
   const running: RunningServer[] = [];
   afterAll(async () => {
