@@ -343,7 +343,7 @@ export class PeerLink {
     s.once('error', (err) => {
       if (this.socket !== s) {
         // Reached, but no key agreed: the operator must hear of it (a retry comes every 250 ms).
-        if (secure && connected) this.logLimited(this.o.peer.host, TLS_FAILED, { peer: to, reason: secure.failure(err) });
+        if (secure && connected) this.logTlsFailure(this.o.peer.host, secure.failure(err), { peer: to });
         else this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
         s.destroy();
         this.scheduleDial();
@@ -412,7 +412,7 @@ export class PeerLink {
       if (this.handshakes.get(accepted) !== timer) return void t?.destroy(); // timed out, or the link stopped
       clearTimeout(timer);
       this.handshakes.delete(accepted);
-      if (err || !t) return this.logRefusal(address, from, secure.failure(err ?? new Error('no socket')), TLS_FAILED);
+      if (err || !t) return this.logTlsFailure(address, secure.failure(err ?? new Error('no socket')), { from });
       receiveFromStream(t, this.receiveSink(() => t));
       this.addCandidate(t, from, address, deadline);
     });
@@ -685,6 +685,15 @@ export class PeerLink {
 
   private logRefusal(address: string, from: string, reason: string, message = 'refused a peer-link connection'): void {
     this.logLimited(address, message, { from, reason });
+  }
+
+  /**
+   * A failed TLS handshake, limited per address *and reason*: the reasons are a fixed set
+   * (OpenSSL's codes, a certificate of the cluster CA naming another node), so an operator who
+   * changes a node's keys sees the new reason at once, and nobody can vary it to flood the log.
+   */
+  private logTlsFailure(address: string, reason: string, fields: Record<string, unknown>): void {
+    this.logLimited(`${address} ${reason}`, TLS_FAILED, { ...fields, reason });
   }
 
   /**
