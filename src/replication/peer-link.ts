@@ -322,13 +322,9 @@ export class PeerLink {
     const sink = this.receiveSink(() => dialed);
     const secure = this.o.tls;
     let s: net.Socket;
-    if (secure) {
-      s = dialed = secure.connect(to);
-      receiveFromStream(s, sink);
-    } else {
-      s = dialed = net.connect({ ...to, onread: onReadOptions(sink) });
-      s.resume(); // flowing, so the peer's hang-up is seen as 'end'
-    }
+    // TLS or not, reads go into one reused buffer or straight into a frame body's (onread).
+    s = dialed = secure ? secure.connect({ ...to, onread: onReadOptions(sink) }) : net.connect({ ...to, onread: onReadOptions(sink) });
+    s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
     // then 32 s apart) would decide when its return is noticed. With TLS the handshake is
     // inside the same limit: a peer that takes the connection and stalls the handshake is dead too.

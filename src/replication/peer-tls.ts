@@ -21,11 +21,16 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { acceptTls } from '../security/tls-accept.js';
 
-/** Where the dialer connects (the peer's address, from this node's). */
+/** Where the dialer connects (the peer's address, from this node's), and where what it reads goes. */
 export interface PeerDial {
   host: string;
   port: number;
   localAddress?: string;
+  /**
+   * Decrypted bytes into buffers the link gives (net.Socket's `onread`, which tls.connect takes
+   * too): frame bodies land straight in their slots, and no Buffer is made per TLS record.
+   */
+  onread?: net.OnReadOpts;
 }
 
 /**
