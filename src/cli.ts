@@ -144,8 +144,14 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
   const node = new ClusterNode(config, opts.node, configDir, 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
   faults?.start();
   const registry = new ExportRegistry();
-  for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
   const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts), tls);
+  // Volumes created online are served at once; deleted ones stop being offered.
+  node.serveOn({
+    add: (name, volume, description) => void registry.add(name, volume, description),
+    remove: (name) => registry.remove(name),
+    clients: (volume) => server.clientsOf(volume).length,
+    disconnect: (volume, reason) => server.disconnect(volume, reason),
+  });
   const admin = await startAdminServer(
     self!.admin,
     {
@@ -156,6 +162,7 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
         return node.discardLocalChanges(volume);
       },
       verify: (volume, source) => node.startVerify(volume, source),
+      volume: (fields) => node.changeVolume(fields),
       stop: () => {
         setImmediate(() => process.kill(process.pid, 'SIGTERM'));
         return `node ${opts.node} is stopping: it tells ${node.peerName} it is leaving, finishes requests in flight and exits`;
@@ -271,7 +278,7 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   const body = await fetchStatus(adminTarget(opts).addr);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
-  const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
+  const lines = [`node ${body.node}  peer link ${body.peer}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
@@ -431,6 +438,24 @@ export function buildProgram(): Command {
       const a = server.address() as { address: string; port: number };
       log.info({ address: a.address, port: a.port, state: resolve(opts.state), clusters: secrets ? [...secrets.keys()] : 'any' }, 'listening');
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
+    });
+
+  const volume = program.command('volume').description('create, grow or delete a volume online, on both nodes (docs/OPERATIONS.md)');
+  const volumeAdmin = () => new Option('--admin <host:port>', 'the admin address of either node (it applies the change on its peer, then on itself)');
+  adminOptions(volume.command('create').description('create a volume on both nodes and serve it at once (both nodes must be connected)').argument('<name>', 'volume name (1-64 letters, digits, ".", "_", "-")'), volumeAdmin())
+    .requiredOption('--size <size>', 'its size, a multiple of 4K (e.g. 10G)', argParser(parseSize))
+    .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/create', { name, size: String(opts.size) })}\n`);
+    });
+  adminOptions(volume.command('resize').description('grow a volume on both nodes while it is served (never shrinks); connected clients keep their size, new connections see the new one').argument('<name>', 'volume name'), volumeAdmin())
+    .requiredOption('--size <size>', 'its new size, larger than now, a multiple of 4K', argParser(parseSize))
+    .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/resize', { name, size: String(opts.size) })}\n`);
+    });
+  adminOptions(volume.command('delete').description('delete a volume on both nodes: no longer served, its data and metadata removed').argument('<name>', 'volume name'), volumeAdmin())
+    .option('--force', 'drop the NBD clients connected to it instead of refusing')
+    .action(async (name: string, opts: AdminTargetOptions & { force?: boolean }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/delete', { name, ...(opts.force ? { force: '1' } : {}) })}\n`);
     });
 
   adminOptions(program.command('status').description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress"), new Option('--admin <host:port>', "the node's admin address"))
