@@ -149,6 +149,8 @@ export class PeerLink {
   private lastSeen = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private retry: NodeJS.Timeout | undefined;
+  /** The dialer's connection until it becomes the link (or fails): stop() ends it, unlogged. */
+  private dialing: net.Socket | undefined;
   private backoffMs = 100;
   /** Frames queued this turn of the event loop (see send). */
   private outbox: Buffer[] = [];
@@ -308,6 +310,7 @@ export class PeerLink {
     for (const s of [...this.candidates.keys()]) this.endCandidate(s);
     for (const [s, timer] of this.handshakes) (clearTimeout(timer), s.destroy());
     this.handshakes.clear();
+    this.dialing?.destroy();
     this.drop('link stopped', false);
     this.server?.close();
   }
@@ -323,7 +326,7 @@ export class PeerLink {
     const secure = this.o.tls;
     let s: net.Socket;
     // TLS or not, reads go into one reused buffer or straight into a frame body's (onread).
-    s = dialed = secure ? secure.connect({ ...to, onread: onReadOptions(sink) }) : net.connect({ ...to, onread: onReadOptions(sink) });
+    s = dialed = this.dialing = secure ? secure.connect({ ...to, onread: onReadOptions(sink) }) : net.connect({ ...to, onread: onReadOptions(sink) });
     s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
     // then 32 s apart) would decide when its return is noticed. With TLS the handshake is
@@ -335,8 +338,12 @@ export class PeerLink {
       clearTimeout(connectLimit);
       this.adoptDialed(s);
     });
-    s.once('close', () => clearTimeout(connectLimit));
+    s.once('close', () => {
+      clearTimeout(connectLimit);
+      if (this.dialing === s) this.dialing = undefined;
+    });
     s.once('error', (err) => {
+      if (this.stopped) return void s.destroy(); // a dial the stop cut short: nothing to tell
       if (this.socket !== s) {
         // Reached, but no key agreed: the operator must hear of it (a retry comes every 250 ms).
         if (secure && connected) this.logTlsFailure(this.o.peer.host, secure.failure(err), { peer: to });
@@ -356,6 +363,7 @@ export class PeerLink {
 
   /** The dialer's connection is up: it becomes the link and sends its HELLO first. */
   private adoptDialed(s: net.Socket): void {
+    this.dialing = undefined;
     if (this.stopped) return void s.destroy();
     this.socket = s;
     this.decoder = this.decoderFor(s);
