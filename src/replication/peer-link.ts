@@ -108,6 +108,9 @@ const REFUSAL_LOG_MS = 60_000;
 /** Source addresses (with the message logged for them) remembered for rate-limiting refusal logs. */
 const REFUSAL_LOG_ADDRESSES = 1024;
 const TLS_FAILED = 'peer-link TLS handshake failed';
+const DAY_MS = 86_400_000;
+/** A node certificate closer than this to its end date is reported at every start. */
+const EXPIRY_WARNING_DAYS = 30;
 
 /** An accepted connection whose HELLO has not been accepted yet. */
 interface Candidate {
@@ -219,7 +222,10 @@ export class PeerLink {
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
     if (!this.o.tls) this.o.log.warn("the peer link is neither authenticated nor encrypted: any process on the peer's host can link, and mirrored data crosses the network in clear (set security.clusterSecret or security.peerCertificates, docs/SECURITY.md)");
-    else this.o.log.info({ auth: this.o.tls.kind }, 'the peer link is authenticated and encrypted');
+    else this.o.log.info({ auth: this.o.tls.kind, expires: this.o.tls.expires }, 'the peer link is authenticated and encrypted');
+    // An expired certificate ends the link at the next reconnect: say so while there is time.
+    const left = this.o.tls?.expires && (this.o.tls.expires.getTime() - Date.now()) / DAY_MS;
+    if (left !== undefined && left < EXPIRY_WARNING_DAYS) this.o.log.warn({ expires: this.o.tls!.expires, daysLeft: Math.floor(left) }, "this node's peer-link certificate expires soon: make a new one (docs/SECURITY.md, rotating certificates)");
     this.server = net.createServer({ pauseOnConnect: true }, (accepted) => void this.accept(accepted));
     const addr = await new Promise<HostPort>((resolve, reject) => {
       this.server!.once('error', reject);

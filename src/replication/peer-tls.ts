@@ -42,6 +42,8 @@ export interface PeerDial {
 export interface PeerTls {
   /** What authenticates the link, for the log ("TLS-PSK", "mutual x509"). */
   readonly kind: string;
+  /** When this node's credentials stop working (a certificate's end date); none for a key. */
+  readonly expires?: Date;
   /** Dials; 'secureConnect' says the peer proved who it is. */
   connect(to: PeerDial): tls.TLSSocket;
   /** Runs the server side on an accepted socket; `done` once, with the socket only if the dialer proved who it is. */

@@ -48,6 +48,7 @@ const CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY
 /** Both ends of mutual-x509 peer-link connections, for one node and its one peer. */
 export class PeerX509 implements PeerTls {
   readonly kind = 'mutual x509 (security.peerCertificates)';
+  readonly expires: Date;
   private readonly options: tls.SecureContextOptions;
   private readonly context: tls.SecureContext;
 
@@ -55,6 +56,7 @@ export class PeerX509 implements PeerTls {
   constructor(files: PeerCertificates, private readonly peerName: string) {
     this.options = { ca: files.ca, cert: files.cert, key: files.key, minVersion: 'TLSv1.3', ciphers: CIPHERS };
     this.context = tls.createSecureContext(this.options);
+    this.expires = new Date(new X509Certificate(files.cert).validTo);
   }
 
   /**

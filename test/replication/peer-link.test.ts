@@ -387,6 +387,24 @@ describe('mutual x509', () => {
     }
   });
 
+  it('a certificate close to its end date is reported at start, with the days left', async () => {
+    records.length = 0;
+    const soon = await issueCertificate(ca, { node: 'a', hosts: [] }, 10);
+    const link = new PeerLink({ tls: new PeerX509({ ca: Buffer.from(ca.cert), cert: Buffer.from(soon.cert), key: Buffer.from(soon.key) }, 'b'), hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: 1 }, peerName: 'b', log });
+    cleanups.push(() => link.stop());
+    await link.start();
+    const warned = messages("this node's peer-link certificate expires soon: make a new one (docs/SECURITY.md, rotating certificates)");
+    expect(warned).toHaveLength(1);
+    expect(warned[0]!.daysLeft).toBe(9); // 10 days from its making, less the moments since
+    // A certificate of 5 years (keygen's): only the info line, with its end date.
+    records.length = 0;
+    const far = new PeerLink({ tls: x509.a!, hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: 1 }, peerName: 'b', log });
+    cleanups.push(() => far.stop());
+    await far.start();
+    expect(messages('the peer link is authenticated and encrypted')[0]!.expires).toBe(x509.a!.expires.toISOString());
+    expect(records.filter((r) => String(r.msg).includes('expires soon'))).toEqual([]);
+  });
+
   it('a client with no certificate gets no byte of a frame and is refused; the live link stays', async () => {
     const { a, b, bPort, events } = await pair({ aTls: x509.a!, bTls: x509.b! });
     await until(() => a.state === 'Connected' && b.state === 'Connected');
