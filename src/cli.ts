@@ -395,20 +395,33 @@ export function buildProgram(): Command {
 
   program
     .command('keygen')
-    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests), mode 0600')
+    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests, peer-link TLS-PSK), mode 0600; with --ca also a CA and one certificate per node')
     .requiredOption('--dir <dir>', 'where to write them (created if missing)')
-    .option('--force', 'replace key files that exist (nodes and the witness then need the new ones)')
-    .action((opts: { dir: string; force?: boolean }) => {
+    .option('--ca', 'also a CA (DIR/ca) and a certificate per node of --config (DIR/certs/NODE: ca-cert.pem, server-cert.pem, server-key.pem) for the peer link and NBD TLS')
+    .option('--config <file>', 'the cluster config whose nodes get certificates (with --ca)')
+    .option('--force', 'replace files that exist (nodes and the witness then need the new ones)')
+    .action(async (opts: { dir: string; ca?: boolean; config?: string; force?: boolean }) => {
+      if (opts.ca && opts.config === undefined) throw new InvalidArgumentError('--ca needs --config FILE: the nodes to make certificates for');
+      const dir = resolve(opts.dir);
       const existing: ExistingKeys = opts.force ? 'replace' : 'refuse';
-      const keys = keygen(resolve(opts.dir), existing);
-      process.stdout.write(
-        [
-          `wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`,
-          `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`,
-          'and on the witness machine, as <cluster id>.secret in the folder given to nbd-mirror witness --secrets (docs/SECURITY.md).',
-          '',
-        ].join('\n'),
-      );
+      // Loaded only here: it brings a certificate library and a global Reflect polyfill with it.
+      const ca = opts.ca ? await import('./security/keygen-ca.js') : undefined;
+      const nodes = ca ? ca.nodeNames(loadClusterConfig(resolve(opts.config!))) : [];
+      const keys = keygen(dir, existing, ca ? ca.clusterCaFiles(dir, nodes) : []);
+      const lines = [`wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`];
+      if (ca) {
+        await ca.writeClusterCa(dir, nodes, existing === 'replace');
+        lines.push(
+          `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}", "peerCertificates": "${join(dir, ca.CERTS_DIR)}" }`,
+          `and, for NBD over TLS, per node: "tls": { "mode": "require", "certificates": "${join(dir, ca.CERTS_DIR)}/NODE" }.`,
+          `Copy ${join(dir, ca.CERTS_DIR)}/NODE to node NODE only; ${join(dir, ca.CA_DIR)} holds the CA's key: keep it off the nodes.`,
+          `NBD clients check the nodes' certificates with ${join(dir, ca.CA_DIR, 'ca-cert.pem')} (docs/SECURITY.md).`,
+        );
+      } else {
+        lines.push(`  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`);
+      }
+      lines.push('and on the witness machine, cluster.secret as <cluster id>.secret in the folder given to nbd-mirror witness --secrets (docs/SECURITY.md).', '');
+      process.stdout.write(lines.join('\n'));
     });
 
   program

@@ -117,6 +117,11 @@ const securitySchema = z
      * and it signs the nodes' requests to the witness.
      */
     clusterSecret: z.string().min(1).optional(),
+    /**
+     * Mutual x509 on the peer link instead of the secret's TLS-PSK: a folder with one folder per
+     * node (`DIR/NODE/ca-cert.pem`, `server-cert.pem`, `server-key.pem`, what `keygen --ca` writes).
+     */
+    peerCertificates: z.string().min(1).optional(),
     /** Lets an admin endpoint listen on an address other machines reach (needs adminToken). */
     adminPublic: z.boolean().default(false),
   })

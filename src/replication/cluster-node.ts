@@ -18,7 +18,8 @@ import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
-import { PeerTls } from './peer-tls.js';
+import { PeerPsk } from './peer-tls.js';
+import { PeerX509 } from './peer-x509.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -186,10 +187,17 @@ export class ClusterNode {
       slotArenaBytes,
       stagingBytes: MAX_FRAME_BODY,
     });
-    // The cluster secret keys both the peer link's TLS-PSK and the witness requests' signatures.
+    // The cluster secret keys the witness requests' signatures, and the peer link's TLS-PSK unless
+    // the cluster has peer certificates (then mutual x509: a TLS 1.3 handshake takes one or the other).
     const secret = readClusterKey(config, configDir, 'clusterSecret');
+    const certificates = config.security.peerCertificates;
     this.link = new PeerLink({
-      tls: secret === undefined ? undefined : PeerTls.fromSecret(secret),
+      tls:
+        certificates !== undefined
+          ? PeerX509.load(resolve(configDir, certificates, nodeName), nodeName, this.peerName)
+          : secret === undefined
+            ? undefined
+            : PeerPsk.fromSecret(secret),
       hello: () => this.hello(),
       listen: self.peer,
       peer: config.nodes[this.peerName]!.peer,
