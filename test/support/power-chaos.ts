@@ -172,6 +172,8 @@ async function untilHealthy(c: PowerCluster, ms = 90_000): Promise<void> {
 class Load {
   private stopped = false;
   private readonly runs: Array<Promise<void>>;
+  /** Open connections: closed by `end` if a request never gets its answer. */
+  private readonly clients = new Set<NbdClient>();
   errors = 0;
 
   constructor(
@@ -186,9 +188,15 @@ class Load {
     return this.c.ledger.totals.acked;
   }
 
-  async end(): Promise<void> {
+  /** Stops the writers; a request still unanswered after `ms` is a problem (its connection is closed): resolves false then. */
+  async end(ms = 30_000): Promise<boolean> {
     this.stopped = true;
-    await Promise.all(this.runs);
+    const done = await settlesWithin(Promise.all(this.runs), ms);
+    if (!done) {
+      for (const client of this.clients) client.close();
+      await Promise.all(this.runs);
+    }
+    return done;
   }
 
   private async writer(region: readonly [number, number], home: Node): Promise<void> {
@@ -234,11 +242,30 @@ class Load {
   private async connect(prefer: Node): Promise<{ client: NbdClient; through: Node } | null> {
     for (const n of [prefer, other(prefer)]) {
       if (!this.c.nodes[n]) continue;
-      const client = await NbdClient.connect({ port: nbdPort(this.c, n), exportName: 'vol0' }).catch(() => null);
-      if (client) return { client, through: n };
+      const client = await connectWithin(nbdPort(this.c, n), 5_000);
+      if (client) {
+        this.clients.add(client);
+        client.socket.once('close', () => this.clients.delete(client));
+        return { client, through: n };
+      }
     }
     return null;
   }
+}
+
+/** Does `p` settle within `ms`? */
+function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout;
+  const late = new Promise<boolean>((res) => (timer = setTimeout(() => res(false), ms)));
+  return Promise.race([p.then(() => true, () => true), late]).finally(() => clearTimeout(timer));
+}
+
+/** An NBD connection to vol0 on `port`, or null if it fails or its handshake takes longer than `ms` (a node going down). */
+async function connectWithin(port: number, ms: number): Promise<NbdClient | null> {
+  const connecting = NbdClient.connect({ port, exportName: 'vol0' });
+  if (await settlesWithin(connecting, ms)) return connecting.catch(() => null);
+  void connecting.then((late) => late.close(), () => undefined);
+  return null;
 }
 
 /** One cut: which targets lost power together, in which phase, and what was dropped. */
@@ -492,11 +519,13 @@ export async function cutAndCompare(c: PowerCluster, targets: readonly Target[])
 
 /** Reads through `bad` over the faulty range (the writers only write) until its status shows the disk Failed and the peer serving. */
 async function untilFailed(c: PowerCluster, bad: Node, offset: number, ms: number): Promise<{ failed: boolean; readErrors: number }> {
-  const reader = await NbdClient.connect({ port: nbdPort(c, bad), exportName: 'vol0' });
+  const reader = await connectWithin(nbdPort(c, bad), 5_000);
+  if (!reader) throw new Error(`no NBD connection to ${bad}`);
   let readErrors = 0;
   try {
     const failed = await reached(async () => {
-      await reader.read(offset, 64 * 1024).catch(() => readErrors++);
+      const read = reader.read(offset, 64 * 1024).catch(() => void readErrors++);
+      if (!(await settlesWithin(read, 5_000))) throw new Error(`a read through ${bad} got no answer within 5 s`);
       const [v, p] = [await vol(c, bad), await vol(c, other(bad))];
       return v?.disk === 'Failed' && p?.peerDiskFailed === true;
     }, ms);
@@ -558,7 +587,7 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
   } finally {
     phaseDone.now = true;
     await diskError;
-    await x.load.end();
+    if (!(await x.load.end())) x.problems.push('a client request got no answer within 30 s after the phase (its connection was closed)');
   }
   checkAlive(x);
   // A node whose disk failed, or may fail (its rules still loaded), is restarted on its disk
