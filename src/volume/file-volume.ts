@@ -17,7 +17,7 @@ import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './vo
 export type IoMode = 'auto' | 'sync' | 'async' | 'mmap';
 
 /** In `auto` mode, transfers of at least this many bytes go to the thread pool. */
-const ASYNC_MIN = 64 * 1024;
+export const ASYNC_MIN = 64 * 1024;
 
 export interface FileVolumeOptions {
   /** Size for a file that does not exist yet (created sparse). Without it a missing file is an error. */
