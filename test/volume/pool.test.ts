@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import { Hotpath } from '../../src/hotpath/index.js';
 import { Pool } from '../../src/volume/pool/pool.js';
-import { checkPool, loadPool } from '../../src/volume/pool/replay.js';
+import { checkPoolFile, loadPool } from '../../src/volume/pool/replay.js';
 import type { ThinVolume } from '../../src/volume/pool/thin-volume.js';
 import { BLOCK } from '../../src/volume/pool/format.js';
 import type { Extent } from '../../src/volume/volume.js';
@@ -37,14 +37,7 @@ const read = async (v: ThinVolume, off: number, len: number) => {
 };
 const extents = (v: ThinVolume, off: number, len: number) =>
   new Promise<Extent[]>((res, rej) => v.extents(off, len, 1000, (err, e) => (err ? rej(err) : res(e))));
-const check = (path: string) => {
-  const fd = fs.openSync(path, 'r');
-  try {
-    return checkPool(loadPool(fd, path));
-  } finally {
-    fs.closeSync(fd);
-  }
-};
+const check = checkPoolFile;
 
 describe('thin pool', () => {
   it('allocates a unit on first write, reads unwritten parts as zeros, reports holes', async () => {

@@ -153,3 +153,13 @@ export function checkPool(loaded: LoadedPool): CheckReport {
     journalRecords: loaded.records,
   };
 }
+
+/** `nbd-mirror pool check PATH`: loads read-only and checks. */
+export function checkPoolFile(path: string): CheckReport {
+  const fd = fs.openSync(path, 'r');
+  try {
+    return checkPool(loadPool(fd, path));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
