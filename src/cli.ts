@@ -215,6 +215,16 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
   const addr = await server.listen(self!.nbd);
   log.info({ address: addr.host, port: addr.port, adminPort, node: opts.node, tls: tls?.mode ?? 'off' }, 'listening');
   printAttachHelp(addr, registry, tls);
+  // Reload: a pool size raised in the config grows the pool online.
+  process.on('SIGHUP', () => {
+    let next;
+    try {
+      next = loadClusterConfig(opts.config!);
+    } catch (err) {
+      return log.error({ err: (err as Error).message }, 'reload: the config is not valid; nothing changed');
+    }
+    node.reload(next, (err, message) => (err ? log.error({ err: err.message }, `reload: ${message}`) : log.info(`reload: ${message}`)));
+  });
   stopOnSignals(log, async () => {
     await server.shutdown();
     // Requests in flight are done: tell the peer, so it goes on alone without the witness.
@@ -318,12 +328,17 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
   const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
+  const p = body.pool;
+  if (p) {
+    const crossed = p.thresholdsCrossed.length ? `  over ${p.thresholdsCrossed.at(-1)} %` : '';
+    lines.push(`  pool ${formatSize(p.usedBytes)} of ${formatSize(p.sizeBytes)} used (${p.usedPercent.toFixed(1)} %)${crossed}, ${formatSize(p.virtualBytes)} in volumes: over-commit ${p.overcommit.toFixed(2)}x${p.enospcErrors ? `, ${p.enospcErrors} writes refused for space` : ''}`);
+  }
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
     const resync = r ? `  resync ${r.role} ${formatSize(r.doneBytes)}/${formatSize(r.totalBytes)} at ${formatSize(r.bytesPerSecond)}/s${eta}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
-    lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+    lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}  allocated ${formatSize(v.allocatedBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }

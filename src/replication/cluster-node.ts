@@ -8,6 +8,7 @@ import { Hotpath } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
 import { FileVolume } from '../volume/file-volume.js';
+import { Pool, type PoolStatus } from '../volume/pool/pool.js';
 import type { Volume } from '../volume/volume.js';
 import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello, HelloFields } from './hello.js';
@@ -44,6 +45,8 @@ export interface NodeStatus {
   quorum: QuorumDescription;
   /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
   link: LinkCounters;
+  /** This node's thin pool, when the cluster has one. */
+  pool?: PoolStatus;
   volumes: Record<string, VolumeStatus>;
 }
 
@@ -56,6 +59,8 @@ export interface VolumeStatus {
   /** The peer said its disk failed: this node holds the only good copy (and tracks every change for it). */
   peerDiskFailed: boolean;
   outOfSyncBytes: number;
+  /** Bytes of the volume that hold data on this node: mapped units of a thin volume, allocated blocks of a raw file. */
+  allocatedBytes: number;
   resync: { role: 'source' | 'target'; checksum: boolean; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
   /** Data frames from the peer that failed their digest check (and were sent again), since start. */
@@ -72,7 +77,9 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
-  readonly file: FileVolume;
+  /** The local copy: a thin volume in the node's pool, or a raw file. */
+  readonly file: Volume;
+  readonly allocatedBytes: () => number;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
   resyncStarted: number;
@@ -99,6 +106,8 @@ export class ClusterNode {
   private readonly linkTimeoutMs: number;
   private readonly clusterId: string;
   readonly peerName: string;
+  /** The node's thin pool (config "pool"); without it each volume is a raw file. */
+  readonly pool: Pool | undefined;
 
   constructor(
     config: ClusterConfig,
@@ -186,9 +195,20 @@ export class ClusterNode {
     });
     this.splitBrainPolicy = config.splitBrain;
     this.linkTimeoutMs = config.link.timeoutMs;
+    this.pool = config.pool && Pool.open(resolve(configDir, self.pool?.path ?? join(self.dataDir, 'pool.img')), {
+      size: self.pool?.size ?? config.pool.size,
+      unitSize: config.pool.unit,
+      maxSize: config.pool.maxSize,
+      onFull: config.pool.onFull,
+      holdMs: config.pool.holdTimeout,
+      thresholds: config.pool.thresholds,
+      volumes: volumeNames.map((v) => ({ name: v, size: config.volumes[v]!.size })),
+      log: log.child({ component: 'pool' }),
+      hot: this.hot,
+    });
     volumeNames.forEach((name, index) => {
       const size = config.volumes[name]!.size;
-      const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
+      const { file, allocatedBytes } = this.localVolume(dataDir, name, size);
       const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot, {
         extentBytes: config.activityLog.extent,
         slots: config.activityLog.extents,
@@ -223,9 +243,30 @@ export class ClusterNode {
         quorum: this.quorum,
         ackTimeoutMs: config.link.ackTimeoutMs,
       });
-      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
+      const entry: NodeVolume = { name, file, allocatedBytes, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
       this.volumes.push(entry);
     });
+  }
+
+  /** A volume's local copy: thin in the pool, else a raw file. */
+  private localVolume(dataDir: string, name: string, size: number): { file: Volume; allocatedBytes: () => number } {
+    if (this.pool) {
+      const thin = this.pool.volume(name);
+      return { file: thin, allocatedBytes: () => thin.allocatedBytes };
+    }
+    const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
+    return { file, allocatedBytes: () => file.allocatedBytes() };
+  }
+
+  /**
+   * Reload (SIGHUP): a larger pool size in the config grows the pool online. Other changes need
+   * a restart (volumes online: issue 15 item 7).
+   */
+  reload(config: ClusterConfig, done: (err: Error | null, message: string) => void): void {
+    const size = config.nodes[this.nodeName]?.pool?.size ?? config.pool?.size;
+    if (!this.pool || size === undefined) return done(null, 'no pool in the config: nothing to reload');
+    const before = this.pool.status().sizeBytes;
+    this.pool.grow(size, (err) => done(err, err ? `pool not grown: ${err.message}` : `pool size ${before} -> ${this.pool!.status().sizeBytes} bytes`));
   }
 
   async start(): Promise<void> {
@@ -377,6 +418,7 @@ export class ClusterNode {
       disk: v.mirror.state.disk,
       peerDiskFailed: v.mirror.peerDiskFailed,
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
+      allocatedBytes: v.allocatedBytes(),
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
       integrityErrors: v.mirror.integrityErrors,
@@ -442,7 +484,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, ...(this.pool ? { pool: this.pool.status() } : {}), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**
@@ -477,5 +519,6 @@ export class ClusterNode {
       v.meta.close();
       await v.file.close();
     }
+    await this.pool?.close();
   }
 }

@@ -44,3 +44,11 @@ export function errnoName(err: Error): string {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EIO';
 }
+
+/**
+ * A thin pool found no free unit (ENOSPC): no disk failure. The disk stays in service, the
+ * link stays up; the write fails on both nodes alike (mirrored-write.ts, reservations).
+ */
+export function isNoSpace(err: Error): boolean {
+  return errnoName(err) === 'ENOSPC';
+}

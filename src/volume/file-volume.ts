@@ -240,6 +240,19 @@ export class FileVolume implements Volume {
     done(null, out);
   }
 
+  /** Bytes of the file that hold data (not holes), for status: a SEEK_DATA/SEEK_HOLE walk. */
+  allocatedBytes(): number {
+    let total = 0;
+    for (let pos = 0; pos < this.size; ) {
+      const data = fileOps.seekData(this.fd, pos);
+      if (data < 0 || data >= this.size) break;
+      const hole = Math.min(fileOps.seekHole(this.fd, data), this.size);
+      total += hole - data;
+      pos = hole;
+    }
+    return total;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
