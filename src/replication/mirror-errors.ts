@@ -46,9 +46,10 @@ export function errnoName(err: Error): string {
 }
 
 /**
- * A thin pool found no free unit (ENOSPC): no disk failure. The disk stays in service, the
- * link stays up; the write fails on both nodes alike (mirrored-write.ts, reservations).
+ * A thin pool found no free unit (its PoolFullError, ENOSPC): no disk failure. The disk stays
+ * in service, the link stays up; the write fails on both nodes alike (mirrored-write.ts). An
+ * ENOSPC from a raw file's filesystem is another matter: that disk fails (replication-state.ts).
  */
-export function isNoSpace(err: Error): boolean {
-  return errnoName(err) === 'ENOSPC';
+export function isPoolFull(err: Error): boolean {
+  return (err as { poolFull?: unknown }).poolFull === true;
 }

@@ -25,7 +25,7 @@
 import type { Done, Reservation } from '../volume/volume.js';
 import type { InFlight, Piece } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
-import { errnoName, isNoSpace, MirrorCode, MirrorError } from './mirror-errors.js';
+import { errnoName, isPoolFull, MirrorCode, MirrorError } from './mirror-errors.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { PeerMsg, STATUS_RESEND, statusErrno } from './peer-protocol.js';
 
@@ -256,7 +256,7 @@ export class MirroredWrite {
     if (!this.diskDone || this.step !== 'PeerSettled') return;
     const lost = this.localError;
     if (!lost) return this.complete();
-    if (isNoSpace(lost)) return this.localFull(lost);
+    if (isPoolFull(lost)) return this.localFull(lost);
     if (!this.peerHasIt) return this.complete(new MirrorError(MirrorCode.LOCAL_FAILED, `the local disk failed the write (${lost.message}) and the peer does not hold it`, errnoName(lost)));
     // The peer holds it: this disk is given up (Failed) and the write succeeds.
     this.path.ctx.diskFailed(lost, 'a client write', this.offset, this.length);

@@ -6,7 +6,7 @@
 // reached this disk; a resync cut short resumes from the last checkpoint.
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
-import { isNoSpace } from './mirror-errors.js';
+import { isPoolFull } from './mirror-errors.js';
 import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
 import type { ResyncRun } from './resync.js';
 
@@ -187,7 +187,7 @@ export class ResyncTarget {
       if (error) {
         // A full thin pool stops the resync (it resumes on a later connection, once there is
         // space); it is no disk failure.
-        if (!isNoSpace(error)) ctx.diskFailed(error, 'a resync write', range.offset, range.length);
+        if (!isPoolFull(error)) ctx.diskFailed(error, 'a resync write', range.offset, range.length);
         return this.end(error);
       }
       // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).

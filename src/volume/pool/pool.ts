@@ -81,6 +81,14 @@ export interface PoolStatus {
   metadata: { commits: number; journalBlocks: number; checkpoints: number; syncs: number; pendingRecords: number };
 }
 
+/** No free unit in the pool: ENOSPC for the client, and no disk failure (mirror-errors.ts isPoolFull). */
+export class PoolFullError extends NbdError {
+  readonly poolFull = true;
+  constructor(path: string) {
+    super(NbdErr.ENOSPC, `thin pool ${path} is full`);
+  }
+}
+
 interface SpaceWaiter {
   readonly units: number;
   readonly cb: (err: Error | null) => void;
@@ -325,12 +333,12 @@ export class Pool {
     this.spaceWaiters.push(waiter);
   }
 
-  noSpace(units: number): NbdError {
+  noSpace(units: number): PoolFullError {
     this.enospcErrors++;
     if (this.enospcErrors === 1 || this.enospcErrors % 1000 === 0) {
       this.log.warn({ pool: this.path, wantedUnits: units, freeUnits: this.map.freeUnits, reserved: this.map.reserved, enospcErrors: this.enospcErrors }, 'pool full: a write needing new units fails with ENOSPC (reads, overwrites and other volumes go on)');
     }
-    return new NbdError(NbdErr.ENOSPC, `thin pool ${this.path} is full`);
+    return new PoolFullError(this.path);
   }
 
   /** After an allocation: a threshold crossed is logged once. */
