@@ -262,8 +262,7 @@ export class ThinVolume implements Volume {
         }
         map.pin(unit);
         try {
-          if (noHole) fileOps.zeroRange(this.pool.fd, this.position(unit, p.at), p.length);
-          else zeroRange(this.pool.fd, this.position(unit, p.at), p.length);
+          zeroRange(this.pool.fd, this.position(unit, p.at), p.length, noHole);
         } finally {
           this.pool.unpin(unit);
         }
@@ -297,14 +296,23 @@ export class ThinVolume implements Volume {
   }
 }
 
-/** Zeroes a range of the pool: a hole where the file (or device) can punch one, else written zeroes. */
-function zeroRange(fd: number, position: number, length: number): void {
-  try {
-    return fileOps.punchHole(fd, position, length);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw err;
+const ZERO_CHUNK = 1024 * 1024;
+let zeroChunk: Buffer | undefined;
+
+/**
+ * Zeroes a range of the pool: a hole where the file (or device) can punch one (not with
+ * `keepAllocated`), else fallocate's zero range, else written zeroes (filesystems without either).
+ */
+function zeroRange(fd: number, position: number, length: number, keepAllocated = false): void {
+  for (const call of keepAllocated ? [fileOps.zeroRange] : [fileOps.punchHole, fileOps.zeroRange]) {
+    try {
+      return call(fd, position, length);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw err;
+    }
   }
-  fileOps.zeroRange(fd, position, length);
+  zeroChunk ??= Buffer.alloc(ZERO_CHUNK);
+  for (let pos = position, end = position + length; pos < end; ) pos += fs.writeSync(fd, zeroChunk, 0, Math.min(ZERO_CHUNK, end - pos), pos);
 }
 
 function readFully(fd: number, buf: Buffer, got: number, position: number, done: Done): void {
