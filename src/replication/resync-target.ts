@@ -7,7 +7,7 @@
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { isPoolFull } from './mirror-errors.js';
-import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
+import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, RS_DATA_ZERO, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
 import type { ResyncRun } from './resync.js';
 
 /** Largest range one resync request asks for (the peer refuses larger ones). */
@@ -34,6 +34,8 @@ export interface ResyncData {
   readonly diff: boolean;
   /** RS_DATA: the sealed digest to check the data against. */
   readonly digest?: bigint;
+  /** RS_DATA without data: the range is zeros on the source (RS_DATA_ZERO). */
+  readonly zero: boolean;
 }
 
 export class ResyncTarget {
@@ -145,10 +147,11 @@ export class ResyncTarget {
     const matches = range.offset === entry.offset && range.length === entry.end - entry.offset;
     if (type === PeerMsg.RS_DIFF) {
       const { pieces, intact } = this.ctx.compare.decodeDiff(body);
-      return { entry, range, pieces, intact, matches, diff: true };
+      return { entry, range, pieces, intact, matches, diff: true, zero: false };
     }
     const data = body.subarray(RS_DATA_HEADER_SIZE);
-    return { entry, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE) };
+    const zero = data.length === 0 && range.length > 0;
+    return { entry, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE), zero };
   }
 
   /** Writes the resync data (later writes to the range wait for it), then accounts for it (see checkpoint). */
@@ -160,7 +163,7 @@ export class ResyncTarget {
       intact = d.intact && d.matches;
       if (!intact) ctx.countDamage(id, entry.offset, entry.end - entry.offset);
     } else {
-      intact = ctx.intact(id, pieces[0]!.data, range.offset, 0, d.digest!);
+      intact = ctx.intact(id, pieces[0]!.data, range.offset, d.zero ? RS_DATA_ZERO : 0, d.digest!);
     }
     if (!intact) {
       ctx.peer.release(body);
@@ -196,6 +199,8 @@ export class ResyncTarget {
     };
     if (left === 0) return void ((left = 1), written(null));
     const writtenSafely = ctx.guard('RS_DATA', written);
+    // Zeros: a thin volume frees the range's units, a raw file punches a hole.
+    if (d.zero) return ctx.local.zero(range.offset, range.length, { noHole: false, fastZero: false, fua: false }, writtenSafely);
     for (const p of pieces) ctx.local.write(p.data, p.offset, false, writtenSafely);
   }
 

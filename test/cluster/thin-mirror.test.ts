@@ -84,4 +84,32 @@ describe.skipIf(missingTools('qemu-io', 'fio').length > 0)('mirrored thin volume
       expect(report.problems).toEqual([]);
     }
   });
+
+  it('a full sync of a mostly empty thin volume moves its data, not its size (zero ranges sent as zeroing)', async () => {
+    const p = await pairPorts();
+    const config = writePairConfig(join(dir, 'join.json'), p, '8G', p.peerB, { pool: { size: '256M', unit: '1M' }, nodeA: { dataDir: 'ja' }, nodeB: { dataDir: 'jb' } });
+    // a starts alone and takes writes; b appears later with an empty pool: a full sync.
+    const a = await startClusterNode(config, 'a');
+    let b;
+    try {
+      await qemuIo(a.uri('vol0'), 'write -P 0x3c 1G 24M', 'write -P 0x3d 7G 4k', 'write -P 0 4G 8M', 'flush');
+      b = await startClusterNode(config, 'b');
+      await until(async () => {
+        const sb = (await status(p.adminB)).volumes.vol0!;
+        return sb.disk === 'UpToDate' && sb.resync === null && sb.lastResync !== null;
+      }, 60_000);
+      const [sa, sb] = [(await status(p.adminA)).volumes.vol0!, (await status(p.adminB)).volumes.vol0!];
+      // The whole 8 GiB was covered, 25 MiB of data crossed the link.
+      expect(sb.lastResync).toMatchObject({ role: 'target', bytes: 8 * 1024 * MiB });
+      expect(sb.lastResync!.wireBytes).toBe(24 * MiB + MiB);
+      // The same units allocated on both: the zeros written on a allocated nothing there either.
+      expect(sb.allocatedBytes).toBe(25 * MiB);
+      expect(sa.allocatedBytes).toBe(25 * MiB);
+      await qemuIo(b.uri('vol0'), 'read -P 0x3c 1G 24M', 'read -P 0x3d 7G 4k', 'read -P 0 7516196864 1020k', 'read -P 0 4G 8M', 'read -P 0 0 1M');
+      const verify = JSON.parse(await cli(['verify', '--admin', `127.0.0.1:${p.adminA}`, '--volume', 'vol0', '--json'])) as { outOfSyncBytes: number };
+      expect(verify.outOfSyncBytes).toBe(0);
+    } finally {
+      await Promise.all([a.stop(), b?.stop()]);
+    }
+  });
 });

@@ -416,5 +416,7 @@ export class Pool {
     }
     await new Promise<void>((resolve) => this.committer.commit(() => resolve()));
     fs.closeSync(this.fd);
+    const st = this.status();
+    this.log.info({ pool: this.path, usedBytes: st.usedBytes, sizeBytes: st.sizeBytes, metadata: st.metadata }, 'pool closed');
   }
 }
