@@ -8,7 +8,8 @@
 // The reverse map has one 8-byte entry per physical unit: owner (volume slot + 1; 0 = free) and
 // the virtual unit it holds. So the free map and the mapping are one table: a unit cannot be
 // both free and mapped, and its size is fixed by the pool's largest size (maxUnits) — metadata
-// never runs out, however far volumes over-commit (the reserve dm-thin and LVM lack). A
+// never runs out, however far volumes over-commit (the reserve dm-thin and LVM lack); a
+// checkpoint writes only the entries of the pool's current units. A
 // checkpoint is valid only whole (CRC over header and body); the newer valid slot wins. Journal
 // blocks carry consecutive sequence numbers from the checkpoint's; replay stops at the first
 // block that is torn or out of sequence.
@@ -117,23 +118,32 @@ export function reverseMapOffset(): number {
   return MAX_VOLUMES * VOLUME_ENTRY;
 }
 
-/** Header + body, ready to write at a checkpoint slot. */
+/** Bytes of a checkpoint body in use: the volume table and the entries of the pool's units (not the room to grow). */
+function usedBody(unitCount: number): number {
+  return reverseMapOffset() + unitCount * 8;
+}
+
+/** Header + the used part of the body, ready to write at a checkpoint slot. */
 export function encodeCheckpoint(c: Checkpoint): Buffer[] {
+  const body = c.body.subarray(0, usedBody(c.unitCount));
   const h = Buffer.alloc(BLOCK);
   CKPT_MAGIC.copy(h, 0);
   h.writeBigUInt64BE(BigInt(c.seq), 8);
   h.writeUInt32BE(c.unitCount, 16);
-  h.writeUInt32BE(zlib.crc32(c.body), 20);
+  h.writeUInt32BE(zlib.crc32(body), 20);
   h.writeUInt32BE(zlib.crc32(h.subarray(0, BLOCK - 4)), BLOCK - 4);
-  return [h, c.body];
+  return [h, body];
 }
 
-/** A checkpoint slot's contents, or undefined when it is empty, torn or corrupt. */
+/** A checkpoint slot's contents (`body`: the whole slot's room), or undefined when it is empty, torn or corrupt. */
 export function decodeCheckpoint(header: Buffer, body: Buffer): Checkpoint | undefined {
   if (!header.subarray(0, 8).equals(CKPT_MAGIC)) return undefined;
   if (header.readUInt32BE(BLOCK - 4) !== zlib.crc32(header.subarray(0, BLOCK - 4))) return undefined;
-  if (header.readUInt32BE(20) !== zlib.crc32(body)) return undefined;
-  return { seq: Number(header.readBigUInt64BE(8)), unitCount: header.readUInt32BE(16), body };
+  const unitCount = header.readUInt32BE(16);
+  const used = usedBody(unitCount);
+  if (used > body.length || header.readUInt32BE(20) !== zlib.crc32(body.subarray(0, used))) return undefined;
+  body.fill(0, used); // room to grow into: no unit there yet
+  return { seq: Number(header.readBigUInt64BE(8)), unitCount, body };
 }
 
 export function readVolumeEntry(body: Buffer, slot: number): VolumeEntry | undefined {
