@@ -189,6 +189,24 @@ describe('thin pool', () => {
     expect(report.mappedUnits).toBe(1);
   });
 
+  it('a full journal is followed by a checkpoint; the state survives reopening', async () => {
+    const path = join(dir, 'wrap.img');
+    const pool = openPool(16 * UNIT, {}, path);
+    const a = pool.volume('a');
+    // Each FUA write of a new pattern commits one journal block (a MAP, or an UNMAP and a MAP).
+    for (let i = 0; i < 1100; i++) {
+      if (i % 2) await call((d) => a.trim(0, UNIT, false, d));
+      await write(a, Buffer.alloc(KiB, (i % 250) + 1), (i % 2) * UNIT, true);
+    }
+    expect(pool.status().metadata.checkpoints).toBeGreaterThanOrEqual(1);
+    await pool.close();
+    const again = openPool(16 * UNIT, {}, path);
+    expect((await read(again.volume('a'), UNIT, KiB)).every((x) => x === ((1099 % 250) + 1))).toBe(true);
+    expect(again.volume('a').allocatedBytes).toBe(UNIT); // the last round trimmed unit 0
+    await again.close();
+    expect(check(path)).toMatchObject({ problems: [], mappedUnits: 1 });
+  }, 60_000);
+
   it('grows online: new units become allocatable', async () => {
     const pool = openPool(UNIT);
     const a = pool.volume('a');

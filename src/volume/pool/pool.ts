@@ -316,7 +316,7 @@ export class Pool {
   whenSpace(units: number, cb: (err: Error | null) => void): void {
     if (this.hasSpace(units)) return cb(null);
     if (this.committer.failed) return cb(this.committer.failed);
-    if (this.map.pendingFree > 0 && this.map.available + this.map.pendingFree >= units) {
+    if (this.map.pendingCommit > 0 && this.map.available + this.map.pendingFree >= units) {
       // Freed units wait for their unmap to be durable: commit now rather than refuse.
       return this.committer.commit((err) => (err ? cb(err) : this.hasSpace(units) || this.onFull === 'queue' ? this.whenSpace(units, cb) : cb(this.noSpace(units))));
     }

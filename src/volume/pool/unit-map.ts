@@ -103,6 +103,11 @@ export class UnitMap {
     return this.waitingCommit.length + this.parked.size;
   }
 
+  /** Units a commit would make reusable (their unmap is not committed yet). */
+  get pendingCommit(): number {
+    return this.waitingCommit.length;
+  }
+
   /** Maps `vunit` of `slot` to a free unit; the caller checked there is one. */
   allocate(slot: number, vunit: number): MapRecord {
     if (this.freeTop === 0) throw new PoolFormatError('no free unit (the caller checks availability first)');
