@@ -25,7 +25,7 @@ async function servePool(size: string, vols: string[], extra: string[] = [], pat
 const qemuIo = (uri: string, ...cmds: string[]) => run('qemu-io', ['-f', 'raw', uri, ...cmds.flatMap((c) => ['-c', c])]);
 const poolCheck = async (path: string) => JSON.parse(await run(process.execPath, [cliPath, 'pool', 'check', '--json', path])) as { problems: string[]; mappedUnits: number; volumes: Array<{ name: string; mappedUnits: number }> };
 
-describe.skipIf(missingTools('qemu-io', 'qemu-img', 'nbdinfo', 'fio').length > 0)('thin volumes, standalone (serve --pool)', () => {
+describe.skipIf(missingTools('qemu-io', 'qemu-img', 'nbdinfo', 'nbdsh', 'fio').length > 0)('thin volumes, standalone (serve --pool)', () => {
   it('qemu-img map and nbdinfo --map show unwritten and zeroed units as holes', async () => {
     const { s } = await servePool('64M', ['a=1G'], ['--pool-unit', '1M']);
     try {
@@ -43,6 +43,24 @@ describe.skipIf(missingTools('qemu-io', 'qemu-img', 'nbdinfo', 'fio').length > 0
       // WRITE_ZEROES without unmap permission (NO_HOLE) keeps its unit, zeroed.
       expect(info).toMatch(/^\s*8388608\s+1048576\s+0\s+data$/m);
       expect(info).toMatch(/^\s*9437184\s+1064304640\s+3\s+hole,zero$/m);
+      // A structured read over holes and data: the holes come as OFFSET_HOLE chunks.
+      const py = [
+        'import nbd',
+        'h = nbd.NBD()',
+        `h.connect_uri("${s.uri('a')}")`,
+        'chunks = []',
+        'def cb(subbuf, offset, status, err):',
+        '    chunks.append((offset, len(subbuf), status))',
+        '    return 0',
+        'buf = h.pread_structured(4 << 20, 0, cb)',
+        'holes = sorted((o, n) for o, n, st in chunks if st == nbd.READ_HOLE)',
+        'data = sorted((o, n) for o, n, st in chunks if st == nbd.READ_DATA)',
+        'assert holes == [(0, 1 << 20), (2 << 20, 2 << 20)], chunks',
+        'assert data == [(1 << 20, 1 << 20)], chunks',
+        'assert buf[1 << 20:(1 << 20) + 65536] == b"\\xab" * 65536',
+        'print("ALL OK")',
+      ].join('\n');
+      expect(await run('nbdsh', ['-c', py])).toContain('ALL OK');
       // Structured reads of the holes (OFFSET_HOLE) and the data read back right.
       await qemuIo(s.uri('a'), 'read -P 0 0 1M', 'read -P 0xab 1M 64k', 'read -P 0 4M 1M', 'read -P 0 8M 1M', 'read -P 0 12M 1M', 'read -P 1 5M 4k', 'read -P 0 5246976 1020k');
     } finally {
