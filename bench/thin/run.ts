@@ -2,7 +2,7 @@
 // unit allocated on the way, as on a new volume) and overwrite (the same region again),
 // standalone and mirrored; then the allocation unit sizes 64K-4M side by side (how the default
 // was chosen); metadata commits and journal blocks per second under load.
-//   npm run bench:thin [-- --runtime 4] [--rounds 3] [--json]
+//   npm run bench:thin [-- --runtime 4] [--rounds 3] [--only standalone|mirrored|units] [--json]
 // Every figure is the median of `rounds` rounds in which the targets take turns (a shared
 // machine drifts by tens of percent between runs).
 import { execFileSync } from 'node:child_process';
@@ -15,11 +15,12 @@ import { pairPorts, until, volumeStatus, writePairConfig } from '../../test/supp
 import { startClusterNode, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
 import { toolEnv } from '../../test/support/tools.js';
 
-const { values: opts } = parseArgs({ options: { runtime: { type: 'string', default: '4' }, rounds: { type: 'string', default: '3' }, json: { type: 'boolean', default: false } } });
+const { values: opts } = parseArgs({ options: { runtime: { type: 'string', default: '4' }, rounds: { type: 'string', default: '3' }, only: { type: 'string' }, json: { type: 'boolean', default: false } } });
 const out = (row: Record<string, unknown>, text: string) => console.log(opts.json ? JSON.stringify(row) : text);
 /** Each case and round writes its own fresh 1 GiB region of a 16 GiB volume (first write), then that region again (overwrite). */
 const REGION = 1024;
 const ROUNDS = Number(opts.rounds);
+const runs = (section: string) => opts.only === undefined || opts.only.split(',').includes(section);
 
 interface Case {
   readonly name: string;
@@ -66,52 +67,63 @@ function table(title: string, res: Record<string, Record<string, number>>, base:
   }
 }
 
+const targets = { first: 0.8, overwrite: 0.95 };
+
+async function standalone(dir: string, procs: RunningServer[]): Promise<void> {
+  const raw = await startNbdMirror(['--export', `raw=${join(dir, 'raw.img')}`, '--size', '16G']);
+  const thin = await startNbdMirror(['--pool', join(dir, 'pool.img'), '--pool-size', '12G', '--thin', 'thin=16G']);
+  procs.push(raw, thin);
+  table('standalone', compare({ raw: raw.uri('raw'), thin: thin.uri('thin') }, dir), 'raw', 'thin', targets);
+}
+
+async function mirrored(dir: string, procs: RunningServer[]): Promise<void> {
+  const pairs: Record<string, string> = {};
+  const admins: Record<string, number> = {};
+  for (const kind of ['raw', 'thin'] as const) {
+    const p = await pairPorts();
+    const dirs = { nodeA: { dataDir: `${kind}-a` }, nodeB: { dataDir: `${kind}-b` } };
+    const config = writePairConfig(join(dir, `${kind}.json`), p, '16G', p.peerB, kind === 'thin' ? { pool: { size: '12G' }, ...dirs } : dirs);
+    procs.push(await startClusterNode(config, 'a'), await startClusterNode(config, 'b'));
+    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate', 30_000);
+    pairs[kind] = `nbd://127.0.0.1:${p.nbdA}/vol0`;
+    admins[kind] = p.adminA;
+  }
+  const before = (await fetchStatus({ host: '127.0.0.1', port: admins.thin! })).pool!.metadata;
+  const t0 = Date.now();
+  table('mirrored', compare(pairs, dir), 'raw', 'thin', targets);
+  const after = (await fetchStatus({ host: '127.0.0.1', port: admins.thin! })).pool!.metadata;
+  const secs = (Date.now() - t0) / 2000; // the thin pair ran about half of that time (they take turns)
+  const blocks = after.journalBlocks - before.journalBlocks;
+  out(
+    { case: 'mirrored thin metadata', commits: after.commits - before.commits, journalBlocks: blocks, checkpoints: after.checkpoints - before.checkpoints, seconds: secs },
+    `metadata on node a during the thin runs: ${after.commits - before.commits} commits, ${blocks} journal blocks, ${after.checkpoints - before.checkpoints} checkpoints in about ${secs.toFixed(0)} s (${(blocks / secs).toFixed(1)} journal blocks/s)`,
+  );
+}
+
+/** The allocation unit sizes side by side (standalone), with the metadata each wrote. */
+async function units(dir: string): Promise<void> {
+  if (!opts.json) console.log('\n# allocation unit: standalone thin volume, IOPS (first write / overwrite), and metadata written');
+  for (const unit of ['64K', '256K', '1M', '4M']) {
+    const s = await startNbdMirror(['--pool', join(dir, `pool-${unit}.img`), '--pool-size', '12G', '--pool-unit', unit, '--thin', 'v=16G']);
+    const res = compare({ [unit]: s.uri('v') }, dir)[unit]!;
+    await s.stop();
+    const closed = s.logs.find((l) => l.msg === 'pool closed') as { metadata: { journalBlocks: number; commits: number }; usedBytes: number } | undefined;
+    out(
+      { case: `unit ${unit}`, ...res, journalBlocks: closed?.metadata.journalBlocks, commits: closed?.metadata.commits, usedBytes: closed?.usedBytes },
+      `unit ${unit.padEnd(5)} ${Object.entries(res).map(([k, v]) => `${k.replace(' QD16', '').replace(' QD8', '')} ${v.toFixed(0)}`).join(' | ')} | journal blocks ${closed?.metadata.journalBlocks}, used ${((closed?.usedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-bencht-'));
   const procs: RunningServer[] = [];
-  const targets = { first: 0.8, overwrite: 0.95 };
   try {
     if (!opts.json) console.log(`# thin vs raw-file volumes, fio (overwrite ${opts.runtime}s time-based; first write: 256 MiB of 4k writes or 1 GiB of 1M writes into an empty 1 GiB region), median of ${ROUNDS} alternating rounds, load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores, ${new Date().toISOString()}`);
-    // --- standalone ------------------------------------------------------------------------------
-    const raw = await startNbdMirror(['--export', `raw=${join(dir, 'raw.img')}`, '--size', '16G']);
-    const thin = await startNbdMirror(['--pool', join(dir, 'pool.img'), '--pool-size', '12G', '--thin', 'thin=16G']);
-    procs.push(raw, thin);
-    table('standalone', compare({ raw: raw.uri('raw'), thin: thin.uri('thin') }, dir), 'raw', 'thin', targets);
-
-    // --- mirrored --------------------------------------------------------------------------------
-    const pairs: Record<string, string> = {};
-    const admins: Record<string, number> = {};
-    for (const kind of ['raw', 'thin'] as const) {
-      const p = await pairPorts();
-      const config = writePairConfig(join(dir, `${kind}.json`), p, '16G', p.peerB, kind === 'thin' ? { pool: { size: '12G' }, nodeA: { dataDir: `${kind}-a` }, nodeB: { dataDir: `${kind}-b` } } : { nodeA: { dataDir: `${kind}-a` }, nodeB: { dataDir: `${kind}-b` } });
-      procs.push(await startClusterNode(config, 'a'), await startClusterNode(config, 'b'));
-      await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate', 30_000);
-      pairs[kind] = `nbd://127.0.0.1:${p.nbdA}/vol0`;
-      admins[kind] = p.adminA;
-    }
-    const before = (await fetchStatus({ host: '127.0.0.1', port: admins.thin! })).pool!.metadata;
-    const t0 = Date.now();
-    table('mirrored', compare(pairs, dir), 'raw', 'thin', targets);
-    const after = (await fetchStatus({ host: '127.0.0.1', port: admins.thin! })).pool!.metadata;
-    const secs = (Date.now() - t0) / 2000; // the thin pair ran about half of that time (they take turns)
-    out(
-      { case: 'mirrored thin metadata', commits: after.commits - before.commits, journalBlocks: after.journalBlocks - before.journalBlocks, checkpoints: after.checkpoints - before.checkpoints, seconds: secs },
-      `metadata on node a during the thin runs: ${after.commits - before.commits} commits, ${after.journalBlocks - before.journalBlocks} journal blocks, ${after.checkpoints - before.checkpoints} checkpoints in about ${secs.toFixed(0)} s (${((after.journalBlocks - before.journalBlocks) / secs).toFixed(1)} journal blocks/s)`,
-    );
+    if (runs('standalone')) await standalone(dir, procs);
+    if (runs('mirrored')) await mirrored(dir, procs);
     for (const p of procs.splice(0)) await p.stop();
-
-    // --- allocation unit sizes (standalone) --------------------------------------------------------
-    if (!opts.json) console.log('\n# allocation unit: standalone thin volume, IOPS (first write / overwrite), and metadata written');
-    for (const unit of ['64K', '256K', '1M', '4M']) {
-      const s = await startNbdMirror(['--pool', join(dir, `pool-${unit}.img`), '--pool-size', '12G', '--pool-unit', unit, '--thin', 'v=16G']);
-      const res = compare({ [unit]: s.uri('v') }, dir)[unit]!;
-      await s.stop();
-      const closed = s.logs.find((l) => l.msg === 'pool closed') as { metadata: { journalBlocks: number; commits: number; checkpoints: number }; usedBytes: number } | undefined;
-      out(
-        { case: `unit ${unit}`, ...res, journalBlocks: closed?.metadata.journalBlocks, commits: closed?.metadata.commits, usedBytes: closed?.usedBytes },
-        `unit ${unit.padEnd(5)} ${Object.entries(res).map(([k, v]) => `${k.replace(' QD16', '').replace(' QD8', '')} ${v.toFixed(0)}`).join(' | ')} | journal blocks ${closed?.metadata.journalBlocks}, used ${((closed?.usedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB`,
-      );
-    }
+    if (runs('units')) await units(dir);
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });

@@ -79,10 +79,23 @@ export class ThinVolume implements Volume {
     return this.pool.dataOffset + unit * this.pool.unitSize + at;
   }
 
+  /**
+   * The unit holding all of [offset, offset + length) when the request lies inside one mapped
+   * unit and is not all of it (the common small overwrite and read: no piece list, no closures), else -1.
+   */
+  private insideMapped(offset: number, length: number): number {
+    const u = this.pool.unitSize;
+    const vunit = Math.floor(offset / u);
+    if (length >= u || offset + length > (vunit + 1) * u) return -1;
+    return this.pool.map.lookup(this.slot, vunit);
+  }
+
   read(buf: Buffer, offset: number, done: Done): void {
     const refused = this.refusal();
     if (refused) return done(refused);
     const { map } = this.pool;
+    const one = this.insideMapped(offset, buf.length);
+    if (one >= 0) return this.pinned(one, buf.length, (cb) => this.readPiece(buf, this.position(one, offset % this.pool.unitSize), cb), done);
     const jobs: Array<{ unit: number; p: Piece }> = [];
     for (const p of this.pieces(offset, buf.length)) {
       const unit = map.lookup(this.slot, p.vunit);
@@ -90,6 +103,20 @@ export class ThinVolume implements Volume {
       else jobs.push({ unit, p });
     }
     this.io(jobs, (unit, p, cb) => this.readPiece(buf.subarray(p.from, p.from + p.length), this.position(unit, p.at), cb), done);
+  }
+
+  /**
+   * Runs `fn` (an I/O of `length` bytes) with `unit` pinned. Transfers under ASYNC_MIN run
+   * synchronously (readPiece, writePiece): nothing can unmap and reuse the unit meanwhile, so
+   * they need no pin.
+   */
+  private pinned(unit: number, length: number, fn: (cb: Done) => void, done: Done): void {
+    if (length < ASYNC_MIN) return fn(done);
+    this.pool.map.pin(unit);
+    fn((err) => {
+      this.pool.unpin(unit);
+      done(err);
+    });
   }
 
   /** Runs `each` for every job with its unit pinned; `done` gets the first error. */
@@ -195,6 +222,9 @@ export class ThinVolume implements Volume {
     const refused = this.refusal();
     if (refused) return done(refused);
     const { map, hot, committer } = this.pool;
+    // An overwrite inside one allocated unit: nothing to allocate, free or check.
+    const one = this.insideMapped(offset, buf.length);
+    if (one >= 0) return this.pinned(one, buf.length, (cb) => this.writePiece(buf, this.position(one, offset % this.pool.unitSize), cb), fua ? (err) => (err ? done(err) : committer.commit(done)) : done);
     const need = this.unitsNeeded(buf, offset, false).length;
     if (need > map.available) return this.pool.whenSpace(need, (err) => (err ? done(err) : this.write(buf, offset, fua, done)));
     const u = this.pool.unitSize;
@@ -222,7 +252,7 @@ export class ThinVolume implements Volume {
     } catch (err) {
       return done(err as Error);
     }
-    this.pool.checkThresholds();
+    if (need > 0) this.pool.checkThresholds();
     this.io(jobs, (unit, p, cb) => this.writePiece(buf.subarray(p.from, p.from + p.length), this.position(unit, p.at), cb), (err) => {
       if (err || !fua) return done(err);
       committer.commit(done);
