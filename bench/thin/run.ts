@@ -36,6 +36,9 @@ const CASES: Case[] = [
 /** IOPS of fio over [offset, offset + 1 GiB): `first` writes it once through (not time-based: the region starts empty). */
 function fio(uri: string, c: Case, offsetMiB: number, first: boolean, dir: string): number {
   const file = join(dir, 'fio.json');
+  // Every run starts from clean page cache: otherwise one target writes back the other's dirty
+  // pages (the thin pool's commits make its data durable every second, a raw file's stays dirty).
+  execFileSync('sync');
   const span = first ? (c.rw === 'write' ? ['--io_size=1G'] : ['--io_size=256M']) : ['--time_based', `--runtime=${opts.runtime}`];
   execFileSync('fio', ['--name=t', '--ioengine=nbd', `--uri=${uri}`, `--rw=${c.rw}`, `--bs=${c.bs}`, `--iodepth=${c.qd}`, `--offset=${offsetMiB}M`, `--size=${REGION}M`, ...span, '--randrepeat=0', '--output-format=json', `--output=${file}`], { env: toolEnv(), stdio: 'ignore' });
   return JSON.parse(readFileSync(file, 'utf8')).jobs[0].write.iops as number;
