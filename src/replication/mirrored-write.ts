@@ -328,7 +328,12 @@ export class WritePath {
 
   /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
   change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done, data?: Buffer): void {
-    this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done, data));
+    const start = (): void => this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done, data));
+    const { local } = this.ctx;
+    // A thin pool set to hold writes when full: a write that needs units waits for them before
+    // it takes its place among the changes (the others go on meanwhile); ENOSPC if none come.
+    if (!data || !local.waitForSpace) return start();
+    local.waitForSpace(data, offset, (err) => (err ? done(err) : start()));
   }
 
   /** @internal MirroredWrite: waits for its turn. */

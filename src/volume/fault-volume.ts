@@ -117,6 +117,11 @@ export class FaultVolume implements Volume {
     return this.inner.reserve?.(buf, offset) ?? null;
   }
 
+  waitForSpace(buf: Buffer, offset: number, done: Done): void {
+    if (!this.inner.waitForSpace) return done(null);
+    this.inner.waitForSpace(buf, offset, done);
+  }
+
   zeroesFast(): boolean {
     return this.inner.zeroesFast?.() !== false;
   }

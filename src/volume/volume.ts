@@ -68,6 +68,12 @@ export interface Volume {
    * A mirrored write reserves before it sends to the peer (both nodes allocate or both fail).
    */
   reserve?(buf: Buffer, offset: number): Reservation | Error | null;
+  /**
+   * Thin volumes: calls back once a write of `buf` at `offset` would find its units free — at
+   * once, or (a pool set to hold writes) when space appears; ENOSPC if it does not in time.
+   * Not binding: `reserve` still decides. A mirrored write waits here before it takes its place.
+   */
+  waitForSpace?(buf: Buffer, offset: number, done: Done): void;
   /** Advisory prefetch. */
   cache(offset: number, length: number, done: Done): void;
   /** Allocation status from `offset`, at most `max` extents, covering at most `length` bytes. */

@@ -112,4 +112,37 @@ describe.skipIf(missingTools('qemu-io', 'fio').length > 0)('mirrored thin volume
       await Promise.all([a.stop(), b?.stop()]);
     }
   });
+
+  it('onFull queue: a write needing a unit waits for space on a full pair and lands on both when units are freed', async () => {
+    const p = await pairPorts();
+    const config = writePairConfig(join(dir, 'queue.json'), p, '64M', p.peerB, {
+      volumes: { vol0: { size: '64M' }, other: { size: '64M' } },
+      pool: { size: '8M', unit: '1M', onFull: 'queue', holdTimeout: '20s' },
+      nodeA: { dataDir: 'qa' },
+      nodeB: { dataDir: 'qb' },
+    });
+    const a = await startClusterNode(config, 'a');
+    const b = await startClusterNode(config, 'b');
+    try {
+      await until(async () => Object.values((await status(p.adminB)).volumes).every((v) => v.connection === 'Connected' && v.disk === 'UpToDate'));
+      await qemuIo(a.uri('other'), 'write -P 0x44 0 8M', 'flush');
+      // The pool is full on both nodes: this write waits (it needs a unit) while others go on.
+      const held = qemuIo(a.uri('vol0'), 'write -P 0x55 0 4k', 'flush');
+      let settled = false;
+      void held.finally(() => (settled = true));
+      // No event says "still waiting": half a second of not settling is the evidence.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(settled).toBe(false);
+      await qemuIo(b.uri('other'), 'write -P 0x45 0 4k', 'read -P 0x45 0 4k');
+      // Free two units through node b: the held write goes on and lands on both nodes.
+      await qemuIo(b.uri('other'), 'discard 6M 2M', 'flush');
+      await held;
+      await qemuIo(b.uri('vol0'), 'read -P 0x55 0 4k');
+      const [sa, sb] = [await status(p.adminA), await status(p.adminB)];
+      for (const s of [sa, sb]) expect(s.volumes.vol0).toMatchObject({ connection: 'Connected', disk: 'UpToDate', outOfSyncBytes: 0, allocatedBytes: MiB });
+      expect(sa.pool!.usedBytes).toBe(sb.pool!.usedBytes);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
 });

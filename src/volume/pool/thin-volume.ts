@@ -218,6 +218,12 @@ export class ThinVolume implements Volume {
     if (this.reserved.has(vunit)) this.pool.map.reserved++;
   }
 
+  waitForSpace(buf: Buffer, offset: number, done: Done): void {
+    const need = this.unitsNeeded(buf, offset, false).length;
+    if (need <= this.pool.map.available) return done(null);
+    this.pool.whenSpace(need, done);
+  }
+
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
     const refused = this.refusal();
     if (refused) return done(refused);
