@@ -16,19 +16,20 @@ export class ResyncSource {
 
   /**
    * RS_REQUEST: the whole range, once every earlier change to it is on disk — or, when it is all
-   * zeros (a thin volume's holes read as zeros), an RS_DATA without data that the target zeroes.
+   * zeros (a hole of a thin volume or sparse file: not even read), an RS_DATA without data that
+   * the target zeroes.
    */
   onRequest(id: bigint, body: Buffer): void {
     const { offset, length } = decodeRange(body);
     answerRange(this.ctx, 'RS_REQUEST', id, body, offset, length, false, (err, data) => {
       if (err) return this.cannotRead(err, offset, length);
-      if (this.ctx.hot.allZero(data)) {
+      if (data.length === 0 || this.ctx.hot.allZero(data)) {
         const none = data.subarray(0, 0);
         return void this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(none), offset, RS_DATA_ZERO))]);
       }
       this.ctx.counters.resyncWireBytes += data.length;
       this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
-    });
+    }, true);
   }
 
   /** RS_CSUM_REQUEST: compared with the target's digests; only the blocks that differ are sent. */

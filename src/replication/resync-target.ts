@@ -4,6 +4,7 @@
 // range wait for its data. Copied data is made durable at checkpoints before bits are cleared
 // and acknowledged (RS_ACK), so a power loss cannot leave a range counted in sync that never
 // reached this disk; a resync cut short resumes from the last checkpoint.
+import { AllocState } from '../protocol/constants.js';
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { isPoolFull } from './mirror-errors.js';
@@ -18,6 +19,8 @@ const RESYNC_CHUNK_BUSY = 256 * 1024;
 const RESYNC_WINDOW = 8;
 /** A resync target makes copied data durable and clears its bits every this many bytes. */
 const RESYNC_CHECKPOINT = 64 * 1024 * 1024;
+/** …or every this many ranges (zero ranges over holes here change nothing and count no bytes). */
+const RESYNC_CHECKPOINT_RANGES = 4096;
 
 /** Where the target is: waiting for the source's dirty runs, pulling ranges, or at its last checkpoint. */
 export type TargetPhase = 'AwaitingRuns' | 'Pulling' | 'Finishing';
@@ -174,6 +177,8 @@ export class ResyncTarget {
     ctx.intactAgain(id);
     let left = pieces.length;
     let error: Error | null = null;
+    /** The range changed nothing here (zeros over a hole): no data to make durable. */
+    let unchanged = false;
     const written = (err: Error | null): void => {
       error ??= err;
       if (--left > 0) return;
@@ -183,7 +188,7 @@ export class ResyncTarget {
         ctx.counters.resyncedBytes += range.length;
         for (const p of pieces) ctx.counters.resyncWireBytes += p.data.length;
         this.unsynced.push({ id, offset: range.offset, length: range.length });
-        this.unsyncedBytes += range.length;
+        if (!unchanged) this.unsyncedBytes += range.length;
       }
       ctx.tracker.release(entry);
       this.requests--;
@@ -194,13 +199,20 @@ export class ResyncTarget {
         return this.end(error);
       }
       // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).
-      if (this.unsyncedBytes >= RESYNC_CHECKPOINT) this.checkpoint();
+      if (this.unsyncedBytes >= RESYNC_CHECKPOINT || this.unsynced.length >= RESYNC_CHECKPOINT_RANGES) this.checkpoint();
       this.pullMore();
     };
     if (left === 0) return void ((left = 1), written(null));
     const writtenSafely = ctx.guard('RS_DATA', written);
-    // Zeros: a thin volume frees the range's units, a raw file punches a hole.
-    if (d.zero) return ctx.local.zero(range.offset, range.length, { noHole: false, fastZero: false, fua: false }, writtenSafely);
+    // Zeros: a thin volume frees the range's units, a raw file punches a hole; over a hole here
+    // there is nothing to do (a full sync of a mostly empty volume is mostly this).
+    if (d.zero) {
+      return ctx.local.extents(range.offset, range.length, 2, ctx.guard('RS_DATA', (err, extents) => {
+        unchanged = !err && extents.length === 1 && extents[0]!.length === range.length && (extents[0]!.flags & AllocState.HOLE) !== 0;
+        if (unchanged) return writtenSafely(null);
+        ctx.local.zero(range.offset, range.length, { noHole: false, fastZero: false, fua: false }, writtenSafely);
+      }));
+    }
     for (const p of pieces) ctx.local.write(p.data, p.offset, false, writtenSafely);
   }
 
