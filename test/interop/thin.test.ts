@@ -2,7 +2,7 @@
 // qemu-img map and nbdinfo --map, a freed unit reused by another volume reading zeros, a pool
 // filled to ENOSPC by fio while another volume stays intact, and kill -9 during allocating and
 // freeing writes followed by `nbd-mirror pool check` (0 problems) and the flushed data intact.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -114,6 +114,21 @@ describe.skipIf(missingTools('qemu-io', 'qemu-img', 'nbdinfo', 'nbdsh', 'fio').l
     const report = await poolCheck(path);
     expect(report.problems).toEqual([]);
     expect(report.mappedUnits).toBe(48);
+  });
+
+  it('grows online on SIGHUP to the size in POOL.size', async () => {
+    const { s, path } = await servePool('2M', ['a=16M'], ['--pool-unit', '1M']);
+    try {
+      await qemuIo(s.uri('a'), 'write -P 1 0 2M');
+      await expect(qemuIo(s.uri('a'), 'write -P 2 8M 4k')).rejects.toThrow(/No space left on device/);
+      writeFileSync(`${path}.size`, '4M\n');
+      s.proc.kill('SIGHUP');
+      await until(() => s.logs.some((l) => l.msg === 'pool grown online' && l.toBytes === 4 * 2 ** 20), 10_000);
+      await qemuIo(s.uri('a'), 'write -P 2 8M 4k', 'read -P 2 8M 4k', 'read -P 1 0 2M');
+    } finally {
+      await s.stop();
+    }
+    expect((await poolCheck(path)).problems).toEqual([]);
   });
 
   it('kill -9 during allocating and freeing writes: pool check finds 0 problems and flushed data is there', async () => {
