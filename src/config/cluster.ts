@@ -94,6 +94,30 @@ const nbdTlsSchema = z
   })
   .prefault({});
 
+/**
+ * Thin pool (docs/CONFIG.md): with it every volume is a thin volume in one pool per node; the
+ * volumes' sizes may add up to more than the pool (over-commit).
+ */
+const poolSchema = z.strictObject({
+  /** Data capacity of each node's pool (per node: nodes.NAME.pool.size). Raised and reloaded (SIGHUP), the pool grows online. */
+  size: size,
+  /** Allocation unit, fixed when the pool is made. */
+  unit: size.refine((n) => n >= 64 * 1024 && n <= 64 * 1024 * 1024 && (n & (n - 1)) === 0, 'must be a power of two from 64K to 64M').default(1024 * 1024),
+  /** How far the pool can grow online (metadata room made at creation, 8 bytes per unit). Default 4 × size. */
+  maxSize: size.optional(),
+  /** A write needing a unit when none is free: ENOSPC at once (`error`), or held up to holdTimeout for space (`queue`). */
+  onFull: z.enum(['error', 'queue']).default('error'),
+  holdTimeout: duration.default(30_000),
+  /** Percentages of the pool in use logged once when crossed (and exported as metrics). */
+  thresholds: z.array(z.number().gt(0).max(100)).max(8).default([75, 90]),
+});
+
+/** Per node: where its pool is (default dataDir/pool.img; a file or a block device) and its size. */
+const nodePoolSchema = z.strictObject({
+  path: z.string().min(1).optional(),
+  size: size.optional(),
+});
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -105,6 +129,8 @@ const nodeSchema = z.strictObject({
   dataDir: z.string().min(1),
   /** NBD over TLS for the hosts attaching to this node (serve's --tls flags; docs/CONFIG.md). */
   tls: nbdTlsSchema,
+  /** This node's pool, when the cluster has one: path and size overrides. */
+  pool: nodePoolSchema.optional(),
 });
 
 /** Keys (files `nbd-mirror keygen` writes; relative to the config file's folder) and exposure. */
@@ -162,6 +188,7 @@ export const clusterSchema = z
     volumes: z.record(name, volumeSchema).default({}),
     online: onlineSchema,
     witness: address.optional(),
+    pool: poolSchema.optional(),
     link: linkSchema.prefault({}),
     activityLog: activityLogSchema,
     resync: resyncSchema,
@@ -170,6 +197,9 @@ export const clusterSchema = z
     security: securitySchema,
   })
   .superRefine((c, ctx) => {
+    for (const [node, n] of Object.entries(c.nodes)) {
+      if (n.pool && !c.pool) ctx.addIssue({ code: 'custom', path: ['nodes', node, 'pool'], message: 'a node pool override needs the cluster\'s "pool" section' });
+    }
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
       ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
     }

@@ -53,7 +53,8 @@ export interface RoundResult {
   seconds: number;
 }
 
-export async function startChaosCluster(dir: string, opts: { witness?: boolean; power?: boolean } = {}): Promise<ChaosCluster> {
+/** `pool`: the volume is a thin volume in a pool of each node (64 KiB units, room for all of it). */
+export async function startChaosCluster(dir: string, opts: { witness?: boolean; power?: boolean; pool?: boolean } = {}): Promise<ChaosCluster> {
   const ports = await pairPorts();
   const power = opts.power ? await powerMounts(dir) : undefined;
   const dataDir = (n: 'a' | 'b') => power?.[n].mountpoint ?? n;
@@ -68,6 +69,7 @@ export async function startChaosCluster(dir: string, opts: { witness?: boolean; 
       },
       volumes: { vol0: { size: CHAOS_SIZE } },
       activityLog: { extent: CHAOS_AL.extent, extents: CHAOS_AL.extents },
+      ...(opts.pool ? { pool: { size: CHAOS_SIZE + 16 * MiB, unit: 64 * 1024 } } : {}),
       ...(witness ? { witness: `127.0.0.1:${witness.port}` } : {}),
     }),
   );
