@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
+import { parseAttachListen, startAttach, type AttachListen, type AttachStatus } from './attach/attach.js';
+import { httpRequest } from './net/http-request.js';
 import { fetchStatus, postAction } from './admin/admin-client.js';
 import { adminTarget, type AdminTargetOptions } from './admin/admin-target.js';
 import { runVerify } from './admin/verify-command.js';
@@ -282,6 +284,64 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
+interface AttachCliOptions {
+  config: string;
+  listen: AttachListen[];
+  admin?: ListenAddress;
+  startTimeout: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+}
+
+/** `nbd-mirror attach`: the host-side endpoint with a path to each node (src/attach/). */
+async function attach(opts: AttachCliOptions): Promise<void> {
+  const log = createLogger(opts.logLevel);
+  const config = loadClusterConfig(opts.config);
+  const running = await startAttach({ config, listen: opts.listen, admin: opts.admin, startTimeoutMs: opts.startTimeout, log });
+  const tcp = running.listening.find((l) => l.kind === 'tcp');
+  log.info(
+    { address: tcp?.addr.host, port: tcp?.addr.port, listen: running.listening.map(attachAddress), adminPort: running.adminPort, volumes: Object.keys(config.volumes) },
+    'listening',
+  );
+  const lines = [''];
+  for (const name of Object.keys(config.volumes).sort()) {
+    lines.push(`nbd-mirror attach serves "${name}" with a path to each node. Attach with:`);
+    for (const l of running.listening) {
+      const uri = l.kind === 'unix' ? `nbd+unix:///${name}?socket=${l.path}` : `nbd://${l.addr.host}:${l.addr.port}/${name}`;
+      lines.push(`  qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio ...`, `  nbdinfo '${uri}'`);
+      if (l.kind === 'tcp') lines.push(`  sudo nbd-client ${l.addr.host} ${l.addr.port} /dev/nbd0 -N ${name}`);
+      else lines.push(`  sudo nbd-client -u ${l.path} /dev/nbd0 -N ${name}`);
+    }
+    lines.push('');
+  }
+  if (running.adminPort !== undefined) lines.push(`Paths: nbd-mirror status --attach ${opts.admin!.host}:${running.adminPort}`, '');
+  process.stderr.write(lines.join('\n'));
+  stopOnSignals(log, () => running.stop());
+}
+
+function attachAddress(l: AttachListen): string {
+  return l.kind === 'unix' ? `unix:${l.path}` : `${l.addr.host}:${l.addr.port}`;
+}
+
+async function attachStatus(addr: ListenAddress, json: boolean): Promise<void> {
+  let res;
+  try {
+    res = await httpRequest(addr, 'GET', '/status', { timeoutMs: 5000 });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}: is nbd-mirror attach running with --admin ${addr.host}:${addr.port}?`);
+  }
+  if (res.status !== 200) throw new Error(`attach answered ${res.status}: ${res.body.trim()}`);
+  const body = JSON.parse(res.body) as AttachStatus;
+  if (json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  const lines = [`attach: nodes ${Object.entries(body.nodes).map(([n, s]) => `${n} ${s.reachable ? 'answers' : 'does not answer'}`).join(', ')}`];
+  for (const [name, v] of Object.entries(body.volumes)) {
+    const paths = Object.entries(v.paths).map(([n, p]) => `${n}${n === v.active ? '*' : ''} ${p.state} (${p.inFlight} in flight)`).join(', ');
+    const s = v.lastStall;
+    const stall = s ? `  last switch: ${s.kind} ${s.from ?? '-'} -> ${s.to}, paused ${s.pauseMs} ms, ${s.resent} re-sent, ${s.at} (${s.reason})` : '  no fail-over yet';
+    lines.push(`  ${name}: ${v.mode} on ${v.active ?? '-'} (preferred ${v.preferred})  paths ${paths}  held ${v.held}  re-sent ${v.resentTotal}  fail-overs ${v.failovers}  fail-backs ${v.failbacks}`, `    ${v.reason}`, stall);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
 /** Tells a person how to attach (stderr, so stdout stays JSON logs). */
 function printAttachHelp(addr: ListenAddress, registry: ExportRegistry, tls: NbdTls | undefined): void {
   const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
@@ -420,9 +480,24 @@ export function buildProgram(): Command {
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
     });
 
-  adminOptions(program.command('status').description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress"), new Option('--admin <host:port>', "the node's admin address"))
+  adminOptions(program.command('status').description("show a node's volumes (connection, disk state, out-of-sync bytes, resync progress), or with --attach an attach endpoint's paths"), new Option('--admin <host:port>', "the node's admin address"))
     .option('--json', 'print the raw JSON')
-    .action(status);
+    .addOption(new Option('--attach <host:port>', "an nbd-mirror attach's status address (its --admin): each volume's active path, path states, re-sent requests, last stall").argParser(argParser(parseHostPort)).conflicts(['admin', 'config']))
+    .action((opts: AdminTargetOptions & { json?: boolean; attach?: ListenAddress }) => (opts.attach ? attachStatus(opts.attach, opts.json === true) : status(opts)));
+
+  program
+    .command('attach')
+    .description('host-side endpoint: serve every volume of the cluster locally, with a path to each node, fail-over and fail-back (docs/OPERATIONS.md)')
+    .requiredOption('--config <file>', 'the cluster config (the same file as on the nodes)')
+    .requiredOption(
+      '--listen <address>',
+      'where local clients attach: HOST:PORT (loopback) or unix:PATH (repeatable)',
+      argParser((v: string, prev: AttachListen[] = []) => [...prev, parseAttachListen(v, parseHostPort)]),
+    )
+    .option('--admin <host:port>', "attach's own status endpoint (GET /status, read by nbd-mirror status --attach)", argParser(parseHostPort))
+    .addOption(new Option('--start-timeout <seconds>', 'give up when no node serves a volume within this time').argParser(argParser(parseSeconds)).default(30_000, '30'))
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .action(attach);
 
   return program;
 }

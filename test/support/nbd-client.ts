@@ -11,7 +11,6 @@ import {
   IHAVEOPT,
   NBD_MAGIC,
   Opt,
-  OPTION_REPLY_MAGIC,
   Rep,
   ReplyFlag,
   SIMPLE_REPLY_MAGIC,
@@ -20,6 +19,9 @@ import {
 } from '../../src/protocol/constants.js';
 import { nbdErrName } from '../../src/protocol/errors.js';
 import { encodeRequestHeader } from '../../src/protocol/requests.js';
+import { decodeOptionReplyHeader, goData, metaContextData, optionBytes, parseExportInfo, type ExportInfo } from '../../src/protocol/client-options.js';
+
+export { metaContextData, optionBytes, type ExportInfo };
 
 /** An error reply from the server, named as the spec names it (EINVAL, ENOSPC…). */
 export class NbdReplyError extends Error {
@@ -55,14 +57,6 @@ export interface ConnectOptions {
   baseAllocation?: boolean;
   /** Check requests locally before sending (default true). */
   strict?: boolean;
-}
-
-export interface ExportInfo {
-  size: number;
-  flags: number;
-  name?: string;
-  description?: string;
-  blockSizes?: { min: number; preferred: number; max: number };
 }
 
 export interface Extent {
@@ -143,15 +137,6 @@ function u32(n: number): Buffer {
   return b;
 }
 
-/** One option as the client sends it: IHAVEOPT, option, length, data. */
-export function optionBytes(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeBigUInt64BE(IHAVEOPT, 0);
-  h.writeUInt32BE(opt, 8);
-  h.writeUInt32BE(data.length, 12);
-  return Buffer.concat([h, data]);
-}
-
 export class NbdClient {
   info!: ExportInfo;
   structured = false;
@@ -204,10 +189,9 @@ export class NbdClient {
     this.socket.write(optionBytes(opt, data));
     const out: Array<{ type: number; data: Buffer }> = [];
     for (let i = 0; i < 10_000; i++) {
-      const h = await this.reader.read(20);
-      if (h.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw new Error('bad option reply magic');
-      const type = h.readUInt32BE(12);
-      const body = await this.reader.read(h.readUInt32BE(16));
+      const h = decodeOptionReplyHeader(await this.reader.read(20));
+      const type = h.type;
+      const body = await this.reader.read(h.length);
       if (type >= 0x80000000) throw new NbdOptionError(opt, type, body.toString());
       out.push({ type, data: body });
       if (type === Rep.ACK) return out;
@@ -223,19 +207,8 @@ export class NbdClient {
 
   /** NBD_OPT_INFO (no transition) or GO. */
   async go(name: string, infoOnly = false): Promise<ExportInfo> {
-    const n = Buffer.from(name);
-    const data = Buffer.concat([u32(n.length), n, Buffer.from([0, 3, 0, 1, 0, 2, 0, 3])]);
-    const replies = await this.option(infoOnly ? Opt.INFO : Opt.GO, data);
-    const info: ExportInfo = { size: 0, flags: 0 };
-    for (const r of replies.filter((x) => x.type === Rep.INFO)) {
-      const t = r.data.readUInt16BE(0);
-      if (t === 0) {
-        info.size = Number(r.data.readBigUInt64BE(2));
-        info.flags = r.data.readUInt16BE(10);
-      } else if (t === 1) info.name = r.data.toString('utf8', 2);
-      else if (t === 2) info.description = r.data.toString('utf8', 2);
-      else if (t === 3) info.blockSizes = { min: r.data.readUInt32BE(2), preferred: r.data.readUInt32BE(6), max: r.data.readUInt32BE(10) };
-    }
+    const replies = await this.option(infoOnly ? Opt.INFO : Opt.GO, goData(name));
+    const info = parseExportInfo(replies.filter((x) => x.type === Rep.INFO).map((x) => x.data));
     if (!infoOnly) this.replyLoop = this.readReplies();
     return info;
   }
@@ -355,10 +328,4 @@ export class NbdClient {
     else if (p.type === Cmd.BLOCK_STATUS) p.resolve(p.extents);
     else p.resolve(undefined);
   }
-}
-
-export function metaContextData(exportName: string, queries: string[]): Buffer {
-  const n = Buffer.from(exportName);
-  const qs = queries.map((q) => Buffer.concat([u32(Buffer.byteLength(q)), Buffer.from(q)]));
-  return Buffer.concat([u32(n.length), n, u32(queries.length), ...qs]);
 }

@@ -1,0 +1,167 @@
+// `nbd-mirror attach`: the host-side endpoint. Local clients (qemu, nbd-client, libnbd tools,
+// fio) attach to it over loopback TCP or a unix socket; every volume of the cluster is served
+// under its own name by the server's own listener and Connection (src/server/), whose Volume
+// is an AttachVolume forwarding to one of the two nodes (attach-volume.ts). Each node's admin
+// status is polled (node-watch.ts) for the fail-over and fail-back decisions; attach's own
+// status is JSON on a small HTTP endpoint (`nbd-mirror status --attach ADDR`).
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import http from 'node:http';
+import type { ClusterConfig } from '../config/cluster.js';
+import type { HostPort } from '../config/units.js';
+import { reachable } from '../admin/admin-target.js';
+import { Hotpath } from '../hotpath/index.js';
+import type { Logger } from '../log.js';
+import { formatSize } from '../config/units.js';
+import { guardedHandler, requestPath } from '../http-request.js';
+import { ExportRegistry } from '../server/exports.js';
+import { DEFAULT_LIMITS, NbdServer, SERVER_INFLIGHT_BYTES, type ServerLimits } from '../server/server.js';
+import { AttachVolume, capabilitiesFrom, type AttachVolumeStatus } from './attach-volume.js';
+import { NodeWatch } from './node-watch.js';
+import { NodePath } from './path.js';
+
+/** Where local clients attach: a TCP address (loopback, normally) or a unix socket path. */
+export type AttachListen = { kind: 'tcp'; addr: HostPort } | { kind: 'unix'; path: string };
+
+export interface AttachStatus {
+  attach: true;
+  /** Each node's admin status answered within the last polls. */
+  nodes: Record<string, { reachable: boolean }>;
+  volumes: Record<string, AttachVolumeStatus>;
+}
+
+export interface AttachOptions {
+  readonly config: ClusterConfig;
+  readonly listen: readonly AttachListen[];
+  /** attach's own status endpoint (GET /status), loopback; undefined: none. */
+  readonly admin?: HostPort;
+  /** How long start-up waits for one node to serve each volume. */
+  readonly startTimeoutMs: number;
+  readonly limits?: ServerLimits;
+  readonly log: Logger;
+}
+
+export interface RunningAttach {
+  /** The addresses listened on (TCP ports as the kernel picked them). */
+  readonly listening: AttachListen[];
+  readonly adminPort: number | undefined;
+  status(): AttachStatus;
+  stop(): Promise<void>;
+}
+
+/** Parses a --listen value: HOST:PORT, or unix:PATH / an absolute PATH for a unix socket. */
+export function parseAttachListen(text: string, parseHostPort: (t: string) => HostPort): AttachListen {
+  if (text.startsWith('unix:')) return { kind: 'unix', path: text.slice(5) };
+  if (text.startsWith('/')) return { kind: 'unix', path: text };
+  return { kind: 'tcp', addr: parseHostPort(text) };
+}
+
+export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
+  const { config, log } = o;
+  const nodeNames = Object.keys(config.nodes);
+  const volumes: AttachVolume[] = [];
+  const watches = new Map<string, NodeWatch>();
+  const evaluateAll = () => volumes.forEach((v) => v.evaluate());
+  for (const n of nodeNames) watches.set(n, new NodeWatch(n, reachable(config.nodes[n]!.admin), config.attach.statusInterval, log.child({ component: 'node-watch' }), evaluateAll));
+  const timing = { ioTimeoutMs: config.attach.ioTimeout, reconnectMs: config.attach.reconnectInterval };
+  for (const name of Object.keys(config.volumes).sort()) {
+    const c = config.volumes[name]!;
+    const preferred = c.preferredNode ?? nodeNames[0]!;
+    const v = new AttachVolume(name, c.size, preferred, (node) => watches.get(node)!.volume(name), log.child({ component: 'attach' }));
+    // The preferred path first: it is dialed first and its flags are the export's.
+    const order = [preferred, ...nodeNames.filter((n) => n !== preferred)];
+    v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v)));
+    volumes.push(v);
+  }
+  for (const w of watches.values()) w.start();
+  for (const v of volumes) for (const p of v.paths) p.start();
+
+  // The export's flags come from a node's answer: wait for one path of each volume.
+  const deadline = Date.now() + o.startTimeoutMs;
+  for (const v of volumes) {
+    for (;;) {
+      const ready = v.paths.find((p) => p.info !== undefined);
+      if (ready) {
+        v.capabilities = capabilitiesFrom(ready.info!.flags);
+        break;
+      }
+      if (Date.now() > deadline) {
+        await stopAll();
+        throw new Error(`no node served volume "${v.name}" within ${o.startTimeoutMs} ms (${v.paths.map((p) => `${p.node}: ${p.reason}`).join('; ')})`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  const registry = new ExportRegistry();
+  for (const v of volumes) registry.add(v.name, v, `nbd-mirror volume ${v.name} (${formatSize(v.size)}) through attach, preferred node ${v.preferred}`);
+  // Slots for payloads and READ replies, as a node sizes them: the server budget twice over.
+  const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
+  const servers: NbdServer[] = [];
+  const listening: AttachListen[] = [];
+  for (const l of o.listen) {
+    const server = new NbdServer(registry, hot.slots, log, o.limits ?? DEFAULT_LIMITS, undefined);
+    servers.push(server);
+    if (l.kind === 'tcp') listening.push({ kind: 'tcp', addr: await server.listen(l.addr) });
+    else {
+      removeStaleSocket(l.path);
+      await server.listenPath(l.path);
+      listening.push(l);
+    }
+  }
+  // The I/O timeout is checked a few times per timeout.
+  const tick = setInterval(() => volumes.forEach((v) => v.tick(Date.now())), Math.max(20, Math.min(250, config.attach.ioTimeout / 4)));
+
+  const status = (): AttachStatus => ({
+    attach: true,
+    nodes: Object.fromEntries([...watches].map(([n, w]) => [n, { reachable: w.answering }])),
+    volumes: Object.fromEntries(volumes.map((v) => [v.name, v.status()])),
+  });
+  let admin: http.Server | undefined;
+  if (o.admin) admin = await startStatusEndpoint(o.admin, status, log);
+
+  async function stopAll(): Promise<void> {
+    for (const w of watches.values()) w.stop();
+    for (const v of volumes) await v.close();
+  }
+
+  return {
+    listening,
+    adminPort: admin ? (admin.address() as { port: number }).port : undefined,
+    status,
+    stop: async () => {
+      clearInterval(tick);
+      admin?.close();
+      // Requests in flight finish (the paths stay up until each server has drained), then the paths close.
+      await Promise.all(servers.map((s) => s.shutdown()));
+      await stopAll();
+      for (const l of listening) if (l.kind === 'unix') removeStaleSocket(l.path);
+    },
+  };
+}
+
+/** A socket file left by an earlier run would make listen fail with EADDRINUSE; anything else at the path is left alone. */
+function removeStaleSocket(path: string): void {
+  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+}
+
+/** GET /status: attach's paths as JSON. Read-only, so no token; listens where --admin says (loopback by default). */
+function startStatusEndpoint(addr: HostPort, status: () => AttachStatus, log: Logger): Promise<http.Server> {
+  const server = http.createServer(
+    guardedHandler(log, (req, res) => {
+      if (req.method === 'GET' && requestPath(req.url) === '/status') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(status()));
+        return;
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('attach serves GET /status only\n');
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(addr.port, addr.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
