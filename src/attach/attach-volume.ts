@@ -209,7 +209,7 @@ export class AttachVolume implements Volume, PathEvents {
 
   /** Called on every path event, status poll and tick: moves the volume on if it can. */
   evaluate(): void {
-    if (this.stopping) return;
+    if (this.stopping || this.dropping) return;
     switch (this.mode) {
       case 'waiting': {
         // The other node only once the preferred one has had its first try (both are dialed at start).

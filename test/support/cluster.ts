@@ -4,6 +4,9 @@ import { join } from 'node:path';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
 import { freePort } from './processes.js';
+import type { AttachStatus } from '../../src/attach/attach.js';
+import type { AttachVolumeStatus } from '../../src/attach/attach-volume.js';
+import { httpRequest } from '../../src/net/http-request.js';
 
 export interface PairPorts {
   nbdA: number;
@@ -66,4 +69,10 @@ export async function until(cond: () => boolean | Promise<boolean>, ms = 15_000)
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** `nbd-mirror attach`'s status of vol0 (its GET /status, what `nbd-mirror status --attach` prints). */
+export async function attachStatus(adminPort: number): Promise<AttachVolumeStatus> {
+  const res = await httpRequest({ host: '127.0.0.1', port: adminPort }, 'GET', '/status', { timeoutMs: 5000 });
+  return (JSON.parse(res.body) as AttachStatus).volumes.vol0!;
 }
