@@ -244,6 +244,12 @@ export class AttachVolume implements Volume, PathEvents {
       case 'failing-over': {
         const p = this.active!;
         const q = this.otherPath(p);
+        // The failed path healthy again comes first: no switch at all.
+        const stallOver = this.failKind === 'stall' && p.state === 'ready';
+        const reconnected = (this.failKind === 'closed' || this.failKind === 'shutdown') && p.state === 'ready' && p.generation > this.failGeneration;
+        if ((stallOver || reconnected) && this.usable(p) && !this.takenOver(q)) {
+          return this.resume(p, 'fail-over', stallOver ? `node ${p.node} answers again` : `reconnected to node ${p.node}`);
+        }
         if (this.usable(q) && (this.takenOver(q) || !this.writesOutstanding(p))) {
           const why = this.takenOver(q) ? `node ${q.node} writes the volume alone` : `no write of node ${p.node} is outstanding`;
           this.dropping = true;
@@ -252,9 +258,6 @@ export class AttachVolume implements Volume, PathEvents {
           this.failovers++;
           return this.resume(q, 'fail-over', `fail-over from node ${p.node}: ${why}`);
         }
-        const stallOver = this.failKind === 'stall' && p.state === 'ready';
-        const reconnected = (this.failKind === 'closed' || this.failKind === 'shutdown') && p.state === 'ready' && p.generation > this.failGeneration;
-        if ((stallOver || reconnected) && this.usable(p)) this.resume(p, 'fail-over', stallOver ? `node ${p.node} answers again` : `reconnected to node ${p.node}`);
         return;
       }
     }
