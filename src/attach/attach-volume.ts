@@ -162,6 +162,13 @@ export class AttachVolume implements Volume, PathEvents {
   }
 
   private send(path: NodePath, op: AttachOp): void {
+    if (path.state !== 'ready' && path.state !== 'stalled') {
+      // Not meant to happen (a path is only active while connected); if it does, the request
+      // waits for the next decision instead of failing the client's connection.
+      this.log.error({ volume: this.name, node: path.node, state: path.state }, 'request for a path without a connection: held');
+      this.held.push(op);
+      return;
+    }
     op.sentTo = path.node;
     op.errno = 0;
     op.extents = undefined;

@@ -115,11 +115,12 @@ export class NodePath {
         conn.listen({
           replied: (op) => this.events.replied(this, op),
           closed: (reason, byNode, inFlight) => {
-            // The requests first, so whoever decides on the state change already holds them.
+            // Down before anyone decides, and the requests handed over with the news (not a
+            // separate `changed`): the decision sees the path down and holds its requests.
             this.conn = undefined;
-            this.events.lost(this, reason, byNode, inFlight);
-            this.set('down', reason);
+            this.set('down', reason, false);
             this.later();
+            this.events.lost(this, reason, byNode, inFlight);
           },
         });
         if (this.current === 'connecting') this.set('ready', 'connected, export negotiated');
@@ -137,7 +138,7 @@ export class NodePath {
     this.retry = setTimeout(() => this.connect(), this.timing.reconnectMs);
   }
 
-  private set(next: PathState, reason: string): void {
+  private set(next: PathState, reason: string, notify = true): void {
     if (next === this.current) return;
     if (!PATH_TRANSITIONS[this.current].includes(next)) throw new Error(`path ${this.node}/${this.volume}: ${this.current} -> ${next} is not a transition`);
     const from = this.current;
@@ -150,6 +151,6 @@ export class NodePath {
     if (next === 'ready') this.lastFailure = undefined;
     if (quiet) this.log.debug({ volume: this.volume, node: this.node, from, to: next, reason }, 'path state');
     else this.log.info({ volume: this.volume, node: this.node, from, to: next, reason }, 'path state');
-    this.events.changed(this);
+    if (notify) this.events.changed(this);
   }
 }

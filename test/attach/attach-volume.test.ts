@@ -48,8 +48,8 @@ class FakePath {
   lose(reason: string): void {
     const ops = this.inFlightOps;
     this.inFlightOps = [];
+    this.state = 'down';
     this.v().lost(this as unknown as NodePath, reason, true, ops);
-    this.set('down');
   }
   set(state: PathState): void {
     this.state = state;
