@@ -16,6 +16,8 @@ import type { Extent } from '../volume/volume.js';
 
 /** A reply chunk of at least this much still to come is read straight into the request's buffer. */
 const DIRECT_DATA_MIN = 64 * 1024;
+/** WRITE payloads up to this size travel in one buffer with their header. */
+const SMALL_PAYLOAD = 16 * 1024;
 /** Option replies a handshake may take (a server that never sends the final ACK is dropped). */
 const MAX_OPTION_REPLIES = 64;
 /** Longest option reply we accept during the handshake. */
@@ -111,6 +113,7 @@ export class NodeConnection implements ReplySink {
   private closedReason: string | undefined;
   private baseAllocationId = 0;
   private byUs = false;
+  private corked = false;
   info: ExportInfo | undefined;
   private events: NodeConnectionEvents | undefined;
   private readonly socket: net.Socket;
@@ -177,11 +180,25 @@ export class NodeConnection implements ReplySink {
     const cookie = this.nextCookie++;
     this.inFlight.set(cookie, op);
     op.sentAt = Date.now();
-    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+    // Requests of one event-loop turn leave in one writev (as the server corks its replies).
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    // A small payload is copied behind its header (one buffer); a large one is written as it is.
+    const small = op.type === Cmd.WRITE && op.length <= SMALL_PAYLOAD;
+    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE + (small ? op.length : 0));
     encodeRequestHeader(header, 0, { type: op.type, flags: op.flags, offset: op.offset, length: op.length, cookieHi: 0, cookieLo: cookie });
+    if (small) op.data!.copy(header, REQUEST_HEADER_SIZE);
     this.socket.write(header);
-    if (op.type === Cmd.WRITE) this.socket.write(op.data!);
+    if (op.type === Cmd.WRITE && !small) this.socket.write(op.data!);
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   /** Ends the connection now; requests in flight are handed back through `closed`. */
   close(reason: string): void {
