@@ -296,7 +296,7 @@ interface AttachCliOptions {
 async function attach(opts: AttachCliOptions): Promise<void> {
   const log = createLogger(opts.logLevel);
   const config = loadClusterConfig(opts.config);
-  const running = await startAttach({ config, listen: opts.listen, admin: opts.admin, startTimeoutMs: opts.startTimeout, log });
+  const running = await startAttach({ config, configDir: dirname(resolve(opts.config)), listen: opts.listen, admin: opts.admin, startTimeoutMs: opts.startTimeout, log });
   const tcp = running.listening.find((l) => l.kind === 'tcp');
   log.info(
     { address: tcp?.addr.host, port: tcp?.addr.port, listen: running.listening.map(attachAddress), adminPort: running.adminPort, volumes: Object.keys(config.volumes) },

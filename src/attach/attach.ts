@@ -6,7 +6,9 @@
 // status is JSON on a small HTTP endpoint (`nbd-mirror status --attach ADDR`).
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
-import type { ClusterConfig } from '../config/cluster.js';
+import { resolve } from 'node:path';
+import { ConfigError, type ClusterConfig } from '../config/cluster.js';
+import { NbdTlsClient } from '../security/nbd-tls-client.js';
 import type { HostPort } from '../config/units.js';
 import { reachable } from '../admin/admin-target.js';
 import { Hotpath } from '../hotpath/index.js';
@@ -31,6 +33,8 @@ export interface AttachStatus {
 
 export interface AttachOptions {
   readonly config: ClusterConfig;
+  /** The config file's folder: `attach.tls` paths are relative to it. */
+  readonly configDir: string;
   readonly listen: readonly AttachListen[];
   /** attach's own status endpoint (GET /status), loopback; undefined: none. */
   readonly admin?: HostPort;
@@ -63,13 +67,14 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
   const evaluateAll = () => volumes.forEach((v) => v.evaluate());
   for (const n of nodeNames) watches.set(n, new NodeWatch(n, reachable(config.nodes[n]!.admin), config.attach.statusInterval, log.child({ component: 'node-watch' }), evaluateAll));
   const timing = { ioTimeoutMs: config.attach.ioTimeout, reconnectMs: config.attach.reconnectInterval };
+  const tlsFor = nodeTls(config, o.configDir, log);
   for (const name of Object.keys(config.volumes).sort()) {
     const c = config.volumes[name]!;
     const preferred = c.preferredNode ?? nodeNames[0]!;
     const v = new AttachVolume(name, c.size, preferred, (node) => watches.get(node)!.volume(name), log.child({ component: 'attach' }));
     // The preferred path first: it is dialed first and its flags are the export's.
     const order = [preferred, ...nodeNames.filter((n) => n !== preferred)];
-    v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v)));
+    v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v, tlsFor.get(n))));
     volumes.push(v);
   }
   for (const w of watches.values()) w.start();
@@ -137,6 +142,23 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
       for (const l of listening) if (l.kind === 'unix') removeStaleSocket(l.path);
     },
   };
+}
+
+/**
+ * The TLS client each node needs: nodes that serve NBD over TLS get `attach.tls`; a node that
+ * requires TLS while attach has no credentials is a config error (said at start, not at the first path).
+ */
+function nodeTls(config: ClusterConfig, configDir: string, log: Logger): Map<string, NbdTlsClient> {
+  const out = new Map<string, NbdTlsClient>();
+  const s = config.attach.tls;
+  const client = s && NbdTlsClient.load({ ...s, psk: s.psk && resolve(configDir, s.psk), certificates: s.certificates && resolve(configDir, s.certificates) });
+  for (const [name, n] of Object.entries(config.nodes)) {
+    if (n.tls.mode === 'off') continue;
+    if (client) out.set(name, client);
+    else if (n.tls.mode === 'require') throw new ConfigError(`node ${name} requires NBD over TLS (nodes.${name}.tls.mode): give attach its credentials in attach.tls (docs/CONFIG.md)`);
+    else log.warn({ node: name }, 'the node offers NBD over TLS but attach.tls is not set: its paths are not encrypted');
+  }
+  return out;
 }
 
 /** A socket file left by an earlier run would make listen fail with EADDRINUSE; anything else at the path is left alone. */

@@ -13,6 +13,7 @@ import { encodeRequestHeader } from '../protocol/requests.js';
 import { onReadOptions } from '../server/receive.js';
 import type { HostPort } from '../config/units.js';
 import type { Extent } from '../volume/volume.js';
+import type { NbdTlsClient } from '../security/nbd-tls-client.js';
 
 /** A reply chunk of at least this much still to come is read straight into the request's buffer. */
 const DIRECT_DATA_MIN = 64 * 1024;
@@ -116,30 +117,44 @@ export class NodeConnection implements ReplySink {
   private corked = false;
   info: ExportInfo | undefined;
   private events: NodeConnectionEvents | undefined;
-  private readonly socket: net.Socket;
+  /** The plain socket, or after STARTTLS the TLS one. */
+  private socket: net.Socket;
+  private readonly onData = (chunk: Buffer): void => this.receive(chunk);
 
-  private constructor(addr: HostPort) {
-    this.socket = net.connect({
-      host: addr.host,
-      port: addr.port,
-      noDelay: true,
-      onread: onReadOptions({
-        onChunk: (chunk) => this.receive(chunk),
-        directTarget: () => this.decoder?.dataTarget(DIRECT_DATA_MIN),
-        onDirect: (n) => this.guard(() => this.decoder!.dataArrived(n)),
-      }),
-    });
-    this.socket.on('error', (err) => this.onClose(err.message));
-    this.socket.on('close', () => this.onClose('connection closed by the node'));
-    this.socket.on('end', () => this.socket.end());
+  private constructor(
+    private readonly addr: HostPort,
+    private readonly tls: NbdTlsClient | undefined,
+  ) {
+    // A plain connection reads into our own buffers (`onread`, as the server does); one that
+    // will start TLS reads through 'data' events, which the TLS socket takes over.
+    this.socket = tls
+      ? net.connect({ host: addr.host, port: addr.port, noDelay: true })
+      : net.connect({
+          host: addr.host,
+          port: addr.port,
+          noDelay: true,
+          onread: onReadOptions({
+            onChunk: (chunk) => this.receive(chunk),
+            directTarget: () => this.decoder?.dataTarget(DIRECT_DATA_MIN),
+            onDirect: (n) => this.guard(() => this.decoder!.dataArrived(n)),
+          }),
+        });
+    if (tls) this.socket.on('data', this.onData);
+    this.watch(this.socket);
+  }
+
+  private watch(socket: net.Socket): void {
+    socket.on('error', (err) => this.onClose(err.message));
+    socket.on('close', () => this.onClose('connection closed by the node'));
+    socket.on('end', () => socket.end());
   }
 
   /**
-   * Dials `addr` and negotiates `exportName`; rejects (and closes) on any failure or after
-   * `timeoutMs`. Events start once it resolves.
+   * Dials `addr` and negotiates `exportName` (over TLS when `tls` is given); rejects (and closes)
+   * on any failure or after `timeoutMs`. Events start once it resolves.
    */
-  static async open(addr: HostPort, exportName: string, timeoutMs: number): Promise<NodeConnection> {
-    const c = new NodeConnection(addr);
+  static async open(addr: HostPort, exportName: string, timeoutMs: number, tls?: NbdTlsClient): Promise<NodeConnection> {
+    const c = new NodeConnection(addr, tls);
     const timer = setTimeout(() => c.close(`no handshake within ${timeoutMs} ms`), timeoutMs);
     try {
       await c.negotiate(exportName);
@@ -214,6 +229,15 @@ export class NodeConnection implements ReplySink {
     const flags = Buffer.alloc(4);
     flags.writeUInt32BE(3); // FIXED_NEWSTYLE | NO_ZEROES
     this.socket.write(flags);
+    if (this.tls) {
+      await this.option(Opt.STARTTLS);
+      const plain = this.socket;
+      plain.off('data', this.onData);
+      const secured = await this.tls.upgrade(plain, this.addr.host);
+      this.socket = secured;
+      this.watch(secured);
+      secured.on('data', this.onData);
+    }
     await this.option(Opt.STRUCTURED_REPLY);
     const ctx = (await this.option(Opt.SET_META_CONTEXT, metaContextData(exportName, [BASE_ALLOCATION]))).find((x) => x.type === Rep.META_CONTEXT);
     if (!ctx || ctx.data.length < 4) throw new AttachHandshakeError(`the node offers no ${BASE_ALLOCATION} for "${exportName}"`);

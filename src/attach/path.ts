@@ -12,6 +12,7 @@
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
 import { NodeConnection, type Forwarded } from './node-connection.js';
+import type { NbdTlsClient } from '../security/nbd-tls-client.js';
 
 export type PathState = 'down' | 'connecting' | 'ready' | 'stalled';
 
@@ -54,6 +55,8 @@ export class NodePath {
     private readonly timing: PathTiming,
     private readonly log: Logger,
     private readonly events: PathEvents,
+    /** NBD over TLS to this node (its `tls.mode` is on or require); undefined: plain. */
+    private readonly tls: NbdTlsClient | undefined,
   ) {}
 
   get state(): PathState {
@@ -106,7 +109,7 @@ export class NodePath {
   private connect(): void {
     if (this.stopped) return;
     this.set('connecting', `dialing ${this.addr.host}:${this.addr.port}`);
-    NodeConnection.open(this.addr, this.volume, this.timing.ioTimeoutMs).then(
+    NodeConnection.open(this.addr, this.volume, this.timing.ioTimeoutMs, this.tls).then(
       (conn) => {
         if (this.stopped) return conn.close('attach is stopping');
         this.conn = conn;

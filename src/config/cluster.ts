@@ -131,6 +131,15 @@ const attachSchema = z
     statusInterval: duration.default(250),
     /** How soon a lost path is dialed again. */
     reconnectInterval: duration.default(1000),
+    /**
+     * Credentials for nodes that serve NBD over TLS (`nodes.N.tls`), as libnbd and qemu take them:
+     * a psktool file and the username to use, or a certificates directory (ca-cert.pem, and
+     * client-cert.pem + client-key.pem for nodes that verify clients). Relative to the config file.
+     */
+    tls: z
+      .strictObject({ psk: z.string().min(1).optional(), username: z.string().min(1).optional(), certificates: z.string().min(1).optional() })
+      .refine((t) => (t.psk === undefined) !== (t.certificates === undefined), 'give "psk" (with "username") or "certificates", one of them')
+      .optional(),
   })
   .prefault({});
 

@@ -24,7 +24,7 @@ export interface NbdTlsSettings {
  * TLS 1.3 (any key exchange), then TLS 1.2 PSK suites with AEAD only (ECDHE first, for forward
  * secrecy): Node's default list drops every PSK suite, and gnutls clients offer TLS 1.2 PSK too.
  */
-const PSK_CIPHERS = [
+export const PSK_CIPHERS = [
   'TLS_AES_256_GCM_SHA384',
   'TLS_CHACHA20_POLY1305_SHA256',
   'TLS_AES_128_GCM_SHA256',
