@@ -17,8 +17,6 @@ import type { NbdTlsClient } from '../security/nbd-tls-client.js';
 
 /** A reply chunk of at least this much still to come is read straight into the request's buffer. */
 const DIRECT_DATA_MIN = 64 * 1024;
-/** WRITE payloads up to this size travel in one buffer with their header. */
-const SMALL_PAYLOAD = 16 * 1024;
 /** Option replies a handshake may take (a server that never sends the final ACK is dropped). */
 const MAX_OPTION_REPLIES = 64;
 /** Longest option reply we accept during the handshake. */
@@ -201,13 +199,11 @@ export class NodeConnection implements ReplySink {
       this.socket.cork();
       process.nextTick(this.uncork);
     }
-    // A small payload is copied behind its header (one buffer); a large one is written as it is.
-    const small = op.type === Cmd.WRITE && op.length <= SMALL_PAYLOAD;
-    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE + (small ? op.length : 0));
+    // The payload is written as it is, never copied: the cork puts it in one writev with its header.
+    const header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
     encodeRequestHeader(header, 0, { type: op.type, flags: op.flags, offset: op.offset, length: op.length, cookieHi: 0, cookieLo: cookie });
-    if (small) op.data!.copy(header, REQUEST_HEADER_SIZE);
     this.socket.write(header);
-    if (op.type === Cmd.WRITE && !small) this.socket.write(op.data!);
+    if (op.type === Cmd.WRITE) this.socket.write(op.data!);
   }
 
   private readonly uncork = (): void => {
