@@ -8,9 +8,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { attachStatus, pairPorts, until, volumeStatus, writePairConfig } from '../../test/support/cluster.js';
+import { attachStatus, startPair, until } from '../../test/support/cluster.js';
 import { NbdClient } from '../../test/support/nbd-client.js';
-import { startAttachProcess, startClusterNode, startWitnessProcess, type RunningServer } from '../../test/support/processes.js';
+import { startAttachProcess, startClusterNode, type RunningServer } from '../../test/support/processes.js';
 import { TcpProxy } from '../../test/support/tcp-proxy.js';
 import { toolEnv } from '../../test/support/tools.js';
 
@@ -45,18 +45,9 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-bencha-'));
   const procs: RunningServer[] = [];
   try {
-    const p = await pairPorts();
-    const witness = await startWitnessProcess(join(dir, 'witness.json'));
-    procs.push(witness);
-    const config = writePairConfig(join(dir, 'cluster.json'), p, opts.size!, p.peerB, { witness: `127.0.0.1:${witness.port}` });
-    let a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    const inSync = async () => {
-      const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
-      return sa.connection === 'Connected' && sb.connection === 'Connected' && sa.disk === 'UpToDate' && sb.disk === 'UpToDate' && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0;
-    };
-    await until(inSync, 30_000);
+    const pair = await startPair(dir, opts.size!, procs);
+    const { p, config } = pair;
+    let a = pair.a;
     const attach = await startAttachProcess(config);
     procs.push(attach);
     const st = () => attachStatus(attach.adminPort);

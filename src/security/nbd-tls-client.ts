@@ -3,12 +3,10 @@
 // psktool key file and the username to use from it, or a certificates directory with
 // ca-cert.pem (the CA that signed the nodes' certificates) and, for nodes that verify clients,
 // client-cert.pem and client-key.pem. The connection upgrades after STARTTLS (node-connection.ts).
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ConfigError } from '../config/cluster.js';
-import { PSK_CIPHERS } from './nbd-tls.js';
+import { PSK_CIPHERS, readCertificateFile } from './nbd-tls.js';
 import { loadPskFile } from './psk-file.js';
 
 export interface NbdTlsClientSettings {
@@ -34,15 +32,7 @@ export class NbdTlsClient {
       if (!key) throw new ConfigError(`attach.tls.username: "${username}" is not in ${s.psk}`);
       return new NbdTlsClient({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', pskCallback: () => ({ psk: key, identity: username }), checkServerIdentity: () => undefined });
     }
-    const read = (name: string, optional: boolean): Buffer | undefined => {
-      const path = join(s.certificates!, name);
-      try {
-        return readFileSync(path);
-      } catch (err) {
-        if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
-      }
-    };
+    const read = (name: string, optional: boolean) => readCertificateFile(s.certificates!, name, optional);
     return new NbdTlsClient({ ca: read('ca-cert.pem', false), cert: read('client-cert.pem', true), key: read('client-key.pem', true), minVersion: 'TLSv1.2' });
   }
 

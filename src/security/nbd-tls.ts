@@ -34,6 +34,17 @@ export const PSK_CIPHERS = [
   'PSK-AES128-GCM-SHA256',
 ].join(':');
 
+/** A file of a certificates directory (nbdkit's and libnbd's layout); a missing optional one is undefined. */
+export function readCertificateFile(dir: string, name: string, optional: boolean): Buffer | undefined {
+  const path = join(dir, name);
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
 /** What a finished TLS handshake gives the connection. */
 export interface TlsPeer {
   readonly socket: tls.TLSSocket;
@@ -60,15 +71,7 @@ export class NbdTls {
       return new NbdTls(s.mode, { ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2' }, loadPskFile(s.psk));
     }
     if (s.certificates === undefined) throw new ConfigError(`TLS mode "${s.mode}" needs a certificates directory or a PSK file`);
-    const read = (name: string, optional = false): Buffer | undefined => {
-      const path = join(s.certificates!, name);
-      try {
-        return readFileSync(path);
-      } catch (err) {
-        if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
-      }
-    };
+    const read = (name: string, optional = false) => readCertificateFile(s.certificates!, name, optional);
     const options: tls.TlsOptions = {
       ca: read('ca-cert.pem'),
       cert: read('server-cert.pem'),

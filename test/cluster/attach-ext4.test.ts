@@ -9,10 +9,10 @@ import { readFile, writeFile, open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { attachStatus, dataFile, pairPorts, until, volumeStatus, writePairConfig } from '../support/cluster.js';
+import { attachStatus, dataFile, pairInSync, startPair, until } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { attachLoop, canMountNbdfuse, type LoopDevice } from '../support/nbdfuse.js';
-import { startAttachProcess, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
+import { startAttachProcess, startClusterNode, type RunningServer } from '../support/processes.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -28,18 +28,9 @@ describe.skipIf(!canMountNbdfuse('ext4 through attach test'))('ext4 through nbd-
   });
 
   it('stays mounted and fsck-clean through kill -9, resync and SIGSTOP of the active node', async () => {
-    const p = await pairPorts();
-    const witness = await startWitnessProcess(join(dir, 'witness.json'));
-    procs.push(witness);
-    const config = writePairConfig(join(dir, 'cluster.json'), p, '128M', p.peerB, { witness: `127.0.0.1:${witness.port}` });
-    let a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    const inSync = async () => {
-      const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
-      return sa.connection === 'Connected' && sb.connection === 'Connected' && sa.disk === 'UpToDate' && sb.disk === 'UpToDate' && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0;
-    };
-    await until(inSync);
+    const pair = await startPair(dir, '128M', procs);
+    const { p, config } = pair;
+    let a = pair.a;
     const attach = await startAttachProcess(config);
     procs.push(attach);
     const st = () => attachStatus(attach.adminPort);
@@ -57,8 +48,8 @@ describe.skipIf(!canMountNbdfuse('ext4 through attach test'))('ext4 through nbd-
     let stop = false;
     const writer = (async () => {
       for (let i = 0; !stop && i < 10_000; i++) {
-        const data = randomBytes(512 * 1024 + i * 4096);
-        const name = `f${i % 40}`; // files are rewritten too
+        const data = randomBytes(512 * 1024 + (i % 97) * 4096);
+        const name = `f${i % 40}`; // files are rewritten too (at most 40 of under 1 MiB: the volume never fills)
         const fh = await open(join(mnt, name), 'w');
         await fh.writeFile(data);
         await fh.sync();
@@ -99,7 +90,7 @@ describe.skipIf(!canMountNbdfuse('ext4 through attach test'))('ext4 through nbd-
 
     const s = await st();
     expect(s.failovers).toBeGreaterThanOrEqual(2);
-    await until(inSync, 60_000);
+    await until(() => pairInSync(p), 60_000);
     expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
   }, 300_000);
 });

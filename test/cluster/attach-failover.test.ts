@@ -13,20 +13,13 @@
 //    holds the last round on both nodes.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { attachStatus, dataFile, pairPorts, until, volumeStatus, writePairConfig, type PairPorts } from '../support/cluster.js';
+import { attachStatus, dataFile, pairInSync, startPair, until, volumeStatus } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { startAttachProcess, startClusterNode, startWitnessProcess, type RunningServer } from '../support/processes.js';
+import { startAttachProcess, startClusterNode, type RunningServer } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
-
-interface Pair {
-  p: PairPorts;
-  config: string;
-  a: RunningServer;
-  b: RunningServer;
-}
 
 describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back as a host sees them', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-attach-'));
@@ -36,25 +29,8 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function startPair(name: string): Promise<Pair> {
-    const p = await pairPorts();
-    const witness = await startWitnessProcess(join(dir, `${name}-witness.json`));
-    procs.push(witness);
-    const config = writePairConfig(join(dir, `${name}.json`), p, '64M', p.peerB, { witness: `127.0.0.1:${witness.port}` });
-    const a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
-    return { p, config, a, b };
-  }
-
-  const inSync = async (p: PairPorts) => {
-    const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
-    return sa.connection === 'Connected' && sb.connection === 'Connected' && sa.disk === 'UpToDate' && sb.disk === 'UpToDate' && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0 && sa.resync === null && sb.resync === null;
-  };
-
   it('fio verifies through kill -9, restart and resync of the active node, SIGSTOP of the active node, SIGSTOP of the standby', async () => {
-    const pair = await startPair('fio');
+    const pair = await startPair(mkdtempSync(join(dir, 'fio-')), '64M', procs);
     const { p } = pair;
     const attach = await startAttachProcess(pair.config);
     procs.push(attach);
@@ -111,7 +87,7 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     pair.b.proc.kill('SIGSTOP');
     await until(async () => (await volumeStatus(p.adminA)).connection !== 'Connected', 30_000);
     pair.b.proc.kill('SIGCONT');
-    await until(() => inSync(p), 60_000);
+    await until(() => pairInSync(p), 60_000);
     const runsAtEnd = runs;
     await until(() => runs > runsAtEnd, 60_000); // one more full run on the healed pair
     stop = true;
@@ -129,20 +105,13 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     console.log(
       `attach pauses: kill -9 ${afterKill.pauseMs} ms (${afterKill.resent} re-sent), SIGSTOP ${afterHang.pauseMs} ms (${afterHang.resent} re-sent), fail-back ${failback.pauseMs} ms; fio runs ${runs}`,
     );
-    await until(() => inSync(p), 60_000);
-    expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
+    await until(() => pairInSync(p), 60_000);
+    expect(readFileSync(dataFile(dirname(pair.config), 'a')).equals(readFileSync(dataFile(dirname(pair.config), 'b')))).toBe(true);
   }, 300_000);
 
   it('overlapping writes re-sent after the active node hangs are never overwritten by its old copies', async () => {
     const sub = mkdtempSync(join(dir, 'overlap-'));
-    const p = await pairPorts();
-    const witness = await startWitnessProcess(join(sub, 'witness.json'));
-    procs.push(witness);
-    const config = writePairConfig(join(sub, 'cluster.json'), p, '64M', p.peerB, { witness: `127.0.0.1:${witness.port}` });
-    const a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
+    const { p, config, a } = await startPair(sub, '64M', procs);
     const attach = await startAttachProcess(config);
     procs.push(attach);
     const st = () => attachStatus(attach.adminPort);
@@ -170,7 +139,7 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     await until(() => round >= stoppedAt + 30, 30_000);
     // a wakes with the old copies still in its socket; it may apply them, but only to its own copy.
     a.proc.kill('SIGCONT');
-    await until(() => inSync(p), 60_000);
+    await until(() => pairInSync(p), 60_000);
     await until(async () => (await st()).active === 'a', 30_000);
     const wokeAt = round;
     await until(() => round >= wokeAt + 10, 30_000);
@@ -180,7 +149,7 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     await client.flush();
 
     expect(takeover.resent).toBeGreaterThan(0);
-    await until(() => inSync(p), 60_000);
+    await until(() => pairInSync(p), 60_000);
     for (const port of [p.nbdA, p.nbdB]) {
       const direct = await NbdClient.connect({ port, exportName: 'vol0' });
       for (let i = 0; i < BLOCKS; i++) expect((await direct.read(i * BS, BS)).equals(pattern(last, i)), `block ${i} via port ${port}`).toBe(true);
@@ -189,4 +158,28 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     await client.disconnect();
     expect(readFileSync(join(sub, 'a', 'vol0.img')).equals(readFileSync(join(sub, 'b', 'vol0.img')))).toBe(true);
   }, 180_000);
+
+  it('volumes spread over both nodes by their preferred node, and each fails over and back on its own', async () => {
+    const sub = mkdtempSync(join(dir, 'balance-'));
+    const pair = await startPair(sub, '64M', procs, { volumes: { vol0: { size: '64M' }, vol1: { size: '64M', preferredNode: 'b' } } });
+    const { config } = pair;
+    let a = pair.a;
+    const attach = await startAttachProcess(config);
+    procs.push(attach);
+    const active = async () => [(await attachStatus(attach.adminPort, 'vol0')).active, (await attachStatus(attach.adminPort, 'vol1')).active];
+    await until(async () => (await active()).join() === 'a,b');
+    const clients = await Promise.all(['vol0', 'vol1'].map((exportName) => NbdClient.connect({ port: attach.port, exportName })));
+    await Promise.all(clients.map((c, i) => c.write(0, Buffer.alloc(4096, i + 1))));
+    await a.stop('SIGKILL');
+    await until(async () => (await active()).join() === 'b,b');
+    await Promise.all(clients.map((c, i) => c.write(4096, Buffer.alloc(4096, i + 11))));
+    a = await startClusterNode(config, 'a');
+    procs.push(a);
+    await until(async () => (await active()).join() === 'a,b', 60_000);
+    expect((await attachStatus(attach.adminPort, 'vol1')).failovers).toBe(0); // b's volume never moved
+    for (const [i, c] of clients.entries()) {
+      expect((await c.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096, i + 1), Buffer.alloc(4096, i + 11)]))).toBe(true);
+      await c.disconnect();
+    }
+  });
 });

@@ -5,9 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { attachStatus, pairPorts, until, volumeStatus, writePairConfig } from '../support/cluster.js';
+import { attachStatus, startPair, until, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { startAttachProcess, startClusterNode, type RunningServer } from '../support/processes.js';
+import { startAttachProcess, type RunningServer } from '../support/processes.js';
 import { makeTlsKeys, PSK_USER } from '../support/tls.js';
 import { missingTools } from '../support/tools.js';
 
@@ -22,14 +22,10 @@ describe.skipIf(missingTools('psktool', 'certtool').length > 0)('attach to nodes
   });
 
   it('with attach.tls (PSK) the paths are encrypted and writes reach both nodes; without it attach refuses to start', async () => {
-    const p = await pairPorts();
     const tls = { tls: { mode: 'require', psk: keys.psk } };
-    const config = writePairConfig(join(dir, 'cluster.json'), p, '64M', p.peerB, { nodeA: tls, nodeB: tls, attach: { tls: { psk: keys.psk, username: PSK_USER } } });
+    const { p, a, b } = await startPair(dir, '64M', procs, { witness: false, nodeA: tls, nodeB: tls, attach: { tls: { psk: keys.psk, username: PSK_USER } } });
+    const config = join(dir, 'cluster.json');
     const bare = writePairConfig(join(dir, 'bare.json'), p, '64M', p.peerB, { nodeA: tls, nodeB: tls });
-    const a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
 
     await expect(startAttachProcess(bare)).rejects.toThrow(/node a requires NBD over TLS \(nodes\.a\.tls\.mode\): give attach its credentials in attach\.tls/);
 
@@ -46,14 +42,8 @@ describe.skipIf(missingTools('psktool', 'certtool').length > 0)('attach to nodes
   });
 
   it('with attach.tls (X.509) it verifies the nodes against the CA and shows its client certificate', async () => {
-    const p = await pairPorts();
-    const sub = mkdtempSync(join(dir, 'x509-'));
     const tls = { tls: { mode: 'require', certificates: keys.serverCerts, verifyPeer: true } };
-    const config = writePairConfig(join(sub, 'cluster.json'), p, '64M', p.peerB, { nodeA: tls, nodeB: tls, attach: { tls: { certificates: keys.clientCerts } } });
-    const a = await startClusterNode(config, 'a');
-    const b = await startClusterNode(config, 'b');
-    procs.push(a, b);
-    await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate');
+    const { config, a } = await startPair(mkdtempSync(join(dir, 'x509-')), '64M', procs, { witness: false, nodeA: tls, nodeB: tls, attach: { tls: { certificates: keys.clientCerts } } });
     const attach = await startAttachProcess(config);
     procs.push(attach);
     await until(async () => (await attachStatus(attach.adminPort)).active === 'a');
