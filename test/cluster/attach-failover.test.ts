@@ -18,10 +18,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { attachStatus, dataFile, pairInSync, startPair, until, volumeStatus } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { startAttachProcess, startClusterNode, type RunningServer } from '../support/processes.js';
+import { cliPath, startAttachProcess, startClusterNode, type RunningServer } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
 
-describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back as a host sees them', () => {
+describe.skipIf(missingTools('fio', 'qemu-io').length > 0)('attach: fail-over and fail-back as a host sees them', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-attach-'));
   const procs: RunningServer[] = [];
   afterAll(async () => {
@@ -164,7 +164,8 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     const pair = await startPair(sub, '64M', procs, { volumes: { vol0: { size: '64M' }, vol1: { size: '64M', preferredNode: 'b' } } });
     const { config } = pair;
     let a = pair.a;
-    const attach = await startAttachProcess(config);
+    const socket = join(sub, 'attach.sock');
+    const attach = await startAttachProcess(config, ['--listen', `unix:${socket}`]);
     procs.push(attach);
     const active = async () => [(await attachStatus(attach.adminPort, 'vol0')).active, (await attachStatus(attach.adminPort, 'vol1')).active];
     await until(async () => (await active()).join() === 'a,b');
@@ -177,6 +178,11 @@ describe.skipIf(missingTools('fio').length > 0)('attach: fail-over and fail-back
     procs.push(a);
     await until(async () => (await active()).join() === 'a,b', 60_000);
     expect((await attachStatus(attach.adminPort, 'vol1')).failovers).toBe(0); // b's volume never moved
+    // A real client over the unix socket (the address the docs give qemu), and the status command.
+    await run('qemu-io', ['-f', 'raw', `nbd+unix:///vol1?socket=${socket}`, '-c', 'write -P 0x6b 1M 64k', '-c', 'read -P 0x6b 1M 64k']);
+    const shown = await run(process.execPath, [cliPath, 'status', '--attach', `127.0.0.1:${attach.adminPort}`]);
+    expect(shown).toMatch(/vol0: active on a \(preferred a\).*fail-overs 1 {2}fail-backs 1/);
+    expect(shown).toMatch(/vol1: active on b \(preferred b\)/);
     for (const [i, c] of clients.entries()) {
       expect((await c.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096, i + 1), Buffer.alloc(4096, i + 11)]))).toBe(true);
       await c.disconnect();
