@@ -18,6 +18,9 @@ import { ProtocolViolation } from './errors.js';
 /** Longest chunk body we collect (BLOCK_STATUS descriptors, error messages): more is a violation. */
 export const MAX_CHUNK_META = 1024 * 1024;
 
+/** Chunk bodies up to this size are collected in the decoder's own buffer (sinks copy what they keep). */
+const SMALL_META = 64;
+
 /** What the decoder needs to know about a request in flight. */
 export interface ReplyTarget {
   readonly type: number;
@@ -50,6 +53,7 @@ const enum Phase {
 export class ReplyDecoder {
   private phase = Phase.HEAD;
   private readonly head = Buffer.alloc(STRUCTURED_REPLY_HEADER_SIZE);
+  private readonly small = Buffer.alloc(SMALL_META);
   private have = 0;
   private need = 4;
   private meta: Buffer | undefined;
@@ -162,7 +166,8 @@ export class ReplyDecoder {
     this.phase = Phase.META;
     this.need = n;
     this.have = 0;
-    this.meta = Buffer.allocUnsafe(n);
+    // The common small bodies (a data chunk's offset, a hole) reuse one buffer: no garbage per read.
+    this.meta = n <= SMALL_META ? this.small.subarray(0, n) : Buffer.allocUnsafe(n);
   }
 
   private metaDone(): void {
