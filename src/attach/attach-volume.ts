@@ -41,7 +41,10 @@ export const MODE_TRANSITIONS: Readonly<Record<AttachMode, readonly AttachMode[]
 };
 
 /** Why the active path was left. */
-type FailKind = 'closed' | 'stall' | 'shutdown' | 'takeover';
+type FailKind = 'closed' | 'stall' | 'shutdown' | 'takeover' | 'error';
+
+/** A request a node failed with EIO is tried again (by the re-send rule) at most this often; then the client gets the EIO. */
+export const MAX_EIO_RETRIES = 3;
 
 interface AttachOp extends Forwarded {
   /** The node it was last sent to; undefined when no node has it (never sent, or refused unstarted). */
@@ -118,6 +121,8 @@ export class AttachVolume implements Volume, PathEvents {
     readonly preferred: string,
     private readonly statusOf: StatusOf,
     private readonly log: Logger,
+    /** After a node failed a request with EIO, its status is trusted again only this much later (a fresh poll). */
+    private readonly retryAfterMs = 0,
   ) {}
 
   /** The two paths (made with this volume as their events); the export's flags come from the first ready one. */
@@ -193,6 +198,17 @@ export class AttachVolume implements Volume, PathEvents {
       if (this.active === path && (this.mode === 'active' || this.mode === 'draining')) this.failOver('shutdown', `node ${path.node} is shutting down (ESHUTDOWN)`);
       return this.evaluate();
     }
+    if (op.errno === NbdErr.EIO && op.resent < MAX_EIO_RETRIES && !this.stopping) {
+      // The node could not carry it out now: it lost quorum while holding it (`quorum.onNoQuorum`
+      // io-error, or suspend timed out), or its peer came back before quorum was decided. It may
+      // have applied it to its own copy (its bits name it; the resync settles that), so it is
+      // held as if still in flight there: sent again by the re-send rule, to the other node once
+      // that one writes alone, or to this one once its status says it may write again.
+      this.held.push(op);
+      this.log.info({ volume: this.name, node: path.node, type: op.type, offset: op.offset, length: op.length, message: op.message, tries: op.resent + 1 }, 'the node failed a request with EIO: held, to be sent again');
+      if (this.active === path && (this.mode === 'active' || this.mode === 'draining')) this.failOver('error', `node ${path.node} failed a request (EIO${op.message ? `: ${op.message}` : ''})`);
+      return this.evaluate();
+    }
     if (op.errno !== 0) {
       this.log.debug({ volume: this.name, node: path.node, type: op.type, offset: op.offset, length: op.length, error: nbdErrName(op.errno), message: op.message }, 'the node failed a request');
       op.done(new NbdError(op.errno, op.message || `node ${path.node} answered ${nbdErrName(op.errno)}`));
@@ -254,8 +270,11 @@ export class AttachVolume implements Volume, PathEvents {
         // The failed path healthy again comes first: no switch at all.
         const stallOver = this.failKind === 'stall' && p.state === 'ready';
         const reconnected = (this.failKind === 'closed' || this.failKind === 'shutdown') && p.state === 'ready' && p.generation > this.failGeneration;
-        if ((stallOver || reconnected) && this.usable(p) && !this.takenOver(q)) {
-          return this.resume(p, 'fail-over', stallOver ? `node ${p.node} answers again` : `reconnected to node ${p.node}`);
+        // After an EIO, the node's word that it may write again must be news: a status read since.
+        const errorOver = this.failKind === 'error' && p.state === 'ready' && Date.now() - this.pausedSince! >= this.retryAfterMs;
+        if ((stallOver || reconnected || errorOver) && this.usable(p) && !this.takenOver(q)) {
+          const why = stallOver ? `node ${p.node} answers again` : reconnected ? `reconnected to node ${p.node}` : `node ${p.node} may write again`;
+          return this.resume(p, 'fail-over', why);
         }
         if (this.usable(q) && (this.takenOver(q) || !this.writesOutstanding(p))) {
           const why = this.takenOver(q) ? `node ${q.node} writes the volume alone` : `no write of node ${p.node} is outstanding`;

@@ -71,7 +71,7 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
   for (const name of Object.keys(config.volumes).sort()) {
     const c = config.volumes[name]!;
     const preferred = c.preferredNode ?? nodeNames[0]!;
-    const v = new AttachVolume(name, c.size, preferred, (node) => watches.get(node)!.volume(name), log.child({ component: 'attach' }));
+    const v = new AttachVolume(name, c.size, preferred, (node) => watches.get(node)!.volume(name), log.child({ component: 'attach' }), 2 * config.attach.statusInterval);
     // The preferred path first: it is dialed first and its flags are the export's.
     const order = [preferred, ...nodeNames.filter((n) => n !== preferred)];
     v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v, tlsFor.get(n))));

@@ -4,7 +4,7 @@
 // fail-back that drains and re-sends nothing.
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { AttachVolume } from '../../src/attach/attach-volume.js';
+import { AttachVolume, MAX_EIO_RETRIES } from '../../src/attach/attach-volume.js';
 import type { Forwarded } from '../../src/attach/node-connection.js';
 import type { NodePath, PathState } from '../../src/attach/path.js';
 import { Cmd, NbdErr } from '../../src/protocol/constants.js';
@@ -182,4 +182,28 @@ describe('AttachVolume', () => {
     expect(v.status()).toMatchObject({ mode: 'active', active: 'a', failbacks: 1, resentTotal: 0 });
     expect(a.sent.length).toBe(1);
   });
+
+  it('a write a node failed with EIO (it lost quorum) goes to the other node once that one writes alone', () => {
+    const { v, a, b, status, results, write } = setup();
+    write('w1');
+    status.a = { ...healthy, connection: 'Connecting', quorum: 'denied' };
+    a.answer(a.inFlightOps[0]!, NbdErr.EIO);
+    expect(results).toEqual([]); // held, not failed
+    expect(v.status().mode).toBe('failing-over');
+    expect(b.sent).toEqual([]); // it may be on a's copy: b only once it writes alone
+    status.b = alone;
+    v.evaluate();
+    expect(b.sent.length).toBe(1);
+    b.answer(b.inFlightOps[0]!);
+    expect(results).toEqual([['w1', null]]);
+  });
+
+  it('a request that keeps failing with EIO reaches the client after a few tries', () => {
+    const { a, results, read } = setup();
+    read('r1');
+    for (let i = 0; i < MAX_EIO_RETRIES + 1 && a.inFlightOps.length > 0; i++) a.answer(a.inFlightOps[0]!, NbdErr.EIO);
+    expect(a.sent.length).toBe(MAX_EIO_RETRIES + 1);
+    expect(results.map(([t, e]) => [t, (e as { code?: string } | null)?.code])).toEqual([['r1', 'EIO']]);
+  });
 });
+
