@@ -146,8 +146,14 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
   const node = new ClusterNode(config, opts.node, configDir, 2 * SERVER_INFLIGHT_BYTES, log, faults?.wrap);
   faults?.start();
   const registry = new ExportRegistry();
-  for (const v of node.volumes) registry.add(v.name, v.mirror, `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${opts.node}`);
   const server = new NbdServer(registry, node.hot.slots, log, serverLimits(opts), tls);
+  // Volumes created online are served at once; deleted ones stop being offered.
+  node.serveOn({
+    add: (name, volume, description) => void registry.add(name, volume, description),
+    remove: (name) => registry.remove(name),
+    clients: (volume) => server.clientsOf(volume).length,
+    disconnect: (volume, reason) => server.disconnect(volume, reason),
+  });
   const admin = await startAdminServer(
     self!.admin,
     {
@@ -158,6 +164,7 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
         return node.discardLocalChanges(volume);
       },
       verify: (volume, source) => node.startVerify(volume, source),
+      volume: (fields) => node.changeVolume(fields),
       stop: () => {
         setImmediate(() => process.kill(process.pid, 'SIGTERM'));
         return `node ${opts.node} is stopping: it tells ${node.peerName} it is leaving, finishes requests in flight and exits`;
@@ -276,7 +283,7 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   const body = await fetchStatus(adminTarget(opts).addr);
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
-  const lines = [`node ${body.node}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
+  const lines = [`node ${body.node}  peer link ${body.peer}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
@@ -451,20 +458,33 @@ export function buildProgram(): Command {
 
   program
     .command('keygen')
-    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests), mode 0600')
+    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests, peer-link TLS-PSK), mode 0600; with --ca also a CA and one certificate per node')
     .requiredOption('--dir <dir>', 'where to write them (created if missing)')
-    .option('--force', 'replace key files that exist (nodes and the witness then need the new ones)')
-    .action((opts: { dir: string; force?: boolean }) => {
+    .option('--ca', 'also a CA (DIR/ca) and a certificate per node of --config (DIR/certs/NODE: ca-cert.pem, server-cert.pem, server-key.pem) for the peer link and NBD TLS')
+    .option('--config <file>', 'the cluster config whose nodes get certificates (with --ca)')
+    .option('--force', 'replace files that exist (nodes and the witness then need the new ones)')
+    .action(async (opts: { dir: string; ca?: boolean; config?: string; force?: boolean }) => {
+      if (opts.ca && opts.config === undefined) throw new InvalidArgumentError('--ca needs --config FILE: the nodes to make certificates for');
+      const dir = resolve(opts.dir);
       const existing: ExistingKeys = opts.force ? 'replace' : 'refuse';
-      const keys = keygen(resolve(opts.dir), existing);
-      process.stdout.write(
-        [
-          `wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`,
-          `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`,
-          'and on the witness machine, as <cluster id>.secret in the folder given to nbd-mirror witness --secrets (docs/SECURITY.md).',
-          '',
-        ].join('\n'),
-      );
+      // Loaded only here: it brings a certificate library and a global Reflect polyfill with it.
+      const ca = opts.ca ? await import('./security/keygen-ca.js') : undefined;
+      const nodes = ca ? ca.nodeNames(loadClusterConfig(resolve(opts.config!))) : [];
+      const keys = keygen(dir, existing, ca ? ca.clusterCaFiles(dir, nodes) : []);
+      const lines = [`wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`];
+      if (ca) {
+        await ca.writeClusterCa(dir, nodes, existing === 'replace');
+        lines.push(
+          `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}", "peerCertificates": "${join(dir, ca.CERTS_DIR)}" }`,
+          `and, for NBD over TLS, per node: "tls": { "mode": "require", "certificates": "${join(dir, ca.CERTS_DIR)}/NODE" }.`,
+          `Copy ${join(dir, ca.CERTS_DIR)}/NODE to node NODE only; ${join(dir, ca.CA_DIR)} holds the CA's key: keep it off the nodes.`,
+          `NBD clients check the nodes' certificates with ${join(dir, ca.CA_DIR, 'ca-cert.pem')} (docs/SECURITY.md).`,
+        );
+      } else {
+        lines.push(`  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`);
+      }
+      lines.push('and on the witness machine, cluster.secret as <cluster id>.secret in the folder given to nbd-mirror witness --secrets (docs/SECURITY.md).', '');
+      process.stdout.write(lines.join('\n'));
     });
 
   program
@@ -481,6 +501,24 @@ export function buildProgram(): Command {
       const a = server.address() as { address: string; port: number };
       log.info({ address: a.address, port: a.port, state: resolve(opts.state), clusters: secrets ? [...secrets.keys()] : 'any' }, 'listening');
       for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => server.close(() => process.exit(0)));
+    });
+
+  const volume = program.command('volume').description('create, grow or delete a volume online, on both nodes (docs/OPERATIONS.md)');
+  const volumeAdmin = () => new Option('--admin <host:port>', 'the admin address of either node (it applies the change on its peer, then on itself)');
+  adminOptions(volume.command('create').description('create a volume on both nodes and serve it at once (both nodes must be connected)').argument('<name>', 'volume name (1-64 letters, digits, ".", "_", "-")'), volumeAdmin())
+    .requiredOption('--size <size>', 'its size, a multiple of 4K (e.g. 10G)', argParser(parseSize))
+    .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/create', { name, size: String(opts.size) })}\n`);
+    });
+  adminOptions(volume.command('resize').description('grow a volume on both nodes while it is served (never shrinks); connected clients keep their size, new connections see the new one').argument('<name>', 'volume name'), volumeAdmin())
+    .requiredOption('--size <size>', 'its new size, larger than now, a multiple of 4K', argParser(parseSize))
+    .action(async (name: string, opts: AdminTargetOptions & { size: number }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/resize', { name, size: String(opts.size) })}\n`);
+    });
+  adminOptions(volume.command('delete').description('delete a volume on both nodes: no longer served, its data and metadata removed').argument('<name>', 'volume name'), volumeAdmin())
+    .option('--force', 'drop the NBD clients connected to it instead of refusing')
+    .action(async (name: string, opts: AdminTargetOptions & { force?: boolean }) => {
+      process.stdout.write(`${await postAction(adminTarget(opts), '/volume/delete', { name, ...(opts.force ? { force: '1' } : {}) })}\n`);
     });
 
   adminOptions(program.command('status').description("show a node's volumes (connection, disk state, out-of-sync bytes, resync progress), or with --attach an attach endpoint's paths"), new Option('--admin <host:port>', "the node's admin address"))

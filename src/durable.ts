@@ -13,3 +13,26 @@ export function syncDirectoryOf(path: string): void {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * Replaces `path` with `text` so that a crash at any instant leaves either the old file or the
+ * new one, never a mix: written to `path.tmp`, fsynced, renamed over `path`, directory fsynced.
+ */
+export function replaceFileDurably(path: string, text: string): void {
+  const tmp = `${path}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, path);
+  syncDirectoryOf(path);
+}
+
+/** Removes `path` (if it is there) and makes its removal durable. */
+export function removeFileDurably(path: string): void {
+  fs.rmSync(path, { force: true });
+  syncDirectoryOf(path);
+}

@@ -1,7 +1,9 @@
 // Mirroring benchmark: write speed of a mirrored pair vs a standalone node, of a pair whose peer
-// link is encrypted (TLS-PSK, security.clusterSecret) vs a plain one, and resync time for
-// 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the same volume between two nbdkits.
-//   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json]
+// link is encrypted (TLS-PSK, security.clusterSecret; mutual x509, security.peerCertificates) vs
+// a plain one, and resync time for 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the
+// same volume between two nbdkits.
+//   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json] [--writes-only]
+// --writes-only: the write rows only (no resync part).
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
@@ -9,13 +11,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../../src/config/units.js';
+import { issueCertificate, makeCa } from '../../src/security/keygen-ca.js';
 import { pairPorts, until, volumeStatus, writePairConfig } from '../../test/support/cluster.js';
 import { NbdClient } from '../../test/support/nbd-client.js';
 import { startClusterNode, startNbdkit, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
 import { toolEnv } from '../../test/support/tools.js';
 
 const { values: opts } = parseArgs({
-  options: { size: { type: 'string', default: '4G' }, runtime: { type: 'string', default: '5' }, json: { type: 'boolean', default: false } },
+  options: { size: { type: 'string', default: '4G' }, runtime: { type: 'string', default: '5' }, json: { type: 'boolean', default: false }, 'writes-only': { type: 'boolean', default: false } },
 });
 const SIZE = parseSize(opts.size!);
 const MiB = 2 ** 20;
@@ -40,36 +43,49 @@ async function main(): Promise<void> {
     let b = await startClusterNode(config, 'b');
     procs.push(a, b);
     await until(async () => (await volumeStatus(p.adminA)).connection === 'Connected' && (await volumeStatus(p.adminB)).disk === 'UpToDate', 30_000);
-    // The same pair with an encrypted peer link, in a folder of its own (its data dirs, its secret).
+    // The same pair with an encrypted peer link, in a folder of its own (its data dirs, its
+    // secret), and one with mutual x509 (a CA and a certificate per node, as keygen --ca makes them).
     const tlsDir = join(dir, 'tls');
     mkdirSync(tlsDir);
     writeFileSync(join(tlsDir, 'cluster.secret'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     const pt = await pairPorts();
     const tlsConfig = writePairConfig(join(tlsDir, 'cluster.json'), pt, opts.size!, pt.peerB, { security: { clusterSecret: 'cluster.secret' } });
     procs.push(await startClusterNode(tlsConfig, 'a'), await startClusterNode(tlsConfig, 'b'));
-    await until(async () => (await volumeStatus(pt.adminA)).connection === 'Connected' && (await volumeStatus(pt.adminB)).disk === 'UpToDate', 30_000);
+    const x509Dir = join(dir, 'x509');
+    const ca = await makeCa();
+    for (const node of ['a', 'b']) {
+      const own = await issueCertificate(ca, { node, hosts: ['127.0.0.1'] });
+      mkdirSync(join(x509Dir, 'certs', node), { recursive: true });
+      for (const [f, text] of [['ca-cert.pem', ca.cert], ['server-cert.pem', own.cert], ['server-key.pem', own.key]] as const) writeFileSync(join(x509Dir, 'certs', node, f), text, { mode: 0o600 });
+    }
+    const px = await pairPorts();
+    const x509Config = writePairConfig(join(x509Dir, 'cluster.json'), px, opts.size!, px.peerB, { security: { peerCertificates: 'certs' } });
+    procs.push(await startClusterNode(x509Config, 'a'), await startClusterNode(x509Config, 'b'));
+    for (const q of [pt, px]) await until(async () => (await volumeStatus(q.adminA)).connection === 'Connected' && (await volumeStatus(q.adminB)).disk === 'UpToDate', 30_000);
     if (!opts.json) console.log(`# mirrored pair vs standalone, ${opts.size} volume, fio ${opts.runtime}s per run, median of 3 alternating rounds after preconditioning, ${new Date().toISOString()}`);
     const mirrorUri = `nbd://127.0.0.1:${p.nbdA}/vol0`;
     const tlsUri = `nbd://127.0.0.1:${pt.nbdA}/vol0`;
+    const x509Uri = `nbd://127.0.0.1:${px.nbdA}/vol0`;
     // Precondition: fio's 1 GiB region allocated on every file first, so no side pays ext4 block
     // allocation that the other does not (a fresh sparse file is much slower to write randomly).
-    for (const uri of [single.uri('disk'), mirrorUri, tlsUri]) execFileSync('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', '--size=1G'], { env: toolEnv(), stdio: 'ignore' });
+    for (const uri of [single.uri('disk'), mirrorUri, tlsUri, x509Uri]) execFileSync('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', '--size=1G'], { env: toolEnv(), stdio: 'ignore' });
     const median = (xs: number[]) => xs.sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-    const encrypted: Array<{ name: string; plain: number; tls: number }> = [];
+    const encrypted: Array<{ name: string; plain: number; tls: number; x509: number }> = [];
     for (const [name, rw, bs, qd, target] of [
       ['4k randwrite QD16', 'randwrite', '4k', 16, 0.6],
       ['1M write QD8', 'write', '1M', 8, undefined],
     ] as const) {
       // Median of 3 alternating rounds: this kind of machine drifts by tens of percent.
-      const runs = { standalone: [] as number[], mirrored: [] as number[], tls: [] as number[] };
+      const runs = { standalone: [] as number[], mirrored: [] as number[], tls: [] as number[], x509: [] as number[] };
       for (let round = 0; round < 3; round++) {
         runs.standalone.push(fioIops(single.uri('disk'), rw, bs, qd, dir));
         runs.mirrored.push(fioIops(mirrorUri, rw, bs, qd, dir));
         runs.tls.push(fioIops(tlsUri, rw, bs, qd, dir));
+        runs.x509.push(fioIops(x509Uri, rw, bs, qd, dir));
       }
       const standalone = median(runs.standalone);
       const mirrored = median(runs.mirrored);
-      encrypted.push({ name, plain: mirrored, tls: median(runs.tls) });
+      encrypted.push({ name, plain: mirrored, tls: median(runs.tls), x509: median(runs.x509) });
       const ratio = mirrored / standalone;
       out(
         { case: name, standaloneIops: standalone, mirroredIops: mirrored, ratio },
@@ -77,14 +93,16 @@ async function main(): Promise<void> {
       );
     }
 
-    if (!opts.json) console.log('\n# mirrored, peer link encrypted (TLS-PSK) vs plain, same rounds');
-    for (const { name, plain, tls } of encrypted) {
-      const ratio = tls / plain;
+    if (!opts.json) console.log('\n# mirrored, peer link encrypted (TLS-PSK, mutual x509) vs plain, same rounds');
+    for (const { name, plain, tls, x509 } of encrypted) {
+      const [ratio, x509Ratio] = [tls / plain, x509 / plain];
+      const verdict = (r: number) => `${r.toFixed(2)}x ${r >= 0.8 ? 'pass' : 'MISS'}`;
       out(
-        { case: `${name} encrypted link`, plainIops: plain, tlsIops: tls, ratio },
-        `${name.padEnd(20)} plain ${plain.toFixed(0).padStart(7)} IOPS  TLS-PSK ${tls.toFixed(0).padStart(7)} IOPS  ${ratio.toFixed(2)}x  target >= 0.8x ${ratio >= 0.8 ? 'pass' : 'MISS'}`,
+        { case: `${name} encrypted link`, plainIops: plain, tlsIops: tls, ratio, x509Iops: x509, x509Ratio },
+        `${name.padEnd(20)} plain ${plain.toFixed(0).padStart(7)} IOPS  TLS-PSK ${tls.toFixed(0).padStart(7)} IOPS ${verdict(ratio)}  mutual x509 ${x509.toFixed(0).padStart(7)} IOPS ${verdict(x509Ratio)}  (target >= 0.8x)`,
       );
     }
+    if (opts['writes-only']) return;
 
     // --- baseline: nbdcopy between two nbdkit servers ------------------------------------------
     const src = join(dir, 'src.img');

@@ -5,9 +5,18 @@ import { z } from 'zod';
 import { address, duration, issueLines, size } from './schema.js';
 import { parseSize } from './units.js';
 
-const name = z
+/**
+ * Node and volume names: they become file names in the data dir (NAME.img, NAME.meta) and export
+ * names, so only a safe set: no "/", no leading "." (no "..", no hidden files), at most 64.
+ */
+export const name = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit');
+
+/** Volume sizes are whole 4 KiB grains (the dirty bitmap's). */
+export const VOLUME_ALIGN = 4096;
+/** Largest volume: 2^32 grains of the dirty bitmap (16 TiB). */
+export const MAX_VOLUME_SIZE = 2 ** 32 * VOLUME_ALIGN;
 
 /** Peer link timing. */
 const linkSchema = z
@@ -108,13 +117,34 @@ const securitySchema = z
      * and it signs the nodes' requests to the witness.
      */
     clusterSecret: z.string().min(1).optional(),
+    /**
+     * Mutual x509 on the peer link instead of the secret's TLS-PSK: a folder with one folder per
+     * node (`DIR/NODE/ca-cert.pem`, `server-cert.pem`, `server-key.pem`, what `keygen --ca` writes).
+     */
+    peerCertificates: z.string().min(1).optional(),
     /** Lets an admin endpoint listen on an address other machines reach (needs adminToken). */
     adminPublic: z.boolean().default(false),
   })
   .prefault({});
 
+/**
+ * Room kept at start for volumes created or grown online: every volume's dirty bitmap lives in
+ * WASM memory, which is sized once (docs/ARCHITECTURE.md, hot-path rules). A restart sizes it
+ * afresh for the volumes that exist then, plus this room again.
+ */
+const onlineSchema = z
+  .strictObject({
+    /** Volume bytes that can be added online (created, or grown) before a restart: 32 MiB of memory per 1T. */
+    capacity: size.default(1024 ** 4),
+    /** Volumes that can be created online before a restart (a HELLO lists every volume in at most 64 KiB: a pair holds about 200). */
+    volumes: z.number().int().min(0).max(128).default(16),
+  })
+  .prefault({});
+
 const volumeSchema = z.strictObject({
-  size: size.refine((n) => n % 4096 === 0, 'must be a multiple of 4096 bytes'),
+  size: size
+    .refine((n) => n % VOLUME_ALIGN === 0, 'must be a multiple of 4096 bytes')
+    .refine((n) => n > 0 && n <= MAX_VOLUME_SIZE, 'must be more than 0 and at most 16T'),
   description: z.string().max(1024).optional(),
   /** Every resync of this volume compares block digests first and copies only differing blocks. */
   checksumResync: z.boolean().default(false),
@@ -151,7 +181,9 @@ export const clusterSchema = z
      */
     name: name.optional(),
     nodes: z.record(name, nodeSchema).refine((n) => Object.keys(n).length === 2, 'a cluster has exactly two nodes'),
-    volumes: z.record(name, volumeSchema).refine((v) => Object.keys(v).length > 0, 'define at least one volume'),
+    /** Volumes that exist at start (more can be created online: src/replication/volume-ops.ts). */
+    volumes: z.record(name, volumeSchema).default({}),
+    online: onlineSchema,
     witness: address.optional(),
     link: linkSchema.prefault({}),
     activityLog: activityLogSchema,

@@ -51,6 +51,11 @@ export class DirtyBitmap {
     this.mem.wasm.bmFill(this.offset, start, count, 0);
   }
 
+  /** Gives its WASM memory back (a volume deleted or resized): the bitmap must not be used again. */
+  release(): void {
+    this.mem.release(this.offset);
+  }
+
   clearAll(): void {
     this.mem.view(this.offset, this.paddedLength).fill(0);
   }

@@ -21,6 +21,11 @@ export class DigestList {
     this.values = new BigUint64Array(mem.wasm.memory.buffer, this.offset, length);
   }
 
+  /** Gives its WASM memory back: the list must not be used again. */
+  release(): void {
+    this.mem.release(this.offset);
+  }
+
   /** The raw bytes (little-endian u64s), e.g. to send to a peer. */
   bytes(): Buffer {
     return this.mem.view(this.offset, this.length * 8);

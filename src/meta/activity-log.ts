@@ -96,6 +96,11 @@ export class ActivityLog {
     this.sequence = o.sequence;
   }
 
+  /** The sequence of the last block written: a log moved elsewhere continues from it. */
+  get sequenceNow(): bigint {
+    return this.sequence;
+  }
+
   get extentBytes(): number {
     return this.o.extentBytes;
   }

@@ -141,7 +141,8 @@ export class VolumeMeta {
   /** fdatasync calls made for the bitmap (one per batch of markDirty calls). */
   bitmapSyncs = 0;
 
-  readonly activityLog: ActivityLog;
+  /** Replaced when the volume grows online (growOpen). */
+  activityLog: ActivityLog;
   /** Activity-log extents found at open (the previous run did not stop cleanly), now dirty bits. */
   readonly recoveredExtents: number;
 
@@ -149,8 +150,9 @@ export class VolumeMeta {
     readonly path: string,
     private readonly fd: number,
     private sb: Superblock,
-    readonly bitmap: DirtyBitmap,
-    al: ActivityLogConfig,
+    /** Replaced by a larger one when the volume grows online (growOpen). */
+    public bitmap: DirtyBitmap,
+    private readonly al: ActivityLogConfig,
   ) {
     const alAt = SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK;
     const found = readAlRecord(fd, alAt);
@@ -191,11 +193,21 @@ export class VolumeMeta {
 
   /**
    * Opens NAME.meta, creating it (state Inconsistent, fresh current generation, empty bitmap)
-   * when missing. An existing file must match the identity given; the bitmap comes back as saved.
+   * when missing — or, for a volume created online on both nodes at once, with the state and
+   * generation both were given (`created`). An existing file must match the identity given; the
+   * bitmap comes back as saved.
    */
-  static open(path: string, id: MetaIdentity, hot: Hotpath, al: ActivityLogConfig = DEFAULT_ACTIVITY_LOG): VolumeMeta {
-    const bits = VolumeMeta.bitsFor(id.volumeSize, id.grain);
-    const bitmap = hot.bitmap(bits);
+  static open(path: string, id: MetaIdentity, hot: Hotpath, al: ActivityLogConfig = DEFAULT_ACTIVITY_LOG, created?: { state: DiskState; generation: Generation }): VolumeMeta {
+    const bitmap = hot.bitmap(VolumeMeta.bitsFor(id.volumeSize, id.grain));
+    try {
+      return VolumeMeta.openWith(bitmap, path, id, al, created);
+    } catch (err) {
+      bitmap.release(); // a node that goes on (a volume created online that failed) gets its memory back
+      throw err;
+    }
+  }
+
+  private static openWith(bitmap: DirtyBitmap, path: string, id: MetaIdentity, al: ActivityLogConfig, created?: { state: DiskState; generation: Generation }): VolumeMeta {
     let fd: number;
     let sb: Superblock;
     try {
@@ -203,7 +215,7 @@ export class VolumeMeta {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       fd = fs.openSync(path, 'w+');
-      sb = { ...id, state: DiskState.Inconsistent, flags: 0, trackingSince: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] } };
+      sb = { ...id, state: DiskState.Inconsistent, flags: 0, trackingSince: 0, generation: { current: newGenerationId(), bitmap: ZERO_GEN, history: [ZERO_GEN, ZERO_GEN] }, ...created };
       fs.writeSync(fd, encodeSuperblock(sb), 0, SUPERBLOCK_SIZE, 0);
       fs.ftruncateSync(fd, SUPERBLOCK_SIZE + Math.ceil(bitmap.byteLength / AL_BLOCK) * AL_BLOCK + 2 * AL_BLOCK);
       fs.fsyncSync(fd);
@@ -227,6 +239,82 @@ export class VolumeMeta {
     fs.readSync(fd, saved, 0, saved.length, SUPERBLOCK_SIZE);
     bitmap.load(saved);
     return new VolumeMeta(path, fd, sb, bitmap, al);
+  }
+
+  /**
+   * Grows a closed volume's metadata to `volumeSize` (an online resize): the bitmap keeps its
+   * bits and gains clear ones for the new range (zeroes on both nodes: in sync), the activity
+   * log moves behind the longer bitmap. Only after a clean close (the log is empty). Order, each
+   * step durable before the next: the file is cut back to the superblock and the old bitmap
+   * (dropping the old log, which the longer bitmap will cover) and extended with zeroes to the
+   * new layout; then the superblock says the new size. A crash before that leaves the old size
+   * with an empty log, after it the new one; either opens.
+   */
+  static grow(path: string, id: MetaIdentity, volumeSize: number): void {
+    const fd = fs.openSync(path, 'r+');
+    try {
+      const head = Buffer.alloc(SUPERBLOCK_SIZE);
+      fs.readSync(fd, head, 0, SUPERBLOCK_SIZE, 0);
+      const sb = decodeSuperblock(head, path);
+      const differs = (['cluster', 'node', 'grain'] as const).filter((k) => sb[k] !== id[k]);
+      if (differs.length > 0) throw new MetaError(`${path} belongs to another volume or node (${differs.join(', ')} differ)`);
+      if (sb.flags & FLAG_RUNNING) throw new MetaError(`${path} is open or was not closed cleanly: it cannot be resized`);
+      if (volumeSize < sb.volumeSize) throw new MetaError(`${path}: volumes only grow (${sb.volumeSize} bytes now, ${volumeSize} asked)`);
+      if (volumeSize === sb.volumeSize) return;
+      const bitmapRegion = (size: number) => Math.ceil(Math.ceil(VolumeMeta.bitsFor(size, sb.grain) / 8) / AL_BLOCK) * AL_BLOCK;
+      fs.ftruncateSync(fd, SUPERBLOCK_SIZE + bitmapRegion(sb.volumeSize));
+      fs.ftruncateSync(fd, SUPERBLOCK_SIZE + bitmapRegion(volumeSize) + 2 * AL_BLOCK);
+      fs.fsyncSync(fd);
+      fs.writeSync(fd, encodeSuperblock({ ...sb, volumeSize }), 0, SUPERBLOCK_SIZE, 0);
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * Grows the metadata of an open volume (an online resize, its I/O paused and drained and its
+   * data flushed): a larger bitmap in hot-path memory with the old bits and clear ones for the
+   * new range, the file laid out for the new size as grow() does, the activity log emptied and
+   * continued behind the longer bitmap; the old bitmap's memory is given back. A crash at any
+   * step opens as the old size or the new one, with an empty log (and, being a crash, a
+   * checksum resync).
+   */
+  growOpen(volumeSize: number, hot: Hotpath): void {
+    if (this.flushing || this.dirtyPages.size > 0) throw new MetaError(`${this.path}: bitmap write-back in progress; flush it before growing`);
+    if (volumeSize <= this.sb.volumeSize) throw new MetaError(`${this.path}: volumes only grow (${this.sb.volumeSize} bytes now, ${volumeSize} asked)`);
+    const bigger = hot.bitmap(VolumeMeta.bitsFor(volumeSize, this.sb.grain));
+    bigger.bytes().set(this.bitmap.bytes());
+    const region = (b: DirtyBitmap) => Math.ceil(b.byteLength / AL_BLOCK) * AL_BLOCK;
+    const old = { log: this.activityLog, bitmap: this.bitmap };
+    old.log.clear();
+    fs.ftruncateSync(this.fd, SUPERBLOCK_SIZE + region(old.bitmap));
+    fs.ftruncateSync(this.fd, SUPERBLOCK_SIZE + region(bigger) + 2 * AL_BLOCK);
+    fs.fsyncSync(this.fd);
+    this.sb = { ...this.sb, volumeSize };
+    this.saveIdentity({});
+    this.activityLog = new ActivityLog({ fd: this.fd, at: SUPERBLOCK_SIZE + region(bigger), extentBytes: this.al.extentBytes, slots: this.al.slots, sequence: old.log.sequenceNow, flushData: this.al.flushData });
+    this.activityLog.updates = old.log.updates;
+    this.bitmap = bigger;
+    old.bitmap.release();
+  }
+
+  /** The size the metadata at `path` records (to finish a resize a crash cut short), or undefined without a file. */
+  static recordedSize(path: string): number | undefined {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      const head = Buffer.alloc(SUPERBLOCK_SIZE);
+      fs.readSync(fd, head, 0, SUPERBLOCK_SIZE, 0);
+      return decodeSuperblock(head, path).volumeSize;
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   get state(): DiskState {

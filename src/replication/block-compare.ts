@@ -30,6 +30,12 @@ export class BlockComparer {
     this.theirs = hot.digestList(this.blocksPerChunk);
   }
 
+  /** Gives the digest lists' memory back (the volume is deleted or reopened). */
+  release(): void {
+    this.ours.release();
+    this.theirs.release();
+  }
+
   /** What a volume's comparer takes from the hot path's sizing. */
   static sizing(blockSize: number): { digests: number; digestLists: number } {
     return { digests: 2 * (COMPARE_CHUNK / blockSize), digestLists: 2 };

@@ -4,17 +4,22 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ClusterConfig } from '../config/cluster.js';
-import { Hotpath } from '../hotpath/index.js';
+import { formatSize } from '../config/units.js';
+import { readVolumesFile, volumesAtStart, writeVolumesFile, type VolumeEntry } from '../config/volumes-file.js';
+import { removeFileDurably } from '../durable.js';
+import { Hotpath, HotpathError } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
-import { DiskState, newGenerationId, VolumeMeta } from '../meta/volume-meta.js';
-import { FileVolume } from '../volume/file-volume.js';
+import { DiskState, newGenerationId, VolumeMeta, type ActivityLogConfig } from '../meta/volume-meta.js';
 import type { Volume } from '../volume/volume.js';
+import { FileStore, type StoredVolume, type VolumeStore } from '../volume/volume-store.js';
+import { VolumeOps, parseVolumeOp, type VolumeOp } from './volume-ops.js';
 import { canBeSource, decide, finishSync, NO_GENERATION, splitBrainLoser, type NodeGeneration, type SplitBrainPolicy } from './generation.js';
 import type { Hello, HelloFields } from './hello.js';
 import { MirroredVolume, type PeerPort } from './mirrored-volume.js';
 import type { VerifyReport } from './verify.js';
 import { PeerLink, type LinkCounters, type LinkState } from './peer-link.js';
-import { PeerTls } from './peer-tls.js';
+import { PeerPsk } from './peer-tls.js';
+import { PeerX509 } from './peer-x509.js';
 import { MAX_FRAME_BODY, PEER_VERSION, PeerMsg } from './peer-protocol.js';
 import { frameName } from './peer-frames.js';
 import { ProtocolViolation } from '../protocol/errors.js';
@@ -25,6 +30,8 @@ import { readClusterKey } from '../security/cluster-keys.js';
 
 /** Dirty-bitmap grain. */
 export const GRAIN = 4096;
+/** Volume indices one link can number (the top 16 bits of a frame id). */
+const MAX_WIRE_INDEX = 2 ** 16;
 
 export interface VerifyStatus extends VerifyReport {
   running: boolean;
@@ -42,6 +49,8 @@ export interface NodeStatus {
   node: string;
   /** The node's quorum gate: state, why, whether a witness is configured and its grant held here. */
   quorum: QuorumDescription;
+  /** The peer link's state (volume changes need Connected: volume-ops.ts). */
+  peer: LinkState;
   /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
   link: LinkCounters;
   volumes: Record<string, VolumeStatus>;
@@ -72,7 +81,8 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
-  readonly file: FileVolume;
+  /** Its data, from the node's store. */
+  readonly file: StoredVolume;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
   resyncStarted: number;
@@ -82,8 +92,29 @@ interface NodeVolume {
   verify: VerifyStatus | null;
 }
 
+/**
+ * What the node needs of the NBD server to add, grow and remove volumes online: the export
+ * registry and the connections (src/cli.ts joins them; a node without a server has none).
+ */
+export interface ServedExports {
+  add(name: string, volume: Volume, description: string): void;
+  remove(name: string): void;
+  /** NBD clients connected to `volume` now. */
+  clients(volume: Volume): number;
+  /** Drops those clients; resolves once their requests in flight are done (bounded). */
+  disconnect(volume: Volume, reason: string): Promise<void>;
+}
+
 export class ClusterNode {
+  /** The volumes open on this node, in no particular order. */
   readonly volumes: NodeVolume[] = [];
+  /**
+   * Volumes by their index on the wire (the top 16 bits of a frame id), the same on both nodes:
+   * sorted names at each link's HELLO, then volumes created online appended in the order the
+   * pair created them; a volume deleted online leaves a hole (its late frames are dropped) until
+   * the next link numbers them afresh (renumber).
+   */
+  private byIndex: Array<NodeVolume | undefined> = [];
   readonly link: PeerLink;
   readonly hot: Hotpath;
   readonly quorum: QuorumGate;
@@ -99,15 +130,31 @@ export class ClusterNode {
   private readonly linkTimeoutMs: number;
   private readonly clusterId: string;
   readonly peerName: string;
+  private readonly dataDir: string;
+  /** Where the volumes' data lives (the volume layer's lifecycle seam: a thin pool implements it too). */
+  private readonly store: VolumeStore;
+  /** The volume set as the volumes file records it (written after each online change). */
+  private readonly recorded: { volumes: Map<string, VolumeEntry>; deleted: Set<string> };
+  private readonly configVolumes: ReadonlySet<string>;
+  private readonly activityLog: ActivityLogConfig;
+  /** Volumes changed online (volume-ops.ts). */
+  readonly volumeOps: VolumeOps;
+  private served: ServedExports | undefined;
+  /**
+   * What is left of the config's `online` room until the next start: volume bytes that may be
+   * created or grown, and volumes that may be created (a deletion gives its share back: its
+   * memory is reused).
+   */
+  private readonly room: { bytes: number; volumes: number };
 
   constructor(
-    config: ClusterConfig,
+    private readonly config: ClusterConfig,
     readonly nodeName: string,
     configDir: string,
     slotArenaBytes: number,
     private readonly log: Logger,
     /** Puts a layer between each volume's file and its mirror (the test-only --test-faults). */
-    wrapLocal?: (name: string, file: Volume) => Volume,
+    private readonly wrapLocal?: (name: string, file: Volume) => Volume,
   ) {
     const names = Object.keys(config.nodes).sort();
     if (!names.includes(nodeName)) throw new Error(`node "${nodeName}" is not in the config (nodes: ${names.join(', ')})`);
@@ -115,22 +162,42 @@ export class ClusterNode {
     // The cluster's identity on the peer link, in the volume metadata and at the witness.
     this.clusterId = config.name ?? names.join('+');
     const self = config.nodes[nodeName]!;
-    const dataDir = resolve(configDir, self.dataDir);
-    mkdirSync(dataDir, { recursive: true });
+    this.dataDir = resolve(configDir, self.dataDir);
+    mkdirSync(this.dataDir, { recursive: true });
+    this.store = new FileStore(this.dataDir);
+    // The config's volumes and those changed online (the volumes file: it wins where they differ).
+    const file = readVolumesFile(this.dataDir);
+    const atStart = volumesAtStart(config.volumes, file);
+    for (const n of atStart.notes) log.warn(n, 'volume config and volumes file differ');
+    this.recorded = { volumes: atStart.volumes, deleted: new Set(file?.deleted ?? []) };
+    this.configVolumes = new Set(Object.keys(config.volumes));
+    this.activityLog = { extentBytes: config.activityLog.extent, slots: config.activityLog.extents };
     // Volume order (and index on the wire) is the sorted names: the same on both nodes.
-    const volumeNames = Object.keys(config.volumes).sort();
+    const volumeNames = [...atStart.volumes.keys()];
     const perVolume = MirroredVolume.sizing(GRAIN);
+    // WASM memory is sized once: the volumes there are, and room for those created or grown
+    // online until the next start (config `online`): one bitmap of the whole capacity, and the
+    // overhead and digest lists of each volume that may come.
+    const onlineSlots = config.online.volumes;
+    this.room = { bytes: config.online.capacity, volumes: onlineSlots };
     this.hot = Hotpath.create({
-      bitmaps: volumeNames.map((v) => VolumeMeta.bitsFor(config.volumes[v]!.size, GRAIN)),
-      digests: perVolume.digests * volumeNames.length,
-      digestLists: perVolume.digestLists * volumeNames.length,
+      bitmaps: [...volumeNames.map((v) => VolumeMeta.bitsFor(atStart.volumes.get(v)!.size, GRAIN)), VolumeMeta.bitsFor(config.online.capacity, GRAIN), ...Array<number>(onlineSlots).fill(1)],
+      digests: perVolume.digests * (volumeNames.length + onlineSlots),
+      digestLists: perVolume.digestLists * (volumeNames.length + onlineSlots),
       slotArenaBytes,
       stagingBytes: MAX_FRAME_BODY,
     });
-    // The cluster secret keys both the peer link's TLS-PSK and the witness requests' signatures.
+    // The cluster secret keys the witness requests' signatures, and the peer link's TLS-PSK unless
+    // the cluster has peer certificates (then mutual x509: a TLS 1.3 handshake takes one or the other).
     const secret = readClusterKey(config, configDir, 'clusterSecret');
+    const certificates = config.security.peerCertificates;
     this.link = new PeerLink({
-      tls: secret === undefined ? undefined : PeerTls.fromSecret(secret),
+      tls:
+        certificates !== undefined
+          ? PeerX509.load(resolve(configDir, certificates, nodeName), nodeName, this.peerName)
+          : secret === undefined
+            ? undefined
+            : PeerPsk.fromSecret(secret),
       hello: () => this.hello(),
       listen: self.peer,
       peer: config.nodes[this.peerName]!.peer,
@@ -152,7 +219,8 @@ export class ClusterNode {
         this.peerLeavingAt = undefined;
         // The gate first: writes waiting for the peer are then acknowledged only with quorum.
         this.quorum.peerLost(leaving);
-        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`, leaving);
+        for (const v of this.volumes) v.mirror.peerLost(`peer gone (${leaving ? 'it left gracefully' : reason}): tracking changes, quorum ${this.quorum.state}`);
+        this.volumeOps.linkLost();
       },
       // Frame bodies land in WASM slots (large ones), so their digests are computed in place.
       allocBody: (n) => this.hot.slots.acquire(n),
@@ -165,11 +233,20 @@ export class ClusterNode {
           this.peerLeavingAt ??= Date.now();
           return this.log.info('peer says it is leaving (graceful stop): this node will go on alone');
         }
+        if (h.type === PeerMsg.VOLUME_OP || h.type === PeerMsg.VOLUME_OP_ACK) {
+          try {
+            return this.volumeOps.onFrame(h.type, h.id, body);
+          } finally {
+            this.link.release(body);
+          }
+        }
         const index = Number(h.id >> 48n);
-        const v = this.volumes[index];
+        const v = this.byIndex[index];
         if (!v) {
           this.link.release(body);
-          throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.volumes.length}`);
+          // A volume deleted (or being resized) online on this link: the peer's late frames for it.
+          if (index < this.byIndex.length) return;
+          throw new ProtocolViolation(`${frameName(h.type)} for volume ${index}; there are ${this.byIndex.length}`);
         }
         // A diverged volume is not mirrored: frames the peer sent before it decided so are dropped.
         if (v.mirror.replication === 'Diverged') return this.link.release(body);
@@ -186,46 +263,100 @@ export class ClusterNode {
     });
     this.splitBrainPolicy = config.splitBrain;
     this.linkTimeoutMs = config.link.timeoutMs;
-    volumeNames.forEach((name, index) => {
-      const size = config.volumes[name]!.size;
-      const file = FileVolume.open(join(dataDir, `${name}.img`), { createSize: size });
-      const meta = VolumeMeta.open(join(dataDir, `${name}.meta`), { cluster: this.clusterId, node: nodeName, volumeSize: size, grain: GRAIN }, this.hot, {
-        extentBytes: config.activityLog.extent,
-        slots: config.activityLog.extents,
-        flushData: (done) => file.flush(done),
-      });
-      if (meta.recoveredExtents > 0) {
-        log.warn({ volume: name, extents: meta.recoveredExtents, outOfSyncBytes: meta.bitmap.count() * GRAIN }, 'volume did not stop cleanly: activity-log extents marked out of sync for a checksum resync');
-      }
-      const link = this.link;
-      // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
-      const port: PeerPort = {
-        get connected() {
-          return link.state === 'Connected' && entry.mirror.replication !== 'Diverged';
-        },
-        send: link.send.bind(link),
-        afterSend: link.afterSend.bind(link),
-        reset: (reason) => link.reconnect(reason),
-        release: (body) => link.release(body),
-      };
-      const mirror = new MirroredVolume({
-        local: wrapLocal?.(name, file) ?? file,
-        meta,
-        peer: port,
-        volumeIndex: index,
-        node: nodeName,
-        peerName: this.peerName,
-        grain: GRAIN,
-        hot: this.hot,
-        log: log.child({ volume: name }),
-        rate: { maxBytesPerSecond: config.resync.maxRate, busyBytesPerSecond: config.resync.busyRate, busyWindowMs: 100 },
-        onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
-        quorum: this.quorum,
-        ackTimeoutMs: config.link.ackTimeoutMs,
-      });
-      const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: config.volumes[name]!.checksumResync, verify: null };
-      this.volumes.push(entry);
+    const link = this.link;
+    this.volumeOps = new VolumeOps({
+      node: nodeName,
+      peerName: this.peerName,
+      get connected() {
+        return link.state === 'Connected';
+      },
+      send: (type, id, body) => link.send(type, id, body),
+      refusal: (op) => this.opRefusal(op),
+      apply: (op) => this.applyOp(op),
+      log: log.child({ component: 'volume-ops' }),
+      timeoutMs: config.link.ackTimeoutMs,
     });
+    for (const name of volumeNames) {
+      const entry = atStart.volumes.get(name)!;
+      this.finishInterruptedResize(name, entry.size);
+      this.addVolume(this.openVolume(name, entry, this.byIndex.length));
+    }
+  }
+
+  /** Opens a volume's data and metadata and mirrors it, at wire index `index` (not yet listed: addVolume). */
+  private openVolume(name: string, spec: VolumeEntry, index: number, created?: Parameters<typeof VolumeMeta.open>[4]): NodeVolume {
+    const log = this.log;
+    const file = this.store.open(name, spec.size);
+    if (file.size !== spec.size) {
+      void file.close();
+      throw new Error(`the data of volume ${name} in ${this.dataDir} is ${file.size} bytes, the volume ${spec.size}: it belongs to something else (move it away) or was resized by hand`);
+    }
+    let meta: VolumeMeta;
+    try {
+      meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(spec.size), this.hot, { ...this.activityLog, flushData: (done) => file.flush(done) }, created);
+    } catch (err) {
+      void file.close();
+      throw err;
+    }
+    if (meta.recoveredExtents > 0) {
+      log.warn({ volume: name, extents: meta.recoveredExtents, outOfSyncBytes: meta.bitmap.count() * GRAIN }, 'volume did not stop cleanly: activity-log extents marked out of sync for a checksum resync');
+    }
+    const link = this.link;
+    // A diverged volume acts as if the peer were gone: it keeps serving and tracking changes.
+    const port: PeerPort = {
+      get connected() {
+        return link.state === 'Connected' && entry.mirror.replication !== 'Diverged';
+      },
+      send: link.send.bind(link),
+      afterSend: link.afterSend.bind(link),
+      reset: (reason) => link.reconnect(reason),
+      release: (body) => link.release(body),
+    };
+    const config = this.config;
+    const mirror = this.unlessThrows(() => new MirroredVolume({
+      local: this.wrapLocal?.(name, file) ?? file,
+      meta,
+      peer: port,
+      volumeIndex: index,
+      node: this.nodeName,
+      peerName: this.peerName,
+      grain: GRAIN,
+      hot: this.hot,
+      log: log.child({ volume: name }),
+      rate: { maxBytesPerSecond: config.resync.maxRate, busyBytesPerSecond: config.resync.busyRate, busyWindowMs: 100 },
+      onResyncAsked: (role) => this.resyncNow(entry, role, 'the peer repairs what verify found'),
+      quorum: this.quorum,
+      ackTimeoutMs: config.link.ackTimeoutMs,
+    }), () => {
+      meta.close();
+      meta.bitmap.release();
+      void file.close();
+    });
+    const entry: NodeVolume = { name, file, meta, mirror, resyncStarted: 0, lastResync: null, checksumAlways: spec.checksumResync, verify: null };
+    return entry;
+  }
+
+  /** `make()`, or, if it throws, `undo()` then the throw (what a half-opened volume holds is given back). */
+  private unlessThrows<T>(make: () => T, undo: () => void): T {
+    try {
+      return make();
+    } catch (err) {
+      undo();
+      throw err;
+    }
+  }
+
+  private addVolume(v: NodeVolume): void {
+    this.volumes.push(v);
+    this.byIndex[v.mirror.volumeIndex] = v;
+  }
+
+  private metaPath(name: string): string {
+    return join(this.dataDir, `${name}.meta`);
+  }
+
+  private metaIdentity(volumeSize: number) {
+    return { cluster: this.clusterId, node: this.nodeName, volumeSize, grain: GRAIN };
   }
 
   async start(): Promise<void> {
@@ -237,12 +368,17 @@ export class ClusterNode {
     }, this.linkTimeoutMs);
   }
 
+  /** The volumes in name order: a HELLO lists them so, and a new link numbers them so. */
+  private sortedVolumes(): NodeVolume[] {
+    return [...this.volumes].sort((x, y) => (x.name < y.name ? -1 : 1));
+  }
+
   private hello(): HelloFields {
     return {
       version: PEER_VERSION,
       cluster: this.clusterId,
       node: this.nodeName,
-      volumes: this.volumes.map((v) => ({
+      volumes: this.sortedVolumes().map((v) => ({
         name: v.name,
         size: v.file.size,
         generation: v.meta.generation,
@@ -256,7 +392,12 @@ export class ClusterNode {
   }
 
   private onConnected(peer: Hello): void {
-    this.volumes.forEach((v, i) => {
+    // Both HELLOs listed the same names in the same order (helloMismatch): that is the numbering
+    // on this link. Nothing of an earlier link is in flight any more.
+    this.byIndex = this.sortedVolumes();
+    this.byIndex.forEach((v, i) => v!.mirror.renumber(i));
+    this.byIndex.forEach((v, i) => {
+      if (!v) return;
       const theirs = peer.volumes[i]!;
       // A failed disk takes part in no resync (it stores nothing): the pair serves from the other copy.
       if (v.mirror.state.disk === 'Failed') return v.mirror.connected('connected with this disk failed: reads and writes go to the peer');
@@ -436,13 +577,15 @@ export class ClusterNode {
 
   /** A resync now, outside a reconnect (verify repair): both nodes start it, in opposite roles. */
   private resyncNow(v: NodeVolume, role: 'source' | 'target', reason: string): void {
-    const theirs = this.link.peer?.volumes[this.volumes.indexOf(v)];
-    if (!theirs) return;
+    if (this.link.state !== 'Connected') return;
+    // A volume created online on this link is in no HELLO: its generation is the one both
+    // nodes were given, and a connected, verified pair shares its current one anyway.
+    const theirs = this.link.peer?.volumes.find((x) => x.name === v.name) ?? { ...this.hello().volumes.find((x) => x.name === v.name)!, checksum: false };
     this.resync(v, role === 'source', theirs, reason, false);
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**
@@ -469,13 +612,205 @@ export class ClusterNode {
     clearTimeout(this.startAlone);
     this.quorum.stop();
     this.link.stop();
-    for (const v of this.volumes) {
-      v.mirror.stopped();
-      // The data durable before the activity log is emptied: after that, nothing would resync it.
-      await new Promise<void>((res) => v.file.flush(() => res()));
-      await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
-      v.meta.close();
-      await v.file.close();
+    for (const v of this.volumes) await this.closeVolume(v);
+  }
+
+  /** Stops mirroring a volume and closes it cleanly (its activity log emptied). */
+  private async closeVolume(v: NodeVolume, reason?: string): Promise<void> {
+    v.mirror.stopped(reason);
+    // The data durable before the activity log is emptied: after that, nothing would resync it.
+    await new Promise<void>((res) => v.file.flush(() => res()));
+    await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
+    v.meta.close();
+    await v.file.close();
+  }
+
+  /**
+   * A new volume: data and metadata created (UpToDate with the generation both nodes were given:
+   * both copies are zeroes), recorded in the volumes file, mirrored and served at once.
+   */
+  private createVolume(op: VolumeOp): void {
+    const spec: VolumeEntry = { size: op.size!, checksumResync: false };
+    // Files under this name belong to no volume: left by a create or delete a crash cut short.
+    this.removeVolumeFiles(op.name);
+    const v = this.openVolume(op.name, spec, this.byIndex.length, { state: DiskState.UpToDate, generation: { current: op.generation!, bitmap: NO_GENERATION, history: [NO_GENERATION, NO_GENERATION] } });
+    try {
+      this.recorded.volumes.set(op.name, spec);
+      this.recorded.deleted.delete(op.name);
+      this.commitRecorded();
+    } catch (err) {
+      this.recorded.volumes.delete(op.name);
+      void this.closeVolume(v, 'its creation could not be recorded').then(() => {
+        v.meta.bitmap.release();
+        v.mirror.release();
+        this.removeVolumeFiles(op.name);
+      });
+      throw err;
+    }
+    this.addVolume(v);
+    this.room.bytes -= op.size!;
+    this.room.volumes--;
+    if (this.link.state === 'Connected') v.mirror.connected('created online on both nodes');
+    this.served?.add(v.name, v.mirror, this.exportDescription(v));
+    this.log.info({ volume: op.name, size: op.size, index: v.mirror.volumeIndex }, 'volume created online');
+  }
+
+  /**
+   * A volume grows while served: the new size recorded first (from then on a restart finishes
+   * the growth: finishInterruptedResize), then the volume grows in place (MirroredVolume.grow:
+   * changes held for a moment, data and metadata grown), then offered at the new size. Its
+   * connected clients keep going with the size they negotiated.
+   */
+  private async resizeVolume(op: VolumeOp): Promise<void> {
+    const v = this.volumes.find((x) => x.name === op.name)!;
+    const oldSize = v.file.size;
+    this.recorded.volumes.set(op.name, { size: op.size!, checksumResync: v.checksumAlways });
+    this.commitRecorded();
+    await new Promise<void>((resolve, reject) => v.mirror.grow(op.size!, () => v.file.grow(op.size!), (err) => (err ? reject(err) : resolve())));
+    this.room.bytes -= op.size! - oldSize;
+    this.served?.remove(v.name);
+    this.served?.add(v.name, v.mirror, this.exportDescription(v));
+    this.log.info({ volume: op.name, from: oldSize, to: op.size, clients: this.served?.clients(v.mirror) ?? 0 }, 'volume resized online');
+  }
+
+  /** A volume goes: clients (with --force) dropped, closed, its deletion recorded, its data and metadata removed. */
+  private async deleteVolume(op: VolumeOp): Promise<void> {
+    const v = this.volumes.find((x) => x.name === op.name)!;
+    await this.takeOffline(v, op, 'volume deleted online');
+    this.recorded.volumes.delete(op.name);
+    if (this.configVolumes.has(op.name)) this.recorded.deleted.add(op.name);
+    this.commitRecorded();
+    this.removeVolumeFiles(op.name);
+    this.room.bytes += v.file.size;
+    this.room.volumes++;
+    this.log.info({ volume: op.name, size: v.file.size }, 'volume deleted online: data and metadata removed');
+  }
+
+  /** A volume being deleted: no longer served, its clients dropped, unlisted (its wire index a hole), closed, its memory given back. */
+  private async takeOffline(v: NodeVolume, op: VolumeOp, reason: string): Promise<void> {
+    this.served?.remove(v.name);
+    // With --force, its clients; without, any that connected since the check (none new can now).
+    if (this.served && this.served.clients(v.mirror) > 0) await this.served.disconnect(v.mirror, op.force ? `${reason} (--force)` : reason);
+    this.forget(v);
+    await this.closeVolume(v, reason);
+    v.meta.bitmap.release();
+    v.mirror.release();
+  }
+
+  private forget(v: NodeVolume): void {
+    this.volumes.splice(this.volumes.indexOf(v), 1);
+    if (this.byIndex[v.mirror.volumeIndex] === v) this.byIndex[v.mirror.volumeIndex] = undefined;
+  }
+
+  /** Removes a volume's data (the store's destroy: a pool frees its units) and its metadata, durably. */
+  private removeVolumeFiles(name: string): void {
+    this.store.destroy(name);
+    removeFileDurably(this.metaPath(name));
+  }
+
+  /** Writes the volumes file: the set as it is now (config-volumes.ts explains how it combines with the config). */
+  private commitRecorded(): void {
+    writeVolumesFile(this.dataDir, { version: 1, volumes: Object.fromEntries(this.recorded.volumes), deleted: [...this.recorded.deleted] });
+  }
+
+  /**
+   * At start: a volume whose recorded size is larger than its metadata's was being grown when
+   * the node stopped (the size is recorded first): the growth is finished before it opens. A
+   * metadata file left open by a crash is opened at its old size first, which turns its activity
+   * log into dirty bits and closes it cleanly.
+   */
+  private finishInterruptedResize(name: string, size: number): void {
+    const recorded = VolumeMeta.recordedSize(this.metaPath(name));
+    if (recorded === undefined || recorded >= size) return;
+    this.log.warn({ volume: name, from: recorded, to: size }, 'finishing a resize that a stop cut short');
+    const meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(recorded), this.hot, this.activityLog);
+    meta.close();
+    meta.bitmap.release();
+    this.store.grow(name, size);
+    VolumeMeta.grow(this.metaPath(name), this.metaIdentity(size), size);
+  }
+
+  /** Where the node's volumes are served over NBD (set once the server exists; volumes added online are served at once). */
+  serveOn(served: ServedExports): void {
+    this.served = served;
+    for (const v of this.sortedVolumes()) served.add(v.name, v.mirror, this.exportDescription(v));
+  }
+
+  private exportDescription(v: NodeVolume): string {
+    return `nbd-mirror volume ${v.name} (${formatSize(v.file.size)}), node ${this.nodeName}`;
+  }
+
+  /** `nbd-mirror volume create|resize|delete` (the admin endpoint): on both nodes, or refused. */
+  changeVolume(fields: Record<string, unknown>): Promise<string> {
+    let op: VolumeOp;
+    try {
+      op = parseVolumeOp(fields.op === 'create' ? { ...fields, generation: newGenerationId() } : fields);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    return this.volumeOps.request(op);
+  }
+
+  /** Why this node cannot apply `op` now, or undefined (the same check on both nodes). */
+  private opRefusal(op: VolumeOp): string | undefined {
+    const v = this.volumes.find((x) => x.name === op.name);
+    if (op.op === 'create') {
+      if (v) return `volume ${op.name} exists on ${this.nodeName}`;
+      // Wire indices are 16 bits, and a link never reuses one (a deleted volume's late frames).
+      if (this.byIndex.length >= MAX_WIRE_INDEX) return `${this.byIndex.length} volumes were created or numbered on this link: it must reconnect (nbd-mirror stop and start one node) before more`;
+      return this.roomFor(op.size!, op.size!, true);
+    }
+    if (!v) return `no volume ${op.name} on ${this.nodeName} (volumes: ${this.volumes.map((x) => x.name).sort().join(', ') || 'none'})`;
+    if (v.mirror.resync) return `volume ${op.name} is resyncing on ${this.nodeName}: wait until it is done`;
+    if (v.verify?.running) return `a verify of ${op.name} is running on ${this.nodeName}: wait until it is done`;
+    if (op.op === 'delete') {
+      const clients = this.served?.clients(v.mirror) ?? 0;
+      if (clients === 0 || op.force) return undefined;
+      return `${clients} NBD client${clients === 1 ? ' is' : 's are'} connected to ${op.name} on ${this.nodeName}: disconnect ${clients === 1 ? 'it' : 'them'} first, or give --force to drop ${clients === 1 ? 'it' : 'them'}`;
+    }
+    if (op.size! < v.file.size) return `volumes only grow: ${op.name} is ${v.file.size} bytes, ${op.size} asked (shrinking would cut off data)`;
+    if (op.size === v.file.size) return `volume ${op.name} is already ${op.size} bytes`;
+    if (v.mirror.replication !== 'Connected' || v.mirror.state.disk !== 'UpToDate') {
+      return `volume ${op.name} is ${v.mirror.replication} ${v.mirror.state.disk} on ${this.nodeName}: it grows only while Connected and UpToDate on both nodes`;
+    }
+    return this.roomFor(op.size!, op.size! - v.file.size, false);
+  }
+
+  /**
+   * Is there room for a `size`-byte volume, `added` bytes more than now: in what the config keeps
+   * for online changes, and in hot-path memory for its dirty bitmap (and, new, its digest lists)
+   * — tried for real and given back, so the answer holds for the change that follows.
+   */
+  private roomFor(size: number, added: number, newVolume: boolean): string | undefined {
+    const { capacity, volumes } = this.config.online;
+    const left = `the config's "online" section keeps ${capacity} bytes and ${volumes} volumes for online changes until the node restarts; left: ${this.room.bytes} bytes, ${this.room.volumes} volumes`;
+    if (added > this.room.bytes || (newVolume && this.room.volumes < 1)) return `no room left on ${this.nodeName} for ${added} more bytes${newVolume ? ' in a new volume' : ''}: ${left}`;
+    const held: Array<{ release(): void }> = [];
+    try {
+      held.push(this.hot.bitmap(VolumeMeta.bitsFor(size, GRAIN)));
+      if (newVolume) for (let i = 0; i < MirroredVolume.sizing(GRAIN).digestLists; i++) held.push(this.hot.digestList(MirroredVolume.sizing(GRAIN).digests / 2));
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof HotpathError)) throw err;
+      return `no room left on ${this.nodeName} in hot-path memory for the bitmap of a volume of ${size} bytes (${left}; a restart makes room afresh)`;
+    } finally {
+      for (const h of held) h.release();
     }
   }
+
+  /** Applies a checked change on this node (volume-ops.ts calls it on both). */
+  private applyOp(op: VolumeOp): Promise<void> {
+    if (op.op === 'create') {
+      // At once, not in a later turn: the peer's frames for the new volume may follow its answer.
+      try {
+        this.createVolume(op);
+        return Promise.resolve();
+      } catch (err) {
+        return Promise.reject(err as Error);
+      }
+    }
+    if (op.op === 'resize') return this.resizeVolume(op);
+    return this.deleteVolume(op);
+  }
+
 }

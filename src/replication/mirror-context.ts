@@ -56,9 +56,13 @@ export class MirrorContext {
   peerDiskFailed = false;
   /** Told when the local disk fails a request for [offset, offset + length) (the volume moves to Failed). */
   onDiskFailure: ((err: Error, during: string, offset: number, length: number) => void) | undefined;
-  /** Index of the volume on the wire (sorted names, the same on both nodes). */
-  readonly index: number;
-  readonly size: number;
+  /**
+   * Index of the volume on the wire, the same on both nodes: its place in the sorted names at
+   * the link's HELLO, or, for a volume created online, the next one then (see renumber).
+   */
+  index: number;
+  /** Grows when the volume is resized online (MirroredVolume.grow). */
+  size: number;
   /** Dirty-bitmap grain = digest block size. */
   readonly grain: number;
   readonly hot: Hotpath;
@@ -93,6 +97,12 @@ export class MirrorContext {
 
   nextId(): bigint {
     return this.id++;
+  }
+
+  /** A new link numbers the volumes afresh (nothing of the old link is in flight any more). */
+  renumber(index: number): void {
+    this.index = index;
+    this.id = (BigInt(index) << 48n) + 1n;
   }
 
   /** Tracks a change or range request (see in-flight.ts); a client change is told to verify. */

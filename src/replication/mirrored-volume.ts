@@ -73,9 +73,21 @@ const ALWAYS: QuorumPort = { writable: true, readable: true, whenWritable: (cb) 
 
 type Running = { role: 'source'; run: ResyncRun; source: ResyncSource } | { role: 'target'; run: ResyncRun; target: ResyncTarget };
 
+/** What a volume growing online holds back (MirroredVolume.grow). */
+interface Held {
+  readonly changes: Array<() => void>;
+  readonly frames: Array<{ h: FrameHeader; body: Buffer }>;
+}
+
+/**
+ * The peer's frames a volume growing online lets through: answers, which this node's own changes
+ * in flight wait for (and the growth waits for those). Everything else — its changes, which
+ * touch the in-flight tracker and the dirty bits, and its flushes, which must not overtake them —
+ * is held, in order.
+ */
+const PASSED_WHILE_GROWING: ReadonlySet<number> = new Set([PeerMsg.WRITE_ACK, PeerMsg.FLUSH_ACK, PeerMsg.PEER_READ_DATA]);
+
 export class MirroredVolume implements Volume {
-  readonly size: number;
-  readonly volumeIndex: number;
   readonly capabilities: VolumeCapabilities;
   /** The declared replication and disk states (replication-state.ts). */
   readonly state: VolumeState;
@@ -97,12 +109,17 @@ export class MirroredVolume implements Volume {
    * even if it was brand new (a new volume as the target of a full sync).
    */
   private partialCopy = false;
+  /**
+   * While the volume grows online (grow): client changes and peer frames held, in order, until
+   * the metadata has its new size. Reads go on (they touch no metadata).
+   */
+  private held: Held | undefined;
+  /** How long an online resize waits for the changes in flight (half the ack timeout: the peer waits for its answer that long). */
+  private readonly drainLimitMs: number;
   /** Reads waiting for the source's dirty runs. */
   private readsWaitingForRuns: Array<() => void> = [];
 
   constructor(o: MirroredVolumeOptions) {
-    this.size = o.local.size;
-    this.volumeIndex = o.volumeIndex;
     // FAST_ZERO is offered as the local volume offers it; see zero().
     this.capabilities = o.local.capabilities;
     this.ctx = new MirrorContext({
@@ -127,6 +144,7 @@ export class MirroredVolume implements Volume {
     );
     this.apply = localAppliers(this.ctx);
     this.writes = new WritePath(this.ctx, { refusal: () => this.refusesWritesAlone(), wroteAlone: () => this.startTracking() }, o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS);
+    this.drainLimitMs = (o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS) / 2;
     this.changes = new PeerChanges(this.ctx, this.apply);
     this.reads = new PeerReads(this.ctx);
     const source = (): ResyncSource => (this.running as Extract<Running, { role: 'source' }>).source;
@@ -153,6 +171,71 @@ export class MirroredVolume implements Volume {
       [PeerMsg.DISK_FAILED]: (_h, b) => this.markPeerDiskFailed(`the peer's disk failed (${statusErrno(b.readUInt32BE(0))})`),
     });
     this.state.setReplication('Connecting', 'started');
+  }
+
+  get size(): number {
+    return this.ctx.size;
+  }
+
+  /**
+   * Grows the volume while it is served (an online resize, both nodes in turn): new changes and
+   * the peer's (all but its answers: PASSED_WHILE_GROWING) are held, the changes in flight finish, the data is flushed and the bitmap
+   * written back; then `growData` grows the data and the metadata takes the new size (a larger
+   * bitmap, the activity log moved: VolumeMeta.growOpen); then what was held goes on. Clients
+   * keep the size they negotiated; new connections see the new one (NBD has no way to tell a
+   * connected client that the size changed).
+   */
+  grow(size: number, growData: () => void, done: (err: Error | null) => void): void {
+    if (this.held) return done(new Error('a resize of this volume is already running'));
+    const held: Held = { changes: [], frames: [] };
+    this.held = held;
+    const started = Date.now();
+    const resume = (err: Error | null): void => {
+      this.held = undefined;
+      for (const f of held.frames) this.handleFrame(f.h, f.body);
+      for (const c of held.changes) c();
+      done(err);
+    };
+    const whenDrained = (): void => {
+      if (!this.writes.idle || this.ctx.tracker.size > 0) {
+        if (Date.now() - started > this.drainLimitMs) return resume(new Error(`changes in flight did not finish within ${this.drainLimitMs} ms; not resized`));
+        return void setTimeout(whenDrained, 2);
+      }
+      // A resync started meanwhile (a new link) walks the old bitmap: not now.
+      if (this.running) return resume(new Error('a resync started; not resized'));
+      // The data durable before the activity log is emptied; the bitmap written back before it moves.
+      this.ctx.local.flush((err) => {
+        if (err) return resume(err);
+        this.ctx.meta.flushBitmap((err) => {
+          if (err) return resume(err);
+          try {
+            growData();
+            this.ctx.meta.growOpen(size, this.ctx.hot);
+            this.ctx.size = size;
+          } catch (e) {
+            return resume(e as Error);
+          }
+          this.ctx.log.info({ size, heldMs: Date.now() - started, heldChanges: held.changes.length, heldFrames: held.frames.length }, 'volume grown online');
+          resume(null);
+        });
+      });
+    };
+    whenDrained();
+  }
+
+  /** Index of the volume on the wire (mirror-context.ts). */
+  get volumeIndex(): number {
+    return this.ctx.index;
+  }
+
+  /** Numbers the volume for a new link (cluster-node.ts, at each connection: sorted names). */
+  renumber(index: number): void {
+    this.ctx.renumber(index);
+  }
+
+  /** Gives back the hot-path memory of its digest lists: the volume is deleted or reopened (after stopped()). */
+  release(): void {
+    this.ctx.compare.release();
   }
 
   /** Hot-path memory a mirrored volume needs besides its bitmap. */
@@ -260,6 +343,7 @@ export class MirroredVolume implements Volume {
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
+    if (this.held) return void this.held.changes.push(() => this.write(buf, offset, fua, done));
     this.ctx.rate.clientIo();
     const flags = fua ? 1 : 0;
     const header = encodeWriteHeader({ volume: this.volumeIndex, flags, offset, digest: sealDigest(this.ctx.hot.digestOf(buf), offset, flags) });
@@ -267,11 +351,13 @@ export class MirroredVolume implements Volume {
   }
 
   trim(offset: number, length: number, fua: boolean, done: Done): void {
+    if (this.held) return void this.held.changes.push(() => this.trim(offset, length, fua, done));
     this.ctx.rate.clientIo();
     this.writes.change(PeerMsg.TRIM, encodeChange(this.volumeIndex, offset, length, fua ? 1 : 0), offset, length, this.apply.trimmer(fua), done);
   }
 
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
+    if (this.held) return void this.held.changes.push(() => this.zero(offset, length, opts, done));
     // FAST_ZERO: refused here, before anything changes on either node, once this node's volume
     // has found it cannot zero quickly. Otherwise both nodes zero, and a node that finds itself
     // slow falls back to writing zeroes: the copies must match whatever the speed.
@@ -312,6 +398,7 @@ export class MirroredVolume implements Volume {
 
   /** Frames from the peer for this volume; the body is given back (peer.release) once used. */
   handleFrame(h: FrameHeader, body: Buffer): void {
+    if (this.held && !PASSED_WHILE_GROWING.has(h.type)) return void this.held.frames.push({ h, body });
     this.receiver.handle(h, body);
   }
 
@@ -334,9 +421,11 @@ export class MirroredVolume implements Volume {
    * The link is gone: writes waiting for the peer become degraded writes, flushes complete
    * locally, resync and verify stop (their bits stay set), reads waiting for the peer fail.
    */
-  peerLost(reason: string, gracefully = false): void {
+  peerLost(reason: string): void {
+    // Frames of the lost link held by a resize: never to be answered.
+    if (this.held) for (const f of this.held.frames.splice(0)) this.ctx.peer.release(f.body);
     this.ctx.peerDiskFailed = false; // told again in the next HELLO
-    this.writes.peerLost(gracefully);
+    this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
     // Resync requests that will never be answered: release what waits on them; bits stay set.
@@ -352,9 +441,9 @@ export class MirroredVolume implements Volume {
     if (this.state.replication !== 'StandAlone') this.state.setReplication('Connecting', reason); // not while stopping
   }
 
-  /** The node stops: nothing more is mirrored. */
-  stopped(): void {
-    this.state.setReplication('StandAlone', 'node stopping');
+  /** The node stops, or the volume is deleted: nothing more is mirrored. */
+  stopped(reason = 'node stopping'): void {
+    this.state.setReplication('StandAlone', reason);
   }
 
   /** Progress of a running resync, if any. */

@@ -199,6 +199,9 @@ export class MirroredWrite {
     this.step = 'Mirroring';
     this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
     this.path.sent(this);
+    // The body names the volume by its wire index as of now: a change that waited across a new
+    // link (volumes renumbered after some were created or deleted online) carries the new one.
+    (Buffer.isBuffer(this.frame) ? this.frame : this.frame[0]!).writeUInt32BE(ctx.index, 0);
     ctx.peer.send(this.type, this.entry.id, this.frame);
     // The peer's copy goes out first: its round trip then overlaps with the local write.
     ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
@@ -281,6 +284,11 @@ export class WritePath {
     readonly alone: AlonePolicy,
     private readonly ackTimeoutMs: number,
   ) {}
+
+  /** No change waiting for its turn or for the peer's answer (an online resize waits for this). */
+  get idle(): boolean {
+    return this.queued.length === 0 && this.open.size === 0;
+  }
 
   /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
   change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
@@ -379,11 +387,13 @@ export class WritePath {
    * are made durable, then it completes with quorum); flushes waiting for the peer complete
    * locally.
    */
-  peerLost(peerFlushed: boolean): void {
+  peerLost(): void {
     this.awaitingPeer.clear(); // what waited for answers is settled below
     // What the peer may have lost, if it lost power: out of sync here, so the next resync copies
-    // it. A peer that left gracefully made everything it stored durable on its way out.
-    for (const c of peerFlushed ? [] : this.notDurableOnPeer) {
+    // it. A graceful leave is no exception: writes sent before the peer's LEAVING arrived cross it
+    // and reach a peer that may lose power before its closing flush (a few extents resynced after
+    // a planned stop is the price).
+    for (const c of this.notDurableOnPeer) {
       const [first, count] = this.ctx.grains(c.offset, c.length);
       this.ctx.meta.markDirty(first, count, () => undefined);
     }

@@ -20,6 +20,8 @@ import {
 
 /** Largest HELLO body: checked before it is buffered or parsed (a HELLO is a few hundred bytes per volume). */
 export const MAX_HELLO = 64 * 1024;
+/** Largest VOLUME_OP body (a short JSON object), and of the reason a VOLUME_OP_ACK carries. */
+export const MAX_VOLUME_OP = 1024;
 /** Largest ERROR body (a reason for an operator to read). */
 const MAX_ERROR = 4096;
 /** Largest range one digest request or reply covers (checksum resync, verify). */
@@ -86,6 +88,12 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
   [PeerMsg.PING, { name: 'PING', minBody: 0, maxBody: 0, scope: 'link' }],
   [PeerMsg.PONG, { name: 'PONG', minBody: 0, maxBody: 0, scope: 'link' }],
   [PeerMsg.LEAVING, { name: 'LEAVING', minBody: 0, maxBody: 0, scope: 'link' }],
+  // Volumes changed online (volume-ops.ts): no volume index (the volume may not exist yet); the
+  // body's shape is checked as it is parsed (decodeVolumeOp, a violation), whether the change is
+  // legal now by the receiver (refused with a VOLUME_OP_ACK, nothing changed: a concurrent
+  // change, an existing or missing name, a volume resyncing or with clients).
+  [PeerMsg.VOLUME_OP, { name: 'VOLUME_OP', minBody: 2, maxBody: MAX_VOLUME_OP, scope: 'link' }],
+  [PeerMsg.VOLUME_OP_ACK, { name: 'VOLUME_OP_ACK', minBody: 4, maxBody: 4 + MAX_VOLUME_OP, scope: 'link' }],
   [PeerMsg.WRITE, { name: 'WRITE', minBody: WRITE_HEADER_SIZE, maxBody: WRITE_HEADER_SIZE + MAX_REQUEST, scope: 'volume', range: { kind: 'write', maxLength: MAX_REQUEST } }],
   [PeerMsg.WRITE_ACK, { name: 'WRITE_ACK', minBody: 4, maxBody: 4, scope: 'volume' }],
   [PeerMsg.FLUSH, { name: 'FLUSH', minBody: 0, maxBody: 0, scope: 'volume' }],

@@ -16,14 +16,15 @@
 // running and the candidate is refused, whatever its HELLO claims. Refusals are logged at most
 // once a minute per source address and kind (a refused HELLO, a failed TLS handshake).
 //
-// Authentication (peer-tls.ts). With a cluster secret, every connection is TLS-PSK from its
-// first byte: the listener checks the source host, then runs the TLS handshake, and only a
-// connection whose handshake proved the key becomes a candidate that may send HELLO. A failed
-// handshake (another key, a plain peer, garbage) is refused like a bad HELLO and never reaches
-// the probe logic, so it cannot disturb the live link. The handshake counts against the same
-// deadline as the HELLO (the link timeout) and the same candidate limit. Decrypted bytes come
-// as 'data' chunks (a TLSSocket has no `onread`) and feed the same decoders. Without a secret
-// the link is plain, as before, and says so once at start.
+// Authentication (peer-tls.ts: TLS-PSK with the cluster secret; peer-x509.ts: mutual x509 with
+// the cluster CA). With either, every connection is TLS from its first byte: the listener checks
+// the source host, then runs the TLS handshake, and only a connection whose handshake proved the
+// key (or a certificate of the CA naming the peer) becomes a candidate that may send HELLO. A
+// failed handshake (another key or CA, another name, a plain peer, garbage) is refused like a
+// bad HELLO and never reaches the probe logic, so it cannot disturb the live link. The handshake
+// counts against the same deadline as the HELLO (the link timeout) and the same candidate limit.
+// Decrypted bytes come as 'data' chunks (a TLSSocket has no `onread`) and feed the same
+// decoders. Without either the link is plain, as before, and says so once at start.
 //
 // Backpressure (link-limits.ts). Receive: each volume frame handed to onFrame is in work, at the
 // cost the frame table gives (workCost), until the volume gives its body back (`release`). At
@@ -58,7 +59,7 @@ import { decodeHello, encodeHello, helloMismatch, type Hello, type HelloFields }
 import { DEFAULT_LINK_LIMITS, SendWatch, WorkBudget, type LinkLimits } from './link-limits.js';
 import { checkFrameHeader, workCost } from './peer-frames.js';
 import { encodeFrame, encodeFrameHeader, FrameDecoder, PeerMsg, type FrameHeader } from './peer-protocol.js';
-import { handshakeFailure, looksLikeTls, type PeerTls } from './peer-tls.js';
+import { looksLikeTls, type PeerTls } from './peer-tls.js';
 
 /** Connection states as DRBD names them (and `nbd-mirror status` will show them). */
 export type LinkState = 'Connecting' | 'Connected' | 'StandAlone';
@@ -71,7 +72,7 @@ export interface PeerLinkOptions {
   /** Where the peer accepts us; only its host may connect to us. */
   readonly peer: HostPort;
   readonly peerName: string;
-  /** TLS-PSK for every connection (the cluster secret's); without it the link is plain. */
+  /** TLS for every connection: PSK with the cluster secret, or mutual x509; without it the link is plain. */
   readonly tls?: PeerTls;
   /** The peer counts as dead after this long without a frame (default 2000 ms). */
   readonly timeoutMs?: number;
@@ -107,6 +108,9 @@ const REFUSAL_LOG_MS = 60_000;
 /** Source addresses (with the message logged for them) remembered for rate-limiting refusal logs. */
 const REFUSAL_LOG_ADDRESSES = 1024;
 const TLS_FAILED = 'peer-link TLS handshake failed';
+const DAY_MS = 86_400_000;
+/** A node certificate closer than this to its end date is reported at every start. */
+const EXPIRY_WARNING_DAYS = 30;
 
 /** An accepted connection whose HELLO has not been accepted yet. */
 interface Candidate {
@@ -148,6 +152,8 @@ export class PeerLink {
   private lastSeen = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private retry: NodeJS.Timeout | undefined;
+  /** The dialer's connection until it becomes the link (or fails): stop() ends it, unlogged. */
+  private dialing: net.Socket | undefined;
   private backoffMs = 100;
   /** Frames queued this turn of the event loop (see send). */
   private outbox: Buffer[] = [];
@@ -156,6 +162,8 @@ export class PeerLink {
   private readonly timeoutMs: number;
   private readonly sendStallMs: number;
   private readonly candidates = new Map<net.Socket, Candidate>();
+  /** Accepted connections in their TLS handshake (they count as candidates), with their deadline. */
+  private readonly handshakes = new Map<net.Socket, NodeJS.Timeout>();
   private probe: Probe | undefined;
   private probes = 0n;
   private readonly refusalsLogged = new Map<string, { at: number; since: number }>();
@@ -213,7 +221,11 @@ export class PeerLink {
 
   /** Starts listening (both nodes do, so the roles never depend on start order) and dialing. */
   async start(): Promise<HostPort> {
-    if (!this.o.tls) this.o.log.warn("the peer link is neither authenticated nor encrypted: any process on the peer's host can link, and mirrored data crosses the network in clear (set security.clusterSecret, docs/SECURITY.md)");
+    if (!this.o.tls) this.o.log.warn("the peer link is neither authenticated nor encrypted: any process on the peer's host can link, and mirrored data crosses the network in clear (set security.clusterSecret or security.peerCertificates, docs/SECURITY.md)");
+    else this.o.log.info({ auth: this.o.tls.kind, expires: this.o.tls.expires }, 'the peer link is authenticated and encrypted');
+    // An expired certificate ends the link at the next reconnect: say so while there is time.
+    const left = this.o.tls?.expires && (this.o.tls.expires.getTime() - Date.now()) / DAY_MS;
+    if (left !== undefined && left < EXPIRY_WARNING_DAYS) this.o.log.warn({ expires: this.o.tls!.expires, daysLeft: Math.floor(left) }, "this node's peer-link certificate expires soon: make a new one (docs/SECURITY.md, rotating certificates)");
     this.server = net.createServer({ pauseOnConnect: true }, (accepted) => void this.accept(accepted));
     const addr = await new Promise<HostPort>((resolve, reject) => {
       this.server!.once('error', reject);
@@ -302,6 +314,9 @@ export class PeerLink {
     this.stopped = true;
     clearTimeout(this.retry);
     for (const s of [...this.candidates.keys()]) this.endCandidate(s);
+    for (const [s, timer] of this.handshakes) (clearTimeout(timer), s.destroy());
+    this.handshakes.clear();
+    this.dialing?.destroy();
     this.drop('link stopped', false);
     this.server?.close();
   }
@@ -316,13 +331,9 @@ export class PeerLink {
     const sink = this.receiveSink(() => dialed);
     const secure = this.o.tls;
     let s: net.Socket;
-    if (secure) {
-      s = dialed = secure.connect(to);
-      receiveFromStream(s, sink);
-    } else {
-      s = dialed = net.connect({ ...to, onread: onReadOptions(sink) });
-      s.resume(); // flowing, so the peer's hang-up is seen as 'end'
-    }
+    // TLS or not, reads go into one reused buffer or straight into a frame body's (onread).
+    s = dialed = this.dialing = secure ? secure.connect({ ...to, onread: onReadOptions(sink) }) : net.connect({ ...to, onread: onReadOptions(sink) });
+    s.resume(); // flowing, so the peer's hang-up is seen as 'end'
     // A powered-off peer answers nothing: without a limit the kernel's SYN retries (up to ~2 min,
     // then 32 s apart) would decide when its return is noticed. With TLS the handshake is
     // inside the same limit: a peer that takes the connection and stalls the handshake is dead too.
@@ -333,11 +344,15 @@ export class PeerLink {
       clearTimeout(connectLimit);
       this.adoptDialed(s);
     });
-    s.once('close', () => clearTimeout(connectLimit));
+    s.once('close', () => {
+      clearTimeout(connectLimit);
+      if (this.dialing === s) this.dialing = undefined;
+    });
     s.once('error', (err) => {
+      if (this.stopped) return void s.destroy(); // a dial the stop cut short: nothing to tell
       if (this.socket !== s) {
         // Reached, but no key agreed: the operator must hear of it (a retry comes every 250 ms).
-        if (secure && connected) this.logLimited(this.o.peer.host, TLS_FAILED, { peer: to, reason: handshakeFailure(err) });
+        if (secure && connected) this.logTlsFailure(this.o.peer.host, secure.failure(err), { peer: to });
         else this.o.log.debug({ err: err.message, peer: this.o.peer }, 'peer not reachable yet');
         s.destroy();
         this.scheduleDial();
@@ -354,6 +369,7 @@ export class PeerLink {
 
   /** The dialer's connection is up: it becomes the link and sends its HELLO first. */
   private adoptDialed(s: net.Socket): void {
+    this.dialing = undefined;
     if (this.stopped) return void s.destroy();
     this.socket = s;
     this.decoder = this.decoderFor(s);
@@ -364,7 +380,7 @@ export class PeerLink {
     s.on('close', () => {
       if (this.socket !== s) return;
       // Hung up on our HELLO without an ERROR: it did not take this connection at all.
-      if (!this.peerHello) this.logLimited(this.o.peer.host, 'the peer closed the connection before answering HELLO', { peer: this.o.peer, hint: this.o.tls ? undefined : 'it may require TLS (security.clusterSecret), or not take connections from this address' });
+      if (!this.peerHello) this.logLimited(this.o.peer.host, 'the peer closed the connection before answering HELLO', { peer: this.o.peer, hint: this.o.tls ? (this.o.tls.kind.startsWith('mutual') ? "it may not accept this node's certificate (its log says why)" : undefined) : 'it may require TLS (security.clusterSecret or security.peerCertificates), or not take connections from this address' });
       this.drop('peer closed the connection', true);
     });
     this.o.log.debug('peer socket open, sending HELLO');
@@ -381,31 +397,43 @@ export class PeerLink {
     if (this.stopped) refusal = 'the link is stopped';
     else if (this.dialer) refusal = 'this node dials its peer and takes no inbound peer links';
     else if (!(await this.isPeerHost(address))) refusal = `not the peer's address (${this.o.peer.host})`;
-    else if (this.candidates.size >= MAX_CANDIDATES) refusal = `${MAX_CANDIDATES} peer-link handshakes already waiting`;
+    else if (this.candidates.size + this.handshakes.size >= MAX_CANDIDATES) refusal = `${MAX_CANDIDATES} peer-link handshakes already waiting`;
     if (refusal) {
       accepted.destroy();
       return this.logRefusal(address, from, refusal);
     }
+    const deadline = Date.now() + this.timeoutMs;
     const secure = this.o.tls;
-    let secured = false;
-    let s: net.Socket | undefined = undefined;
-    const sink = this.receiveSink(() => s);
-    if (secure) {
-      s = secure.accept(accepted);
-      s.once('secure', () => (secured = true));
-      receiveFromStream(s, sink);
-    } else {
+    if (!secure) {
       // Like the NBD listener: read into one reused buffer (onread) instead of a Buffer per read.
-      s = adoptWithOnRead(accepted, this.plainCandidateSink(() => s, sink));
+      let s: net.Socket | undefined = undefined;
+      s = adoptWithOnRead(accepted, this.plainCandidateSink(() => s, this.receiveSink(() => s)));
+      return this.addCandidate(s, from, address, deadline);
     }
-    const socket = s;
-    const timer = setTimeout(() => this.refuseCandidate(socket, secure && !secured ? `no TLS handshake within ${this.timeoutMs} ms` : `no acceptable HELLO within ${this.timeoutMs} ms`), this.timeoutMs);
+    // The TLS handshake first: a connection becomes a candidate (whose frames are read) only
+    // once it proved it holds the key or the peer's certificate, within the same deadline.
+    const timer = setTimeout(() => {
+      this.handshakes.delete(accepted);
+      accepted.destroy();
+      this.logRefusal(address, from, `no TLS handshake within ${this.timeoutMs} ms`);
+    }, this.timeoutMs);
+    this.handshakes.set(accepted, timer);
+    secure.accept(accepted, (err, t) => {
+      if (this.handshakes.get(accepted) !== timer) return void t?.destroy(); // timed out, or the link stopped
+      clearTimeout(timer);
+      this.handshakes.delete(accepted);
+      if (err || !t) return this.logTlsFailure(address, secure.failure(err ?? new Error('no socket')), { from });
+      receiveFromStream(t, this.receiveSink(() => t));
+      this.addCandidate(t, from, address, deadline);
+    });
+  }
+
+  /** A connection that may now send its HELLO (the TLS handshake, if any, is done), until `deadline`. */
+  private addCandidate(socket: net.Socket, from: string, address: string, deadline: number): void {
+    const timer = setTimeout(() => this.refuseCandidate(socket, `no acceptable HELLO within ${this.timeoutMs} ms`), Math.max(0, deadline - Date.now()));
     this.candidates.set(socket, { from, address, decoder: this.decoderFor(socket), timer });
     socket.setNoDelay(true);
-    socket.on('error', (err) => {
-      if (secure && !secured) return this.refuseCandidate(socket, handshakeFailure(err), TLS_FAILED);
-      this.o.log.debug({ err: err.message, from }, 'peer socket error');
-    });
+    socket.on('error', (err) => this.o.log.debug({ err: err.message, from }, 'peer socket error'));
     socket.on('close', () => {
       if (this.socket === socket) this.drop('peer closed the connection', true);
       else this.endCandidate(socket);
@@ -421,7 +449,7 @@ export class PeerLink {
     return {
       ...sink,
       onChunk: (chunk) => {
-        if (first && ((first = false), looksLikeTls(chunk))) return this.refuseCandidate(socket()!, 'it speaks TLS: the peer has security.clusterSecret set and this node has none');
+        if (first && ((first = false), looksLikeTls(chunk))) return this.refuseCandidate(socket()!, 'it speaks TLS: the peer has security.clusterSecret or security.peerCertificates set and this node neither');
         sink.onChunk(chunk);
       },
     };
@@ -667,6 +695,15 @@ export class PeerLink {
 
   private logRefusal(address: string, from: string, reason: string, message = 'refused a peer-link connection'): void {
     this.logLimited(address, message, { from, reason });
+  }
+
+  /**
+   * A failed TLS handshake, limited per address *and reason*: the reasons are a fixed set
+   * (OpenSSL's codes, a certificate of the cluster CA naming another node), so an operator who
+   * changes a node's keys sees the new reason at once, and nobody can vary it to flood the log.
+   */
+  private logTlsFailure(address: string, reason: string, fields: Record<string, unknown>): void {
+    this.logLimited(`${address} ${reason}`, TLS_FAILED, { ...fields, reason });
   }
 
   /**

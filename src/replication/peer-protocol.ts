@@ -12,8 +12,8 @@ import { MAX_REQUEST } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 
 export const PEER_MAGIC = 0x4e424d52; // "NBMR"
-/** 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's. */
-export const PEER_VERSION = 2;
+/** 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's. 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online). */
+export const PEER_VERSION = 3;
 export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
 export const WRITE_HEADER_SIZE = 24;
@@ -72,6 +72,13 @@ export const enum PeerMsg {
   DISK_FAILED = 52,
   /** The sender stops gracefully: the receiver goes on writing alone without the witness. */
   LEAVING = 60,
+  /**
+   * A volume created, grown or deleted online (volume-ops.ts): JSON body naming the change; the
+   * receiver applies it (or refuses) and answers VOLUME_OP_ACK with the same id.
+   */
+  VOLUME_OP = 61,
+  /** Its answer: status u32 (0 = applied, 1 = refused), then the reason in UTF-8. */
+  VOLUME_OP_ACK = 62,
 }
 
 /** WRITE_ACK status asking the sender to send the frame again: its digest did not match. */

@@ -36,11 +36,16 @@ export function isKeyText(text: string): boolean {
  * over the old one, so the file is never half-written or briefly readable by others.
  */
 export function writeKeyFile(path: string, replace: boolean): void {
+  writeNewFile(path, `${randomBytes(KEY_BYTES).toString('hex')}\n`, replace, 0o600);
+}
+
+/** Writes `text` to `path` with `mode`, under writeKeyFile's rules (never over a file without `replace`, never half-written). */
+export function writeNewFile(path: string, text: string, replace: boolean, mode: number): void {
   const target = replace ? `${path}.tmp` : path;
   if (replace) rmSync(target, { force: true }); // left by an interrupted run
-  const fd = openSync(target, 'wx', 0o600);
+  const fd = openSync(target, 'wx', mode);
   try {
-    writeSync(fd, `${randomBytes(KEY_BYTES).toString('hex')}\n`);
+    writeSync(fd, text);
     fsyncSync(fd);
   } finally {
     closeSync(fd);

@@ -1,6 +1,7 @@
 // `nbd-mirror keygen --dir DIR`: the keys of one cluster, as files in DIR — `admin.token` (the
 // admin endpoint's bearer token) and `cluster.secret` (what the witness checks the nodes' requests
-// with; the peer link's TLS-PSK key too). Format: key-file.ts.
+// with; the peer link's TLS-PSK key too). Format: key-file.ts. With --ca, keygen-ca.ts adds a CA
+// and the nodes' certificates.
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeKeyFile } from './key-file.js';
@@ -18,13 +19,14 @@ export interface KeyFiles {
   written: string[];
 }
 
-export function keygen(dir: string, existing: ExistingKeys): KeyFiles {
+/** `alsoWritten`: files the caller writes next (the CA's, keygen-ca.ts), checked with these before any is written. */
+export function keygen(dir: string, existing: ExistingKeys, alsoWritten: readonly string[] = []): KeyFiles {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const files = { adminToken: join(dir, ADMIN_TOKEN_FILE), clusterSecret: join(dir, CLUSTER_SECRET_FILE) };
-  const present = Object.values(files).filter((f) => existsSync(f));
-  // Checked for both before either is written: a refusal leaves the folder as it was.
+  const present = [...Object.values(files), ...alsoWritten].filter((f) => existsSync(f));
+  // Checked for all before any is written: a refusal leaves the folder as it was.
   if (existing === 'refuse' && present.length > 0) {
-    throw new Error(`${present.join(' and ')} exist${present.length === 1 ? 's' : ''}: keygen does not overwrite keys the nodes and the witness may be using (--force replaces them)`);
+    throw new Error(`${present.join(present.length > 2 ? ', ' : ' and ')} exist${present.length === 1 ? 's' : ''}: keygen does not overwrite keys the nodes and the witness may be using (--force replaces them)`);
   }
   const written: string[] = [];
   for (const f of Object.values(files)) {

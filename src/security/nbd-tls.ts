@@ -9,6 +9,7 @@ import tls from 'node:tls';
 import { ConfigError } from '../config/cluster.js';
 import type { TlsMode } from '../protocol/handshake.js';
 import { loadPskFile, type PskKeys } from './psk-file.js';
+import { acceptTls } from './tls-accept.js';
 
 export interface NbdTlsSettings {
   readonly mode: TlsMode;
@@ -92,17 +93,12 @@ export class NbdTls {
   /**
    * Starts TLS as the server on `socket`, whose STARTTLS was just acknowledged; calls `done` once
    * with the secured socket, or with the reason the handshake failed (the socket is then gone).
-   *
-   * A never-listening tls.Server per upgrade does the handshake: it is what checks a client
-   * certificate against the CA (a bare TLSSocket does not), and one per connection ties its
-   * events to this socket alone. It rebuilds the credentials each time (about 1 ms for an RSA key,
-   * next to the handshake's own few), once per connection.
    */
   upgrade(socket: net.Socket, done: (err: Error | null, peer?: TlsPeer) => void): void {
     let identity: string | undefined;
     let unknownIdentity: string | undefined;
     const keys = this.keys;
-    const server = tls.createServer({
+    const options: tls.TlsOptions = {
       ...this.options,
       ...(keys && {
         pskCallback: (_socket: tls.TLSSocket, id: string) => {
@@ -112,15 +108,11 @@ export class NbdTls {
           return key ?? null;
         },
       }),
-    });
-    server.once('secureConnection', (t: tls.TLSSocket) => {
+    };
+    acceptTls(options, socket, (err, t) => {
+      if (err) return done(new Error(failureReason(err, t, identity, unknownIdentity)));
       done(null, { socket: t, protocol: t.getProtocol(), cipher: t.getCipher().name, identity });
     });
-    server.once('tlsClientError', (err: Error, t: tls.TLSSocket) => {
-      t.destroy();
-      done(new Error(failureReason(err, t, identity, unknownIdentity)));
-    });
-    server.emit('connection', socket);
   }
 }
 

@@ -131,6 +131,22 @@ export class Connection implements RequestSink {
     this.send(Handshake.greeting());
   }
 
+  /** Is this connection serving `volume` (it negotiated its export)? */
+  serves(volume: Volume): boolean {
+    return this.volume === volume;
+  }
+
+  /**
+   * Ends the connection now (the server's reason: its volume is deleted or resized online with
+   * --force): requests in flight still finish on the volume (idle() says when), their replies go
+   * nowhere.
+   */
+  drop(reason: string): void {
+    this.log.warn({ reason }, 'dropping connection');
+    this.disconnecting = true;
+    this.socket.destroy();
+  }
+
   /** Resolves when no request is in flight (used by graceful shutdown). */
   idle(): Promise<void> {
     if (this.account.requests === 0) return Promise.resolve();

@@ -44,6 +44,11 @@ export class ExportRegistry implements ExportCatalog {
     return entry;
   }
 
+  /** Stops offering an export (a volume deleted or being resized online); its open connections keep their volume. */
+  remove(name: string): void {
+    this.entries.delete(name);
+  }
+
   list(): ExportDescriptor[] {
     return [...this.entries.values()].map((e) => e.descriptor);
   }

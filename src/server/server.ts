@@ -10,6 +10,7 @@ import { adoptWithOnRead } from './receive.js';
 import type { ExportRegistry } from './exports.js';
 import { MAX_REQUEST } from '../protocol/constants.js';
 import type { NbdTls } from '../security/nbd-tls.js';
+import type { Volume } from '../volume/volume.js';
 
 /** The server pool for request bytes beyond each connection's guarantee (see IoBudget): one largest request fits. */
 export const SERVER_INFLIGHT_BYTES = MAX_REQUEST;
@@ -100,6 +101,21 @@ export class NbdServer {
     });
     conn = new Connection(socket, this, log);
     this.connections.add(conn);
+  }
+
+  /** Connections serving `volume` now. */
+  clientsOf(volume: Volume): Connection[] {
+    return [...this.connections].filter((c) => c.serves(volume));
+  }
+
+  /**
+   * Drops every connection serving `volume` (a volume deleted or resized online with --force);
+   * resolves once their requests in flight are done, or after `timeoutMs`.
+   */
+  async disconnect(volume: Volume, reason: string, timeoutMs = 5000): Promise<void> {
+    const conns = this.clientsOf(volume);
+    for (const c of conns) c.drop(reason);
+    await Promise.race([Promise.all(conns.map((c) => c.idle())), new Promise((resolve) => setTimeout(resolve, timeoutMs).unref())]);
   }
 
   closed(conn: Connection): void {

@@ -45,7 +45,7 @@ export class FileVolume implements Volume {
   private constructor(
     readonly path: string,
     private readonly fd: number,
-    readonly size: number,
+    private bytes: number,
     readOnly: boolean,
     private readonly io: IoMode,
   ) {
@@ -60,6 +60,22 @@ export class FileVolume implements Volume {
       // One fd shared by every connection: the kernel page cache is the only cache.
       multiConn: true,
     };
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  /**
+   * Grows the file to `size` bytes while it is served (an online resize; the new range reads as
+   * zeroes), durably. Mappings are made afresh: the last one ended at the old size.
+   */
+  grow(size: number): void {
+    if (size <= this.bytes) return;
+    fs.ftruncateSync(this.fd, size);
+    fs.fsyncSync(this.fd);
+    this.bytes = size;
+    this.windows.length = 0;
   }
 
   /** Opens `path`, creating it sparse when missing and `createSize` is given. */

@@ -17,7 +17,7 @@
 // most MAX_CLUSTERS grants, so nobody can grow its file without bound.
 import fs from 'node:fs';
 import http from 'node:http';
-import { dirname } from 'node:path';
+import { replaceFileDurably } from '../durable.js';
 import { z } from 'zod';
 import type { HostPort } from '../config/units.js';
 import type { Logger } from '../log.js';
@@ -104,18 +104,7 @@ function load(path: string): WitnessState {
 }
 
 function save(path: string, state: WitnessState): void {
-  const tmp = `${path}.tmp`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, `${JSON.stringify(state, null, 2)}\n`);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, path);
-  const dirFd = fs.openSync(dirname(path), 'r');
-  fs.fsyncSync(dirFd);
-  fs.closeSync(dirFd);
+  replaceFileDurably(path, `${JSON.stringify(state, null, 2)}\n`);
 }
 
 export interface WitnessOptions {

@@ -88,7 +88,7 @@ describe('admin endpoint with a token', () => {
   });
 
   it('the CLI finds address and token through --config/--node; --admin takes --token-file; wrong use is said in words', async () => {
-    expect(await run(process.execPath, [cliPath, 'status', '--config', config, '--node', 'a'])).toMatch(/^node a {2}quorum/);
+    expect(await run(process.execPath, [cliPath, 'status', '--config', config, '--node', 'a'])).toMatch(/^node a {2}peer link \w+ {2}quorum/);
     // Past the token check: the node itself answers (nothing diverged to resolve).
     await expect(run(process.execPath, [cliPath, 'resolve', '--config', config, '--node', 'a', '--volume', 'vol0', '--discard', 'a'])).rejects.toThrow(/volume "vol0" has not diverged from the peer; nothing to resolve/);
     const wrongFile = join(dir, 'wrong.token');

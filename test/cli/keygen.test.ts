@@ -1,4 +1,6 @@
-// `nbd-mirror keygen --dir DIR`: two fresh random keys, mode 0600, never overwritten without --force.
+// `nbd-mirror keygen --dir DIR`: two fresh random keys, mode 0600, never overwritten without --force;
+// with --ca --config FILE also a CA and a certificate per node (test/cluster/peer-x509.test.ts uses them).
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -48,5 +50,45 @@ describe('nbd-mirror keygen', () => {
     expect(after[0]).not.toBe(before[0]);
     expect(after[1]).not.toBe(before[1]);
     for (const f of files) expect(statSync(join(dir, f)).mode & 0o777, f).toBe(0o600);
+  });
+
+  it('with --ca: a CA and, per node of the config, its folder (ca-cert.pem, server-cert.pem, server-key.pem) naming the node and its addresses', async () => {
+    const dir = tempDir();
+    const config = join(dir, 'cluster.json');
+    writeFileSync(config, JSON.stringify({
+      nodes: {
+        a: { nbd: '10.0.0.1:10809', peer: '10.0.1.1:7789', admin: '127.0.0.1:9180', dataDir: 'a' },
+        b: { nbd: '0.0.0.0:10809', peer: 'store-b.example:7789', admin: '127.0.0.1:9180', dataDir: 'b' },
+      },
+      volumes: { vol0: { size: '1G' } },
+    }));
+    await expect(keygen(join(dir, 'keys'), '--ca')).rejects.toThrow(/--ca needs --config FILE/);
+    expect(await keygen(join(dir, 'keys'), '--ca', '--config', config)).toMatch(/"peerCertificates": ".*certs"/);
+    const at = (...p: string[]) => join(dir, 'keys', ...p);
+    const ca = new X509Certificate(readFileSync(at('ca', 'ca-cert.pem')));
+    expect(ca.ca).toBe(true);
+    expect(ca.subject).not.toMatch(/a\+b/); // no cluster id: the listener shows its issuer to anyone
+    expect(statSync(at('ca', 'ca-key.pem')).mode & 0o777).toBe(0o600);
+    for (const [node, names] of [['a', 'DNS:a, IP Address:10.0.0.1, IP Address:10.0.1.1'], ['b', 'DNS:b, DNS:store-b.example']] as const) {
+      const cert = new X509Certificate(readFileSync(at('certs', node, 'server-cert.pem')));
+      expect(cert.subject).toBe(`CN=${node}`);
+      expect(cert.subjectAltName).toBe(names);
+      expect(cert.checkIssued(ca) && cert.verify(ca.publicKey)).toBe(true);
+      expect(cert.keyUsage).toEqual(expect.arrayContaining(['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2'])); // TLS server and client
+      expect(readFileSync(at('certs', node, 'ca-cert.pem'), 'utf8')).toBe(readFileSync(at('ca', 'ca-cert.pem'), 'utf8'));
+      expect(statSync(at('certs', node, 'server-key.pem')).mode & 0o777).toBe(0o600);
+      expect(statSync(at('certs', node)).mode & 0o777).toBe(0o700);
+    }
+    // Nothing is overwritten without --force, not even when only one certificate is there.
+    const before = readFileSync(at('certs', 'b', 'server-cert.pem'), 'utf8');
+    await expect(keygen(at(), '--ca', '--config', config)).rejects.toThrow(/exist: keygen does not overwrite .*--force/);
+    const half = join(dir, 'half');
+    await keygen(half, '--ca', '--config', config);
+    for (const f of ['admin.token', 'cluster.secret', 'ca/ca-cert.pem', 'ca/ca-key.pem']) rmSync(join(half, f));
+    await expect(keygen(half, '--ca', '--config', config)).rejects.toThrow(/certs\/a\/ca-cert\.pem.* exist/);
+    expect(() => statSync(join(half, 'admin.token'))).toThrow(/ENOENT/);
+    await keygen(at(), '--ca', '--config', config, '--force');
+    expect(readFileSync(at('certs', 'b', 'server-cert.pem'), 'utf8')).not.toBe(before);
+    expect(new X509Certificate(readFileSync(at('certs', 'b', 'server-cert.pem'))).checkIssued(new X509Certificate(readFileSync(at('ca', 'ca-cert.pem'))))).toBe(true);
   });
 });

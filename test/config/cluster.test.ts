@@ -97,9 +97,10 @@ describe('cluster config', () => {
     expect(c.nodes.b!.admin).toEqual({ host: '127.0.0.1', port: 9180 });
   });
 
-  it('insists on two nodes, at least one volume, 4 KiB-multiple sizes', () => {
+  it('insists on two nodes and 4 KiB-multiple sizes; volumes may all come online', () => {
     expect(() => parseClusterConfig({ ...example, nodes: { a: example.nodes.a } })).toThrow(/exactly two nodes/);
-    expect(() => parseClusterConfig({ ...example, volumes: {} })).toThrow(/at least one volume/);
+    expect(parseClusterConfig({ ...example, volumes: {} }).volumes).toEqual({});
+    expect(parseClusterConfig({ ...example, volumes: undefined }).volumes).toEqual({});
     expect(() => parseClusterConfig({ ...example, volumes: { v: { size: 1000 } } })).toThrow(/multiple of 4096/);
   });
 

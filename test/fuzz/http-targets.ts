@@ -25,6 +25,7 @@ const admin = await startAdminServer(
       throw new Error(`no volume "${volume}" here`);
     },
     stop: () => 'not stopping: this is a fuzz target',
+    volume: (fields) => Promise.reject(new Error(`no volume change here (${JSON.stringify(fields).slice(0, 200)})`)),
   },
   log,
 );

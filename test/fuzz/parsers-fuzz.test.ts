@@ -2,7 +2,8 @@
 //  - the peer link's FrameDecoder, in-process: mutated valid frame streams fed in random chunk
 //    splits (and partly through the direct-read path the link uses). It may only deliver whole
 //    frames or throw its own ProtocolViolation — never a RangeError/TypeError — and an
-//    unmutated stream comes out exactly as it went in. Body decoders get the delivered bodies.
+//    unmutated stream comes out exactly as it went in. Body decoders (HELLO, VOLUME_OP and its
+//    answer among them) get the delivered bodies.
 //  - the witness and admin HTTP servers, in a child process (test/fuzz/http-targets.ts) so that
 //    a crash shows as that process dying: mutated requests over raw sockets (bad methods and
 //    targets, huge headers, huge or lying Content-Length, chunked bodies, invalid JSON,
@@ -18,6 +19,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { decodeHello } from '../../src/replication/hello.js';
+import { decodeOpAck, decodeVolumeOp } from '../../src/replication/volume-ops.js';
 import {
   decodeRange,
   decodeWriteHeader,
@@ -65,6 +67,8 @@ const frameTypes = [
   PeerMsg.VERIFY_DIGESTS,
   PeerMsg.RESYNC_NOW,
   PeerMsg.LEAVING,
+  PeerMsg.VOLUME_OP,
+  PeerMsg.VOLUME_OP_ACK,
 ];
 
 const bytes = (max: number) => fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
@@ -78,6 +82,18 @@ const helloBody = fc
   })
   .map((h) => Buffer.from(JSON.stringify(h)));
 
+/** VOLUME_OP bodies: near-valid changes with hostile names, sizes and fields. */
+const volumeOpBody = fc
+  .record({
+    op: fc.constantFrom('create', 'resize', 'delete', 'wipe', 7),
+    name: fc.oneof(fc.constantFrom('vm-1', '../x', '', '.h', 'a/b', 'x'.repeat(65)), fc.string({ maxLength: 70 })),
+    size: fc.oneof(fc.constantFrom(4096, 0, -4096, 4097, 2 ** 44, 2 ** 53, 1.5, '4096', null), fc.integer()),
+    force: fc.oneof(fc.boolean(), fc.constant('yes')),
+    generation: fc.oneof(fc.constant('0123456789abcdef'), fc.string({ maxLength: 20 })),
+    extra: fc.option(fc.anything(), { nil: undefined }),
+  })
+  .map((o) => Buffer.from(JSON.stringify(o)));
+
 /** A frame as the peer link sends it: a type-appropriate body (or random bytes). */
 const frameArb = fc
   .record({
@@ -89,6 +105,7 @@ const frameArb = fc
     length: fc.nat(1 << 20),
     data: bytes(3000),
     hello: helloBody,
+    volumeOp: volumeOpBody,
   })
   .map((f) => {
     let body: Buffer;
@@ -108,6 +125,9 @@ const frameArb = fc
         break;
       case PeerMsg.HELLO:
         body = f.hello;
+        break;
+      case PeerMsg.VOLUME_OP:
+        body = f.volumeOp;
         break;
       default:
         body = f.data.subarray(0, f.data.length % 64);
@@ -183,6 +203,8 @@ function decodeBody(h: FrameHeader, body: Buffer): void {
   guard(() => decodeWriteHeader(body));
   guard(() => readDigest(body, 16));
   if (h.type === PeerMsg.HELLO || body.length < 512) guard(() => decodeHello(body));
+  guard(() => decodeVolumeOp(body));
+  if (body.length >= 4) guard(() => decodeOpAck(body));
 }
 
 describe('peer link frame decoder', () => {

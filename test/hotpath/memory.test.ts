@@ -47,4 +47,26 @@ describe('hot-path memory and slots', () => {
     hot.bitmap(1024);
     expect(() => hot.digestList(10 << 20)).toThrow(expect.objectContaining({ code: 'HOTPATH_OUT_OF_MEMORY' }));
   });
+
+  it('a bitmap given back is reused, neighbours merge, and giving one back twice is refused', () => {
+    // Room for two bitmaps of 1 Mi bits (128 KiB each), no more: volumes deleted and created online.
+    const hot = Hotpath.create({ bitmaps: [2 ** 20, 2 ** 20] });
+    const a = hot.bitmap(2 ** 20);
+    const b = hot.bitmap(2 ** 20);
+    expect(() => hot.bitmap(2 ** 20)).toThrow(HotpathError);
+    a.set(5, 10);
+    a.release();
+    b.release();
+    expect(() => a.release()).toThrow(/no region/);
+    // Both holes merged: one bitmap of twice the size fits where the two were, and starts clear.
+    const big = hot.bitmap(2 ** 21);
+    expect(big.offset).toBe(a.offset);
+    expect(big.count()).toBe(0);
+    big.release();
+    const c = hot.bitmap(2 ** 20);
+    const d = hot.digestList(1000);
+    expect(c.offset).toBe(a.offset);
+    expect(d.offset).toBeGreaterThan(c.offset);
+    expect(c.count()).toBe(0);
+  });
 });

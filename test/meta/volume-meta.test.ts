@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -85,5 +85,72 @@ describe('VolumeMeta', () => {
     expect(() => VolumeMeta.open(path, id, hot())).toThrow(/checksum mismatch/);
     writeFileSync(join(dir, 'foreign.meta'), Buffer.alloc(8192, 1));
     expect(() => VolumeMeta.open(join(dir, 'foreign.meta'), id, hot())).toThrow(/not an nbd-mirror metadata file/);
+  });
+
+  it('grows a cleanly closed file: bits kept, the new range clear, the log moved; only when closed, only larger', async () => {
+    const small = { ...id, volumeSize: 64 * 2 ** 20 };
+    const path = join(dir, 'grow.meta');
+    const h = Hotpath.create({ bitmaps: [VolumeMeta.bitsFor(small.volumeSize, 4096), VolumeMeta.bitsFor(GiB, 4096)] });
+    const m = VolumeMeta.open(path, small, h);
+    await mark(m, 3, 2);
+    await mark(m, 16383, 1);
+    expect(() => VolumeMeta.grow(path, small, GiB)).toThrow(/not closed cleanly/);
+    m.close();
+    m.bitmap.release();
+    expect(() => VolumeMeta.grow(path, small, 32 * 2 ** 20)).toThrow(/only grow/);
+    expect(() => VolumeMeta.grow(path, { ...small, node: 'b' }, GiB)).toThrow(/another volume or node/);
+    VolumeMeta.grow(path, small, GiB);
+    expect(VolumeMeta.recordedSize(path)).toBe(GiB);
+    expect(() => VolumeMeta.open(path, small, h)).toThrow(MetaError);
+    const big = VolumeMeta.open(path, { ...small, volumeSize: GiB }, h);
+    expect(big.recoveredExtents).toBe(0);
+    expect(big.bitmap.runs()).toEqual([
+      { start: 3, length: 2 },
+      { start: 16383, length: 1 },
+    ]);
+    expect(big.state).toBe(m.state);
+    expect(big.generation).toEqual(m.generation);
+    big.close();
+    expect(VolumeMeta.recordedSize(join(dir, 'none.meta'))).toBeUndefined();
+  });
+
+  it('a growth cut between its steps opens at the old size or the new one, bits kept, the log empty', async () => {
+    const small = { ...id, volumeSize: 64 * 2 ** 20 };
+    const bigSize = 256 * 2 ** 20;
+    const h = Hotpath.create({ bitmaps: [VolumeMeta.bitsFor(small.volumeSize, 4096), VolumeMeta.bitsFor(bigSize, 4096)] });
+    const path = join(dir, 'cut.meta');
+    const m = VolumeMeta.open(path, small, h);
+    await mark(m, 100, 3);
+    // Writes in flight when the process dies: their extent is in the log.
+    await new Promise<void>((res, rej) => m.activityLog.begin(8 * 2 ** 20, 4096, (e) => (e ? rej(e) : res())));
+    m.bitmap.release();
+    // growOpen's first steps done (log emptied, file cut back and extended), then the cut: no
+    // superblock with the new size, and the RUNNING flag still set (a crash).
+    const fd = openSync(path, 'r+');
+    const region = (size: number) => Math.ceil(VolumeMeta.bitsFor(size, 4096) / 8 / 4096) * 4096;
+    ftruncateSync(fd, 4096 + region(small.volumeSize));
+    ftruncateSync(fd, 4096 + region(bigSize) + 2 * 4096);
+    closeSync(fd);
+    const old = VolumeMeta.open(path, small, h);
+    expect(old.recoveredExtents).toBe(0); // the log it had is gone: cut only after it was emptied
+    expect(old.bitmap.runs()).toEqual([{ start: 100, length: 3 }]);
+    expect(old.checksumResync).toBe(true); // a crash all the same
+    old.close();
+    old.bitmap.release();
+    // And the whole growth, online: from then on it opens at the new size only.
+    const live = VolumeMeta.open(path, small, h);
+    live.growOpen(bigSize, h);
+    expect(live.bitmap.bits).toBe(VolumeMeta.bitsFor(bigSize, 4096));
+    await mark(live, VolumeMeta.bitsFor(bigSize, 4096) - 1, 1);
+    await new Promise<void>((res, rej) => live.activityLog.begin(200 * 2 ** 20, 4096, (e) => (e ? rej(e) : res())));
+    live.bitmap.release();
+    // Dies with an extent in the moved log: recovered from its new place.
+    const again = VolumeMeta.open(path, { ...small, volumeSize: bigSize }, h);
+    expect(again.recoveredExtents).toBe(1);
+    expect(again.bitmap.count(100, 3)).toBe(3);
+    expect(again.bitmap.count(VolumeMeta.bitsFor(bigSize, 4096) - 1, 1)).toBe(1);
+    expect(again.bitmap.count((200 * 2 ** 20) / 4096, 1024)).toBe(1024);
+    expect(() => VolumeMeta.open(path, small, h)).toThrow(MetaError);
+    again.close();
   });
 });

@@ -1,11 +1,14 @@
 // Two peer links on loopback, the dialer going through a proxy that the test cuts and restores.
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import tls from 'node:tls';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
-import { PeerTls } from '../../src/replication/peer-tls.js';
+import { PeerPsk, type PeerTls } from '../../src/replication/peer-tls.js';
+import { PeerX509 } from '../../src/replication/peer-x509.js';
+import { issueCertificate, makeCa, type Ca } from '../../src/security/keygen-ca.js';
 import type { LinkLimits } from '../../src/replication/link-limits.js';
 import { encodeFrame, encodeWriteHeader, PEER_VERSION, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 import { freePort } from '../support/processes.js';
@@ -25,8 +28,22 @@ const hello = (node: string, over: Partial<HelloFields> = {}): HelloFields => ({
   ...over,
 });
 
-/** The transport of the links made now (set by each describe.each block below). */
-let transport: PeerTls | undefined;
+/** Each node's transport for the links made now (set by each describe.each block below). */
+let transport: (node: 'a' | 'b') => PeerTls | undefined = () => undefined;
+
+/** Mutual x509: the cluster CA, and each node's certificate from it (made once, before the tests). */
+let ca: Ca;
+const x509: Partial<Record<'a' | 'b', PeerX509>> = {};
+/** Node `node`'s end, with a certificate for `names` (default: its own name) from `issuer` (default: the cluster CA). */
+async function x509End(node: 'a' | 'b', names: string = node, issuer: Ca = ca, trusted: Ca = ca): Promise<PeerX509> {
+  const own = await issueCertificate(issuer, { node: names, hosts: ['127.0.0.1'] });
+  return new PeerX509({ ca: Buffer.from(trusted.cert), cert: Buffer.from(own.cert), key: Buffer.from(own.key) }, node === 'a' ? 'b' : 'a');
+}
+beforeAll(async () => {
+  ca = await makeCa();
+  x509.a = await x509End('a');
+  x509.b = await x509End('b');
+});
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -43,26 +60,26 @@ async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record
   const reasons: string[] = [];
   // null: plain, whatever the block's transport.
   const b = new PeerLink({
-    tls: opts.bTls === undefined ? transport : (opts.bTls ?? undefined),
+    tls: opts.bTls === undefined ? transport('b') : (opts.bTls ?? undefined),
     hello: () => opts.bHello ?? hello('b'),
     listen: { host: '127.0.0.1', port: bPort },
     peer: { host: '127.0.0.1', port: 1 }, // b never dials
     peerName: 'a',
     timeoutMs: opts.timeoutMs ?? 400,
-    log,
+    log: log.child({ node: 'b' }),
     limits: opts.bLimits,
     onConnected: () => events.push('b up'),
     onDisconnected: () => events.push('b down'),
     onFrame: opts.bOnFrame ?? ((h) => frames.push(h.type)),
   });
   const a = new PeerLink({
-    tls: opts.aTls === undefined ? transport : (opts.aTls ?? undefined),
+    tls: opts.aTls === undefined ? transport('a') : (opts.aTls ?? undefined),
     hello: () => hello('a'),
     listen: { host: '127.0.0.1', port: 0 },
     peer: { host: '127.0.0.1', port: proxy.port },
     peerName: 'b',
     timeoutMs: opts.timeoutMs ?? 400,
-    log,
+    log: log.child({ node: 'a' }),
     limits: opts.aLimits,
     sendStallMs: opts.aSendStallMs,
     onConnected: () => events.push('a up'),
@@ -75,11 +92,13 @@ async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record
   return { a, b, proxy, events, frames, reasons, bPort };
 }
 
-// Every behaviour, on a plain link and on a TLS-PSK one (the same frames through another transport).
+// Every behaviour, on a plain link, a TLS-PSK one and a mutual x509 one (the same frames through another transport).
+const psk = new PeerPsk(randomBytes(32));
 describe.each([
-  ['plain', undefined],
-  ['TLS-PSK', new PeerTls(randomBytes(32))],
-] as const)('%s', (_mode, secure) => {
+  ['plain', () => undefined],
+  ['TLS-PSK', () => psk],
+  ['mutual x509', (node: 'a' | 'b') => x509[node]],
+] as const)('%s', (_mode, secure: (node: 'a' | 'b') => PeerTls | undefined) => {
   beforeAll(() => void (transport = secure));
   describe('peer link', () => {
     it('connects, carries frames, and keeps the link alive with heartbeats', async () => {
@@ -135,7 +154,7 @@ describe.each([
     /** A raw connection; with the link's key when there is one, unless `plain`. */
     const raw = (port: number, localAddress = '127.0.0.1', plain = false) =>
       new Promise<{ s: net.Socket; closed: Promise<void>; got: Buffer[] }>((res, rej) => {
-        const keyed = plain ? undefined : transport;
+        const keyed = plain ? undefined : transport('a');
         const s = keyed ? keyed.connect({ port, host: '127.0.0.1', localAddress }) : net.connect({ port, host: '127.0.0.1', localAddress });
         const got: Buffer[] = [];
         s.on('data', (d) => got.push(d));
@@ -166,7 +185,7 @@ describe.each([
       logged.length = 0;
       proxy.silence(); // the old connection goes silent, as after a power loss
       a.stop();
-      const restarted = new PeerLink({ tls: transport, hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: bPort }, peerName: 'b', timeoutMs: 4000, log });
+      const restarted = new PeerLink({ tls: transport('a'), hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: bPort }, peerName: 'b', timeoutMs: 4000, log });
       cleanups.push(() => restarted.stop());
       const t0 = Date.now();
       await restarted.start();
@@ -259,12 +278,13 @@ describe.each([
 });
 
 describe('TLS-PSK', () => {
-  const key = new PeerTls(randomBytes(32));
+  const key = new PeerPsk(randomBytes(32));
   const messages = (msg: string) => records.filter((r) => r.msg === msg);
 
   it('what crosses the wire is encrypted: no cluster id, node or volume name, no frame in clear', async () => {
-    for (const secure of [undefined, key]) {
-      const { a, b, proxy, frames } = await pair({ aTls: secure ?? null, bTls: secure ?? null, record: true });
+    for (const [aTls, bTls] of [[null, null], [key, key], [x509.a!, x509.b!]]) {
+      const secure = aTls !== null;
+      const { a, b, proxy, frames } = await pair({ aTls, bTls, record: true });
       await until(() => a.state === 'Connected' && b.state === 'Connected');
       a.send(PeerMsg.WRITE, 1n, [encodeWriteHeader({ volume: 0, flags: 0, offset: 0, digest: 0n }), Buffer.from('patient-record-0001')]);
       await until(() => frames.includes(PeerMsg.WRITE)); // so it has crossed the proxy
@@ -279,7 +299,7 @@ describe('TLS-PSK', () => {
 
   it('a peer with another key is refused on both sides, each saying so, and never links', async () => {
     records.length = 0;
-    const { a, b, events, proxy } = await pair({ aTls: new PeerTls(randomBytes(32)), bTls: key, record: true });
+    const { a, b, events, proxy } = await pair({ aTls: new PeerPsk(randomBytes(32)), bTls: key, record: true });
     // a retries every 250 ms (each try a connection through the proxy): the log says it once a minute, not each time.
     await until(() => proxy.recordings.length >= 4);
     expect(messages('peer-link TLS handshake failed')).toHaveLength(2);
@@ -293,7 +313,7 @@ describe('TLS-PSK', () => {
   it('a plain node and a TLS node never link, and both sides say why', async () => {
     for (const [aTls, bTls, aSays, bSays] of [
       [null, key, ['the peer closed the connection before answering HELLO', /require TLS/], ['peer-link TLS handshake failed', /not TLS/]],
-      [key, null, ['peer-link TLS handshake failed', /hung up during the TLS handshake/], ['refused a peer-link connection', /speaks TLS.*this node has none/]],
+      [key, null, ['peer-link TLS handshake failed', /hung up during the TLS handshake/], ['refused a peer-link connection', /speaks TLS.*this node neither/]],
     ] as const) {
       records.length = 0;
       const { a, b } = await pair({ aTls, bTls });
@@ -323,9 +343,80 @@ describe('TLS-PSK', () => {
       await new Promise((r) => s.once('close', r)); // within the timeout at the latest
       expect(Buffer.concat(got).includes('hospital'), what).toBe(false);
     }
-    const wrong = new PeerTls(randomBytes(32)).connect({ port: bPort, host: '127.0.0.1', localAddress: '127.0.0.1' });
+    const wrong = new PeerPsk(randomBytes(32)).connect({ port: bPort, host: '127.0.0.1', localAddress: '127.0.0.1' });
     const failed = await new Promise<Error>((r) => wrong.once('error', r));
     expect(failed.message).toMatch(/alert illegal parameter/);
+    expect(events.filter((e) => e.endsWith('down'))).toEqual([]);
+    expect([a.state, b.state]).toEqual(['Connected', 'Connected']);
+  });
+});
+
+describe('mutual x509', () => {
+  const messages = (msg: string) => records.filter((r) => r.msg === msg);
+  const TLS_FAILED = 'peer-link TLS handshake failed';
+  const HUNG_UP = 'the peer closed the connection before answering HELLO';
+  /** Why node `node` logged `msg` (the records' reason, or hint). */
+  const why = (node: 'a' | 'b', msg: string) => messages(msg).filter((r) => r.node === node).map((r) => String(r.reason ?? r.hint));
+
+  it('a certificate of another CA, for another node, none at all, or a TLS-PSK or plain peer: refused with one line saying so; nothing links, no frame reaches a volume', async () => {
+    const other = await makeCa();
+    type Says = readonly [string, RegExp];
+    const cases: Array<[string, PeerTls | null, PeerTls | null, Says | undefined, Says | undefined]> = [
+      // The dialer refuses the listener's certificate first, and hangs up.
+      ['a node of another cluster (another CA)', await x509End('a', 'a', other, other), x509.b!, [TLS_FAILED, /not signed by this cluster's CA/], [TLS_FAILED, /hung up .*refused this node's certificate/]],
+      ['a certificate of another CA, trusting ours', await x509End('a', 'a', other), x509.b!, [HUNG_UP, /may not accept this node's certificate/], [TLS_FAILED, /not signed by this cluster's CA/]],
+      ['the dialer with a certificate for another node', await x509End('a', 'c'), x509.b!, [HUNG_UP, /may not accept this node's certificate/], [TLS_FAILED, /is for CN=c .*not the peer node "a"/]],
+      ['the listener with a certificate for another node', x509.a!, await x509End('b', 'a'), [TLS_FAILED, /is for CN=a .*not the peer node "b"/], undefined],
+      ['a TLS-PSK dialer', psk, x509.b!, [TLS_FAILED, /a certificate instead of the pre-shared key/], [TLS_FAILED, /hung up .*has no security\.peerCertificates/]],
+      ['a TLS-PSK listener', x509.a!, psk, [TLS_FAILED, /security\.clusterSecret/], [TLS_FAILED, /security\.peerCertificates/]],
+      ['a plain dialer', null, x509.b!, [HUNG_UP, /require TLS/], [TLS_FAILED, /not TLS/]],
+      ['a plain listener', x509.a!, null, [TLS_FAILED, /hung up during the TLS handshake/], ['refused a peer-link connection', /speaks TLS/]],
+    ];
+    for (const [what, aTls, bTls, aSays, bSays] of cases) {
+      records.length = 0;
+      const { a, b, events, frames, proxy } = await pair({ aTls, bTls, record: true });
+      // a retries every 250 ms: a few tries, each logged once a minute at most.
+      await until(() => proxy.recordings.length >= 3 && (aSays === undefined || why('a', aSays[0]).length > 0) && (bSays === undefined || why('b', bSays[0]).length > 0), 5000);
+      if (aSays) expect(why('a', aSays[0]), `${what}: a`).toEqual([expect.stringMatching(aSays[1])]);
+      if (bSays) expect(why('b', bSays[0]), `${what}: b`).toEqual([expect.stringMatching(bSays[1])]);
+      expect([a.state, b.state], what).toEqual(['Connecting', 'Connecting']);
+      expect(events, what).toEqual([]);
+      expect(frames, what).toEqual([]);
+      expect(records.filter((r) => r.msg === 'peer link connected'), what).toEqual([]);
+      for (const c of cleanups.splice(0)) await c();
+    }
+  });
+
+  it('a certificate close to its end date is reported at start, with the days left', async () => {
+    records.length = 0;
+    const soon = await issueCertificate(ca, { node: 'a', hosts: [] }, 10);
+    const link = new PeerLink({ tls: new PeerX509({ ca: Buffer.from(ca.cert), cert: Buffer.from(soon.cert), key: Buffer.from(soon.key) }, 'b'), hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: 1 }, peerName: 'b', log });
+    cleanups.push(() => link.stop());
+    await link.start();
+    const warned = messages("this node's peer-link certificate expires soon: make a new one (docs/SECURITY.md, rotating certificates)");
+    expect(warned).toHaveLength(1);
+    expect(warned[0]!.daysLeft).toBe(9); // 10 days from its making, less the moments since
+    // A certificate of 5 years (keygen's): only the info line, with its end date.
+    records.length = 0;
+    const far = new PeerLink({ tls: x509.a!, hello: () => hello('a'), listen: { host: '127.0.0.1', port: 0 }, peer: { host: '127.0.0.1', port: 1 }, peerName: 'b', log });
+    cleanups.push(() => far.stop());
+    await far.start();
+    expect(messages('the peer link is authenticated and encrypted')[0]!.expires).toBe(x509.a!.expires.toISOString());
+    expect(records.filter((r) => String(r.msg).includes('expires soon'))).toEqual([]);
+  });
+
+  it('a client with no certificate gets no byte of a frame and is refused; the live link stays', async () => {
+    const { a, b, bPort, events } = await pair({ aTls: x509.a!, bTls: x509.b! });
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    records.length = 0;
+    const bare = tls.connect({ port: bPort, host: '127.0.0.1', ca: ca.cert, minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    const got: Buffer[] = [];
+    bare.on('data', (d: Buffer) => got.push(d));
+    bare.on('error', () => undefined);
+    await new Promise((r) => bare.once('close', r));
+    await until(() => messages(TLS_FAILED).length > 0);
+    expect(String(messages(TLS_FAILED)[0]!.reason)).toMatch(/presented no certificate/);
+    expect(Buffer.concat(got).includes('hospital')).toBe(false);
     expect(events.filter((e) => e.endsWith('down'))).toEqual([]);
     expect([a.state, b.state]).toEqual(['Connected', 'Connected']);
   });
