@@ -114,10 +114,15 @@ export class AttachVolume implements Volume, PathEvents {
   private dropping = false;
   paths: NodePath[] = [];
   capabilities!: VolumeCapabilities;
+  /**
+   * What local clients are offered: the size and flags a node announced when the volume was
+   * first served here. A volume grown online keeps this size in attach until attach restarts
+   * (NBD clients keep the size they negotiated anyway); a node serving it larger is fine.
+   */
+  size = 0;
 
   constructor(
     readonly name: string,
-    readonly size: number,
     readonly preferred: string,
     private readonly statusOf: StatusOf,
     private readonly log: Logger,
@@ -128,6 +133,13 @@ export class AttachVolume implements Volume, PathEvents {
   /** The two paths (made with this volume as their events); the export's flags come from the first ready one. */
   attachPaths(paths: NodePath[]): void {
     this.paths = paths;
+  }
+
+  /** Size and flags, from the first node that served the volume (before it is offered). */
+  describe(size: number, capabilities: VolumeCapabilities): void {
+    this.size = size;
+    this.capabilities = capabilities;
+    this.evaluate();
   }
 
   // ---- Volume: every request becomes one forwarded op ----
@@ -183,8 +195,8 @@ export class AttachVolume implements Volume, PathEvents {
   // ---- path events ----
 
   changed(path: NodePath): void {
-    if (path.info && path.info.size !== this.size) {
-      this.log.error({ volume: this.name, node: path.node, nodeSize: path.info.size, size: this.size }, 'the node serves the volume with another size than the config: path not used');
+    if (path.info && this.size > 0 && path.info.size < this.size) {
+      this.log.error({ volume: this.name, node: path.node, nodeSize: path.info.size, size: this.size }, 'the node serves the volume smaller than attach offers it: path not used');
     }
     this.evaluate();
   }
@@ -291,7 +303,7 @@ export class AttachVolume implements Volume, PathEvents {
 
   /** Ready for I/O: connected, and the node says its copy is UpToDate and it may write. */
   private usable(p: NodePath): boolean {
-    if (p.state !== 'ready' || p.info?.size !== this.size) return false;
+    if (p.state !== 'ready' || this.size === 0 || p.info === undefined || p.info.size < this.size) return false;
     const s = this.statusOf(p.node);
     return s !== undefined && s.disk === 'UpToDate' && (s.quorum === 'connected' || s.quorum === 'alone');
   }

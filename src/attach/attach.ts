@@ -62,33 +62,72 @@ export function parseAttachListen(text: string, parseHostPort: (t: string) => Ho
 export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
   const { config, log } = o;
   const nodeNames = Object.keys(config.nodes);
-  const volumes: AttachVolume[] = [];
+  /** Every volume attach knows, by name; `registered`: offered to local clients. */
+  const volumes = new Map<string, AttachVolume>();
+  const registered = new Set<string>();
+  const registry = new ExportRegistry();
   const watches = new Map<string, NodeWatch>();
-  const evaluateAll = () => volumes.forEach((v) => v.evaluate());
-  for (const n of nodeNames) watches.set(n, new NodeWatch(n, reachable(config.nodes[n]!.admin), config.attach.statusInterval, log.child({ component: 'node-watch' }), evaluateAll));
   const timing = { ioTimeoutMs: config.attach.ioTimeout, reconnectMs: config.attach.reconnectInterval };
   const tlsFor = nodeTls(config, o.configDir, log);
-  for (const name of Object.keys(config.volumes).sort()) {
-    const c = config.volumes[name]!;
-    const preferred = c.preferredNode ?? nodeNames[0]!;
-    const v = new AttachVolume(name, c.size, preferred, (node) => watches.get(node)!.volume(name), log.child({ component: 'attach' }), 2 * config.attach.statusInterval);
+  const attachLog = log.child({ component: 'attach' });
+
+  const addVolume = (name: string): void => {
+    const preferred = config.volumes[name]?.preferredNode ?? nodeNames[0]!;
+    const v = new AttachVolume(name, preferred, (node) => watches.get(node)!.volume(name), attachLog, 2 * config.attach.statusInterval);
     // The preferred path first: it is dialed first and its flags are the export's.
     const order = [preferred, ...nodeNames.filter((n) => n !== preferred)];
     v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v, tlsFor.get(n))));
-    volumes.push(v);
-  }
-  for (const w of watches.values()) w.start();
-  for (const v of volumes) for (const p of v.paths) p.start();
-
-  // The export's flags come from a node's answer: wait for one path of each volume.
-  const deadline = Date.now() + o.startTimeoutMs;
-  for (const v of volumes) {
-    for (;;) {
-      const ready = v.paths.find((p) => p.info !== undefined);
-      if (ready) {
-        v.capabilities = capabilitiesFrom(ready.info!.flags);
-        break;
+    volumes.set(name, v);
+    for (const p of v.paths) p.start();
+  };
+  /** Offers a volume to local clients once a node has told its size and flags. */
+  const register = (v: AttachVolume): boolean => {
+    if (registered.has(v.name)) return true;
+    const ready = v.paths.find((p) => p.info !== undefined);
+    if (!ready) return false;
+    v.describe(ready.info!.size, capabilitiesFrom(ready.info!.flags));
+    registry.add(v.name, v, `nbd-mirror volume ${v.name} (${formatSize(v.size)}) through attach, preferred node ${v.preferred}`);
+    registered.add(v.name);
+    attachLog.info({ volume: v.name, size: v.size, preferred: v.preferred }, 'volume served');
+    return true;
+  };
+  /**
+   * The nodes' volumes are the truth (they are created, grown and deleted online, recorded in
+   * each node's volumes.json): a volume a node lists that attach does not know is added; one that
+   * every node answers without is no longer offered, and its held requests fail (ESHUTDOWN).
+   */
+  const discover = (): void => {
+    const answering = [...watches.values()].filter((w) => w.answering);
+    const listed = new Set(answering.flatMap((w) => w.volumeNames()));
+    for (const name of listed) if (!volumes.has(name)) addVolume(name);
+    if (answering.length === watches.size) {
+      for (const [name, v] of volumes) {
+        if (listed.has(name)) continue;
+        attachLog.warn({ volume: name }, 'no node serves this volume any more (deleted online?): no longer offered');
+        if (registered.delete(name)) registry.remove(name);
+        volumes.delete(name);
+        void v.close();
       }
+    }
+    for (const v of volumes.values()) register(v);
+  };
+  let started = false;
+  const onPoll = () => {
+    if (started) discover();
+    for (const v of volumes.values()) v.evaluate();
+  };
+  for (const n of nodeNames) watches.set(n, new NodeWatch(n, reachable(config.nodes[n]!.admin), config.attach.statusInterval, log.child({ component: 'node-watch' }), onPoll));
+  for (const w of watches.values()) w.start();
+
+  // Which volumes: what the nodes list (online volumes included), else the config's.
+  const deadline = Date.now() + o.startTimeoutMs;
+  while (Date.now() < deadline && [...watches.values()].some((w) => !w.answering && !w.failedOnce)) await new Promise((r) => setTimeout(r, 50));
+  const listed = [...watches.values()].filter((w) => w.answering).flatMap((w) => w.volumeNames());
+  for (const name of new Set(listed.length > 0 ? listed : Object.keys(config.volumes)).values()) addVolume(name);
+
+  // The exports' sizes and flags come from a node's answer: wait for one path of each volume.
+  for (const v of [...volumes.values()].sort((x, y) => x.name.localeCompare(y.name))) {
+    while (!register(v)) {
       if (Date.now() > deadline) {
         await stopAll();
         throw new Error(`no node served volume "${v.name}" within ${o.startTimeoutMs} ms (${v.paths.map((p) => `${p.node}: ${p.reason}`).join('; ')})`);
@@ -96,9 +135,8 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+  started = true;
 
-  const registry = new ExportRegistry();
-  for (const v of volumes) registry.add(v.name, v, `nbd-mirror volume ${v.name} (${formatSize(v.size)}) through attach, preferred node ${v.preferred}`);
   // Slots for payloads and READ replies, as a node sizes them: the server budget twice over.
   const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
   const servers: NbdServer[] = [];
@@ -119,14 +157,14 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
   const status = (): AttachStatus => ({
     attach: true,
     nodes: Object.fromEntries([...watches].map(([n, w]) => [n, { reachable: w.answering }])),
-    volumes: Object.fromEntries(volumes.map((v) => [v.name, v.status()])),
+    volumes: Object.fromEntries([...volumes.values()].map((v) => [v.name, v.status()])),
   });
   let admin: http.Server | undefined;
   if (o.admin) admin = await startStatusEndpoint(o.admin, status, log);
 
   async function stopAll(): Promise<void> {
     for (const w of watches.values()) w.stop();
-    for (const v of volumes) await v.close();
+    for (const v of volumes.values()) await v.close();
   }
 
   return {

@@ -32,6 +32,16 @@ export class NodeWatch {
     clearInterval(this.timer);
   }
 
+  /** The node's volumes (it may have created or deleted some online), while it answers. */
+  volumeNames(): string[] {
+    return this.answering ? Object.keys(this.last!.volumes) : [];
+  }
+
+  /** At least one poll has failed since start (attach's start-up stops waiting for this node). */
+  get failedOnce(): boolean {
+    return this.failing;
+  }
+
   /** The node answered within the last few polls. */
   get answering(): boolean {
     return this.last !== undefined && Date.now() - this.lastAt <= 3 * this.intervalMs;

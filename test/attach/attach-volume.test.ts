@@ -4,7 +4,7 @@
 // fail-back that drains and re-sends nothing.
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { AttachVolume, MAX_EIO_RETRIES } from '../../src/attach/attach-volume.js';
+import { AttachVolume, capabilitiesFrom, MAX_EIO_RETRIES } from '../../src/attach/attach-volume.js';
 import type { Forwarded } from '../../src/attach/node-connection.js';
 import type { NodePath, PathState } from '../../src/attach/path.js';
 import { Cmd, NbdErr } from '../../src/protocol/constants.js';
@@ -81,9 +81,9 @@ function setup() {
   let v: AttachVolume;
   const a = new FakePath('a', () => v);
   const b = new FakePath('b', () => v);
-  v = new AttachVolume('vol0', SIZE, 'a', (n) => status[n], pino({ level: 'silent' }));
+  v = new AttachVolume('vol0', 'a', (n) => status[n], pino({ level: 'silent' }));
   v.attachPaths([a, b] as unknown as NodePath[]);
-  v.evaluate();
+  v.describe(SIZE, capabilitiesFrom(0));
   const results: Array<[string, Error | null]> = [];
   const write = (tag: string) => v.write(Buffer.alloc(4096), 0, false, (e) => results.push([tag, e]));
   const read = (tag: string) => v.read(Buffer.alloc(4096), 0, (e) => results.push([tag, e]));

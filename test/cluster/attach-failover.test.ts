@@ -188,4 +188,30 @@ describe.skipIf(missingTools('fio', 'qemu-io').length > 0)('attach: fail-over an
       await c.disconnect();
     }
   });
+
+  it('volumes created and grown online are served through attach, and fail over at their new size', async () => {
+    const sub = mkdtempSync(join(dir, 'online-'));
+    const pair = await startPair(sub, '64M', procs);
+    const attach = await startAttachProcess(pair.config);
+    procs.push(attach);
+    await until(async () => (await attachStatus(attach.adminPort)).active === 'a');
+    const admin = (node: 'a' | 'b', ...args: string[]) => run(process.execPath, [cliPath, ...args, '--config', pair.config, '--node', node]);
+
+    // A volume created online (not in the config): attach finds it in the nodes' status.
+    await admin('a', 'volume', 'create', 'vol9', '--size', '16M');
+    await until(async () => (await attachStatus(attach.adminPort, 'vol9'))?.active === 'a', 15_000);
+    await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${attach.port}/vol9`, '-c', 'write -P 0x39 8M 64k']);
+    // vol0 grown online: the nodes now serve it larger; attach keeps offering 64M, and its paths stay usable.
+    await admin('a', 'volume', 'resize', 'vol0', '--size', '96M');
+    const client = await NbdClient.connect({ port: attach.port, exportName: 'vol0' });
+    expect(client.info.size).toBe(64 * 2 ** 20);
+    await client.write(0, Buffer.alloc(4096, 0x42));
+    await pair.a.stop('SIGKILL');
+    await until(async () => (await attachStatus(attach.adminPort)).active === 'b' && (await attachStatus(attach.adminPort, 'vol9')).active === 'b', 30_000);
+    await client.write(4096, Buffer.alloc(4096, 0x43));
+    expect((await client.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096, 0x42), Buffer.alloc(4096, 0x43)]))).toBe(true);
+    await client.disconnect();
+    await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${attach.port}/vol9`, '-c', 'read -P 0x39 8M 64k']);
+  });
 });
+
