@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
+import { parseAttachListen, startAttach, type AttachListen, type AttachStatus } from './attach/attach.js';
+import { httpRequest } from './net/http-request.js';
 import { fetchStatus, postAction } from './admin/admin-client.js';
 import { adminTarget, type AdminTargetOptions } from './admin/admin-target.js';
 import { runVerify } from './admin/verify-command.js';
@@ -307,7 +309,10 @@ async function demo(opts: { dir: string }): Promise<void> {
       `  fail-over: stop b (npx nbd-mirror stop --config ${configPath} --node b, or kill -9 its process);`,
       '    writes on a go on; bring b back and it catches up by itself:',
       `    npx nbd-mirror serve --config ${configPath} --node b`,
-      '  or attach both with nbd-client (one per node) under dm-multipath (docs/OPERATIONS.md).',
+      '  a host that rides through a node failure: attach through nbd-mirror attach (paths to both nodes,',
+      `    fail-over and back by itself): npx nbd-mirror attach --config ${configPath} --listen 127.0.0.1:10900 --admin 127.0.0.1:9190`,
+      "    qemu-io -f raw nbd://127.0.0.1:10900/vol0 -c 'read -P 0xab 0 1M'   paths: npx nbd-mirror status --attach 127.0.0.1:9190",
+      '    (or nbd-client per node under dm-multipath, docs/OPERATIONS.md).',
       '  NBD over TLS (off in the demo, so the lines above work as they are): give the nodes "tls" settings',
       "    in the config (docs/CONFIG.md), e.g. PSK keys from psktool -u alice -p keys.psk, then attach with",
       "    nbdinfo 'nbds://alice@127.0.0.1:10809/vol0?tls-psk-file=keys.psk' (docs/SECURITY.md).",
@@ -346,6 +351,64 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
     const resync = r ? `  resync ${r.role} ${formatSize(r.doneBytes)}/${formatSize(r.totalBytes)} at ${formatSize(r.bytesPerSecond)}/s${eta}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
     lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}  allocated ${formatSize(v.allocatedBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+interface AttachCliOptions {
+  config: string;
+  listen: AttachListen[];
+  admin?: ListenAddress;
+  startTimeout: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+}
+
+/** `nbd-mirror attach`: the host-side endpoint with a path to each node (src/attach/). */
+async function attach(opts: AttachCliOptions): Promise<void> {
+  const log = createLogger(opts.logLevel);
+  const config = loadClusterConfig(opts.config);
+  const running = await startAttach({ config, configDir: dirname(resolve(opts.config)), listen: opts.listen, admin: opts.admin, startTimeoutMs: opts.startTimeout, log });
+  const tcp = running.listening.find((l) => l.kind === 'tcp');
+  log.info(
+    { address: tcp?.addr.host, port: tcp?.addr.port, listen: running.listening.map(attachAddress), adminPort: running.adminPort, volumes: Object.keys(config.volumes) },
+    'listening',
+  );
+  const lines = [''];
+  for (const name of Object.keys(config.volumes).sort()) {
+    lines.push(`nbd-mirror attach serves "${name}" with a path to each node. Attach with:`);
+    for (const l of running.listening) {
+      const uri = l.kind === 'unix' ? `nbd+unix:///${name}?socket=${l.path}` : `nbd://${l.addr.host}:${l.addr.port}/${name}`;
+      lines.push(`  qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio ...`, `  nbdinfo '${uri}'`);
+      if (l.kind === 'tcp') lines.push(`  sudo nbd-client ${l.addr.host} ${l.addr.port} /dev/nbd0 -N ${name}`);
+      else lines.push(`  sudo nbd-client -u ${l.path} /dev/nbd0 -N ${name}`);
+    }
+    lines.push('');
+  }
+  if (running.adminPort !== undefined) lines.push(`Paths: nbd-mirror status --attach ${opts.admin!.host}:${running.adminPort}`, '');
+  process.stderr.write(lines.join('\n'));
+  stopOnSignals(log, () => running.stop());
+}
+
+function attachAddress(l: AttachListen): string {
+  return l.kind === 'unix' ? `unix:${l.path}` : `${l.addr.host}:${l.addr.port}`;
+}
+
+async function attachStatus(addr: ListenAddress, json: boolean): Promise<void> {
+  let res;
+  try {
+    res = await httpRequest(addr, 'GET', '/status', { timeoutMs: 5000 });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}: is nbd-mirror attach running with --admin ${addr.host}:${addr.port}?`);
+  }
+  if (res.status !== 200) throw new Error(`attach answered ${res.status}: ${res.body.trim()}`);
+  const body = JSON.parse(res.body) as AttachStatus;
+  if (json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  const lines = [`attach: nodes ${Object.entries(body.nodes).map(([n, s]) => `${n} ${s.reachable ? 'answers' : 'does not answer'}`).join(', ')}`];
+  for (const [name, v] of Object.entries(body.volumes)) {
+    const paths = Object.entries(v.paths).map(([n, p]) => `${n}${n === v.active ? '*' : ''} ${p.state} (${p.inFlight} in flight)`).join(', ');
+    const s = v.lastStall;
+    const stall = s ? `  last switch: ${s.kind} ${s.from ?? '-'} -> ${s.to}, paused ${s.pauseMs} ms, ${s.resent} re-sent, ${s.at} (${s.reason})` : '  no fail-over yet';
+    lines.push(`  ${name}: ${v.mode} on ${v.active ?? '-'} (preferred ${v.preferred})  paths ${paths}  held ${v.held}  re-sent ${v.resentTotal}  fail-overs ${v.failovers}  fail-backs ${v.failbacks}`, `    ${v.reason}`, stall);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }
@@ -551,9 +614,24 @@ export function buildProgram(): Command {
       if (report.problems.length > 0) process.exitCode = 1;
     });
 
-  adminOptions(program.command('status').description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress"), new Option('--admin <host:port>', "the node's admin address"))
+  adminOptions(program.command('status').description("show a node's volumes (connection, disk state, out-of-sync bytes, resync progress), or with --attach an attach endpoint's paths"), new Option('--admin <host:port>', "the node's admin address"))
     .option('--json', 'print the raw JSON')
-    .action(status);
+    .addOption(new Option('--attach <host:port>', "an nbd-mirror attach's status address (its --admin): each volume's active path, path states, re-sent requests, last stall").argParser(argParser(parseHostPort)).conflicts(['admin', 'config']))
+    .action((opts: AdminTargetOptions & { json?: boolean; attach?: ListenAddress }) => (opts.attach ? attachStatus(opts.attach, opts.json === true) : status(opts)));
+
+  program
+    .command('attach')
+    .description('host-side endpoint: serve every volume of the cluster locally, with a path to each node, fail-over and fail-back (docs/OPERATIONS.md)')
+    .requiredOption('--config <file>', 'the cluster config (the same file as on the nodes)')
+    .requiredOption(
+      '--listen <address>',
+      'where local clients attach: HOST:PORT (loopback) or unix:PATH (repeatable)',
+      argParser((v: string, prev: AttachListen[] = []) => [...prev, parseAttachListen(v, parseHostPort)]),
+    )
+    .option('--admin <host:port>', "attach's own status endpoint (GET /status, read by nbd-mirror status --attach)", argParser(parseHostPort))
+    .addOption(new Option('--start-timeout <seconds>', 'give up when no node serves a volume within this time').argParser(argParser(parseSeconds)).default(30_000, '30'))
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .action(attach);
 
   return program;
 }

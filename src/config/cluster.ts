@@ -174,7 +174,30 @@ const volumeSchema = z.strictObject({
   description: z.string().max(1024).optional(),
   /** Every resync of this volume compares block digests first and copies only differing blocks. */
   checksumResync: z.boolean().default(false),
+  /** `nbd-mirror attach` sends this volume's I/O to this node while it is UpToDate (default: the first node). */
+  preferredNode: name.optional(),
 });
+
+/** The host-side endpoint (`nbd-mirror attach`): when a path counts as failed, how often nodes are asked. */
+const attachSchema = z
+  .strictObject({
+    /** A request unanswered this long marks its path stalled: new requests wait for the fail-over rule. */
+    ioTimeout: duration.default(5000),
+    /** How often each node's admin status is read (the fail-over and fail-back decisions use it). */
+    statusInterval: duration.default(250),
+    /** How soon a lost path is dialed again. */
+    reconnectInterval: duration.default(1000),
+    /**
+     * Credentials for nodes that serve NBD over TLS (`nodes.N.tls`), as libnbd and qemu take them:
+     * a psktool file and the username to use, or a certificates directory (ca-cert.pem, and
+     * client-cert.pem + client-key.pem for nodes that verify clients). Relative to the config file.
+     */
+    tls: z
+      .strictObject({ psk: z.string().min(1).optional(), username: z.string().min(1).optional(), certificates: z.string().min(1).optional() })
+      .refine((t) => (t.psk === undefined) !== (t.certificates === undefined), 'give "psk" (with "username") or "certificates", one of them')
+      .optional(),
+  })
+  .prefault({});
 
 export const clusterSchema = z
   .strictObject({
@@ -195,6 +218,7 @@ export const clusterSchema = z
     quorum: quorumSchema,
     splitBrain: splitBrainSchema,
     security: securitySchema,
+    attach: attachSchema,
   })
   .superRefine((c, ctx) => {
     for (const [node, n] of Object.entries(c.nodes)) {
@@ -202,6 +226,11 @@ export const clusterSchema = z
     }
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
       ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
+    }
+    for (const [volume, v] of Object.entries(c.volumes)) {
+      if (v.preferredNode !== undefined && !(v.preferredNode in c.nodes)) {
+        ctx.addIssue({ code: 'custom', path: ['volumes', volume, 'preferredNode'], message: `"${v.preferredNode}" is not a node of this cluster` });
+      }
     }
     // GET /status and /metrics answer anyone who reaches the admin endpoint, and without a token
     // so do the actions: another machine must be let in on purpose.

@@ -8,7 +8,7 @@
 //     │                 ▼
 //     │          MarkingOutOfSync ──bits-durable──▶ PeerSettled (peer failed)
 //     │                 │ (link lost)             ▶ AwaitingQuorum ──quorum──▶ PeerSettled
-//     └─(no peer)─▶ Degraded ──bits-durable, disk-done──▶ Completed
+//     └─(no peer, quorum)─▶ Degraded ──bits-durable, disk-done──▶ Completed
 //
 // The disk half runs beside the peer half from Mirroring on (`disk-done` is legal in every step
 // from there); the request completes when both halves are done. It succeeds if at least one
@@ -188,15 +188,21 @@ export class MirroredWrite {
       return this.complete(err);
     }
     if (!ctx.peer.connected) {
+      const askedConnected = this.logged;
       if (this.logged) al.end(this.offset, this.length);
       this.logged = false;
       const refused = this.path.alone.refusal();
       if (refused) return this.complete(refused);
-      this.step = 'Degraded';
-      this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
-      this.path.alone.wroteAlone();
-      const [first, count] = ctx.grains(this.offset, this.length);
-      return ctx.meta.markDirty(first, count, (e) => this.on({ type: 'bits-durable', err: e }));
+      if (!askedConnected) return this.degraded();
+      // Asked for while the peer was there, its turn came after the link was lost: it goes on
+      // alone only with quorum, as one asked for without the peer does (`ask`). A node that hung
+      // and wakes up to the requests still in its sockets must not acknowledge them, nor start a
+      // new generation for them: the peer may hold the grant, and its copy is the one that counts.
+      return ctx.quorum.whenWritable((err) => {
+        if (!err && ctx.peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'its turn came without the peer, which came back before quorum was decided; not applied');
+        if (err) return this.complete(err);
+        this.degraded();
+      });
     }
     // Connected again while this change waited behind others: log it first after all.
     if (!this.logged) {
@@ -246,6 +252,16 @@ export class MirroredWrite {
     this.error ??= new MirrorError(MirrorCode.PEER_FAILED, "the peer's thin pool is full: the write failed on both nodes, neither copy changed", 'ENOSPC');
     this.step = 'PeerSettled';
     this.maybeComplete();
+  }
+
+  /** Without the peer, with quorum: tracked, its bits made durable, then applied here. */
+  private degraded(): void {
+    const ctx = this.path.ctx;
+    this.step = 'Degraded';
+    this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
+    this.path.alone.wroteAlone();
+    const [first, count] = ctx.grains(this.offset, this.length);
+    ctx.meta.markDirty(first, count, (e) => this.on({ type: 'bits-durable', err: e }));
   }
 
   private markOutOfSync(cause: NonNullable<MirroredWrite['outOfSync']>): void {

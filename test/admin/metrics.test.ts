@@ -2,23 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/admin/metrics.js';
 import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
+import { volumeStatus } from '../support/volume-status.js';
 
-const volume = (over: Partial<VolumeStatus>): VolumeStatus => ({
-  connection: 'Connected',
-  replication: 'Connected',
-  peerDiskFailed: false,
-  disk: 'UpToDate',
-  outOfSyncBytes: 0,
-  allocatedBytes: 0,
-  resync: null,
-  resyncedBytesTotal: 0,
-  integrityErrors: 0,
-  activityLogUpdates: 0,
-  verify: null,
-  quorum: 'connected',
-  lastResync: null,
-  ...over,
-});
+const volume = volumeStatus;
 
 /** The value of one series in exposition text, or undefined. */
 function value(text: string, series: string): number | undefined {
