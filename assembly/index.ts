@@ -3,6 +3,7 @@
 export { xxh3, xxh3Blocks } from './xxh3';
 export { bmFill, bmCount, bmNextSet, bmNextClear, bmRuns, bmOr } from './bitmap';
 export { diffNext, diffRuns, diffBitmap } from './diff';
+export { isZero } from './zero';
 
 /** Where the facade may start laying out regions (after static data). */
 export function heapBase(): usize {

@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // Command-line entry: parses arguments and calls into the modules; nothing below imports this.
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startAdminServer } from './admin/admin-server.js';
+import { parseAttachListen, startAttach, type AttachListen, type AttachStatus } from './attach/attach.js';
+import { httpRequest } from './net/http-request.js';
 import { fetchStatus, postAction } from './admin/admin-client.js';
 import { adminTarget, type AdminTargetOptions } from './admin/admin-target.js';
 import { runVerify } from './admin/verify-command.js';
@@ -23,6 +25,8 @@ import { DEFAULT_LIMITS, NbdServer, SERVER_INFLIGHT_BYTES, type ListenAddress, t
 import { formatSize, parseDuration, parseHostPort, parseSize } from './config/units.js';
 import { FaultFile } from './volume/fault-file.js';
 import { FileVolume, type IoMode } from './volume/file-volume.js';
+import { Pool } from './volume/pool/pool.js';
+import { checkPoolFile } from './volume/pool/replay.js';
 import { NbdTls, type NbdTlsSettings } from './security/nbd-tls.js';
 import type { TlsMode } from './protocol/handshake.js';
 
@@ -62,9 +66,22 @@ function parseSeconds(text: string): number {
   return /^\s*\d+(?:\.\d+)?\s*$/.test(text) ? parseDuration(`${text.trim()}s`) : parseDuration(text);
 }
 
+/** NAME=SIZE of a thin volume (serve --pool). */
+function parseThin(text: string, previous: Array<{ name: string; size: number }> = []): Array<{ name: string; size: number }> {
+  const eq = text.indexOf('=');
+  if (eq <= 0) throw new Error(`"${text}" is not NAME=SIZE (example: disk=10G)`);
+  return [...previous, { name: text.slice(0, eq), size: parseSize(text.slice(eq + 1)) }];
+}
+
 interface ServeOptions {
   listen?: ListenAddress;
   export?: ExportArg[];
+  pool?: string;
+  poolSize?: number;
+  poolUnit?: number;
+  poolOnFull?: 'error' | 'queue';
+  poolHold?: number;
+  thin?: Array<{ name: string; size: number }>;
   config?: string;
   node?: string;
   size?: number;
@@ -104,10 +121,26 @@ async function serve(opts: ServeOptions): Promise<void> {
   // Only with the flag are volumes wrapped: no layer, no cost otherwise.
   const faults = opts.testFaults === undefined ? undefined : new FaultFile(resolve(opts.testFaults), log.child({ component: 'faults' }));
   if (opts.config !== undefined || opts.node !== undefined) return serveClusterNode(opts, log, faults);
-  if (!opts.listen || !opts.export) throw new Error('give --listen and --export, or --config and --node');
+  if (!opts.listen || !(opts.export ?? opts.thin)) throw new Error('give --listen and --export (or --pool and --thin), or --config and --node');
+  if (opts.pool === undefined && (opts.thin ?? opts.poolSize ?? opts.poolUnit) !== undefined) throw new Error('--thin, --pool-size and --pool-unit need --pool');
+  if (opts.pool !== undefined && opts.export !== undefined) throw new Error('with --pool every export is a thin volume: name them with --thin NAME=SIZE');
   const tls = tlsFromFlags(opts);
   const registry = new ExportRegistry();
-  for (const e of opts.export) {
+  // WASM memory is sized here, once: room for every request in flight (the server budget) plus
+  // the partly received payload of each connection.
+  const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
+  let pool: Pool | undefined;
+  if (opts.pool !== undefined) {
+    const path = resolve(opts.pool);
+    pool = Pool.open(path, { size: opts.poolSize, unitSize: opts.poolUnit, onFull: opts.poolOnFull, holdMs: opts.poolHold, volumes: opts.thin ?? [], log: log.child({ component: 'pool' }), hot });
+    for (const t of opts.thin ?? []) {
+      const volume = pool.volume(t.name);
+      registry.add(t.name, faults?.wrap(t.name, volume) ?? volume, `nbd-mirror thin volume ${t.name} (${formatSize(volume.size)})`);
+      log.info({ export: t.name, pool: path, size: volume.size, allocatedBytes: volume.allocatedBytes() }, 'export ready');
+    }
+    process.on('SIGHUP', () => growOnSignal(pool!, opts.poolSize, log));
+  }
+  for (const e of opts.export ?? []) {
     const path = resolve(e.path);
     if (opts.size !== undefined) mkdirSync(dirname(path), { recursive: true });
     const volume = FileVolume.open(path, { createSize: opts.size, readOnly: opts.readOnly, io: opts.io });
@@ -117,15 +150,30 @@ async function serve(opts: ServeOptions): Promise<void> {
     registry.add(e.name, faults?.wrap(e.name, volume) ?? volume, `nbd-mirror export ${e.name} (${formatSize(volume.size)})`);
     log.info({ export: e.name, path, size: volume.size, readOnly: opts.readOnly, io: opts.io }, 'export ready');
   }
-  // WASM memory is sized here, once: room for every request in flight (the server budget) plus
-  // the partly received payload of each connection.
   faults?.start();
-  const hot = Hotpath.create({ slotArenaBytes: 2 * SERVER_INFLIGHT_BYTES });
   const server = new NbdServer(registry, hot.slots, log, serverLimits(opts), tls);
   const addr = await server.listen(opts.listen);
   log.info({ address: addr.host, port: addr.port, tls: tls?.mode ?? 'off' }, 'listening');
   printAttachHelp(addr, registry, tls);
-  stopOnSignals(log, () => server.shutdown());
+  stopOnSignals(log, async () => {
+    await server.shutdown();
+    await pool?.close();
+  });
+}
+
+/**
+ * SIGHUP on a standalone pool: it grows to the size written in `<pool>.size` (one line, e.g.
+ * "20G"), so an operator raises it online without a restart (a cluster node re-reads its config).
+ */
+function growOnSignal(pool: Pool, startSize: number | undefined, log: Logger): void {
+  let size = startSize;
+  try {
+    size = parseSize(readFileSync(`${pool.path}.size`, 'utf8').trim());
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return log.error({ err: (err as Error).message }, `cannot read ${pool.path}.size; the pool keeps its size`);
+  }
+  if (size === undefined) return log.info('SIGHUP: no new pool size (write one to <pool>.size)');
+  pool.grow(size, (err) => err && log.error({ err: err.message }, 'pool not grown'));
 }
 
 /** One node of a mirrored pair, as the cluster config describes it (issue 4, in progress). */
@@ -176,6 +224,16 @@ async function serveClusterNode(opts: ServeOptions, log: Logger, faults: FaultFi
   const addr = await server.listen(self!.nbd);
   log.info({ address: addr.host, port: addr.port, adminPort, node: opts.node, tls: tls?.mode ?? 'off' }, 'listening');
   printAttachHelp(addr, registry, tls);
+  // Reload: a pool size raised in the config grows the pool online.
+  process.on('SIGHUP', () => {
+    let next;
+    try {
+      next = loadClusterConfig(opts.config!);
+    } catch (err) {
+      return log.error({ err: (err as Error).message }, 'reload: the config is not valid; nothing changed');
+    }
+    node.reload(next, (err, message) => (err ? log.error({ err: err.message }, `reload: ${message}`) : log.info(`reload: ${message}`)));
+  });
   stopOnSignals(log, async () => {
     await server.shutdown();
     // Requests in flight are done: tell the peer, so it goes on alone without the witness.
@@ -251,7 +309,10 @@ async function demo(opts: { dir: string }): Promise<void> {
       `  fail-over: stop b (npx nbd-mirror stop --config ${configPath} --node b, or kill -9 its process);`,
       '    writes on a go on; bring b back and it catches up by itself:',
       `    npx nbd-mirror serve --config ${configPath} --node b`,
-      '  or attach both with nbd-client (one per node) under dm-multipath (docs/OPERATIONS.md).',
+      '  a host that rides through a node failure: attach through nbd-mirror attach (paths to both nodes,',
+      `    fail-over and back by itself): npx nbd-mirror attach --config ${configPath} --listen 127.0.0.1:10900 --admin 127.0.0.1:9190`,
+      "    qemu-io -f raw nbd://127.0.0.1:10900/vol0 -c 'read -P 0xab 0 1M'   paths: npx nbd-mirror status --attach 127.0.0.1:9190",
+      '    (or nbd-client per node under dm-multipath, docs/OPERATIONS.md).',
       '  NBD over TLS (off in the demo, so the lines above work as they are): give the nodes "tls" settings',
       "    in the config (docs/CONFIG.md), e.g. PSK keys from psktool -u alice -p keys.psk, then attach with",
       "    nbdinfo 'nbds://alice@127.0.0.1:10809/vol0?tls-psk-file=keys.psk' (docs/SECURITY.md).",
@@ -279,12 +340,75 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
   if (opts.json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const q = body.quorum;
   const lines = [`node ${body.node}  peer link ${body.peer}  quorum ${q.state}${q.witness ? `${q.grantHeld ? ' (holds the witness grant)' : ''}: ${q.reason}` : ' (no witness)'}`];
+  const p = body.pool;
+  if (p) {
+    const crossed = p.thresholdsCrossed.length ? `  over ${p.thresholdsCrossed.at(-1)} %` : '';
+    lines.push(`  pool ${formatSize(p.usedBytes)} of ${formatSize(p.sizeBytes)} used (${p.usedPercent.toFixed(1)} %)${crossed}, ${formatSize(p.virtualBytes)} in volumes: over-commit ${p.overcommit.toFixed(2)}x${p.enospcErrors ? `, ${p.enospcErrors} writes refused for space` : ''}`);
+  }
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';
     const resync = r ? `  resync ${r.role} ${formatSize(r.doneBytes)}/${formatSize(r.totalBytes)} at ${formatSize(r.bytesPerSecond)}/s${eta}` : '';
     const last = v.lastResync ? ` (last resync ${formatSize(v.lastResync.bytes)} in ${v.lastResync.seconds.toFixed(2)} s)` : '';
-    lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+    lines.push(`  ${name}: ${v.connection} ${v.disk}${v.peerDiskFailed ? " (peer disk Failed)" : ""}  quorum ${v.quorum}  out of sync ${formatSize(v.outOfSyncBytes)}  allocated ${formatSize(v.allocatedBytes)}${resync}  resynced ${formatSize(v.resyncedBytesTotal)}${last}`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+interface AttachCliOptions {
+  config: string;
+  listen: AttachListen[];
+  admin?: ListenAddress;
+  startTimeout: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+}
+
+/** `nbd-mirror attach`: the host-side endpoint with a path to each node (src/attach/). */
+async function attach(opts: AttachCliOptions): Promise<void> {
+  const log = createLogger(opts.logLevel);
+  const config = loadClusterConfig(opts.config);
+  const running = await startAttach({ config, configDir: dirname(resolve(opts.config)), listen: opts.listen, admin: opts.admin, startTimeoutMs: opts.startTimeout, log });
+  const tcp = running.listening.find((l) => l.kind === 'tcp');
+  log.info(
+    { address: tcp?.addr.host, port: tcp?.addr.port, listen: running.listening.map(attachAddress), adminPort: running.adminPort, volumes: Object.keys(config.volumes) },
+    'listening',
+  );
+  const lines = [''];
+  for (const name of Object.keys(config.volumes).sort()) {
+    lines.push(`nbd-mirror attach serves "${name}" with a path to each node. Attach with:`);
+    for (const l of running.listening) {
+      const uri = l.kind === 'unix' ? `nbd+unix:///${name}?socket=${l.path}` : `nbd://${l.addr.host}:${l.addr.port}/${name}`;
+      lines.push(`  qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio ...`, `  nbdinfo '${uri}'`);
+      if (l.kind === 'tcp') lines.push(`  sudo nbd-client ${l.addr.host} ${l.addr.port} /dev/nbd0 -N ${name}`);
+      else lines.push(`  sudo nbd-client -u ${l.path} /dev/nbd0 -N ${name}`);
+    }
+    lines.push('');
+  }
+  if (running.adminPort !== undefined) lines.push(`Paths: nbd-mirror status --attach ${opts.admin!.host}:${running.adminPort}`, '');
+  process.stderr.write(lines.join('\n'));
+  stopOnSignals(log, () => running.stop());
+}
+
+function attachAddress(l: AttachListen): string {
+  return l.kind === 'unix' ? `unix:${l.path}` : `${l.addr.host}:${l.addr.port}`;
+}
+
+async function attachStatus(addr: ListenAddress, json: boolean): Promise<void> {
+  let res;
+  try {
+    res = await httpRequest(addr, 'GET', '/status', { timeoutMs: 5000 });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}: is nbd-mirror attach running with --admin ${addr.host}:${addr.port}?`);
+  }
+  if (res.status !== 200) throw new Error(`attach answered ${res.status}: ${res.body.trim()}`);
+  const body = JSON.parse(res.body) as AttachStatus;
+  if (json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  const lines = [`attach: nodes ${Object.entries(body.nodes).map(([n, s]) => `${n} ${s.reachable ? 'answers' : 'does not answer'}`).join(', ')}`];
+  for (const [name, v] of Object.entries(body.volumes)) {
+    const paths = Object.entries(v.paths).map(([n, p]) => `${n}${n === v.active ? '*' : ''} ${p.state} (${p.inFlight} in flight)`).join(', ');
+    const s = v.lastStall;
+    const stall = s ? `  last switch: ${s.kind} ${s.from ?? '-'} -> ${s.to}, paused ${s.pauseMs} ms, ${s.resent} re-sent, ${s.at} (${s.reason})` : '  no fail-over yet';
+    lines.push(`  ${name}: ${v.mode} on ${v.active ?? '-'} (preferred ${v.preferred})  paths ${paths}  held ${v.held}  re-sent ${v.resentTotal}  fail-overs ${v.failovers}  fail-backs ${v.failbacks}`, `    ${v.reason}`, stall);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }
@@ -335,6 +459,12 @@ export function buildProgram(): Command {
     .option('--config <file>', 'cluster config (JSON): serve this node of a mirrored pair (in progress)')
     .option('--node <name>', 'which node of the cluster config this process is')
     .option('--size <size>', 'create missing export files sparse with this size (e.g. 512M, 1G)', argParser(parseSize))
+    .option('--pool <path>', 'serve thin volumes from this pool (a file, created when missing, or a block device; docs/CONFIG.md)')
+    .option('--pool-size <size>', 'with --pool: its size (a missing pool is created with it; a larger size grows it)', argParser(parseSize))
+    .option('--pool-unit <size>', 'with --pool: allocation unit of a new pool (64K-64M, power of two; default 1M)', argParser(parseSize))
+    .addOption(new Option('--pool-on-full <mode>', 'with --pool: a write finding no free unit fails at once (error) or waits up to --pool-hold (queue)').choices(['error', 'queue']))
+    .addOption(new Option('--pool-hold <seconds>', 'with --pool-on-full queue: how long a write waits for space').argParser(argParser(parseSeconds)))
+    .option('--thin <name=size>', 'with --pool: export a thin volume of this size (repeatable; created when missing)', argParser(parseThin))
     .option('--read-only', 'refuse writes (EPERM)', false)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .addOption(
@@ -458,9 +588,50 @@ export function buildProgram(): Command {
       process.stdout.write(`${await postAction(adminTarget(opts), '/volume/delete', { name, ...(opts.force ? { force: '1' } : {}) })}\n`);
     });
 
-  adminOptions(program.command('status').description("show a node's volumes: connection, disk state, out-of-sync bytes, resync progress"), new Option('--admin <host:port>', "the node's admin address"))
+  program
+    .command('pool')
+    .description('thin pools')
+    .command('check')
+    .description('check a pool\'s metadata offline (or a running node\'s, read-only: it sees the last committed state); exit 1 on problems')
+    .argument('<path>', 'the pool file or block device')
+    .option('--json', 'print the report as JSON')
+    .action((path: string, opts: { json?: boolean }) => {
+      const report = checkPoolFile(resolve(path));
+      if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      else {
+        const u = report.unitSize;
+        process.stdout.write(
+          [
+            `pool ${resolve(path)}: ${formatSize(report.unitCount * u)} in ${report.unitCount} units of ${formatSize(u)} (metadata room for ${formatSize(report.maxUnits * u)})`,
+            `  used ${formatSize(report.mappedUnits * u)} (${report.mappedUnits} units), free ${formatSize(report.freeUnits * u)}; journal ${report.journalBlocks} blocks, ${report.journalRecords} changes since the checkpoint`,
+            ...report.volumes.map((v) => `  volume ${v.name}: ${formatSize(v.size)}, allocated ${formatSize(v.mappedUnits * u)}`),
+            `${report.problems.length} problems`,
+            ...report.problems.slice(0, 100).map((p) => `  ${p}`),
+            '',
+          ].join('\n'),
+        );
+      }
+      if (report.problems.length > 0) process.exitCode = 1;
+    });
+
+  adminOptions(program.command('status').description("show a node's volumes (connection, disk state, out-of-sync bytes, resync progress), or with --attach an attach endpoint's paths"), new Option('--admin <host:port>', "the node's admin address"))
     .option('--json', 'print the raw JSON')
-    .action(status);
+    .addOption(new Option('--attach <host:port>', "an nbd-mirror attach's status address (its --admin): each volume's active path, path states, re-sent requests, last stall").argParser(argParser(parseHostPort)).conflicts(['admin', 'config']))
+    .action((opts: AdminTargetOptions & { json?: boolean; attach?: ListenAddress }) => (opts.attach ? attachStatus(opts.attach, opts.json === true) : status(opts)));
+
+  program
+    .command('attach')
+    .description('host-side endpoint: serve every volume of the cluster locally, with a path to each node, fail-over and fail-back (docs/OPERATIONS.md)')
+    .requiredOption('--config <file>', 'the cluster config (the same file as on the nodes)')
+    .requiredOption(
+      '--listen <address>',
+      'where local clients attach: HOST:PORT (loopback) or unix:PATH (repeatable)',
+      argParser((v: string, prev: AttachListen[] = []) => [...prev, parseAttachListen(v, parseHostPort)]),
+    )
+    .option('--admin <host:port>', "attach's own status endpoint (GET /status, read by nbd-mirror status --attach)", argParser(parseHostPort))
+    .addOption(new Option('--start-timeout <seconds>', 'give up when no node serves a volume within this time').argParser(argParser(parseSeconds)).default(30_000, '30'))
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .action(attach);
 
   return program;
 }

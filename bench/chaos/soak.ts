@@ -1,6 +1,7 @@
 // Chaos soak for manual runs: the CI chaos tests' rounds, as many as you like. Exits 1 if any
 // round failed.
-//   npm run soak [-- --rounds 100] [--seed N] [--witness]      kill -9 rounds (test/support/chaos.ts)
+//   npm run soak [-- --rounds 100] [--seed N] [--witness] [--pool]   kill -9 rounds (test/support/chaos.ts;
+//     --pool: the volume is a thin volume in a pool on each node; --power --pool: every kill a power cut)
 //   npm run soak -- --power [--rounds 100] [--seed N] [--phase NAME] [--disk-errors P]
 //     power cuts aimed at phases (test/support/power-chaos.ts), the phases in turn (or only NAME);
 //     with chance P (default 0.25) a round also gets a disk error at a random moment. Prints each
@@ -13,14 +14,15 @@ import { chaosRound, formatRound, seededRandom, startChaosCluster, stopChaosClus
 import { formatPowerRound, PHASES, powerRound, powerSummary, startPowerCluster, stopPowerCluster, type PowerRoundResult } from '../../test/support/power-chaos.js';
 
 const { values: opts } = parseArgs({
-  options: { rounds: { type: 'string', default: '50' }, seed: { type: 'string' }, witness: { type: 'boolean', default: false }, power: { type: 'boolean', default: false }, phase: { type: 'string' }, 'disk-errors': { type: 'string', default: '0.25' } },
+  options: { rounds: { type: 'string', default: '50' }, seed: { type: 'string' }, witness: { type: 'boolean', default: false }, power: { type: 'boolean', default: false }, pool: { type: 'boolean', default: false }, phase: { type: 'string' }, 'disk-errors': { type: 'string', default: '0.25' } },
 });
 const rounds = Number(opts.rounds);
 const seed = Number(opts.seed ?? Date.now() % 100_000);
 
 async function killRounds(dir: string): Promise<number> {
   let failures = 0;
-  let cluster = await startChaosCluster(dir, { witness: opts.witness });
+  const kind = { witness: opts.witness, power: opts.power, pool: opts.pool };
+  let cluster = await startChaosCluster(dir, kind);
   const rnd = seededRandom(seed);
   try {
     for (let round = 1; round <= rounds; round++) {
@@ -31,7 +33,7 @@ async function killRounds(dir: string): Promise<number> {
         console.log(`round ${String(round).padStart(3)}: FAILED: ${(err as Error).message}`);
         // Start again from a fresh pair so one failure does not hide the next.
         await stopChaosCluster(cluster);
-        cluster = await startChaosCluster(mkdtempSync(join(dir, `after-${round}-`)), { witness: opts.witness });
+        cluster = await startChaosCluster(mkdtempSync(join(dir, `after-${round}-`)), kind);
       }
     }
   } finally {
@@ -67,9 +69,11 @@ async function powerRounds(dir: string): Promise<number> {
 
 async function main(): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-soak-'));
-  console.log(`# chaos soak: ${rounds} rounds, seed ${seed}${opts.witness ? ', with a witness' : ''}${opts.power ? ', power cuts aimed at phases' : ''}, ${new Date().toISOString()}`);
+  // Power cuts aimed at phases need no pool; with --pool the kill rounds cut the power instead (the pool has no phase list yet).
+  const phased = opts.power && !opts.pool;
+  console.log(`# chaos soak: ${rounds} rounds, seed ${seed}${opts.witness ? ', with a witness' : ''}${phased ? ', power cuts aimed at phases' : opts.power ? ', power cuts' : ''}${opts.pool ? ', thin pool' : ''}, ${new Date().toISOString()}`);
   try {
-    return (await (opts.power ? powerRounds(dir) : killRounds(dir))) > 0 ? 1 : 0;
+    return (await (phased ? powerRounds(dir) : killRounds(dir))) > 0 ? 1 : 0;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

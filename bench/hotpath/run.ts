@@ -37,11 +37,12 @@ function measure(impl: string, name: string, bytes: number, fn: () => void, runs
 }
 
 const DATA = 64 << 20;
-const hot = Hotpath.create({ slotArenaBytes: DATA, digests: DATA / 4096 + 2 * (1 << 22), digestLists: 3, bitmaps: [2 ** 28, 2 ** 28, 1 << 22] });
+const hot = Hotpath.create({ slotArenaBytes: 2 * DATA, digests: DATA / 4096 + 2 * (1 << 22), digestLists: 3, bitmaps: [2 ** 28, 2 ** 28, 1 << 22] });
 const data = hot.slots.acquire(DATA);
 for (let off = 0; off < DATA; off += 65536) crypto.getRandomValues(data.subarray(off, off + 65536));
 const plain = Buffer.from(data); // the same bytes outside WASM memory, for the libraries
 
+const ZERO_REF = Buffer.alloc(DATA, 1).fill(0); // real pages, see the zero-check section
 const hw3 = await createXXHash3();
 const hw64 = await createXXHash64();
 const hwCrc32c = await createCRC32(0x82f63b78);
@@ -158,6 +159,25 @@ for (const pct of [0, 0.1, 10]) {
   }, 3);
 }
 
+// --- zero detection (thin volumes: an all-zero write allocates nothing) -----------------------
+{
+  const zeros = hot.slots.acquire(DATA);
+  zeros.fill(0);
+  // Written, not only allocated: a fresh Buffer.alloc of this size is calloc'ed pages that all map
+  // the kernel's one zero page (always in cache), which would flatter whatever reads them.
+  const plainZeros = Buffer.alloc(DATA, 1).fill(0);
+  const name = 'zero check, 64 MiB of zeros';
+  measure('nbd-mirror', name, DATA, () => hot.allZero(zeros));
+  measure('nbd-mirror (outside WASM memory: staged copy)', name, DATA, () => hot.allZero(plainZeros));
+  measure('Buffer.equals against a zero buffer', name, DATA, () => plainZeros.equals(ZERO_REF));
+  measure('plain TS Float64Array scan', name, DATA, () => {
+    const f = new Float64Array(plainZeros.buffer, plainZeros.byteOffset, DATA / 8);
+    for (let i = 0; i < f.length; i++) if (f[i] !== 0) return false;
+    return true;
+  }, 3);
+  hot.slots.release(zeros);
+}
+
 // --- table -----------------------------------------------------------------------------------
 if (!opts.json) {
   const cases = [...new Set(rows.map((r) => r.case))];
@@ -176,6 +196,7 @@ if (!opts.json) {
     ['vs native xxh64 at 4 KiB (x)', ours(h4) / best(h4, (i) => i.includes('xxh64 (native)')), 1.5],
     ['sparse run listing (GB/s of bitmap)', ours('bitmap run listing (sparse)'), 20],
     ['diff at 0 % differing (GB/s)', ours('digest diff 2^22 (0 % differ)'), 30],
+    ['zero check in WASM memory (GB/s)', ours('zero check, 64 MiB of zeros'), 10],
   ];
   console.log('\ntargets');
   for (const [name, got, want] of targets) console.log(`  ${name.padEnd(40)} ${got.toFixed(2).padStart(8)}  target >= ${want}  ${got >= want ? 'pass' : 'MISS'}`);

@@ -19,9 +19,9 @@ async function ask(admin: HostPort, method: 'GET' | 'POST', path: string, opts?:
   }
 }
 
-/** GET /status. */
-export async function fetchStatus(admin: HostPort): Promise<NodeStatus> {
-  const res = await ask(admin, 'GET', '/status');
+/** GET /status (`timeoutMs`: give up on a node that does not answer, e.g. a hung one). */
+export async function fetchStatus(admin: HostPort, timeoutMs?: number): Promise<NodeStatus> {
+  const res = await ask(admin, 'GET', '/status', { timeoutMs });
   if (res.status !== 200) throw new Error(`the admin endpoint answered ${res.status}: ${res.body.trim()}`);
   return JSON.parse(res.body) as NodeStatus;
 }

@@ -29,7 +29,7 @@ export function adminTarget(o: AdminTargetOptions): AdminTarget {
 }
 
 /** A wildcard listen address is reached through this machine's loopback. */
-function reachable(a: HostPort): HostPort {
+export function reachable(a: HostPort): HostPort {
   if (a.host === '0.0.0.0') return { ...a, host: '127.0.0.1' };
   if (a.host === '::') return { ...a, host: '::1' };
   return a;

@@ -6,7 +6,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeStatus, VolumeStatus } from '../replication/cluster-node.js';
 import { DISK_TRANSITIONS, REPLICATION_TRANSITIONS, type DiskStateName, type ReplicationState } from '../replication/replication-state.js';
 
-type VolumesStatus = Pick<NodeStatus, 'volumes'>;
+type VolumesStatus = Pick<NodeStatus, 'volumes' | 'pool'>;
 
 const CONNECTION = ['Connected', 'Connecting', 'StandAlone'] as const;
 const REPLICATION = Object.keys(REPLICATION_TRANSITIONS) as ReplicationState[];
@@ -76,6 +76,48 @@ export function createMetrics(status: () => VolumesStatus): NodeMetrics {
   perVolume('nbd_mirror_volume_verify_out_of_sync_bytes', 'Bytes the last finished online verify found differing (absent before the first)', (v) => (v.verify && !v.verify.running ? v.verify.outOfSyncBytes : null));
   perVolume('nbd_mirror_volume_resynced_bytes_total', 'Bytes copied by resyncs since start-up', (v) => v.resyncedBytesTotal, true);
   perVolume('nbd_mirror_volume_integrity_errors_total', 'Data frames from the peer that failed their digest check, since start-up', (v) => v.integrityErrors, true);
+  perVolume('nbd_mirror_volume_allocated_bytes', 'Bytes of the volume holding data on this node (thin: mapped units)', (v) => v.allocatedBytes);
+  /** The node's thin pool: one series each, labelled with its path; absent without a pool. */
+  const pool = (name: string, help: string, value: (p: NonNullable<NodeStatus['pool']>) => number, counter = false): void => {
+    const config = { name, help, labelNames: ['pool'] as const, registers: [registry] };
+    if (counter) {
+      new Counter({
+        ...config,
+        collect() {
+          this.reset();
+          if (snapshot.pool) this.inc({ pool: snapshot.pool.path }, value(snapshot.pool));
+        },
+      });
+    } else {
+      new Gauge({
+        ...config,
+        collect() {
+          this.reset();
+          if (snapshot.pool) this.set({ pool: snapshot.pool.path }, value(snapshot.pool));
+        },
+      });
+    }
+  };
+  pool('nbd_mirror_pool_size_bytes', 'Data capacity of the thin pool', (p) => p.sizeBytes);
+  pool('nbd_mirror_pool_used_bytes', 'Bytes of the pool mapped to volumes', (p) => p.usedBytes);
+  pool('nbd_mirror_pool_free_bytes', 'Bytes of the pool free for new units', (p) => p.freeBytes);
+  pool('nbd_mirror_pool_virtual_bytes', 'Sum of the thin volumes\' sizes (over-commit: more than size)', (p) => p.virtualBytes);
+  pool('nbd_mirror_pool_used_ratio', 'Used / size, 0-1 (the thresholds are percentages of this)', (p) => p.usedPercent / 100);
+  pool('nbd_mirror_pool_thresholds_crossed', 'Use thresholds crossed now (default 75 %, 90 %)', (p) => p.thresholdsCrossed.length);
+  pool('nbd_mirror_pool_enospc_errors_total', 'Writes refused with ENOSPC for want of units since start-up', (p) => p.enospcErrors, true);
+  pool('nbd_mirror_pool_metadata_commits_total', 'Metadata commits (each one or two fdatasyncs) since start-up', (p) => p.metadata.commits, true);
+  pool('nbd_mirror_pool_metadata_blocks_total', 'Journal blocks written since start-up', (p) => p.metadata.journalBlocks, true);
+  new Gauge({
+    name: 'nbd_mirror_pool_threshold_percent',
+    help: 'The configured use thresholds (one series each), for alert rules',
+    labelNames: ['pool', 'threshold'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const p = snapshot.pool;
+      for (const t of p?.thresholds ?? []) this.set({ pool: p!.path, threshold: String(t) }, t);
+    },
+  });
   perVolume('nbd_mirror_volume_activity_log_updates_total', 'Activity-log writes (each with an fdatasync) since start-up', (v) => v.activityLogUpdates, true);
 
   return {

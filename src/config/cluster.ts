@@ -94,6 +94,30 @@ const nbdTlsSchema = z
   })
   .prefault({});
 
+/**
+ * Thin pool (docs/CONFIG.md): with it every volume is a thin volume in one pool per node; the
+ * volumes' sizes may add up to more than the pool (over-commit).
+ */
+const poolSchema = z.strictObject({
+  /** Data capacity of each node's pool (per node: nodes.NAME.pool.size). Raised and reloaded (SIGHUP), the pool grows online. */
+  size: size,
+  /** Allocation unit, fixed when the pool is made. */
+  unit: size.refine((n) => n >= 64 * 1024 && n <= 64 * 1024 * 1024 && (n & (n - 1)) === 0, 'must be a power of two from 64K to 64M').default(1024 * 1024),
+  /** How far the pool can grow online (metadata room made at creation, 8 bytes per unit). Default 4 × size. */
+  maxSize: size.optional(),
+  /** A write needing a unit when none is free: ENOSPC at once (`error`), or held up to holdTimeout for space (`queue`). */
+  onFull: z.enum(['error', 'queue']).default('error'),
+  holdTimeout: duration.default(30_000),
+  /** Percentages of the pool in use logged once when crossed (and exported as metrics). */
+  thresholds: z.array(z.number().gt(0).max(100)).max(8).default([75, 90]),
+});
+
+/** Per node: where its pool is (default dataDir/pool.img; a file or a block device) and its size. */
+const nodePoolSchema = z.strictObject({
+  path: z.string().min(1).optional(),
+  size: size.optional(),
+});
+
 const nodeSchema = z.strictObject({
   /** Where hosts attach over NBD. */
   nbd: address,
@@ -105,6 +129,8 @@ const nodeSchema = z.strictObject({
   dataDir: z.string().min(1),
   /** NBD over TLS for the hosts attaching to this node (serve's --tls flags; docs/CONFIG.md). */
   tls: nbdTlsSchema,
+  /** This node's pool, when the cluster has one: path and size overrides. */
+  pool: nodePoolSchema.optional(),
 });
 
 /** Keys (files `nbd-mirror keygen` writes; relative to the config file's folder) and exposure. */
@@ -148,7 +174,30 @@ const volumeSchema = z.strictObject({
   description: z.string().max(1024).optional(),
   /** Every resync of this volume compares block digests first and copies only differing blocks. */
   checksumResync: z.boolean().default(false),
+  /** `nbd-mirror attach` sends this volume's I/O to this node while it is UpToDate (default: the first node). */
+  preferredNode: name.optional(),
 });
+
+/** The host-side endpoint (`nbd-mirror attach`): when a path counts as failed, how often nodes are asked. */
+const attachSchema = z
+  .strictObject({
+    /** A request unanswered this long marks its path stalled: new requests wait for the fail-over rule. */
+    ioTimeout: duration.default(5000),
+    /** How often each node's admin status is read (the fail-over and fail-back decisions use it). */
+    statusInterval: duration.default(250),
+    /** How soon a lost path is dialed again. */
+    reconnectInterval: duration.default(1000),
+    /**
+     * Credentials for nodes that serve NBD over TLS (`nodes.N.tls`), as libnbd and qemu take them:
+     * a psktool file and the username to use, or a certificates directory (ca-cert.pem, and
+     * client-cert.pem + client-key.pem for nodes that verify clients). Relative to the config file.
+     */
+    tls: z
+      .strictObject({ psk: z.string().min(1).optional(), username: z.string().min(1).optional(), certificates: z.string().min(1).optional() })
+      .refine((t) => (t.psk === undefined) !== (t.certificates === undefined), 'give "psk" (with "username") or "certificates", one of them')
+      .optional(),
+  })
+  .prefault({});
 
 export const clusterSchema = z
   .strictObject({
@@ -162,16 +211,26 @@ export const clusterSchema = z
     volumes: z.record(name, volumeSchema).default({}),
     online: onlineSchema,
     witness: address.optional(),
+    pool: poolSchema.optional(),
     link: linkSchema.prefault({}),
     activityLog: activityLogSchema,
     resync: resyncSchema,
     quorum: quorumSchema,
     splitBrain: splitBrainSchema,
     security: securitySchema,
+    attach: attachSchema,
   })
   .superRefine((c, ctx) => {
+    for (const [node, n] of Object.entries(c.nodes)) {
+      if (n.pool && !c.pool) ctx.addIssue({ code: 'custom', path: ['nodes', node, 'pool'], message: 'a node pool override needs the cluster\'s "pool" section' });
+    }
     if (c.splitBrain.policy === 'discard-node' && !(c.splitBrain.node in c.nodes)) {
       ctx.addIssue({ code: 'custom', path: ['splitBrain', 'node'], message: `"${c.splitBrain.node}" is not a node of this cluster` });
+    }
+    for (const [volume, v] of Object.entries(c.volumes)) {
+      if (v.preferredNode !== undefined && !(v.preferredNode in c.nodes)) {
+        ctx.addIssue({ code: 'custom', path: ['volumes', volume, 'preferredNode'], message: `"${v.preferredNode}" is not a node of this cluster` });
+      }
     }
     // GET /status and /metrics answer anyone who reaches the admin endpoint, and without a token
     // so do the actions: another machine must be let in on purpose.

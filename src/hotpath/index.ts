@@ -108,6 +108,23 @@ export class Hotpath {
     return this.mem.wasm.diffBitmap(a.offset, b.offset, a.length, into.offset);
   }
 
+  /**
+   * True when every byte of `buf` is zero (thin volumes: an all-zero write allocates nothing).
+   * In place when `buf` is in WASM memory (a slot: every client and peer payload), else copied
+   * through the staging region piece by piece.
+   */
+  allZero(buf: Uint8Array): boolean {
+    const at = this.mem.offsetOf(buf);
+    if (at >= 0) return this.mem.wasm.isZero(at, buf.length) !== 0;
+    const staging = this.mem.offsetOf(this.staging);
+    for (let off = 0; off < buf.length; off += this.staging.length) {
+      const piece = buf.subarray(off, off + this.staging.length);
+      this.staging.set(piece);
+      if (this.mem.wasm.isZero(staging, piece.length) === 0) return false;
+    }
+    return true;
+  }
+
   /** Free bytes left in WASM memory (for tests and start-up checks). */
   get freeBytes(): number {
     return this.mem.free;

@@ -17,6 +17,7 @@ export interface HotpathExports {
   diffNext(a: number, b: number, from: number, n: number): number;
   diffRuns(a: number, b: number, from: number, n: number, out: number, maxRuns: number): number;
   diffBitmap(a: number, b: number, n: number, bm: number): number;
+  isZero(ptr: number, len: number): number;
 }
 
 // The same relative path works from src/hotpath/ (tests) and build/hotpath/ (compiled).

@@ -10,6 +10,8 @@ import { removeFileDurably } from '../durable.js';
 import { Hotpath, HotpathError } from '../hotpath/index.js';
 import type { Logger } from '../log.js';
 import { DiskState, newGenerationId, VolumeMeta, type ActivityLogConfig } from '../meta/volume-meta.js';
+import { Pool, type PoolStatus } from '../volume/pool/pool.js';
+import { PoolStore } from '../volume/pool/pool-store.js';
 import type { Volume } from '../volume/volume.js';
 import { FileStore, type StoredVolume, type VolumeStore } from '../volume/volume-store.js';
 import { VolumeOps, parseVolumeOp, type VolumeOp } from './volume-ops.js';
@@ -53,6 +55,8 @@ export interface NodeStatus {
   peer: LinkState;
   /** The peer link's backpressure: frames in work, times it stopped reading, bytes queued to send. */
   link: LinkCounters;
+  /** This node's thin pool, when the cluster has one. */
+  pool?: PoolStatus;
   volumes: Record<string, VolumeStatus>;
 }
 
@@ -65,6 +69,8 @@ export interface VolumeStatus {
   /** The peer said its disk failed: this node holds the only good copy (and tracks every change for it). */
   peerDiskFailed: boolean;
   outOfSyncBytes: number;
+  /** Bytes of the volume that hold data on this node: mapped units of a thin volume, allocated blocks of a raw file. */
+  allocatedBytes: number;
   resync: { role: 'source' | 'target'; checksum: boolean; doneBytes: number; totalBytes: number; bytesPerSecond: number; etaSeconds: number | null } | null;
   resyncedBytesTotal: number;
   /** Data frames from the peer that failed their digest check (and were sent again), since start. */
@@ -81,7 +87,7 @@ export interface VolumeStatus {
 
 interface NodeVolume {
   readonly name: string;
-  /** Its data, from the node's store. */
+  /** Its data, from the node's store: a thin volume in the node's pool, or a raw file. */
   readonly file: StoredVolume;
   readonly meta: VolumeMeta;
   readonly mirror: MirroredVolume;
@@ -146,6 +152,8 @@ export class ClusterNode {
    * memory is reused).
    */
   private readonly room: { bytes: number; volumes: number };
+  /** The node's thin pool (config "pool"); without it each volume is a raw file. */
+  readonly pool: Pool | undefined;
 
   constructor(
     private readonly config: ClusterConfig,
@@ -164,7 +172,6 @@ export class ClusterNode {
     const self = config.nodes[nodeName]!;
     this.dataDir = resolve(configDir, self.dataDir);
     mkdirSync(this.dataDir, { recursive: true });
-    this.store = new FileStore(this.dataDir);
     // The config's volumes and those changed online (the volumes file: it wins where they differ).
     const file = readVolumesFile(this.dataDir);
     const atStart = volumesAtStart(config.volumes, file);
@@ -187,6 +194,28 @@ export class ClusterNode {
       slotArenaBytes,
       stagingBytes: MAX_FRAME_BODY,
     });
+    const poolConfig = config.pool;
+    this.pool =
+      poolConfig &&
+      Pool.open(resolve(configDir, self.pool?.path ?? join(this.dataDir, 'pool.img')), {
+        size: self.pool?.size ?? poolConfig.size,
+        unitSize: poolConfig.unit,
+        maxSize: poolConfig.maxSize,
+        onFull: poolConfig.onFull,
+        holdMs: poolConfig.holdTimeout,
+        thresholds: poolConfig.thresholds,
+        // Created or grown (a growth a stop cut short) in the pool's opening checkpoint.
+        volumes: volumeNames.map((v) => ({ name: v, size: atStart.volumes.get(v)!.size })),
+        log: log.child({ component: 'pool' }),
+        hot: this.hot,
+      });
+    this.store = this.pool ? new PoolStore(this.pool) : new FileStore(this.dataDir);
+    // A deletion a crash cut short before the pool's commit leaves the volume in the pool: it holds
+    // its units until a create of the name replaces it (never deleted on a guess: a config edited
+    // by mistake must not cost data).
+    for (const name of this.pool?.volumes.keys() ?? []) {
+      if (!atStart.volumes.has(name)) log.warn({ volume: name }, 'the pool holds a volume that is neither in the config nor in volumes.json: not served; create a volume of that name to replace it (its units are freed then)');
+    }
     // The cluster secret keys the witness requests' signatures, and the peer link's TLS-PSK unless
     // the cluster has peer certificates (then mutual x509: a TLS 1.3 handshake takes one or the other).
     const secret = readClusterKey(config, configDir, 'clusterSecret');
@@ -362,6 +391,17 @@ export class ClusterNode {
     return { cluster: this.clusterId, node: this.nodeName, volumeSize, grain: GRAIN };
   }
 
+  /**
+   * Reload (SIGHUP): a larger pool size in the config grows the pool online. Volumes change
+   * online through `nbd-mirror volume` (volume-ops.ts); other config changes need a restart.
+   */
+  reload(config: ClusterConfig, done: (err: Error | null, message: string) => void): void {
+    const size = config.nodes[this.nodeName]?.pool?.size ?? config.pool?.size;
+    if (!this.pool || size === undefined) return done(null, 'no pool in the config: nothing to reload');
+    const before = this.pool.status().sizeBytes;
+    this.pool.grow(size, (err) => done(err, err ? `pool not grown: ${err.message}` : `pool size ${before} -> ${this.pool!.status().sizeBytes} bytes`));
+  }
+
   async start(): Promise<void> {
     await this.link.start();
     // A node that starts and does not find its peer within the link timeout asks the witness
@@ -521,6 +561,7 @@ export class ClusterNode {
       disk: v.mirror.state.disk,
       peerDiskFailed: v.mirror.peerDiskFailed,
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
+      allocatedBytes: v.file.allocatedBytes(),
       resync: r ? { ...r, bytesPerSecond: rate, etaSeconds: rate > 0 ? (r.totalBytes - r.doneBytes) / rate : null } : null,
       resyncedBytesTotal: v.mirror.resyncedBytesTotal,
       integrityErrors: v.mirror.integrityErrors,
@@ -588,7 +629,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, ...(this.pool ? { pool: this.pool.status() } : {}), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**
@@ -620,6 +661,7 @@ export class ClusterNode {
     this.quorum.stop();
     this.link.stop();
     for (const v of this.volumes) await this.closeVolume(v);
+    await this.pool?.close();
   }
 
   /** Stops mirroring a volume and closes it cleanly (its activity log emptied). */

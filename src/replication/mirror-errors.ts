@@ -44,3 +44,12 @@ export function errnoName(err: Error): string {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EIO';
 }
+
+/**
+ * A thin pool found no free unit (its PoolFullError, ENOSPC): no disk failure. The disk stays
+ * in service, the link stays up; the write fails on both nodes alike (mirrored-write.ts). An
+ * ENOSPC from a raw file's filesystem is another matter: that disk fails (replication-state.ts).
+ */
+export function isPoolFull(err: Error): boolean {
+  return (err as { poolFull?: unknown }).poolFull === true;
+}

@@ -349,7 +349,7 @@ export class MirroredVolume implements Volume {
     this.ctx.rate.clientIo();
     const flags = fua ? 1 : 0;
     const header = encodeWriteHeader({ volume: this.volumeIndex, flags, offset, digest: sealDigest(this.ctx.hot.digestOf(buf), offset, flags) });
-    this.writes.change(PeerMsg.WRITE, [header, buf], offset, buf.length, this.apply.writer(buf, offset, fua), done);
+    this.writes.change(PeerMsg.WRITE, [header, buf], offset, buf.length, this.apply.writer(buf, offset, fua), done, buf);
   }
 
   trim(offset: number, length: number, fua: boolean, done: Done): void {

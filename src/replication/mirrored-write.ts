@@ -8,7 +8,7 @@
 //     │                 ▼
 //     │          MarkingOutOfSync ──bits-durable──▶ PeerSettled (peer failed)
 //     │                 │ (link lost)             ▶ AwaitingQuorum ──quorum──▶ PeerSettled
-//     └─(no peer)─▶ Degraded ──bits-durable, disk-done──▶ Completed
+//     └─(no peer, quorum)─▶ Degraded ──bits-durable, disk-done──▶ Completed
 //
 // The disk half runs beside the peer half from Mirroring on (`disk-done` is legal in every step
 // from there); the request completes when both halves are done. It succeeds if at least one
@@ -16,10 +16,16 @@
 // made moves this node's disk to Failed and the write succeeds; a failure on the peer fails it
 // (the copies may differ there), unless the peer had said its disk failed (then it is marked
 // out of sync here, as for a peer that is gone).
-import type { Done } from '../volume/volume.js';
+//
+// Thin pools (invariant 10: a mirrored write allocates on both nodes or fails on both): a write
+// that needs new units here reserves them before it is sent (none free: it fails at once, sent
+// nowhere), and is applied here only once the peer has stored it. The peer answering ENOSPC
+// then fails it on both sides with neither copy changed, and the reservation is given back.
+// Neither disk is given up and the link stays up: a full pool is no failure of either.
+import type { Done, Reservation } from '../volume/volume.js';
 import type { InFlight, Piece } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
-import { errnoName, MirrorCode, MirrorError } from './mirror-errors.js';
+import { errnoName, isPoolFull, MirrorCode, MirrorError } from './mirror-errors.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { PeerMsg, STATUS_RESEND, statusErrno } from './peer-protocol.js';
 
@@ -68,6 +74,9 @@ export class MirroredWrite {
   private localError: Error | null = null;
   /** The peer acknowledged it stored: its copy of the change exists. */
   private peerHasIt = false;
+  /** Units this write will allocate here (thin pool): it is applied here after the peer's answer. */
+  private reservation: Reservation | null = null;
+  private localStarted = false;
 
   constructor(
     private readonly path: WritePath,
@@ -78,6 +87,8 @@ export class MirroredWrite {
     readonly length: number,
     private readonly piece: Piece,
     private readonly done: Done,
+    /** A WRITE's payload (thin pools reserve the units it needs). */
+    private readonly data?: Buffer,
   ) {
     this.logged = path.ctx.peer.connected;
   }
@@ -101,6 +112,8 @@ export class MirroredWrite {
         if (e.status === STATUS_RESEND) return void ctx.peer.send(this.type, this.entry!.id, this.frame);
         this.path.answered(this.entry!.id);
         ctx.tracker.answered(this.entry!);
+        if (e.status !== 0 && this.reservation && !this.localStarted && statusErrno(e.status) === 'ENOSPC' && !ctx.peerDiskFailed) return this.bothFull();
+        this.applyLocal();
         // A peer whose disk failed stores nothing: its answer, whatever it says, leaves the
         // change to this copy, marked out of sync for the resync to it later.
         if (ctx.peerDiskFailed) return this.markOutOfSync('peer-diskless');
@@ -115,8 +128,10 @@ export class MirroredWrite {
         this.error ??= new MirrorError(MirrorCode.PEER_FAILED, `the peer failed the write (${statusErrno(e.status)})`, statusErrno(e.status));
         return this.markOutOfSync('peer-failed');
       case 'link-lost':
-        if (this.step === 'Mirroring') this.markOutOfSync('link-lost');
-        return; // otherwise the peer has answered already, or the bits are on their way
+        if (this.step !== 'Mirroring') return; // the peer has answered already, or the bits are on their way
+        // A write held for the peer's answer is this node's alone now: its units are reserved.
+        this.applyLocal();
+        return this.markOutOfSync('link-lost');
       case 'bits-durable':
         if (this.step === 'Degraded') {
           if (e.err) return this.complete(e.err);
@@ -173,15 +188,21 @@ export class MirroredWrite {
       return this.complete(err);
     }
     if (!ctx.peer.connected) {
+      const askedConnected = this.logged;
       if (this.logged) al.end(this.offset, this.length);
       this.logged = false;
       const refused = this.path.alone.refusal();
       if (refused) return this.complete(refused);
-      this.step = 'Degraded';
-      this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
-      this.path.alone.wroteAlone();
-      const [first, count] = ctx.grains(this.offset, this.length);
-      return ctx.meta.markDirty(first, count, (e) => this.on({ type: 'bits-durable', err: e }));
+      if (!askedConnected) return this.degraded();
+      // Asked for while the peer was there, its turn came after the link was lost: it goes on
+      // alone only with quorum, as one asked for without the peer does (`ask`). A node that hung
+      // and wakes up to the requests still in its sockets must not acknowledge them, nor start a
+      // new generation for them: the peer may hold the grant, and its copy is the one that counts.
+      return ctx.quorum.whenWritable((err) => {
+        if (!err && ctx.peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'its turn came without the peer, which came back before quorum was decided; not applied');
+        if (err) return this.complete(err);
+        this.degraded();
+      });
     }
     // Connected again while this change waited behind others: log it first after all.
     if (!this.logged) {
@@ -189,6 +210,15 @@ export class MirroredWrite {
       this.step = 'Queued';
       return this.path.queue(this);
     }
+    // A thin volume reserves the units this write needs here before the peer is asked: if
+    // there are none, the write fails now, changed nowhere.
+    const reserved = this.data && ctx.local.reserve ? ctx.local.reserve(this.data, this.offset) : null;
+    if (reserved instanceof Error) {
+      al.end(this.offset, this.length);
+      this.logged = false;
+      return this.complete(reserved);
+    }
+    this.reservation = reserved;
     // Tracked and sent in one step, as the overlap rule needs.
     this.step = 'Mirroring';
     this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
@@ -197,8 +227,41 @@ export class MirroredWrite {
     // link (volumes renumbered after some were created or deleted online) carries the new one.
     (Buffer.isBuffer(this.frame) ? this.frame : this.frame[0]!).writeUInt32BE(ctx.index, 0);
     ctx.peer.send(this.type, this.entry.id, this.frame);
-    // The peer's copy goes out first: its round trip then overlaps with the local write.
-    ctx.peer.afterSend(() => ctx.tracker.apply(this.entry!, this.piece, (e) => this.on({ type: 'disk-done', err: e })));
+    // The peer's copy goes out first: its round trip then overlaps with the local write. One
+    // that allocates here waits for the peer's answer instead (see the file comment).
+    if (!this.reservation) ctx.peer.afterSend(() => this.applyLocal());
+  }
+
+  /** Applies the change to the local volume (once). */
+  private applyLocal(): void {
+    if (this.localStarted) return;
+    this.localStarted = true;
+    this.path.ctx.tracker.apply(this.entry!, this.piece, (e) => {
+      this.reservation?.release();
+      this.on({ type: 'disk-done', err: e });
+    });
+  }
+
+  /** The peer's pool is full too, or alone: the write fails on both nodes, neither copy changed. */
+  private bothFull(): void {
+    const ctx = this.path.ctx;
+    this.reservation!.release();
+    this.localStarted = true;
+    ctx.tracker.landed(this.entry!); // nothing to wait for: later overlapping changes go on
+    this.diskDone = true;
+    this.error ??= new MirrorError(MirrorCode.PEER_FAILED, "the peer's thin pool is full: the write failed on both nodes, neither copy changed", 'ENOSPC');
+    this.step = 'PeerSettled';
+    this.maybeComplete();
+  }
+
+  /** Without the peer, with quorum: tracked, its bits made durable, then applied here. */
+  private degraded(): void {
+    const ctx = this.path.ctx;
+    this.step = 'Degraded';
+    this.entry = ctx.track(this.offset, this.length, 'local', ctx.nextId());
+    this.path.alone.wroteAlone();
+    const [first, count] = ctx.grains(this.offset, this.length);
+    ctx.meta.markDirty(first, count, (e) => this.on({ type: 'bits-durable', err: e }));
   }
 
   private markOutOfSync(cause: NonNullable<MirroredWrite['outOfSync']>): void {
@@ -212,10 +275,23 @@ export class MirroredWrite {
     if (!this.diskDone || this.step !== 'PeerSettled') return;
     const lost = this.localError;
     if (!lost) return this.complete();
+    if (isPoolFull(lost)) return this.localFull(lost);
     if (!this.peerHasIt) return this.complete(new MirrorError(MirrorCode.LOCAL_FAILED, `the local disk failed the write (${lost.message}) and the peer does not hold it`, errnoName(lost)));
     // The peer holds it: this disk is given up (Failed) and the write succeeds.
     this.path.ctx.diskFailed(lost, 'a client write', this.offset, this.length);
     this.complete();
+  }
+
+  /**
+   * This node's pool had no unit for a change it did not reserve for (its mapping changed under
+   * it): no disk failure. If the peer stored it, the range is marked out of sync here (the next
+   * resync repairs it) and the write fails with ENOSPC.
+   */
+  private localFull(lost: Error): void {
+    const err = new MirrorError(MirrorCode.LOCAL_FAILED, `this node's thin pool is full (${lost.message})`, 'ENOSPC');
+    if (!this.peerHasIt) return this.complete(err);
+    const [first, count] = this.path.ctx.grains(this.offset, this.length);
+    this.path.ctx.meta.markDirty(first, count, () => this.complete(err));
   }
 
   private complete(err: Error | null = null): void {
@@ -275,8 +351,13 @@ export class WritePath {
   }
 
   /** A write, trim or zero: `piece` applies [from, to) of it to the local volume. */
-  change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done): void {
-    this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done));
+  change(type: PeerMsg, frame: Buffer | readonly Buffer[], offset: number, length: number, piece: Piece, done: Done, data?: Buffer): void {
+    const start = (): void => this.queue(new MirroredWrite(this, type, frame, offset, length, piece, done, data));
+    const { local } = this.ctx;
+    // A thin pool set to hold writes when full: a write that needs units waits for them before
+    // it takes its place among the changes (the others go on meanwhile); ENOSPC if none come.
+    if (!data || !local.waitForSpace) return start();
+    local.waitForSpace(data, offset, (err) => (err ? done(err) : start()));
   }
 
   /** @internal MirroredWrite: waits for its turn. */

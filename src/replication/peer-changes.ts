@@ -5,6 +5,7 @@
 import type { InFlight, Piece } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { decodeRange, decodeWriteHeader, encodeStatus, encodeStatusCode, PeerMsg, RANGE_SIZE, STATUS_RESEND, WRITE_HEADER_SIZE } from './peer-protocol.js';
+import { isPoolFull } from './mirror-errors.js';
 
 /** How a change is applied to the local volume (shared with the local write path). */
 export interface Appliers {
@@ -95,7 +96,9 @@ export class PeerChanges {
         const length = entry.end - entry.offset;
         // The local disk failed it: Failed (its DISK_FAILED goes out before this answer, so the
         // peer keeps the change as its own, marked out of sync).
-        if (err) ctx.diskFailed(err, 'a peer write', entry.offset, length);
+        // A full thin pool is no disk failure: ENOSPC goes back to the sender, which fails the
+        // write on both nodes (it applies it only after this answer when it allocates too).
+        if (err && !isPoolFull(err)) ctx.diskFailed(err, 'a peer write', entry.offset, length);
         // The peer's disk failed: this copy is the only one, its bits name what the peer lacks.
         if (!ctx.peerDiskFailed) return answer(err);
         const [first, count] = ctx.grains(entry.offset, length);

@@ -125,7 +125,8 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
       maxBody: RS_DATA_HEADER_SIZE + MAX_RESYNC_RANGE,
       scope: 'volume',
       range: { kind: 'range', maxLength: MAX_RESYNC_RANGE },
-      body: (b, r) => (b.length === RS_DATA_HEADER_SIZE + r.length ? undefined : `${b.length - RS_DATA_HEADER_SIZE} bytes of data for ${r.length}`),
+      // The data of the whole range, or none at all (RS_DATA_ZERO: the range is zeros).
+      body: (b, r) => (b.length === RS_DATA_HEADER_SIZE + r.length || b.length === RS_DATA_HEADER_SIZE ? undefined : `${b.length - RS_DATA_HEADER_SIZE} bytes of data for ${r.length}`),
       legal: onlyTarget,
     },
   ],

@@ -12,7 +12,11 @@ import { MAX_REQUEST } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 
 export const PEER_MAGIC = 0x4e424d52; // "NBMR"
-/** 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's. 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online). */
+/**
+ * 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's.
+ * 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online); an RS_DATA without data says its range is
+ *    all zeros (RS_DATA_ZERO).
+ */
 export const PEER_VERSION = 3;
 export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
@@ -136,6 +140,13 @@ export function decodeRuns(body: Buffer): Array<{ start: number; length: number 
 
 /** Bytes of an RS_DATA body before the data: range, digest. */
 export const RS_DATA_HEADER_SIZE = 24;
+/**
+ * The seal flag of an RS_DATA that carries no data: its range is all zeros on the source (a
+ * hole of a thin volume, or zeros written), and the target zeroes it — a thin volume frees its
+ * units — instead of receiving and writing the zeros (a mostly empty volume syncs in time
+ * proportional to its data).
+ */
+export const RS_DATA_ZERO = 1;
 /**
  * The digest a data frame carries: XXH3-64 of the data, mixed with the frame's offset and flags
  * so that a flipped bit in them is caught as surely as one in the data.

@@ -1,6 +1,7 @@
 // The source side of every request for a range of data (resync, checksum resync, a stale
 // read, verify): the range is tracked like a write — it is read once every earlier change to it
 // is on disk, and changes that start later wait until it is read — then answered.
+import { AllocState } from '../protocol/constants.js';
 import type { MirrorContext } from './mirror-context.js';
 
 /**
@@ -11,7 +12,18 @@ import type { MirrorContext } from './mirror-context.js';
  * into a hot-path slot, given back when `answer` returns — only for answers that send digests,
  * never the data itself (the link may still hold a sent buffer).
  */
-export function answerRange(ctx: MirrorContext, frame: string, id: bigint, body: Buffer, offset: number, length: number, inSlot: boolean, answer: (err: Error | null, data: Buffer) => void): void {
+export function answerRange(
+  ctx: MirrorContext,
+  frame: string,
+  id: bigint,
+  body: Buffer,
+  offset: number,
+  length: number,
+  inSlot: boolean,
+  answer: (err: Error | null, data: Buffer) => void,
+  /** A range the local volume reports as one hole is answered with no data at all (not read). */
+  holesEmpty = false,
+): void {
   const entry = ctx.track(offset, length, 'resync', id);
   let ended = false;
   const end = (): void => {
@@ -20,25 +32,43 @@ export function answerRange(ctx: MirrorContext, frame: string, id: bigint, body:
     ctx.tracker.release(entry);
     ctx.peer.release(body);
   };
+  const read = (): void => {
+    let data: Buffer;
+    try {
+      data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
+    } catch (err) {
+      end();
+      throw err;
+    }
+    ctx.local.read(
+      data,
+      offset,
+      ctx.guard(frame, (err) => {
+        try {
+          ctx.tracker.release(entry);
+          answer(err, data);
+        } finally {
+          if (inSlot) ctx.hot.slots.release(data);
+          end();
+        }
+      }),
+    );
+  };
   ctx.tracker.afterEarlier(
     entry,
     ctx.guard(frame, () => {
-      let data: Buffer;
-      try {
-        data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
-      } catch (err) {
-        end();
-        throw err;
-      }
-      ctx.local.read(
-        data,
+      if (!holesEmpty) return read();
+      ctx.local.extents(
         offset,
-        ctx.guard(frame, (err) => {
+        length,
+        2,
+        ctx.guard(frame, (err, extents) => {
+          const hole = !err && extents.length === 1 && extents[0]!.length === length && (extents[0]!.flags & AllocState.HOLE) !== 0;
+          if (!hole) return read();
           try {
             ctx.tracker.release(entry);
-            answer(err, data);
+            answer(null, EMPTY);
           } finally {
-            if (inSlot) ctx.hot.slots.release(data);
             end();
           }
         }),
@@ -46,3 +76,5 @@ export function answerRange(ctx: MirrorContext, frame: string, id: bigint, body:
     }),
   );
 }
+
+const EMPTY = Buffer.alloc(0);

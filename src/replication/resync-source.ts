@@ -6,7 +6,7 @@
 import type { MirrorContext } from './mirror-context.js';
 import { answerRange } from './range-answer.js';
 import type { ResyncRun } from './resync.js';
-import { decodeRange, encodeDigest, encodeRange, PeerMsg, sealDigest } from './peer-protocol.js';
+import { decodeRange, encodeDigest, encodeRange, PeerMsg, RS_DATA_ZERO, sealDigest } from './peer-protocol.js';
 
 export class ResyncSource {
   constructor(
@@ -14,14 +14,22 @@ export class ResyncSource {
     readonly run: ResyncRun,
   ) {}
 
-  /** RS_REQUEST: the whole range, once every earlier change to it is on disk. */
+  /**
+   * RS_REQUEST: the whole range, once every earlier change to it is on disk — or, when it is all
+   * zeros (a hole of a thin volume or sparse file: not even read), an RS_DATA without data that
+   * the target zeroes.
+   */
   onRequest(id: bigint, body: Buffer): void {
     const { offset, length } = decodeRange(body);
     answerRange(this.ctx, 'RS_REQUEST', id, body, offset, length, false, (err, data) => {
       if (err) return this.cannotRead(err, offset, length);
+      if (data.length === 0 || this.ctx.hot.allZero(data)) {
+        const none = data.subarray(0, 0);
+        return void this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(none), offset, RS_DATA_ZERO))]);
+      }
       this.ctx.counters.resyncWireBytes += data.length;
       this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
-    });
+    }, true);
   }
 
   /** RS_CSUM_REQUEST: compared with the target's digests; only the blocks that differ are sent. */

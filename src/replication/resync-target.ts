@@ -4,9 +4,11 @@
 // range wait for its data. Copied data is made durable at checkpoints before bits are cleared
 // and acknowledged (RS_ACK), so a power loss cannot leave a range counted in sync that never
 // reached this disk; a resync cut short resumes from the last checkpoint.
+import { AllocState } from '../protocol/constants.js';
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
-import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
+import { isPoolFull } from './mirror-errors.js';
+import { MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, RS_DATA_ZERO, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
 import type { ResyncRun } from './resync.js';
 
 /** Largest range one resync request asks for (the peer refuses larger ones). */
@@ -17,6 +19,8 @@ const RESYNC_CHUNK_BUSY = 256 * 1024;
 const RESYNC_WINDOW = 8;
 /** A resync target makes copied data durable and clears its bits every this many bytes. */
 const RESYNC_CHECKPOINT = 64 * 1024 * 1024;
+/** …or every this many ranges (zero ranges over holes here change nothing and count no bytes). */
+const RESYNC_CHECKPOINT_RANGES = 4096;
 
 /** Where the target is: waiting for the source's dirty runs, pulling ranges, or at its last checkpoint. */
 export type TargetPhase = 'AwaitingRuns' | 'Pulling' | 'Finishing';
@@ -33,6 +37,8 @@ export interface ResyncData {
   readonly diff: boolean;
   /** RS_DATA: the sealed digest to check the data against. */
   readonly digest?: bigint;
+  /** RS_DATA without data: the range is zeros on the source (RS_DATA_ZERO). */
+  readonly zero: boolean;
 }
 
 export class ResyncTarget {
@@ -144,10 +150,11 @@ export class ResyncTarget {
     const matches = range.offset === entry.offset && range.length === entry.end - entry.offset;
     if (type === PeerMsg.RS_DIFF) {
       const { pieces, intact } = this.ctx.compare.decodeDiff(body);
-      return { entry, range, pieces, intact, matches, diff: true };
+      return { entry, range, pieces, intact, matches, diff: true, zero: false };
     }
     const data = body.subarray(RS_DATA_HEADER_SIZE);
-    return { entry, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE) };
+    const zero = data.length === 0 && range.length > 0;
+    return { entry, range, pieces: [{ offset: range.offset, data }], intact: true, matches, diff: false, digest: readDigest(body, RANGE_SIZE), zero };
   }
 
   /** Writes the resync data (later writes to the range wait for it), then accounts for it (see checkpoint). */
@@ -159,7 +166,7 @@ export class ResyncTarget {
       intact = d.intact && d.matches;
       if (!intact) ctx.countDamage(id, entry.offset, entry.end - entry.offset);
     } else {
-      intact = ctx.intact(id, pieces[0]!.data, range.offset, 0, d.digest!);
+      intact = ctx.intact(id, pieces[0]!.data, range.offset, d.zero ? RS_DATA_ZERO : 0, d.digest!);
     }
     if (!intact) {
       ctx.peer.release(body);
@@ -170,6 +177,8 @@ export class ResyncTarget {
     ctx.intactAgain(id);
     let left = pieces.length;
     let error: Error | null = null;
+    /** The range changed nothing here (zeros over a hole): no data to make durable. */
+    let unchanged = false;
     const written = (err: Error | null): void => {
       error ??= err;
       if (--left > 0) return;
@@ -179,20 +188,31 @@ export class ResyncTarget {
         ctx.counters.resyncedBytes += range.length;
         for (const p of pieces) ctx.counters.resyncWireBytes += p.data.length;
         this.unsynced.push({ id, offset: range.offset, length: range.length });
-        this.unsyncedBytes += range.length;
+        if (!unchanged) this.unsyncedBytes += range.length;
       }
       ctx.tracker.release(entry);
       this.requests--;
       if (error) {
-        ctx.diskFailed(error, 'a resync write', range.offset, range.length);
+        // A full thin pool stops the resync (it resumes on a later connection, once there is
+        // space); it is no disk failure.
+        if (!isPoolFull(error)) ctx.diskFailed(error, 'a resync write', range.offset, range.length);
         return this.end(error);
       }
       // Every 64 MiB the copied data is made durable and its bits cleared (see checkpoint).
-      if (this.unsyncedBytes >= RESYNC_CHECKPOINT) this.checkpoint();
+      if (this.unsyncedBytes >= RESYNC_CHECKPOINT || this.unsynced.length >= RESYNC_CHECKPOINT_RANGES) this.checkpoint();
       this.pullMore();
     };
     if (left === 0) return void ((left = 1), written(null));
     const writtenSafely = ctx.guard('RS_DATA', written);
+    // Zeros: a thin volume frees the range's units, a raw file punches a hole; over a hole here
+    // there is nothing to do (a full sync of a mostly empty volume is mostly this).
+    if (d.zero) {
+      return ctx.local.extents(range.offset, range.length, 2, ctx.guard('RS_DATA', (err, extents) => {
+        unchanged = !err && extents.length === 1 && extents[0]!.length === range.length && (extents[0]!.flags & AllocState.HOLE) !== 0;
+        if (unchanged) return writtenSafely(null);
+        ctx.local.zero(range.offset, range.length, { noHole: false, fastZero: false, fua: false }, writtenSafely);
+      }));
+    }
     for (const p of pieces) ctx.local.write(p.data, p.offset, false, writtenSafely);
   }
 

@@ -25,7 +25,7 @@ export interface NbdTlsSettings {
  * TLS 1.3 (any key exchange), then TLS 1.2 PSK suites with AEAD only (ECDHE first, for forward
  * secrecy): Node's default list drops every PSK suite, and gnutls clients offer TLS 1.2 PSK too.
  */
-const PSK_CIPHERS = [
+export const PSK_CIPHERS = [
   'TLS_AES_256_GCM_SHA384',
   'TLS_CHACHA20_POLY1305_SHA256',
   'TLS_AES_128_GCM_SHA256',
@@ -34,6 +34,17 @@ const PSK_CIPHERS = [
   'PSK-CHACHA20-POLY1305',
   'PSK-AES128-GCM-SHA256',
 ].join(':');
+
+/** A file of a certificates directory (nbdkit's and libnbd's layout); a missing optional one is undefined. */
+export function readCertificateFile(dir: string, name: string, optional: boolean): Buffer | undefined {
+  const path = join(dir, name);
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+}
 
 /** What a finished TLS handshake gives the connection. */
 export interface TlsPeer {
@@ -61,15 +72,7 @@ export class NbdTls {
       return new NbdTls(s.mode, { ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2' }, loadPskFile(s.psk));
     }
     if (s.certificates === undefined) throw new ConfigError(`TLS mode "${s.mode}" needs a certificates directory or a PSK file`);
-    const read = (name: string, optional = false): Buffer | undefined => {
-      const path = join(s.certificates!, name);
-      try {
-        return readFileSync(path);
-      } catch (err) {
-        if (optional && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw new ConfigError(`cannot read ${path}: ${(err as Error).message}`);
-      }
-    };
+    const read = (name: string, optional = false) => readCertificateFile(s.certificates!, name, optional);
     const options: tls.TlsOptions = {
       ca: read('ca-cert.pem'),
       cert: read('server-cert.pem'),

@@ -77,10 +77,21 @@ export class NbdServer {
     });
   }
 
+  /** Listens on a unix socket (the attach endpoint's `nbd+unix://` address for local clients). */
+  listenPath(path: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(path, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
   private accept(accepted: net.Socket): void {
     if (this.connections.size >= this.limits.maxConnections) return this.refuse(accepted);
     const id = this.nextId++;
-    const log = this.log.child({ conn: id, remote: `${accepted.remoteAddress}:${accepted.remotePort}` });
+    const log = this.log.child({ conn: id, remote: accepted.remoteAddress === undefined ? 'unix socket' : `${accepted.remoteAddress}:${accepted.remotePort}` });
     log.info('connection opened');
     let conn: Connection | undefined;
     const socket = adoptWithOnRead(accepted, {

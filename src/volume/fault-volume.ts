@@ -4,7 +4,7 @@
 // `delayMs`, then fails with `errno` (the volume below never sees it, so nothing is written) or,
 // with no errno, goes on down. Everything else (extents, cache, capabilities) passes through.
 import os from 'node:os';
-import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
+import type { Reservation, Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './volume.js';
 
 /** `any-write` is every request that changes the volume or asks for durability. */
 export type FaultOp = 'read' | 'write' | 'trim' | 'zero' | 'flush' | 'any-write';
@@ -110,6 +110,16 @@ export class FaultVolume implements Volume {
 
   zero(offset: number, length: number, opts: ZeroOptions, done: Done): void {
     this.gate('zero', offset, length, done, (d) => this.inner.zero(offset, length, opts, d));
+  }
+
+  /** Passed through: a thin volume's reservations work under the fault layer too (none on a raw file). */
+  reserve(buf: Buffer, offset: number): Reservation | Error | null {
+    return this.inner.reserve?.(buf, offset) ?? null;
+  }
+
+  waitForSpace(buf: Buffer, offset: number, done: Done): void {
+    if (!this.inner.waitForSpace) return done(null);
+    this.inner.waitForSpace(buf, offset, done);
   }
 
   zeroesFast(): boolean {

@@ -17,7 +17,7 @@ import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from './vo
 export type IoMode = 'auto' | 'sync' | 'async' | 'mmap';
 
 /** In `auto` mode, transfers of at least this many bytes go to the thread pool. */
-const ASYNC_MIN = 64 * 1024;
+export const ASYNC_MIN = 64 * 1024;
 
 export interface FileVolumeOptions {
   /** Size for a file that does not exist yet (created sparse). Without it a missing file is an error. */
@@ -254,6 +254,19 @@ export class FileVolume implements Volume {
       return done(err as Error, []);
     }
     done(null, out);
+  }
+
+  /** Bytes of the file that hold data (not holes), for status: a SEEK_DATA/SEEK_HOLE walk. */
+  allocatedBytes(): number {
+    let total = 0;
+    for (let pos = 0; pos < this.size; ) {
+      const data = fileOps.seekData(this.fd, pos);
+      if (data < 0 || data >= this.size) break;
+      const hole = Math.min(fileOps.seekHole(this.fd, data), this.size);
+      total += hole - data;
+      pos = hole;
+    }
+    return total;
   }
 
   async close(): Promise<void> {

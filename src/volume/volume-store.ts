@@ -1,8 +1,8 @@
 // Where a node keeps the data of its volumes, by name: the lifecycle steps the volume layer
 // offers above the Volume interface (open, grow, destroy), so creating, growing and deleting a
 // volume online does not depend on how its bytes are stored. FileStore keeps one sparse file per
-// volume (DATADIR/NAME.img); a thin pool implements the same interface, with `destroy` freeing
-// the volume's allocation units and `grow` only raising its virtual size.
+// volume (DATADIR/NAME.img); a thin pool implements the same interface (pool/pool-store.ts), with
+// `destroy` freeing the volume's allocation units and `grow` only raising its virtual size.
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { removeFileDurably } from '../durable.js';
@@ -13,6 +13,8 @@ import type { Volume } from './volume.js';
 export interface StoredVolume extends Volume {
   /** Grows to `size` bytes while served (the new range reads as zeroes), durably. */
   grow(size: number): void;
+  /** Bytes that hold data on this node (a raw file's allocated blocks, a thin volume's mapped units). */
+  allocatedBytes(): number;
 }
 
 export interface VolumeStore {

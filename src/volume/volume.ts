@@ -36,6 +36,11 @@ export interface VolumeCapabilities {
   readonly multiConn: boolean;
 }
 
+/** Units a thin volume promised to one write (see Volume.reserve); given back once it is done. */
+export interface Reservation {
+  release(): void;
+}
+
 export interface Volume {
   readonly size: number;
   readonly capabilities: VolumeCapabilities;
@@ -57,6 +62,18 @@ export interface Volume {
    * with ENOTSUP): lets an upper layer refuse one before anything changes anywhere.
    */
   zeroesFast?(): boolean;
+  /**
+   * Thin volumes: promises the space a write of `buf` at `offset` will need, so that write cannot
+   * then fail with ENOSPC. Null when it needs none, an ENOSPC error when the space is not free.
+   * A mirrored write reserves before it sends to the peer (both nodes allocate or both fail).
+   */
+  reserve?(buf: Buffer, offset: number): Reservation | Error | null;
+  /**
+   * Thin volumes: calls back once a write of `buf` at `offset` would find its units free — at
+   * once, or (a pool set to hold writes) when space appears; ENOSPC if it does not in time.
+   * Not binding: `reserve` still decides. A mirrored write waits here before it takes its place.
+   */
+  waitForSpace?(buf: Buffer, offset: number, done: Done): void;
   /** Advisory prefetch. */
   cache(offset: number, length: number, done: Done): void;
   /** Allocation status from `offset`, at most `max` extents, covering at most `length` bytes. */

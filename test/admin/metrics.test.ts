@@ -2,22 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/admin/metrics.js';
 import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
+import { volumeStatus } from '../support/volume-status.js';
 
-const volume = (over: Partial<VolumeStatus>): VolumeStatus => ({
-  connection: 'Connected',
-  replication: 'Connected',
-  peerDiskFailed: false,
-  disk: 'UpToDate',
-  outOfSyncBytes: 0,
-  resync: null,
-  resyncedBytesTotal: 0,
-  integrityErrors: 0,
-  activityLogUpdates: 0,
-  verify: null,
-  quorum: 'connected',
-  lastResync: null,
-  ...over,
-});
+const volume = volumeStatus;
 
 /** The value of one series in exposition text, or undefined. */
 function value(text: string, series: string): number | undefined {
@@ -66,5 +53,39 @@ describe('metrics', () => {
     expect(value(text, 'nbd_mirror_volume_verify_out_of_sync_bytes{volume="vol0"}')).toBe(8192);
     expect(value(text, 'nbd_mirror_volume_out_of_sync_bytes{volume="vol1"}')).toBeUndefined(); // gone volumes vanish
     expect(text).toMatch(/# TYPE nbd_mirror_volume_resynced_bytes_total counter/);
+  });
+
+  it('exposes the thin pool when the node has one, and nothing of it otherwise', async () => {
+    const pool: NonNullable<NodeStatus['pool']> = {
+      path: '/p',
+      sizeBytes: 100,
+      usedBytes: 80,
+      freeBytes: 20,
+      pendingFreeBytes: 0,
+      unitBytes: 1,
+      maxSizeBytes: 400,
+      virtualBytes: 300,
+      overcommit: 3,
+      usedPercent: 80,
+      thresholds: [75, 90],
+      thresholdsCrossed: [75],
+      onFull: 'error',
+      enospcErrors: 4,
+      metadata: { commits: 5, journalBlocks: 6, checkpoints: 1, syncs: 11, pendingRecords: 0 },
+    };
+    let status: Pick<NodeStatus, 'volumes' | 'pool'> = { volumes: { vol0: volume({ allocatedBytes: 80 }) }, pool };
+    const m = createMetrics(() => status);
+    let text = await m.scrape();
+    expect(value(text, 'nbd_mirror_pool_size_bytes{pool="/p"}')).toBe(100);
+    expect(value(text, 'nbd_mirror_pool_used_bytes{pool="/p"}')).toBe(80);
+    expect(value(text, 'nbd_mirror_pool_virtual_bytes{pool="/p"}')).toBe(300);
+    expect(value(text, 'nbd_mirror_pool_used_ratio{pool="/p"}')).toBe(0.8);
+    expect(value(text, 'nbd_mirror_pool_thresholds_crossed{pool="/p"}')).toBe(1);
+    expect(value(text, 'nbd_mirror_pool_threshold_percent{pool="/p",threshold="90"}')).toBe(90);
+    expect(value(text, 'nbd_mirror_pool_enospc_errors_total{pool="/p"}')).toBe(4);
+    expect(value(text, 'nbd_mirror_volume_allocated_bytes{volume="vol0"}')).toBe(80);
+    status = { volumes: { vol0: volume({}) } };
+    text = await m.scrape();
+    expect(value(text, 'nbd_mirror_pool_size_bytes{pool="/p"}')).toBeUndefined();
   });
 });

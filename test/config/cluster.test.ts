@@ -12,6 +12,8 @@ const example = {
   volumes: { vol0: { size: '1G' } },
 };
 
+const c0 = () => parseClusterConfig(example);
+
 describe('cluster config', () => {
   it('accepts the documented example and resolves sizes and addresses', () => {
     const c = parseClusterConfig(example);
@@ -23,6 +25,18 @@ describe('cluster config', () => {
     expect(() => parseClusterConfig({ ...example, name: 'two words' })).toThrow(/name: use 1-64 letters/);
     expect(c.link).toEqual({ timeoutMs: 2000, heartbeatMs: 500, ackTimeoutMs: 10_000 });
     expect(c.activityLog).toEqual({ extent: 4 * 2 ** 20, extents: 1000 });
+  });
+
+  it('takes a thin pool with its defaults and per-node overrides, and refuses odd units', () => {
+    expect(c0().pool).toBeUndefined();
+    const c = parseClusterConfig({ ...example, pool: { size: '100G' }, nodes: { ...example.nodes, b: { ...example.nodes.b, pool: { path: '/dev/md0', size: '120G' } } } });
+    expect(c.pool).toEqual({ size: 100 * 2 ** 30, unit: 2 ** 20, onFull: 'error', holdTimeout: 30_000, thresholds: [75, 90] });
+    expect(c.nodes.b!.pool).toEqual({ path: '/dev/md0', size: 120 * 2 ** 30 });
+    expect(parseClusterConfig({ ...example, pool: { size: '1G', unit: '64K', onFull: 'queue', holdTimeout: '5s', thresholds: [50] } }).pool).toMatchObject({ unit: 65536, onFull: 'queue', holdTimeout: 5000, thresholds: [50] });
+    expect(() => parseClusterConfig({ ...example, pool: { size: '1G', unit: '96K' } })).toThrow(/pool\.unit: must be a power of two from 64K to 64M/);
+    expect(() => parseClusterConfig({ ...example, pool: { size: '1G', thresholds: [150] } })).toThrow(/pool\.thresholds/);
+    expect(() => parseClusterConfig({ ...example, pool: {} })).toThrow(/pool\.size/);
+    expect(() => parseClusterConfig({ ...example, nodes: { ...example.nodes, a: { ...example.nodes.a, pool: { size: '1G' } } } })).toThrow(/nodes\.a\.pool: a node pool override needs the cluster's "pool" section/);
   });
 
   it('takes the activity log size and refuses odd extents', () => {

@@ -7,7 +7,7 @@ describe('hot-path memory and slots', () => {
   it('the module exports every kernel the facade uses', () => {
     const names = Object.keys(instantiate()).sort();
     expect(names).toEqual(
-      ['bmCount', 'bmFill', 'bmNextClear', 'bmNextSet', 'bmOr', 'bmRuns', 'diffBitmap', 'diffNext', 'diffRuns', 'heapBase', 'memory', 'xxh3', 'xxh3Blocks'].sort(),
+      ['bmCount', 'bmFill', 'bmNextClear', 'bmNextSet', 'bmOr', 'bmRuns', 'diffBitmap', 'diffNext', 'diffRuns', 'heapBase', 'isZero', 'memory', 'xxh3', 'xxh3Blocks'].sort(),
     );
   });
 

@@ -365,6 +365,29 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.generation).toEqual(before); // this node did not start writing alone
   });
 
+  it('a write asked for with the peer there, whose turn comes after the link is lost, goes on alone only with quorum', async () => {
+    // A node that hung wakes up to requests in its sockets: it reads them while its link still
+    // looks up, and loses the link before their turn. They must wait for the quorum gate (and
+    // fail when it says no): never acknowledged alone, no new generation (found by attach's
+    // SIGSTOP test: the woken node's generation moved and the pair saw a split brain).
+    const held: Array<(err: Error | null) => void> = [];
+    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { mv, meta, peer, types } = withStubPeer('a', quorum);
+    const before = meta.generation;
+    let result: Error | null | undefined;
+    mv.write(Buffer.alloc(4096, 9), 0, false, (e) => (result = e)); // its activity-log write is under way
+    peer.connected = false;
+    mv.peerLost('link lost');
+    await until(() => held.length === 1);
+    expect(result).toBeUndefined();
+    expect(types()).not.toContain(PeerMsg.WRITE);
+    held[0]!(Object.assign(new Error('witness refused'), { code: 'EIO' }));
+    await until(() => result !== undefined);
+    expect(result).toMatchObject({ message: 'witness refused' });
+    expect(meta.generation).toEqual(before);
+    expect(meta.bitmap.count()).toBe(0);
+  });
+
   it('a write the peer fails is reported failed and marked out of sync, so the copies never differ unnoticed', async () => {
     const { mv, meta, sent } = withStubPeer('a');
     const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);

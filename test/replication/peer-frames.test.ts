@@ -1,6 +1,6 @@
 // The receiver table's cost of a frame in work (the peer link's receive budget).
 import { describe, expect, it } from 'vitest';
-import { workCost } from '../../src/replication/peer-frames.js';
+import { checkVolumeFrame, workCost } from '../../src/replication/peer-frames.js';
 import { encodeRange, MAX_RESYNC_RANGE, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 
 const MiB = 1024 * 1024;
@@ -26,5 +26,15 @@ describe('work cost of a peer frame', () => {
 
   it('is none for the link\'s own frames: they are no volume\'s work', () => {
     for (const type of [PeerMsg.PING, PeerMsg.PONG, PeerMsg.LEAVING, PeerMsg.ERROR, PeerMsg.HELLO]) expect(cost(type, Buffer.alloc(0))).toBeUndefined();
+  });
+});
+
+describe('RS_DATA shapes', () => {
+  const facts = { index: 0, size: 64 * MiB, blockSize: 4096, phase: { resync: 'target' as const, peerRunsIn: true } };
+  const rsData = (length: number, data: number) => Buffer.concat([encodeRange(0, MiB, length), Buffer.alloc(8), Buffer.alloc(data)]);
+  it('takes the range\'s data, or none at all (the range is zeros), and nothing in between', () => {
+    expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24 + MiB), rsData(MiB, MiB), facts)).not.toThrow();
+    expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24), rsData(MiB, 0), facts)).not.toThrow();
+    expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24 + 4096), rsData(MiB, 4096), facts)).toThrow(/4096 bytes of data for 1048576/);
   });
 });

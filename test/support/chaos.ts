@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
 import { pairPorts, until, volumeStatus, witnessGrants, type PairPorts } from './cluster.js';
 import { NbdClient } from './nbd-client.js';
+import { mountPowerCut, type PowerCutMount } from './powercut.js';
 import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
 import { toolEnv } from './tools.js';
 import { blockContent } from './write-ledger.js';
@@ -34,11 +35,15 @@ export interface ChaosCluster {
   readonly acked: Uint32Array;
   readonly maybe: Map<number, number[]>;
   nextWriteId: number;
+  /** Power-cut mode: each node's data directory is on a power-cut filesystem (powercut.ts). */
+  readonly power?: Record<'a' | 'b', { backing: string; mountpoint: string; mount: PowerCutMount }>;
 }
 
 export interface RoundResult {
   round: number;
   killed: 'a' | 'b';
+  /** Power-cut mode: what the cut dropped (unsynced sectors). */
+  cut?: { how: string; sectors: number };
   killAfterMs: number;
   writesAcked: number;
   survivorDirtyBytes: number;
@@ -49,26 +54,51 @@ export interface RoundResult {
   seconds: number;
 }
 
-export async function startChaosCluster(dir: string, opts: { witness?: boolean } = {}): Promise<ChaosCluster> {
+/** `pool`: the volume is a thin volume in a pool of each node (64 KiB units, room for all of it). */
+export async function startChaosCluster(dir: string, opts: { witness?: boolean; power?: boolean; pool?: boolean } = {}): Promise<ChaosCluster> {
   const ports = await pairPorts();
+  const power = opts.power ? await powerMounts(dir) : undefined;
+  const dataDir = (n: 'a' | 'b') => power?.[n].mountpoint ?? n;
   const config = join(dir, 'cluster.json');
   const witness = opts.witness ? await startWitnessProcess(join(dir, 'witness.json')) : undefined;
   writeFileSync(
     config,
     JSON.stringify({
       nodes: {
-        a: { nbd: `127.0.0.1:${ports.nbdA}`, peer: `127.0.0.1:${ports.peerA}`, admin: `127.0.0.1:${ports.adminA}`, dataDir: 'a' },
-        b: { nbd: `127.0.0.1:${ports.nbdB}`, peer: `127.0.0.1:${ports.peerB}`, admin: `127.0.0.1:${ports.adminB}`, dataDir: 'b' },
+        a: { nbd: `127.0.0.1:${ports.nbdA}`, peer: `127.0.0.1:${ports.peerA}`, admin: `127.0.0.1:${ports.adminA}`, dataDir: dataDir('a') },
+        b: { nbd: `127.0.0.1:${ports.nbdB}`, peer: `127.0.0.1:${ports.peerB}`, admin: `127.0.0.1:${ports.adminB}`, dataDir: dataDir('b') },
       },
       volumes: { vol0: { size: CHAOS_SIZE } },
       activityLog: { extent: CHAOS_AL.extent, extents: CHAOS_AL.extents },
+      ...(opts.pool ? { pool: { size: CHAOS_SIZE + 16 * MiB, unit: 64 * 1024 } } : {}),
       ...(witness ? { witness: `127.0.0.1:${witness.port}` } : {}),
     }),
   );
   const nodes = { a: await startClusterNode(config, 'a'), b: await startClusterNode(config, 'b') };
-  const c: ChaosCluster = { dir, ports, config, nodes, witness, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1 };
+  const c: ChaosCluster = { dir, ports, config, nodes, witness, acked: new Uint32Array(CHAOS_SIZE / BLOCK), maybe: new Map(), nextWriteId: 1, power };
   await untilHealthy(c);
   return c;
+}
+
+async function powerMounts(dir: string): Promise<NonNullable<ChaosCluster['power']>> {
+  const one = async (n: 'a' | 'b') => {
+    const backing = join(dir, `${n}-disk`);
+    const mountpoint = join(dir, `${n}-mnt`);
+    return { backing, mountpoint, mount: await mountPowerCut(backing, mountpoint) };
+  };
+  return { a: await one('a'), b: await one('b') };
+}
+
+/** Ends node `n` at once: kill -9, and in power-cut mode the unsynced data goes too (then the disk is back). */
+async function crash(c: ChaosCluster, n: 'a' | 'b', rnd: () => number): Promise<RoundResult['cut']> {
+  await c.nodes[n].stop('SIGKILL');
+  const p = c.power?.[n];
+  if (!p) return undefined;
+  const torn = rnd() < 0.5;
+  const seed = Math.floor(rnd() * 1e9);
+  const dropped = await p.mount.cut(torn ? { torn: seed } : 'all');
+  p.mount = await mountPowerCut(p.backing, p.mountpoint);
+  return { how: torn ? `torn, seed ${seed}` : 'all', sectors: dropped.sectors };
 }
 
 const admin = (c: ChaosCluster, n: 'a' | 'b') => (n === 'a' ? c.ports.adminA : c.ports.adminB);
@@ -178,7 +208,7 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
   const fioRun = fio(c, survivor);
   const killAfterMs = 150 + Math.floor(rnd() * 600);
   await new Promise((r) => setTimeout(r, killAfterMs));
-  await c.nodes[killed].stop('SIGKILL');
+  const cut = await crash(c, killed, rnd);
   // The survivor notices (link timeout) and goes on writing alone for a moment.
   await until(async () => (await volumeStatus(admin(c, survivor))).connection !== 'Connected', 10_000);
   await new Promise((r) => setTimeout(r, 200));
@@ -198,15 +228,17 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
   if (v.code !== 0 || v.outOfSyncBytes !== 0) throw new Error(`round ${round}: verify after resync: exit ${v.code}, ${v.outOfSyncBytes} bytes out of sync ${v.stderr}`);
   const problems = [...(await checkContents(c, 'a')), ...(await checkContents(c, 'b'))];
   if (problems.length > 0) throw new Error(`round ${round}: acknowledged writes lost:\n${problems.join('\n')}`);
-  return { round, killed, killAfterMs, writesAcked, survivorDirtyBytes, resyncedBytes, wireBytes, boundBytes, verifyOutOfSyncBytes: v.outOfSyncBytes, seconds: (Date.now() - t0) / 1000 };
+  return { round, killed, cut, killAfterMs, writesAcked, survivorDirtyBytes, resyncedBytes, wireBytes, boundBytes, verifyOutOfSyncBytes: v.outOfSyncBytes, seconds: (Date.now() - t0) / 1000 };
 }
 
 export async function stopChaosCluster(c: ChaosCluster): Promise<void> {
   for (const n of Object.values(c.nodes)) await n.stop('SIGKILL');
   await c.witness?.stop('SIGKILL');
+  for (const p of Object.values(c.power ?? {})) await p.mount.stop();
 }
 
 export function formatRound(r: RoundResult): string {
   const mib = (n: number) => `${(n / MiB).toFixed(2)} MiB`;
-  return `round ${String(r.round).padStart(3)}: killed ${r.killed} after ${String(r.killAfterMs).padStart(3)} ms, ${String(r.writesAcked).padStart(5)} writes acked, survivor dirty ${mib(r.survivorDirtyBytes)}, resynced ${mib(r.resyncedBytes)} (bound ${mib(r.boundBytes)}), on the wire ${mib(r.wireBytes)}, verify 0 B out of sync, ${r.seconds.toFixed(1)} s`;
+  const how = r.cut ? `power cut of ${r.killed} (${r.cut.how}: ${r.cut.sectors} unsynced sectors dropped)` : `killed ${r.killed}`;
+  return `round ${String(r.round).padStart(3)}: ${how} after ${String(r.killAfterMs).padStart(3)} ms, ${String(r.writesAcked).padStart(5)} writes acked, survivor dirty ${mib(r.survivorDirtyBytes)}, resynced ${mib(r.resyncedBytes)} (bound ${mib(r.boundBytes)}), on the wire ${mib(r.wireBytes)}, verify 0 B out of sync, ${r.seconds.toFixed(1)} s`;
 }

@@ -3,7 +3,10 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import type { VolumeStatus } from '../../src/replication/cluster-node.js';
-import { freePort } from './processes.js';
+import { freePort, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
+import type { AttachStatus } from '../../src/attach/attach.js';
+import type { AttachVolumeStatus } from '../../src/attach/attach-volume.js';
+import { httpRequest } from '../../src/net/http-request.js';
 
 export interface PairPorts {
   nbdA: number;
@@ -67,3 +70,44 @@ export async function until(cond: () => boolean | Promise<boolean>, ms = 15_000)
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** `nbd-mirror attach`'s status of a volume (its GET /status, what `nbd-mirror status --attach` prints). */
+export async function attachStatus(adminPort: number, volume = 'vol0'): Promise<AttachVolumeStatus> {
+  const res = await httpRequest({ host: '127.0.0.1', port: adminPort }, 'GET', '/status', { timeoutMs: 5000 });
+  return (JSON.parse(res.body) as AttachStatus).volumes[volume]!;
+}
+
+/** Both nodes connected, UpToDate, nothing to resync on either side. */
+export async function pairInSync(p: PairPorts): Promise<boolean> {
+  const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
+  return sa.connection === 'Connected' && sb.connection === 'Connected' && sa.disk === 'UpToDate' && sb.disk === 'UpToDate' && sa.outOfSyncBytes === 0 && sb.outOfSyncBytes === 0 && sa.resync === null && sb.resync === null;
+}
+
+export interface StartedPair {
+  p: PairPorts;
+  config: string;
+  a: RunningServer;
+  b: RunningServer;
+}
+
+/**
+ * A pair in `dir` (config `dir/cluster.json`, data in `dir/a`, `dir/b`), with a witness unless
+ * `witness` is false, started and in sync. Every process it starts goes into `procs` (cleanup).
+ */
+export async function startPair(dir: string, size: string, procs: RunningServer[], extra: Parameters<typeof writePairConfig>[4] & { witness?: false } = {}): Promise<StartedPair> {
+  const p = await pairPorts();
+  const { witness: noWitness, ...rest } = extra;
+  let witness: string | undefined;
+  if (noWitness !== false) {
+    const w = await startWitnessProcess(join(dir, 'witness.json'));
+    procs.push(w);
+    witness = `127.0.0.1:${w.port}`;
+  }
+  const config = writePairConfig(join(dir, 'cluster.json'), p, size, p.peerB, { ...(witness && { witness }), ...rest });
+  const a = await startClusterNode(config, 'a');
+  const b = await startClusterNode(config, 'b');
+  procs.push(a, b);
+  await until(() => pairInSync(p), 30_000);
+  return { p, config, a, b };
+}
+

@@ -1,25 +1,25 @@
 // A small NBD client for tests (and, later, replication tests): fixed-newstyle handshake,
-// structured replies, base:allocation, pipelined requests answered out of order.
+// structured replies, base:allocation, pipelined requests answered out of order (replies decoded
+// by the protocol's ReplyDecoder, the one nbd-mirror attach uses).
 // `strict: false` (libnbd's strict mode off) lets tests send requests the spec forbids, so the
 // server's validation can be exercised; `rawSocket` gives the bytes-level escape hatch.
 import net from 'node:net';
 import {
   BASE_ALLOCATION,
-  Chunk,
   Cmd,
   CmdFlag,
   IHAVEOPT,
   NBD_MAGIC,
   Opt,
-  OPTION_REPLY_MAGIC,
   Rep,
-  ReplyFlag,
-  SIMPLE_REPLY_MAGIC,
-  STRUCTURED_REPLY_MAGIC,
   TransmissionFlag,
 } from '../../src/protocol/constants.js';
 import { nbdErrName } from '../../src/protocol/errors.js';
 import { encodeRequestHeader } from '../../src/protocol/requests.js';
+import { ReplyDecoder, type ReplyTarget } from '../../src/protocol/reply-decoder.js';
+import { decodeOptionReplyHeader, goData, metaContextData, optionBytes, parseExportInfo, type ExportInfo } from '../../src/protocol/client-options.js';
+
+export { metaContextData, optionBytes, type ExportInfo };
 
 /** An error reply from the server, named as the spec names it (EINVAL, ENOSPC…). */
 export class NbdReplyError extends Error {
@@ -57,28 +57,34 @@ export interface ConnectOptions {
   strict?: boolean;
 }
 
-export interface ExportInfo {
-  size: number;
-  flags: number;
-  name?: string;
-  description?: string;
-  blockSizes?: { min: number; preferred: number; max: number };
-}
-
 export interface Extent {
   length: number;
   flags: number;
 }
 
-interface Pending {
-  type: number;
-  offset: number;
-  length: number;
-  data?: Buffer;
-  extents?: Extent[];
-  error?: NbdReplyError;
-  resolve: (v: Buffer | Extent[] | undefined) => void;
-  reject: (e: Error) => void;
+/** A request in flight: what the ReplyDecoder needs, and where its answer goes. */
+class Pending implements ReplyTarget {
+  private buf: Buffer | undefined;
+  extents: Extent[] | undefined;
+  error: NbdReplyError | undefined;
+  constructor(
+    readonly type: number,
+    readonly offset: number,
+    readonly length: number,
+    readonly resolve: (v: Buffer | Extent[] | undefined) => void,
+    readonly reject: (e: Error) => void,
+  ) {}
+  /** READ data, allocated when the first data arrives (a refused 4 GiB READ allocates nothing). */
+  get data(): Buffer | undefined {
+    if (this.type !== Cmd.READ) return undefined;
+    return (this.buf ??= Buffer.alloc(this.length));
+  }
+  settle(): void {
+    if (this.error) this.reject(this.error);
+    else if (this.type === Cmd.READ) this.resolve(this.buf ?? Buffer.alloc(0));
+    else if (this.type === Cmd.BLOCK_STATUS) this.resolve(this.extents);
+    else this.resolve(undefined);
+  }
 }
 
 /** Reads exact byte counts from a socket (handshake) and then streams replies. */
@@ -88,23 +94,34 @@ class ByteReader {
   private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private closed: Error | undefined;
 
+  /** After the handshake: where every byte goes, and who hears of the end. */
+  private sink: { feed: (b: Buffer) => void; end: (e: Error) => void } | undefined;
+
   constructor(socket: net.Socket) {
     socket.on('data', (c: Buffer) => {
+      if (this.sink) return this.sink.feed(c);
       this.chunks.push(c);
       this.have += c.length;
       this.wake();
     });
     const end = (err?: Error) => {
-      this.closed = err ?? new Error('connection closed by server');
+      this.closed ??= err ?? new Error('connection closed by server');
       this.wake();
+      this.sink?.end(this.closed);
     };
     socket.on('end', () => end());
     socket.on('error', (e) => end(e));
     socket.on('close', () => end());
   }
 
-  get buffered(): number {
-    return this.have;
+  /** From now on every byte goes to `feed` (what is buffered first); `end` hears of the close. */
+  handOver(feed: (b: Buffer) => void, end: (e: Error) => void): void {
+    const rest = Buffer.concat(this.chunks);
+    this.chunks = [];
+    this.have = 0;
+    this.sink = { feed, end };
+    if (rest.length > 0) feed(rest);
+    if (this.closed) end(this.closed);
   }
 
   take(n: number): Buffer {
@@ -141,15 +158,6 @@ function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n);
   return b;
-}
-
-/** One option as the client sends it: IHAVEOPT, option, length, data. */
-export function optionBytes(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeBigUInt64BE(IHAVEOPT, 0);
-  h.writeUInt32BE(opt, 8);
-  h.writeUInt32BE(data.length, 12);
-  return Buffer.concat([h, data]);
 }
 
 export class NbdClient {
@@ -204,10 +212,9 @@ export class NbdClient {
     this.socket.write(optionBytes(opt, data));
     const out: Array<{ type: number; data: Buffer }> = [];
     for (let i = 0; i < 10_000; i++) {
-      const h = await this.reader.read(20);
-      if (h.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw new Error('bad option reply magic');
-      const type = h.readUInt32BE(12);
-      const body = await this.reader.read(h.readUInt32BE(16));
+      const h = decodeOptionReplyHeader(await this.reader.read(20));
+      const type = h.type;
+      const body = await this.reader.read(h.length);
       if (type >= 0x80000000) throw new NbdOptionError(opt, type, body.toString());
       out.push({ type, data: body });
       if (type === Rep.ACK) return out;
@@ -223,19 +230,8 @@ export class NbdClient {
 
   /** NBD_OPT_INFO (no transition) or GO. */
   async go(name: string, infoOnly = false): Promise<ExportInfo> {
-    const n = Buffer.from(name);
-    const data = Buffer.concat([u32(n.length), n, Buffer.from([0, 3, 0, 1, 0, 2, 0, 3])]);
-    const replies = await this.option(infoOnly ? Opt.INFO : Opt.GO, data);
-    const info: ExportInfo = { size: 0, flags: 0 };
-    for (const r of replies.filter((x) => x.type === Rep.INFO)) {
-      const t = r.data.readUInt16BE(0);
-      if (t === 0) {
-        info.size = Number(r.data.readBigUInt64BE(2));
-        info.flags = r.data.readUInt16BE(10);
-      } else if (t === 1) info.name = r.data.toString('utf8', 2);
-      else if (t === 2) info.description = r.data.toString('utf8', 2);
-      else if (t === 3) info.blockSizes = { min: r.data.readUInt32BE(2), preferred: r.data.readUInt32BE(6), max: r.data.readUInt32BE(10) };
-    }
+    const replies = await this.option(infoOnly ? Opt.INFO : Opt.GO, goData(name));
+    const info = parseExportInfo(replies.filter((x) => x.type === Rep.INFO).map((x) => x.data));
     if (!infoOnly) this.replyLoop = this.readReplies();
     return info;
   }
@@ -251,7 +247,7 @@ export class NbdClient {
     const header = Buffer.alloc(28);
     encodeRequestHeader(header, 0, { type, flags, offset, length, cookieHi: 0, cookieLo: cookie });
     const p = new Promise<Buffer | Extent[] | undefined>((resolve, reject) => {
-      if (type !== Cmd.DISC) this.pending.set(cookie, { type, offset, length, resolve, reject });
+      if (type !== Cmd.DISC) this.pending.set(cookie, new Pending(type, offset, length, resolve, reject));
       else resolve(undefined);
     });
     this.socket.write(payload ? Buffer.concat([header, payload]) : header);
@@ -297,68 +293,42 @@ export class NbdClient {
     this.socket.destroy();
   }
 
-  private async readReplies(): Promise<void> {
-    try {
-      for (;;) {
-        const magic = (await this.reader.read(4)).readUInt32BE(0);
-        if (magic === SIMPLE_REPLY_MAGIC) await this.simpleReply();
-        else if (magic === STRUCTURED_REPLY_MAGIC) await this.structuredChunk();
-        else throw new Error(`bad reply magic 0x${magic.toString(16)}`);
-      }
-    } catch (err) {
-      for (const p of this.pending.values()) p.reject(err as Error);
-      this.pending.clear();
-    }
+  /** Replies from here on, decoded by the protocol's ReplyDecoder (the attach endpoint's own). */
+  private readReplies(): Promise<void> {
+    const pending = this.pending;
+    const failAll = (err: Error) => {
+      for (const p of pending.values()) p.reject(err);
+      pending.clear();
+    };
+    const decoder = new ReplyDecoder({
+      request: (cookie) => pending.get(cookie),
+      onExtents: (cookie, body) => {
+        const p = pending.get(cookie)!;
+        p.extents = [];
+        for (let i = 4; i < body.length; i += 8) p.extents.push({ length: body.readUInt32BE(i), flags: body.readUInt32BE(i + 4) });
+      },
+      onError: (cookie, errno, message) => void (pending.get(cookie)!.error = new NbdReplyError(errno, message)),
+      onDone: (cookie) => {
+        const p = pending.get(cookie)!;
+        pending.delete(cookie);
+        p.settle();
+      },
+    });
+    return new Promise((resolve) => {
+      this.reader.handOver(
+        (bytes) => {
+          try {
+            decoder.feed(bytes);
+          } catch (err) {
+            failAll(err as Error);
+            this.socket.destroy();
+          }
+        },
+        (err) => {
+          failAll(err);
+          resolve();
+        },
+      );
+    });
   }
-
-  private take(cookie: number): Pending {
-    const p = this.pending.get(cookie);
-    if (!p) throw new Error(`reply for unknown cookie ${cookie}`);
-    return p;
-  }
-
-  private async simpleReply(): Promise<void> {
-    const h = await this.reader.read(12);
-    const err = h.readUInt32BE(0);
-    const cookie = h.readUInt32BE(8);
-    const p = this.take(cookie);
-    this.pending.delete(cookie);
-    if (err !== 0) return p.reject(new NbdReplyError(err));
-    if (p.type === Cmd.READ) return p.resolve(await this.reader.read(p.length));
-    p.resolve(undefined);
-  }
-
-  private async structuredChunk(): Promise<void> {
-    const h = await this.reader.read(16);
-    const flags = h.readUInt16BE(0);
-    const type = h.readUInt16BE(2);
-    const cookie = h.readUInt32BE(8);
-    const len = h.readUInt32BE(12);
-    const body = await this.reader.read(len);
-    const p = this.take(cookie);
-    if (type === Chunk.OFFSET_DATA || type === Chunk.OFFSET_HOLE) {
-      p.data ??= Buffer.alloc(p.length);
-      const off = Number(body.readBigUInt64BE(0)) - p.offset;
-      if (type === Chunk.OFFSET_DATA) body.copy(p.data, off, 8);
-      else p.data.fill(0, off, off + body.readUInt32BE(8));
-    } else if (type === Chunk.BLOCK_STATUS) {
-      p.extents = [];
-      for (let i = 4; i < body.length; i += 8) p.extents.push({ length: body.readUInt32BE(i), flags: body.readUInt32BE(i + 4) });
-    } else if (type === Chunk.ERROR || type === Chunk.ERROR_OFFSET) {
-      const msgLen = body.readUInt16BE(4);
-      p.error = new NbdReplyError(body.readUInt32BE(0), body.toString('utf8', 6, 6 + msgLen));
-    }
-    if ((flags & ReplyFlag.DONE) === 0) return;
-    this.pending.delete(cookie);
-    if (p.error) p.reject(p.error);
-    else if (p.type === Cmd.READ) p.resolve(p.data ?? Buffer.alloc(0));
-    else if (p.type === Cmd.BLOCK_STATUS) p.resolve(p.extents);
-    else p.resolve(undefined);
-  }
-}
-
-export function metaContextData(exportName: string, queries: string[]): Buffer {
-  const n = Buffer.from(exportName);
-  const qs = queries.map((q) => Buffer.concat([u32(Buffer.byteLength(q)), Buffer.from(q)]));
-  return Buffer.concat([u32(n.length), n, u32(queries.length), ...qs]);
 }

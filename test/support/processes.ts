@@ -49,6 +49,16 @@ export function startWitnessProcess(stateFile: string, args: string[] = [], port
   return startCli(['witness', '--listen', `127.0.0.1:${port}`, '--state', stateFile, ...args], {});
 }
 
+/**
+ * Starts `nbd-mirror attach --config FILE --listen 127.0.0.1:0 --admin 127.0.0.1:0 [ARGS…]`;
+ * `port` is its NBD port, `adminPort` its status endpoint (`nbd-mirror status --attach`).
+ */
+export async function startAttachProcess(config: string, args: string[] = []): Promise<RunningServer & { adminPort: number }> {
+  const r = await startCli(['attach', '--config', config, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', ...args], { timeoutMs: 30_000 });
+  const listening = r.logs.find((l) => l.msg === 'listening')!;
+  return { ...r, adminPort: listening.adminPort as number };
+}
+
 interface StartOptions {
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
