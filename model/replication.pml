@@ -4,6 +4,10 @@
  * every interleaving of client writes, link cuts, crashes, restarts, reconnects and resync
  * steps, bounded by MAXW writes and MAXF faults.
  *
+ * Also modelled: a graceful leave (LEAVING: the survivor writes alone without the grant), a
+ * disk replaced by an empty one (a new node: full sync, and no copy that is incomplete ever
+ * becomes a source, reads alone or writes alone), resyncs cut short by any fault.
+ *
  * Abstractions (each covered elsewhere): a block's value is the id of the write that last
  * changed it; everything a node does is durable when it does it (power loss: issue 14's
  * harness); two writes to one block are never in flight together (one client at a time, as a
@@ -19,6 +23,7 @@
 #define MAXF 3       /* faults: link cuts + crashes */
 #endif
 #define NONE 2       /* no node */
+#define EMPTY 9      /* what a replaced (new, empty) disk holds: no write's value */
 #define IDX(n, b) ((n) * B + (b))
 #define PEER(n) (1 - (n))
 
@@ -32,6 +37,7 @@ byte bm[2];           /* generation: bitmap id (0: not tracking) */
 mtype disk[2] = UpToDate;
 bool alive[2] = 1;
 bool link = 1;        /* connected and decided */
+bool peerLeft[2];     /* this node's peer said LEAVING: it writes alone without the grant */
 byte holder = NONE;   /* the witness's write grant */
 byte nextGen = 2;
 
@@ -61,14 +67,26 @@ inline startTracking(n) {
   fi
 }
 
-/* May node n write without its peer? The witness grant (claimed if free), never an incomplete copy. */
+/* Connected, no bits, nothing running: both copies are the same. */
+#define IN_SYNC (link && !resyncing && !dirty[0] && !dirty[1] && !dirty[2] && !dirty[3] && wstep == Idle)
+
+/* A new node: a replaced disk never synced with anything (generation.ts: Inconsistent, no bitmap, no history). */
+#define BRAND_NEW(n) (disk[n] == Inconsistent && cur[n] == 0)
+
+/* May node n write without its peer? The witness grant (claimed if free), or the peer said it
+   was leaving; never an incomplete copy (mirrored-volume.ts refusesWritesAlone). */
 inline mayWriteAlone(n, ok) {
   ok = 0;
   if
 #ifdef MUTANT_NO_WITNESS
   :: disk[n] != Inconsistent -> ok = 1
 #else
-  :: disk[n] != Inconsistent && (holder == NONE || holder == n) -> holder = n; ok = 1
+  :: disk[n] != Inconsistent && peerLeft[n] -> ok = 1 /* quorum.ts: alone, nothing asked */
+  :: disk[n] != Inconsistent && !peerLeft[n] && (holder == NONE || holder == n) -> holder = n; ok = 1
+#endif
+#ifdef BRAND_NEW_ALONE
+  /* the code as it is: a brand-new copy may write alone (it is "the only copy") and turns UpToDate */
+  :: BRAND_NEW(n) && (holder == NONE || holder == n) -> holder = n; ok = 1; disk[n] = UpToDate
 #endif
   :: else -> skip
   fi
@@ -103,7 +121,7 @@ inline checkRead(n, b) {
   if
   :: link && resyncing && tgt == n && dirty[IDX(n, b)] -> assert(uncertain[b] || data[IDX(src, b)] == acked[b])
   :: link && !(resyncing && tgt == n && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
-  :: !link && holder == n && !(disk[n] == Inconsistent && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
+  :: !link && (holder == n || peerLeft[n]) && !(disk[n] == Inconsistent && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
   :: else -> skip /* held or refused: no data served */
   fi
 }
@@ -142,12 +160,42 @@ active proctype world() {
   /* node n crashes (kill -9) */
   :: atomic { faults < MAXF -> select(n : 0 .. 1);
        if
-       :: alive[n] -> faults++; alive[n] = 0;
+       :: alive[n] -> faults++; alive[n] = 0; peerLeft[n] = 0;
             if
             :: wstep == Mirroring && wn == n -> uncertain[wb] = 1; wstep = Idle
             :: else -> skip
             fi;
             if :: link -> loseLink() :: else -> resyncing = 0 fi
+       :: else -> skip
+       fi }
+  /* node n stops gracefully (LEAVING): requests in flight finish, its data is flushed, its log
+     emptied, a grant it holds goes back first (quorum.ts giveBack); the peer goes on alone
+     without asking (last man standing) and tells the witness (a claim), so the leaver cannot
+     later write alone with its old copy */
+  :: atomic { link && wstep == Idle && faults < MAXF -> select(n : 0 .. 1);
+       /* in sync when it left (the in-sync step may not have run yet): nobody wrote alone since */
+       if :: IN_SYNC -> wroteAlone[0] = 0; wroteAlone[1] = 0 :: else -> skip fi;
+       faults++; alive[n] = 0; link = 0; resyncing = 0; alog[n] = 0;
+#ifndef MUTANT_LEAVE_KEEPS_GRANT
+       if :: holder == n -> holder = NONE :: else -> skip fi;
+#endif
+       peerLeft[PEER(n)] = 1;
+#ifndef MUTANT_LEAVE_NO_CLAIM
+       if :: holder == NONE -> holder = PEER(n) :: else -> skip fi;
+#endif
+       skip }
+  /* node n, down, gets a new empty disk (an operator replaces a broken one) — only while its
+     peer's copy holds every acknowledged write: else the data is gone with the disk, which no
+     protocol can help */
+  :: atomic { faults < MAXF -> select(n : 0 .. 1);
+       if
+       :: !alive[n] && (uncertain[0] || data[IDX(PEER(n), 0)] == acked[0]) && (uncertain[1] || data[IDX(PEER(n), 1)] == acked[1]) ->
+            faults++; data[IDX(n, 0)] = EMPTY; data[IDX(n, 1)] = EMPTY;
+            disk[n] = Inconsistent; cur[n] = 0; bm[n] = 0; alog[n] = 0;
+#if !defined(BRAND_NEW_ALONE) && !defined(MUTANT_NO_FULL_SYNC)
+            /* a new copy holds nothing: all of it is out of sync, it serves nothing alone */
+            dirty[IDX(n, 0)] = 1; dirty[IDX(n, 1)] = 1
+#endif
        :: else -> skip
        fi }
   /* node n restarts: its activity log marks what may differ */
@@ -161,30 +209,41 @@ active proctype world() {
        fi }
   /* both alive, the link comes up: decide by generations (generation.ts decide) */
   :: atomic { alive[0] && alive[1] && !link && wstep == Idle ->
-       s = NONE;
+       s = NONE; t = 0; /* t: 1 for a full sync */
        if
-       :: cur[0] == cur[1] ->
+       :: BRAND_NEW(0) && !BRAND_NEW(1) -> s = 1; t = 1
+       :: BRAND_NEW(1) && !BRAND_NEW(0) -> s = 0; t = 1
+       :: BRAND_NEW(0) && BRAND_NEW(1) -> assert(0) /* never: a disk is replaced only beside a consistent copy */
+       :: !BRAND_NEW(0) && !BRAND_NEW(1) && cur[0] == cur[1] ->
             /* in sync; bits from a crash: the consistent side, else the first by name */
             if
             :: disk[0] == Inconsistent && disk[1] != Inconsistent -> s = 1
             :: else -> s = 0
             fi
-       :: cur[0] != cur[1] && bm[0] != 0 && bm[0] == cur[1] && !(bm[1] != 0 && bm[1] == cur[0]) -> s = 0
-       :: cur[0] != cur[1] && bm[1] != 0 && bm[1] == cur[0] && !(bm[0] != 0 && bm[0] == cur[1]) -> s = 1
+       :: !BRAND_NEW(0) && !BRAND_NEW(1) && cur[0] != cur[1] && bm[0] != 0 && bm[0] == cur[1] && !(bm[1] != 0 && bm[1] == cur[0]) -> s = 0
+       :: !BRAND_NEW(0) && !BRAND_NEW(1) && cur[0] != cur[1] && bm[1] != 0 && bm[1] == cur[0] && !(bm[0] != 0 && bm[0] == cur[1]) -> s = 1
        :: else -> assert(0) /* split brain or unrelated copies: the witness must have prevented it */
        fi;
-       t = PEER(s);
        if
-       /* never sync from an incomplete copy: the generations alone never name one here (decide()
-          refuses one anyway: no-consistent-source, Diverged, for cases this model leaves out) */
-       :: disk[s] == Inconsistent -> assert(0)
+#ifndef MUTANT_NO_CONSISTENT_SOURCE
+       /* the copy the generations name is incomplete (a resync into it was cut short, and its
+          source is gone: replaced): nothing is copied either way (decide: no-consistent-source) */
+       :: disk[s] == Inconsistent -> skip
+#endif
        :: else ->
-            link = 1;
+            /* never sync from an incomplete copy */
+            assert(disk[s] != Inconsistent);
+            link = 1; peerLeft[0] = 0; peerLeft[1] = 0;
+            src = s; tgt = PEER(s);
+#ifndef MUTANT_NO_FULL_SYNC
+            /* a full sync: every block of the new copy */
+            if :: t -> dirty[IDX(tgt, 0)] = 1; dirty[IDX(tgt, 1)] = 1 :: else -> skip fi;
+#endif
             for (b : 0 .. B - 1) {
               if :: dirty[IDX(0, b)] || dirty[IDX(1, b)] -> dirty[IDX(0, b)] = 1; dirty[IDX(1, b)] = 1 :: else -> skip fi
             }
             if
-            :: dirty[IDX(0, 0)] || dirty[IDX(0, 1)] || cur[0] != cur[1] -> resyncing = 1; src = s; tgt = t; disk[t] = Inconsistent
+            :: dirty[IDX(0, 0)] || dirty[IDX(0, 1)] || cur[0] != cur[1] -> resyncing = 1; disk[tgt] = Inconsistent
             :: else -> skip
             fi
        fi }
@@ -202,9 +261,11 @@ active proctype world() {
        fi }
   /* resync done: the target takes the source's generation, both stop tracking, the grant goes back */
   :: atomic { resyncing && link && !dirty[IDX(tgt, 0)] && !dirty[IDX(tgt, 1)] ->
-       resyncing = 0; disk[tgt] = UpToDate; cur[tgt] = cur[src]; bm[0] = 0; bm[1] = 0 }
+       resyncing = 0; disk[tgt] = UpToDate; cur[tgt] = cur[src]; bm[0] = 0; bm[1] = 0;
+       /* the target holds everything the source wrote alone: a new episode starts */
+       wroteAlone[0] = 0; wroteAlone[1] = 0 }
   /* in sync (connected, no bits, nothing running): the grant goes back, nobody has written alone */
-  :: atomic { link && !resyncing && !dirty[0] && !dirty[1] && !dirty[2] && !dirty[3] && wstep == Idle ->
+  :: atomic { IN_SYNC ->
        assert(data[0] == data[2] && data[1] == data[3]); /* both copies identical */
        holder = NONE; wroteAlone[0] = 0; wroteAlone[1] = 0 }
   /* a client reads block b through node n */

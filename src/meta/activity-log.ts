@@ -69,7 +69,8 @@ export interface ActivityLogOptions {
    * Makes the volume's data durable (its flush). Called before a block that drops an extent is
    * written: once an extent is out of the log, a power cut must not find writes of it that never
    * reached the disk (recovery would not know to resync them). DRBD flushes before such an
-   * activity-log transaction too. Without it (tests of the log alone) nothing is flushed.
+   * activity-log transaction too. On a mirrored volume it is a client flush, the peer's copy
+   * included (cluster-node.ts). Without it (tests of the log alone) nothing is flushed.
    */
   readonly flushData?: (done: (err: Error | null) => void) => void;
 }
@@ -88,6 +89,8 @@ export class ActivityLog {
   /** An extent left the log since the last block: the data must be durable before the next one. */
   private evicted = false;
   private sequence: bigint;
+  /** The disk failed: the log keeps naming what it named (see freeze). */
+  private frozen = false;
   /** Activity-log block writes (each with an fdatasync): the cost to watch. */
   updates = 0;
 
@@ -118,6 +121,10 @@ export class ActivityLog {
    */
   begin(offset: number, length: number, done: (err: Error | null) => void): void {
     const extents = this.extentsOf(offset, length);
+    if (this.frozen) {
+      for (const e of extents) if (this.active.has(e)) this.touch(e, 1);
+      return done(null);
+    }
     let durable = true;
     for (const e of extents) {
       const n = this.active.get(e);
@@ -135,12 +142,26 @@ export class ActivityLog {
 
   /** The write that `begin` let through has completed. */
   end(offset: number, length: number): void {
-    for (const e of this.extentsOf(offset, length)) this.touch(e, -1);
+    for (const e of this.extentsOf(offset, length)) if (!this.frozen || this.active.has(e)) this.touch(e, -1);
     if (this.blocked.length > 0) {
       const retry = this.blocked;
       this.blocked = [];
       for (const w of retry) this.admit(w);
     }
+  }
+
+  /**
+   * The volume's disk failed: from now on no extent leaves the log and none joins (writes reach
+   * no disk here; the peer marks them). Its writes from before the failure may not be durable
+   * here — a flush no longer reaches the disk — so the log must keep naming them for the
+   * recovery after a restart (DRBD keeps a detached disk's activity log as it was). Found by the
+   * power-cut chaos: an extent evicted after the failure, then a power cut, left a stale block
+   * no bit named.
+   */
+  freeze(): void {
+    this.frozen = true;
+    const blocked = this.blocked.splice(0);
+    for (const w of blocked) this.admit(w);
   }
 
   /** Extents in the log now (for tests and status). */
@@ -164,6 +185,10 @@ export class ActivityLog {
 
   /** Brings the write's extents into the log (evicting idle ones), then waits for durability. */
   private admit(w: Waiter): void {
+    if (this.frozen) {
+      for (const e of w.extents) if (this.active.has(e)) this.touch(e, 1);
+      return w.done(null);
+    }
     const missing = w.extents.filter((e) => !this.active.has(e));
     const idle = [...this.active].filter(([e, n]) => n === 0 && !w.extents.includes(e)).map(([e]) => e);
     if (this.active.size + missing.length - Math.min(idle.length, missing.length) > this.o.slots) {

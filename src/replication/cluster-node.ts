@@ -322,7 +322,10 @@ export class ClusterNode {
     }
     let meta: VolumeMeta;
     try {
-      meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(spec.size), this.hot, { ...this.activityLog, flushData: (done) => file.flush(done) }, created);
+      // Before an extent leaves the log its writes are made durable on both copies: a client flush
+      // (here and on the peer). The peer's copy of a write is named by no log of its own; were
+      // both nodes to lose power, the block would not be resynced (power-cut chaos, both cut).
+      meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(spec.size), this.hot, { ...this.activityLog, flushData: (done) => entry.mirror.flush(done) }, created);
     } catch (err) {
       void file.close();
       throw err;
@@ -642,7 +645,11 @@ export class ClusterNode {
    * Graceful stop, first step: tell the peer this node is leaving, so it goes on writing alone
    * without asking the witness (DRBD's "last man standing"). Resolves once the frame is sent.
    */
-  leave(): Promise<void> {
+  async leave(): Promise<void> {
+    // Only a node that holds no witness grant may let its peer go on without asking (quorum.ts giveBack).
+    if (!(await this.quorum.giveBack())) {
+      return this.log.warn('stopping without telling the peer it is leaving: the witness grant held here could not be given back, so the peer asks the witness as after a failure');
+    }
     return new Promise((resolve) => {
       if (!this.link.send(PeerMsg.LEAVING, 0n)) return resolve();
       this.link.afterSend(() => this.link.drain(resolve));

@@ -1,7 +1,8 @@
 // What stands in for a volume's local disk once it failed (DRBD's "detach"): it stores nothing.
 // Changes that reach it are only marked out of sync here (best effort: the metadata may sit on
 // the same failed disk; the peer marks them too, and its bits are the ones that count); reads
-// fail, so a caller that still asks gets the failure rather than old data. Reads of a Failed
+// and flushes fail, so a caller that still asks gets the failure rather than old data or a
+// durability that is not there. Reads of a Failed
 // volume go to the peer before they get here (mirrored-volume.ts).
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import { MirrorCode, MirrorError, errnoName } from './mirror-errors.js';
@@ -34,8 +35,14 @@ export class DetachedDisk implements Volume {
     done(null);
   }
 
+  /**
+   * Fails: nothing here is durable, and a caller that counted on it would lose track of data the
+   * disk held unflushed when it failed — a peer's transfer log or a resync checkpoint clearing
+   * bits (found by the power-cut chaos: a cut after the disk failed lost a write no bit named).
+   * A client's flush still succeeds through the peer (mirrored-write.ts flush).
+   */
   flush(done: Done): void {
-    done(null);
+    done(new MirrorError(MirrorCode.LOCAL_FAILED, `the local disk failed (${this.cause.message}): nothing is made durable here`, errnoName(this.cause)));
   }
 
   cache(_offset: number, _length: number, done: Done): void {

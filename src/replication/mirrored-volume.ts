@@ -317,6 +317,7 @@ export class MirroredVolume implements Volume {
     if (this.state.disk !== 'Failed') {
       this.state.setDisk('Failed', `the local disk failed ${during}: reads are served by the peer, writes go on to the peer`, {}, { err: err.message, code: errnoName(err), offset, length });
       ctx.local = new DetachedDisk(this.size, this.capabilities, err, markHere);
+      ctx.meta.activityLog.freeze();
       if (ctx.peer.connected) ctx.peer.send(PeerMsg.DISK_FAILED, ctx.nextId(), encodeStatus(err));
       if (this.running) ctx.peer.reset('the local disk failed during a resync');
     }
@@ -332,6 +333,7 @@ export class MirroredVolume implements Volume {
     this.ctx.peerDiskFailed = true;
     this.ctx.log.warn({ reason }, 'the peer\'s copy failed: this node holds the only good copy and tracks every change for it');
     this.startTracking();
+    this.writes.peerDiskless();
   }
 
   /**

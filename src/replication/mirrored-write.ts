@@ -458,17 +458,27 @@ export class WritePath {
     // it. A graceful leave is no exception: writes sent before the peer's LEAVING arrived cross it
     // and reach a peer that may lose power before its closing flush (a few extents resynced after
     // a planned stop is the price).
-    for (const c of this.notDurableOnPeer) {
-      const [first, count] = this.ctx.grains(c.offset, c.length);
-      this.ctx.meta.markDirty(first, count, () => undefined);
-    }
-    this.durableOnPeer(this.storedSeq);
+    this.peerDiskless();
     this.flushCovers.clear();
     for (const w of [...this.open.values()]) w.on({ type: 'link-lost' });
     for (const [id, f] of this.flushes) {
       this.flushes.delete(id);
       this.ctx.local.flush(f);
     }
+  }
+
+  /**
+   * What the peer stored and never made durable is marked out of sync here: when the link is
+   * lost (above), and at once when the peer's disk fails — its flushes reach no disk any more, and
+   * this node's activity log could otherwise let go of those writes before a power cut (found by
+   * the power-cut chaos: both nodes cut after the failure).
+   */
+  peerDiskless(): void {
+    for (const c of this.notDurableOnPeer) {
+      const [first, count] = this.ctx.grains(c.offset, c.length);
+      this.ctx.meta.markDirty(first, count, () => undefined);
+    }
+    this.durableOnPeer(this.storedSeq);
   }
 
   /** The peer made every change up to `seq` durable. */

@@ -158,6 +158,28 @@ export class QuorumGate {
     );
   }
 
+  /**
+   * Before a graceful leave: a grant this node may hold (now, or from before its start) goes back
+   * first. The peer goes on alone without asking; were the grant still here, this node,
+   * restarted apart from its peer, would get it again and both would write alone (found by the
+   * protocol model, model/replication.pml: LEAVING). Resolves whether no grant is held here.
+   */
+  async giveBack(): Promise<boolean> {
+    if (!this.o.witness) return true;
+    await this.release; // one already on its way (it never rejects)
+    if (!(this.holdsGrant || this.grantFromBefore)) return true;
+    try {
+      await this.o.witness.release();
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'could not give the write grant back before leaving');
+      return false;
+    }
+    if (this.holdsGrant) this.o.log.info('leaving: write grant given back to the witness');
+    this.holdsGrant = false;
+    this.grantFromBefore = false;
+    return true;
+  }
+
   /** The node is stopping: nothing more is asked of the witness. */
   private stopped = false;
   /** A release on its way to the witness (inSync), if any. */

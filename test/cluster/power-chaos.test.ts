@@ -1,34 +1,40 @@
-// Power-cut chaos in CI (bounded): each node's data directory on the power-cut filesystem
-// (test/support/powercut/), writes through both nodes, then a power cut of a random node at a
-// random instant — kill -9 and everything it never synced dropped (all of it, or sectors torn at
-// random) — restart, automatic recovery and resync, verify, every acknowledged write read back
-// through both nodes. Longer runs: `npm run soak -- --power --rounds 100`.
+// Power-cut chaos in CI (bounded): one round aimed at each phase of test/support/power-chaos.ts
+// — mirroring, degraded writes, a resync (cut the SyncSource; the SyncTarget), a verify, a
+// checksum resync after a crash, the witness writing its grant, a disk error — cutting the power
+// of one node, both, or the witness (kill -9 and what they never synced dropped, all of it or
+// sectors torn at random), then recovery and the checks: nothing flushed lost (nothing
+// acknowledged while one node stayed up), verify 0, byte-identical files, no split brain.
+// Longer runs: `npm run soak -- --power --rounds 100`.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { chaosRound, formatRound, seededRandom, startChaosCluster, stopChaosCluster, type ChaosCluster } from '../support/chaos.js';
+import { formatPowerRound, PHASES, powerRound, powerSummary, seededRandom, startPowerCluster, stopPowerCluster, type PowerCluster, type PowerRoundResult } from '../support/power-chaos.js';
 import { missingTools } from '../support/tools.js';
 
-describe.skipIf(missingTools('fio', 'fusermount3').length > 0)('chaos: power cut of a random node during writes', () => {
+describe.skipIf(missingTools('fusermount3').length > 0)('chaos: power cuts aimed at phases', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-power-'));
-  const clusters: ChaosCluster[] = [];
+  let cluster: PowerCluster | undefined;
   afterAll(async () => {
-    for (const c of clusters) await stopChaosCluster(c);
+    if (cluster) await stopPowerCluster(cluster);
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('4 rounds: loses no acknowledged write, ends identical, resyncs no more than dirty bits + activity log', async () => {
-    const cluster = await startChaosCluster(mkdtempSync(join(dir, 'c-')), { power: true });
-    clusters.push(cluster);
+  it('one round per phase: loses no flushed write, ends identical, no split brain, no crash', async () => {
+    cluster = await startPowerCluster(mkdtempSync(join(dir, 'c-')));
     const seed = Number(process.env.NBD_MIRROR_CHAOS_SEED ?? Date.now() % 100_000);
     const rnd = seededRandom(seed);
-    console.log(`power chaos seed ${seed} (NBD_MIRROR_CHAOS_SEED=${seed} repeats this run)`);
-    for (let round = 1; round <= 4; round++) {
-      const r = await chaosRound(cluster, round, rnd);
-      console.log(formatRound(r));
-      expect(r.cut?.sectors).toBeGreaterThanOrEqual(0);
-      expect(r.verifyOutOfSyncBytes).toBe(0);
+    console.log(`power chaos seed ${seed} (NBD_MIRROR_CHAOS_SEED=${seed} repeats its choices)`);
+    const results: PowerRoundResult[] = [];
+    for (const [i, phase] of PHASES.entries()) {
+      const r = await powerRound(cluster, i + 1, phase, rnd);
+      console.log(formatPowerRound(r));
+      results.push(r);
     }
-  }, 300_000);
+    console.log(powerSummary(results));
+    expect(results.flatMap((r) => r.problems)).toEqual([]);
+    // Each phase is seen in status when the power goes; a miss (the phase ended first: a short
+    // resync, say) tests only the recovery. It is printed in the summary; more than one fails.
+    expect(results.flatMap((r) => r.cuts).filter((k) => !k.hit).length).toBeLessThanOrEqual(1);
+  }, 400_000);
 });

@@ -53,6 +53,24 @@ describe('ActivityLog', () => {
     closeSync(fd);
   });
 
+  it('frozen (the disk failed): keeps naming its extents, evicts none, lets writes through without logging', async () => {
+    const { fd, al } = open(2);
+    await begin(al, 0, 4096); // extent 0
+    await begin(al, 4 * MiB, 4096); // extent 1
+    al.end(0, 4096);
+    al.end(4 * MiB, 4096); // both idle: evictable
+    const updates = al.updates;
+    al.freeze();
+    await begin(al, 20 * MiB, 4096); // extent 5: would evict extent 0
+    await begin(al, 0, 4096);
+    al.end(20 * MiB, 4096);
+    al.end(0, 4096);
+    expect(al.updates).toBe(updates);
+    expect([...(readAlRecord(fd, 0)?.extents ?? [])].sort()).toEqual([0, 1]);
+    expect([...al.extents].sort()).toEqual([0, 1]);
+    closeSync(fd);
+  });
+
   it('evicts the least recently used idle extent when full, and makes a write wait while every slot is busy', async () => {
     const { fd, al } = open(2);
     await begin(al, 0, 4096); // extent 0

@@ -16,6 +16,7 @@ import { NbdClient } from './nbd-client.js';
 import { mountPowerCut, type PowerCutMount } from './powercut.js';
 import { cliPath, startClusterNode, startWitnessProcess, type RunningServer } from './processes.js';
 import { toolEnv } from './tools.js';
+import { blockContent } from './write-ledger.js';
 
 const MiB = 2 ** 20;
 const BLOCK = 4096;
@@ -113,16 +114,6 @@ async function untilHealthy(c: ChaosCluster): Promise<[VolumeStatus, VolumeStatu
   return last!;
 }
 
-/** The content of write `id` for block `block`: (id, block) repeated, so misplaced data shows. */
-function blockContent(id: number, block: number): Buffer {
-  const b = Buffer.allocUnsafe(BLOCK);
-  for (let i = 0; i < BLOCK; i += 8) {
-    b.writeUInt32LE(id, i);
-    b.writeUInt32LE(block, i + 4);
-  }
-  return b;
-}
-
 /** Writes random 4–64 KiB runs of blocks in `region` until stopped or the connection dies. */
 async function writer(c: ChaosCluster, node: 'a' | 'b', region: readonly [number, number], rnd: () => number, stop: { now: boolean }): Promise<number> {
   const client = await NbdClient.connect({ port: nbd(c, node), exportName: 'vol0' });
@@ -158,9 +149,10 @@ function fio(c: ChaosCluster, node: 'a' | 'b'): Promise<{ ok: boolean; output: s
   return new Promise((resolve) => execFile('fio', args, { env: toolEnv(), timeout: 120_000 }, (err, stdout, stderr) => resolve({ ok: !err, output: `${stdout}${stderr}` })));
 }
 
-function verify(c: ChaosCluster, node: 'a' | 'b'): Promise<{ code: number; outOfSyncBytes: number; stderr: string }> {
+/** `nbd-mirror verify --json` through the node whose admin endpoint is on `adminPort`. */
+export function verifyVolume(adminPort: number): Promise<{ code: number; outOfSyncBytes: number; stderr: string }> {
   return new Promise((resolve) =>
-    execFile(process.execPath, [cliPath, 'verify', '--admin', `127.0.0.1:${admin(c, node)}`, '--volume', 'vol0', '--json'], { timeout: 120_000 }, (err, stdout, stderrOut) => {
+    execFile(process.execPath, [cliPath, 'verify', '--admin', `127.0.0.1:${adminPort}`, '--volume', 'vol0', '--json'], { timeout: 120_000 }, (err, stdout, stderrOut) => {
       let stderr = stderrOut;
       let outOfSyncBytes = -1;
       try {
@@ -232,7 +224,7 @@ export async function chaosRound(c: ChaosCluster, round: number, rnd: () => numb
   const wireBytes = back.lastResync?.wireBytes ?? 0;
   const boundBytes = survivorDirtyBytes + CHAOS_AL.extent * CHAOS_AL.extents;
   if (resyncedBytes > boundBytes) throw new Error(`round ${round}: resync covered ${resyncedBytes} bytes, more than dirty bits + activity log (${boundBytes})`);
-  const v = await verify(c, round % 2 === 0 ? 'a' : 'b');
+  const v = await verifyVolume(admin(c, round % 2 === 0 ? 'a' : 'b'));
   if (v.code !== 0 || v.outOfSyncBytes !== 0) throw new Error(`round ${round}: verify after resync: exit ${v.code}, ${v.outOfSyncBytes} bytes out of sync ${v.stderr}`);
   const problems = [...(await checkContents(c, 'a')), ...(await checkContents(c, 'b'))];
   if (problems.length > 0) throw new Error(`round ${round}: acknowledged writes lost:\n${problems.join('\n')}`);

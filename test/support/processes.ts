@@ -44,9 +44,9 @@ export function startClusterNode(config: string, node: string, args: string[] = 
   return startCli(['serve', '--config', config, '--node', node, ...args], {});
 }
 
-/** Starts `nbd-mirror witness` on a port the kernel picks, keeping its grant in `stateFile` (`args`: e.g. `--secrets DIR`). */
-export function startWitnessProcess(stateFile: string, args: string[] = []): Promise<RunningServer> {
-  return startCli(['witness', '--listen', '127.0.0.1:0', '--state', stateFile, ...args], {});
+/** Starts `nbd-mirror witness` on `port` (default: one the kernel picks), keeping its grant in `stateFile` (`args`: e.g. `--secrets DIR`). */
+export function startWitnessProcess(stateFile: string, args: string[] = [], port = 0): Promise<RunningServer> {
+  return startCli(['witness', '--listen', `127.0.0.1:${port}`, '--state', stateFile, ...args], {});
 }
 
 /**
