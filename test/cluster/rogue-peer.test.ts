@@ -295,7 +295,7 @@ describe.each([
   // tls.Server socket, tls-accept.ts), run above; and whether the receive budget fills before
   // the ack timeout resets the link depends on decryption outpacing the disk, which a loaded
   // 2-core box does not promise twice over.
-  it.runIf(auth !== 'x509')('a peer that floods writes and never reads holds bounded memory on the node; clients are served; the link is reset', async () => {
+  if (auth !== 'x509') it('a peer that floods writes and never reads holds bounded memory on the node; clients are served; the link is reset', async () => {
     const { p, sub, a, b } = await syncedPair('flood');
     const generation = await killA(sub, a, p.adminB);
 
@@ -346,7 +346,7 @@ describe.each([
     expect((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).link.receivePauses).toBeGreaterThan(0);
   });
 
-  it.runIf(auth === 'psk')('a recorded session replayed to b is refused, while the link is up and once a is gone: link, data and dirty bits untouched', async () => {
+  if (auth === 'psk') it('a recorded session replayed to b is refused, while the link is up and once a is gone: link, data and dirty bits untouched', async () => {
     const { p, sub, a, b, proxy } = await syncedPair('replay', true);
     // Real traffic on the recorded session: HELLO, then mirrored writes and a flush.
     const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
@@ -386,7 +386,7 @@ describe.each([
     expect(b.proc.exitCode).toBeNull();
   });
 
-  it.runIf(auth === 'psk')('a node started with another key is refused, each side logging why; the live link and the data stay', async () => {
+  if (auth === 'psk') it('a node started with another key is refused, each side logging why; the live link and the data stay', async () => {
     const { p, sub, a, b } = await syncedPair('wrong-key');
     // The impostor: node a's name, its own ports and data, b's address, another secret.
     const own = await pairPorts();
