@@ -1,9 +1,11 @@
 // Mirroring benchmark: write speed of a mirrored pair vs a standalone node, of a pair whose peer
 // link is encrypted (TLS-PSK, security.clusterSecret; mutual x509, security.peerCertificates) vs
 // a plain one, and resync time for 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the
-// same volume between two nbdkits.
-//   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json] [--writes-only]
-// --writes-only: the write rows only (no resync part).
+// same volume between two nbdkits; then the full sync of a new node for a mostly empty thin
+// volume (--thin-size virtual, --thin-data of it written, spread evenly in 1 MiB pieces) vs
+// nbdcopy copying just that data.
+//   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json] [--writes-only] [--thin-only] [--thin-size 64G] [--thin-data 1G]
+// --writes-only: the write rows only (no resync part); --thin-only: the thin full sync only.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
@@ -18,7 +20,11 @@ import { startClusterNode, startNbdkit, startNbdMirror, type RunningServer } fro
 import { toolEnv } from '../../test/support/tools.js';
 
 const { values: opts } = parseArgs({
-  options: { size: { type: 'string', default: '4G' }, runtime: { type: 'string', default: '5' }, json: { type: 'boolean', default: false }, 'writes-only': { type: 'boolean', default: false } },
+  options: { size: { type: 'string', default: '4G' }, runtime: { type: 'string', default: '5' }, json: { type: 'boolean', default: false }, 'writes-only': { type: 'boolean', default: false },
+    'thin-only': { type: 'boolean', default: false },
+    'thin-size': { type: 'string', default: '64G' },
+    'thin-data': { type: 'string', default: '1G' },
+  },
 });
 const SIZE = parseSize(opts.size!);
 const MiB = 2 ** 20;
@@ -30,10 +36,68 @@ function fioIops(uri: string, rw: string, bs: string, iodepth: number, dir: stri
   return JSON.parse(readFileSync(file, 'utf8')).jobs[0].write.iops as number;
 }
 
+/** Seconds nbdcopy takes to copy `bytes` of data (a full, allocated source) between two nbdkits. */
+async function nbdcopySeconds(dir: string, bytes: number, procs: RunningServer[]): Promise<number> {
+  const src = join(dir, 'src.img');
+  const dst = join(dir, 'dst.img');
+  for (const f of [src, dst]) {
+    writeFileSync(f, '');
+    truncateSync(f, bytes);
+  }
+  const block = Buffer.alloc(MiB, 0x5a);
+  const k1 = await startNbdkit(src);
+  const k2 = await startNbdkit(dst);
+  procs.push(k1, k2);
+  const direct = await NbdClient.connect({ port: k1.port });
+  for (let off = 0; off < bytes; off += MiB) await direct.write(off, block);
+  direct.close();
+  const t = Date.now();
+  execFileSync('nbdcopy', ['--connections=4', k1.uri(), k2.uri()], { env: toolEnv() });
+  return (Date.now() - t) / 1000;
+}
+
+/**
+ * Full sync of a new, empty node b for a thin volume of `--thin-size` with `--thin-data` written
+ * on a alone (1 MiB pieces spread evenly), vs nbdcopy of the data alone.
+ */
+async function thinFullSync(dir: string, procs: RunningServer[]): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const virtual = parseSize(opts['thin-size']!);
+  const data = parseSize(opts['thin-data']!);
+  const copySeconds = await nbdcopySeconds(dir, data, procs);
+  const p = await pairPorts();
+  const poolMiB = Math.ceil(data / MiB) + 256;
+  const config = writePairConfig(join(dir, 'thin.json'), p, opts['thin-size']!, p.peerB, { pool: { size: `${poolMiB}M`, unit: '1M' }, nodeA: { dataDir: 'ta' }, nodeB: { dataDir: 'tb' } });
+  const a = await startClusterNode(config, 'a');
+  procs.push(a);
+  const client = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+  const pieces = data / MiB;
+  const block = Buffer.alloc(MiB, 0x3c);
+  for (let i = 0; i < pieces; i++) await client.write(Math.floor((i * virtual) / pieces / MiB) * MiB, block);
+  await client.flush();
+  client.close();
+  const t = Date.now();
+  const b = await startClusterNode(config, 'b');
+  procs.push(b);
+  await until(async () => {
+    const sb = await volumeStatus(p.adminB);
+    return sb.disk === 'UpToDate' && sb.resync === null && sb.lastResync !== null;
+  }, 600_000);
+  const wall = (Date.now() - t) / 1000;
+  const { seconds, wireBytes } = (await volumeStatus(p.adminB)).lastResync!;
+  if (!opts.json) console.log(`\n# full sync of a thin volume: ${opts['thin-size']} virtual, ${opts['thin-data']} written in 1 MiB pieces spread evenly, new empty node`);
+  out({ case: 'nbdcopy thin data', bytes: data, seconds: copySeconds }, `nbdcopy ${opts['thin-data']} between two nbdkit: ${copySeconds.toFixed(2)} s`);
+  out(
+    { case: 'thin full sync', virtualBytes: virtual, dataBytes: data, seconds, wallSeconds: wall, wireBytes, vsNbdcopy: copySeconds / seconds },
+    `full sync ${opts['thin-size']} thin, ${opts['thin-data']} data: ${seconds.toFixed(2)} s (${(wireBytes / MiB).toFixed(0)} MiB over the link); start to UpToDate ${wall.toFixed(2)} s; nbdcopy / sync ${(copySeconds / seconds).toFixed(2)}x`,
+  );
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-benchm-'));
   const procs: RunningServer[] = [];
   try {
+    if (opts['thin-only']) return await thinFullSync(dir, procs);
     // --- write speed: standalone vs mirrored ---------------------------------------------------
     const single = await startNbdMirror(['--export', `disk=${join(dir, 'single.img')}`, '--size', opts.size!]);
     procs.push(single);
@@ -105,23 +169,9 @@ async function main(): Promise<void> {
     if (opts['writes-only']) return;
 
     // --- baseline: nbdcopy between two nbdkit servers ------------------------------------------
-    const src = join(dir, 'src.img');
-    const dst = join(dir, 'dst.img');
-    writeFileSync(src, '');
-    truncateSync(src, SIZE);
-    writeFileSync(dst, '');
-    truncateSync(dst, SIZE);
+    const copySeconds = await nbdcopySeconds(dir, SIZE, procs);
     const fill = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
     const block = Buffer.alloc(MiB, 0x5a);
-    const k1 = await startNbdkit(src);
-    const k2 = await startNbdkit(dst);
-    procs.push(k1, k2);
-    const direct = await NbdClient.connect({ port: k1.port });
-    for (let off = 0; off < SIZE; off += MiB) await direct.write(off, block); // a full, allocated source
-    direct.close();
-    let t = Date.now();
-    execFileSync('nbdcopy', ['--connections=4', k1.uri(), k2.uri()], { env: toolEnv() });
-    const copySeconds = (Date.now() - t) / 1000;
     out({ case: 'nbdcopy full copy', seconds: copySeconds, gbps: SIZE / copySeconds / 1e9 }, `\nnbdcopy ${opts.size} between two nbdkit: ${copySeconds.toFixed(2)} s (${(SIZE / copySeconds / 1e9).toFixed(2)} GB/s)`);
 
     // --- resync after b was away while a wrote pct % of the volume -----------------------------
@@ -136,7 +186,7 @@ async function main(): Promise<void> {
       const dirty = (await volumeStatus(p.adminA)).outOfSyncBytes;
       b = await startClusterNode(config, 'b');
       procs.push(b);
-      t = Date.now(); // from b listening: the process start itself is not resync time
+      const t = Date.now(); // from b listening: the process start itself is not resync time
       await until(async () => {
         const [sa, sb] = [await volumeStatus(p.adminA), await volumeStatus(p.adminB)];
         return sa.connection === 'Connected' && sb.disk === 'UpToDate' && sb.resync === null && sa.outOfSyncBytes === 0;
@@ -158,6 +208,7 @@ async function main(): Promise<void> {
       console.log(`  full resync throughput vs nbdcopy     ${(copySeconds / full).toFixed(2)}x  target >= 0.8x  ${copySeconds / full >= 0.8 ? 'pass' : 'MISS'}`);
       console.log(`  1 % dirty resync vs full copy faster  ${(full / results[1]!).toFixed(1)}x  target >= 50x  ${full / results[1]! >= 50 ? 'pass' : 'MISS'}`);
     }
+    await thinFullSync(join(dir, 'thin'), procs);
   } finally {
     for (const pr of procs) await pr.stop('SIGKILL');
     rmSync(dir, { recursive: true, force: true });

@@ -26,6 +26,8 @@ export interface VerifyResult {
   totalBytes: number;
   unverifiedBytes: number;
   rechecks: number;
+  /** Bytes of the verifying node's copy that were holes (thin volume): compared without reading. */
+  holeBytes: number;
   seconds: number;
   repaired: boolean;
   repairSource: string | null;
@@ -71,6 +73,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
     totalBytes: v.totalBytes,
     unverifiedBytes: v.unverifiedBytes,
     rechecks: v.rechecks,
+    holeBytes: v.holeBytes,
     seconds: v.seconds,
     repaired,
     repairSource: v.repairSource,

@@ -2,6 +2,8 @@
 // for checksum resync (send only the blocks that differ) and online verify (report them).
 // Frame bodies are pure bytes in and out; the digests live in two DigestLists per volume, used
 // synchronously only (fill, compare, done), so two lists serve every request of a volume.
+// A range that is a hole (unallocated on a thin volume) is not read: its data is given as an
+// empty buffer and each of its blocks takes the digest of a zero block, computed once.
 import type { DigestList, Hotpath } from '../hotpath/index.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { MAX_COMPARE_RANGE } from './peer-frames.js';
@@ -20,6 +22,8 @@ export class BlockComparer {
   private readonly ours: DigestList;
   private readonly theirs: DigestList;
   readonly blocksPerChunk: number;
+  /** XXH3 of one all-zero block: the digest of every block of a hole. */
+  private readonly zeroDigest: bigint;
 
   constructor(
     private readonly hot: Hotpath,
@@ -28,6 +32,8 @@ export class BlockComparer {
     this.blocksPerChunk = COMPARE_CHUNK / blockSize;
     this.ours = hot.digestList(this.blocksPerChunk);
     this.theirs = hot.digestList(this.blocksPerChunk);
+    hot.blockDigests(Buffer.alloc(blockSize), blockSize, this.ours);
+    this.zeroDigest = this.ours.values[0]!;
   }
 
   /** Gives the digest lists' memory back (the volume is deleted or reopened). */
@@ -41,10 +47,13 @@ export class BlockComparer {
     return { digests: 2 * (COMPARE_CHUNK / blockSize), digestLists: 2 };
   }
 
-  /** Body asking the peer to compare [offset, offset + data.length): range, then our digests. */
-  digestRequest(volume: number, offset: number, data: Buffer): Buffer[] {
-    const n = this.fill(this.ours, data);
-    return [encodeRange(volume, offset, data.length), Buffer.from(this.ours.bytes().subarray(0, n * 8))];
+  /**
+   * Body asking the peer to compare [offset, offset + length): range, then our digests. `data`
+   * is the range's bytes, or empty for a hole (not read).
+   */
+  digestRequest(volume: number, offset: number, data: Buffer, length = data.length): Buffer[] {
+    const n = this.fill(this.ours, data, length);
+    return [encodeRange(volume, offset, length), Buffer.from(this.ours.bytes().subarray(0, n * 8))];
   }
 
   /** The range and the peer's digests of a digest request (or reply) body. */
@@ -57,9 +66,12 @@ export class BlockComparer {
     return { offset: range.offset, length: range.length, digests };
   }
 
-  /** Runs of blocks where `data` (ours) differs from the peer's `digests` of the same range. */
-  differing(data: Buffer, digests: Buffer): BlockRun[] {
-    const n = this.fill(this.ours, data);
+  /**
+   * Runs of blocks where `data` (ours: `length` bytes, or empty for a hole) differs from the
+   * peer's `digests` of the same range.
+   */
+  differing(data: Buffer, digests: Buffer, length = data.length): BlockRun[] {
+    const n = this.fill(this.ours, data, length);
     const theirs = this.theirs.bytes();
     digests.copy(theirs, 0, 0, n * 8);
     theirs.fill(0, n * 8); // beyond the range both lists hold zeroes: never a difference
@@ -109,10 +121,12 @@ export class BlockComparer {
     return { offset: range.offset, length: range.length, pieces, intact: digest === body.readBigUInt64BE(RANGE_SIZE) };
   }
 
-  private fill(list: DigestList, data: Buffer): number {
-    if (data.length > COMPARE_CHUNK || data.length % this.blockSize !== 0) throw new RangeError(`cannot compare ${data.length} bytes in blocks of ${this.blockSize}`);
-    const n = data.length / this.blockSize;
-    this.hot.blockDigests(data, this.blockSize, list);
+  private fill(list: DigestList, data: Buffer, length: number): number {
+    if (length > COMPARE_CHUNK || length % this.blockSize !== 0) throw new RangeError(`cannot compare ${length} bytes in blocks of ${this.blockSize}`);
+    if (data.length !== 0 && data.length !== length) throw new RangeError(`${data.length} bytes given for a range of ${length}`);
+    const n = length / this.blockSize;
+    if (data.length === 0) list.values.fill(this.zeroDigest, 0, n);
+    else this.hot.blockDigests(data, this.blockSize, list);
     if (n < list.length) list.bytes().fill(0, n * 8);
     return n;
   }

@@ -600,6 +600,7 @@ export class ClusterNode {
       ranges: [],
       unverifiedBytes: 0,
       rechecks: 0,
+      holeBytes: 0,
     };
     let refused: Error | null = null;
     v.mirror.verify((err, report) => {

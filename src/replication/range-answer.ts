@@ -2,6 +2,7 @@
 // read, verify): the range is tracked like a write — it is read once every earlier change to it
 // is on disk, and changes that start later wait until it is read — then answered.
 import { AllocState } from '../protocol/constants.js';
+import type { Volume } from '../volume/volume.js';
 import type { MirrorContext } from './mirror-context.js';
 
 /**
@@ -58,12 +59,11 @@ export function answerRange(
     entry,
     ctx.guard(frame, () => {
       if (!holesEmpty) return read();
-      ctx.local.extents(
+      isHole(
+        ctx.local,
         offset,
         length,
-        2,
-        ctx.guard(frame, (err, extents) => {
-          const hole = !err && extents.length === 1 && extents[0]!.length === length && (extents[0]!.flags & AllocState.HOLE) !== 0;
+        ctx.guard(frame, (hole) => {
           if (!hole) return read();
           try {
             ctx.tracker.release(entry);
@@ -77,4 +77,15 @@ export function answerRange(
   );
 }
 
-const EMPTY = Buffer.alloc(0);
+/** An answer for a hole: no data (the range reads as zeros). */
+export const EMPTY = Buffer.alloc(0);
+
+/**
+ * Whether `volume` reports [offset, offset + length) as one unallocated range (a thin volume's
+ * hole), which reads as zeros without being read; an error answers false (the range is read).
+ */
+export function isHole(volume: Volume, offset: number, length: number, done: (hole: boolean) => void): void {
+  volume.extents(offset, length, 2, (err, extents) => {
+    done(!err && extents.length === 1 && extents[0]!.length === length && (extents[0]!.flags & AllocState.HOLE) !== 0);
+  });
+}

@@ -27,6 +27,7 @@ export interface VerifyHooks {
   requestDigests(id: bigint, offset: number, length: number): boolean;
   /** Ranges of writes in flight here now that overlap [offset, end). */
   inFlight(offset: number, end: number): Array<[number, number]>;
+  /** Reads our copy of a range; empty data for a hole (zeros, not read). */
   readLocal(offset: number, length: number, done: (err: Error | null, data: Buffer) => void): void;
   releaseLocal(data: Buffer): void;
   nextId(): bigint;
@@ -41,6 +42,8 @@ export interface VerifyReport {
   unverifiedBytes: number;
   /** Chunks (or blocks) compared again because a write touched them. */
   rechecks: number;
+  /** Bytes of this node's copy compared as holes (a thin volume's unallocated ranges): not read. */
+  holeBytes: number;
 }
 
 /** Chunk requests in flight at once. */
@@ -66,7 +69,7 @@ export class VerifyRun {
     private readonly h: VerifyHooks,
     private readonly done: (err: Error | null, report: VerifyReport) => void,
   ) {
-    this.report = { totalBytes: h.size, doneBytes: 0, outOfSyncBytes: 0, ranges: [], unverifiedBytes: 0, rechecks: 0 };
+    this.report = { totalBytes: h.size, doneBytes: 0, outOfSyncBytes: 0, ranges: [], unverifiedBytes: 0, rechecks: 0, holeBytes: 0 };
     for (let off = 0; off < h.size; off += COMPARE_CHUNK) this.queue.push({ offset: off, length: Math.min(COMPARE_CHUNK, h.size - off), checks: 0 });
   }
 
@@ -92,9 +95,10 @@ export class VerifyRun {
         this.h.releaseLocal(data);
         return this.fail(new Error(`reading the local copy at ${o.offset} failed: ${err.message}`));
       }
+      if (data.length === 0) this.report.holeBytes += o.length;
       let runs: ReturnType<BlockComparer['differing']>;
       try {
-        runs = this.h.comparer.differing(data, copy);
+        runs = this.h.comparer.differing(data, copy, o.length);
       } finally {
         this.h.releaseLocal(data);
       }

@@ -1,11 +1,12 @@
 // Online verify of one mirrored volume, both sides: this node verifying (a VerifyRun, verify.ts,
 // over the peer link: VERIFY_REQUEST out, VERIFY_DIGESTS back; the differing ranges are marked
 // out of sync on both nodes, not repaired) and this node answering the peer's verify (digests of
-// a range, read in its place among overlapping writes).
+// a range, read in its place among overlapping writes). On a thin volume a range that is a hole
+// is not read on either side: it compares as zero blocks.
 import type { MirrorContext } from './mirror-context.js';
 import { MirrorCode, MirrorError } from './mirror-errors.js';
 import { decodeRange, encodeRange, PeerMsg } from './peer-protocol.js';
-import { answerRange } from './range-answer.js';
+import { answerRange, EMPTY, isHole } from './range-answer.js';
 import { VerifyRun, type VerifyReport } from './verify.js';
 
 export class VolumeVerify {
@@ -33,11 +34,20 @@ export class VolumeVerify {
         rate: ctx.rate,
         requestDigests: (id, offset, length) => ctx.peer.send(PeerMsg.VERIFY_REQUEST, id, encodeRange(ctx.index, offset, length)),
         inFlight: (offset, end) => ctx.tracker.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
+        // A hole here is not read: the comparer takes it as zero blocks (empty data).
         readLocal: (offset, length, cb) => {
-          const data = ctx.hot.slots.acquire(length);
-          ctx.local.read(data, offset, ctx.guard('VERIFY_DIGESTS', (err) => cb(err, data)));
+          isHole(
+            ctx.local,
+            offset,
+            length,
+            ctx.guard('VERIFY_DIGESTS', (hole) => {
+              if (hole) return cb(null, EMPTY);
+              const data = ctx.hot.slots.acquire(length);
+              ctx.local.read(data, offset, ctx.guard('VERIFY_DIGESTS', (err) => cb(err, data)));
+            }),
+          );
         },
-        releaseLocal: (data) => ctx.hot.slots.release(data),
+        releaseLocal: (data) => data.length > 0 && ctx.hot.slots.release(data),
         nextId: () => ctx.nextId(),
       },
       (err, report) => {
@@ -67,13 +77,26 @@ export class VolumeVerify {
     this.run?.onDigests(id, this.ctx.compare.decodeDigests(body).digests);
   }
 
-  /** VERIFY_REQUEST: the peer verifying; our digests of the range, once earlier writes to it are on disk. */
+  /**
+   * VERIFY_REQUEST: the peer verifying; our digests of the range, once earlier writes to it are
+   * on disk. A hole here is not read (the digests of zero blocks).
+   */
   onRequest(id: bigint, body: Buffer): void {
     const { ctx } = this;
     const { offset, length } = decodeRange(body);
-    answerRange(ctx, 'VERIFY_REQUEST', id, body, offset, length, true, (err, data) => {
-      if (!err) ctx.peer.send(PeerMsg.VERIFY_DIGESTS, id, ctx.compare.digestRequest(ctx.index, offset, data));
-    });
+    answerRange(
+      ctx,
+      'VERIFY_REQUEST',
+      id,
+      body,
+      offset,
+      length,
+      true,
+      (err, data) => {
+        if (!err) ctx.peer.send(PeerMsg.VERIFY_DIGESTS, id, ctx.compare.digestRequest(ctx.index, offset, data, length));
+      },
+      true,
+    );
   }
 
   abort(why: string): void {
