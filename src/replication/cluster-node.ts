@@ -446,6 +446,7 @@ export class ClusterNode {
       if (v.mirror.state.disk === 'Failed') return v.mirror.connected('connected with this disk failed: reads and writes go to the peer');
       if (theirs.state === 'Failed') {
         v.mirror.markPeerDiskFailed('the peer reports its disk failed');
+        if (!v.mirror.complete) return v.mirror.connected('connected to a peer whose disk failed, and this copy is incomplete: only the ranges it holds are served, no writes, until the peer returns with a working disk');
         return v.mirror.connected('connected to a peer whose disk failed: this copy serves both');
       }
       const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any(), crashed: v.meta.checksumResync };
