@@ -92,6 +92,7 @@ export class PeerChanges {
     // overwritten by the resync from the peer once its disk is back. It fails, changed nowhere.
     if (ctx.peerDiskFailed && ctx.incomplete()) {
       applied?.();
+      ctx.tracker.landed(entry); // given up: nothing waits on it
       return answer(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete', 'EIO'));
     }
     ctx.tracker.apply(
