@@ -110,6 +110,11 @@ export class MirroredVolume implements Volume {
    */
   private partialCopy = false;
   /**
+   * The peer, whose disk failed, wrote without this copy before (its generation is newer): this
+   * copy is behind everywhere it may have written, and no bits here say where. Until the link is lost.
+   */
+  private behindPeer = false;
+  /**
    * While the volume grows online (grow): client changes and peer frames held, in order, until
    * the metadata has its new size. Reads go on (they touch no metadata).
    */
@@ -295,6 +300,7 @@ export class MirroredVolume implements Volume {
   /** This copy may lack the range: it is stale and its bits do not clear it (see read). */
   private lacks(offset: number, length: number): boolean {
     if (!this.stale()) return false;
+    if (this.behindPeer) return true;
     const [first, count] = this.ctx.grains(offset, length);
     return !this.bitsNameStaleRanges || this.ctx.meta.bitmap.any(first, count);
   }
@@ -337,14 +343,17 @@ export class MirroredVolume implements Volume {
 
   /**
    * The peer's disk failed: this copy is the only good one; every change is marked out of sync.
-   * Unless this copy is incomplete (a resync target: the failed disk was its source): then no
+   * Unless this copy is incomplete (a resync target: the failed disk was its source), or
+   * `behind` (the peer's generation is newer: it wrote without this copy): then no
    * complete copy is left. This one keeps its state and generation, serves only the ranges it
    * holds and takes no writes (refusesWritesAlone), until the peer is back with a working disk
    * and the resync goes on from it.
    */
-  markPeerDiskFailed(reason: string): void {
+  markPeerDiskFailed(reason: string, behind = false): void {
     if (this.ctx.peerDiskFailed) return;
     this.ctx.peerDiskFailed = true;
+    // An incomplete copy knows what it lacks (its bits), so only a complete one is marked behind.
+    this.behindPeer = behind && !this.stale();
     this.writes.peerDiskless();
     if (this.stale()) {
       this.ctx.log.error({ reason }, 'the peer\'s copy failed and this one is incomplete: no complete copy is left; reads of ranges not resynced and all writes fail until the peer returns with a working disk');
@@ -364,7 +373,7 @@ export class MirroredVolume implements Volume {
    * Inconsistent by one cut short (a new volume, never synced, holds nothing older).
    */
   private stale(): boolean {
-    return this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew());
+    return this.behindPeer || this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew());
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
@@ -450,6 +459,7 @@ export class MirroredVolume implements Volume {
     // Frames of the lost link held by a resize: never to be answered.
     if (this.held) for (const f of this.held.frames.splice(0)) this.ctx.peer.release(f.body);
     this.ctx.peerDiskFailed = false; // told again in the next HELLO
+    this.behindPeer = false;
     this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
