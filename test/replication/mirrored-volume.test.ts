@@ -400,6 +400,18 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.state).toBe(DiskState.Inconsistent);
   });
 
+  it('a complete copy that is behind its Failed peer (the peer wrote without it) does not become the only good copy: no writes, nothing read locally', async () => {
+    const { mv, meta, types } = withStubPeer('a');
+    const before = meta.generation;
+    mv.markPeerDiskFailed('the peer reports its disk failed', true); // as cluster-node decides from the HELLO
+    expect(mv.complete).toBe(false);
+    expect(await write(mv, 0, Buffer.alloc(4096, 1)).then(() => null, (e: Error) => e)).toMatchObject({ code: 'MIRROR_INCOMPLETE_COPY', osCode: 'EIO' });
+    expect(types()).not.toContain(PeerMsg.WRITE);
+    void mv.read(Buffer.alloc(4096), 10 * MiB, () => undefined); // no bits say what it lacks: asked of the (Failed) peer
+    expect(types()).toContain(PeerMsg.PEER_READ);
+    expect(meta.generation).toEqual(before);
+  });
+
   it('a write waiting for quorum when its peer vanished fails (EIO) if the peer comes back first: never acknowledged, never lost', async () => {
     // A quorum gate that holds writes, as one does while the witness is asked or refuses.
     const held: Array<(err: Error | null) => void> = [];
