@@ -445,7 +445,15 @@ export class ClusterNode {
       // A failed disk takes part in no resync (it stores nothing): the pair serves from the other copy.
       if (v.mirror.state.disk === 'Failed') return v.mirror.connected('connected with this disk failed: reads and writes go to the peer');
       if (theirs.state === 'Failed') {
-        v.mirror.markPeerDiskFailed('the peer reports its disk failed');
+        // Would this copy be the source if the peer's disk were good? If not, the peer wrote
+        // without it before its disk failed (this copy is behind): it may not serve alone either.
+        const asIf = decide(
+          { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: false, crashed: false },
+          { node: peer.node, generation: theirs.generation, state: DiskState.UpToDate, dirty: false, crashed: false },
+        );
+        const behind = !(asIf.kind === 'initial' || asIf.kind === 'in-sync' || ((asIf.kind === 'bitmap' || asIf.kind === 'full') && asIf.source === this.nodeName));
+        v.mirror.markPeerDiskFailed('the peer reports its disk failed', behind);
+        if (!v.mirror.complete) return v.mirror.connected('connected to a peer whose disk failed, and this copy is incomplete: only the ranges it holds are served, no writes, until the peer returns with a working disk');
         return v.mirror.connected('connected to a peer whose disk failed: this copy serves both');
       }
       const mine: NodeGeneration = { node: this.nodeName, generation: v.meta.generation, state: v.meta.state, dirty: v.meta.bitmap.any(), crashed: v.meta.checksumResync };

@@ -54,6 +54,13 @@ export class MirrorContext {
   readonly peer: PeerPort;
   /** The peer said its disk failed (DISK_FAILED, or its HELLO): every change is marked out of sync here. */
   peerDiskFailed = false;
+  /**
+   * This copy lacks [offset, offset + length) (a resync into it has not copied it yet): it must
+   * not be served from here. Set by the mirrored volume.
+   */
+  lacks: (offset: number, length: number) => boolean = () => false;
+  /** This copy is incomplete (a resync target, or one cut short): set by the mirrored volume. */
+  incomplete: () => boolean = () => false;
   /** Told when the local disk fails a request for [offset, offset + length) (the volume moves to Failed). */
   onDiskFailure: ((err: Error, during: string, offset: number, length: number) => void) | undefined;
   /**

@@ -110,6 +110,11 @@ export class MirroredVolume implements Volume {
    */
   private partialCopy = false;
   /**
+   * The peer, whose disk failed, wrote without this copy before (its generation is newer): this
+   * copy is behind everywhere it may have written, and no bits here say where. Until the link is lost.
+   */
+  private behindPeer = false;
+  /**
    * While the volume grows online (grow): client changes and peer frames held, in order, until
    * the metadata has its new size. Reads go on (they touch no metadata).
    */
@@ -137,6 +142,8 @@ export class MirroredVolume implements Volume {
     this.verifier = new VolumeVerify(this.ctx);
     this.ctx.onChange = (offset, end) => this.verifier.touch(offset, end);
     this.ctx.onDiskFailure = (err, during, offset, length) => this.diskFailed(err, during, offset, length);
+    this.ctx.incomplete = () => this.stale();
+    this.ctx.lacks = (offset, length) => this.lacks(offset, length);
     this.state = new VolumeState(
       o.log,
       () => o.meta.state,
@@ -280,15 +287,22 @@ export class MirroredVolume implements Volume {
    */
   read(buf: Buffer, offset: number, done: Done): void {
     this.ctx.rate.clientIo();
-    const { quorum, meta, local } = this.ctx;
+    const { quorum, local } = this.ctx;
     if (!quorum.readable) return quorum.whenReadable((err) => (err ? done(err) : this.read(buf, offset, done)));
     if (this.state.disk === 'Failed') return this.ctx.peer.connected ? this.reads.read(buf, offset, done) : local.read(buf, offset, done);
     if (!this.stale()) return local.read(buf, offset, this.orFromPeer(buf, offset, done));
     const r = this.running;
     if (r?.role === 'target' && !r.run.peerRunsIn) return void this.readsWaitingForRuns.push(() => this.read(buf, offset, done));
-    const [first, count] = this.ctx.grains(offset, buf.length);
-    if (this.bitsNameStaleRanges && !meta.bitmap.any(first, count)) return local.read(buf, offset, done);
+    if (!this.lacks(offset, buf.length)) return local.read(buf, offset, done);
     this.reads.read(buf, offset, done);
+  }
+
+  /** This copy may lack the range: it is stale and its bits do not clear it (see read). */
+  private lacks(offset: number, length: number): boolean {
+    if (!this.stale()) return false;
+    if (this.behindPeer) return true;
+    const [first, count] = this.ctx.grains(offset, length);
+    return !this.bitsNameStaleRanges || this.ctx.meta.bitmap.any(first, count);
   }
 
   /** A local read that fails gives the disk up (Failed) and is served by the peer, if it is there. */
@@ -327,13 +341,31 @@ export class MirroredVolume implements Volume {
     if (ctx.peer.connected) ctx.sendRuns([{ start, length: count }], false);
   }
 
-  /** The peer's disk failed: this copy is the only good one; every change is marked out of sync. */
-  markPeerDiskFailed(reason: string): void {
+  /**
+   * The peer's disk failed: this copy is the only good one; every change is marked out of sync.
+   * Unless this copy is incomplete (a resync target: the failed disk was its source), or
+   * `behind` (the peer's generation is newer: it wrote without this copy): then no
+   * complete copy is left. This one keeps its state and generation, serves only the ranges it
+   * holds and takes no writes (refusesWritesAlone), until the peer is back with a working disk
+   * and the resync goes on from it.
+   */
+  markPeerDiskFailed(reason: string, behind = false): void {
     if (this.ctx.peerDiskFailed) return;
     this.ctx.peerDiskFailed = true;
+    // An incomplete copy knows what it lacks (its bits), so only a complete one is marked behind.
+    this.behindPeer = behind && !this.stale();
+    this.writes.peerDiskless();
+    if (this.stale()) {
+      this.ctx.log.error({ reason }, 'the peer\'s copy failed and this one is incomplete: no complete copy is left; reads of ranges not resynced and all writes fail until the peer returns with a working disk');
+      return;
+    }
     this.ctx.log.warn({ reason }, 'the peer\'s copy failed: this node holds the only good copy and tracks every change for it');
     this.startTracking();
-    this.writes.peerDiskless();
+  }
+
+  /** This copy is complete (not a resync target, nor one cut short): it can serve alone. */
+  get complete(): boolean {
+    return !this.stale();
   }
 
   /**
@@ -341,7 +373,7 @@ export class MirroredVolume implements Volume {
    * Inconsistent by one cut short (a new volume, never synced, holds nothing older).
    */
   private stale(): boolean {
-    return this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew());
+    return this.behindPeer || this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew());
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
@@ -427,6 +459,7 @@ export class MirroredVolume implements Volume {
     // Frames of the lost link held by a resize: never to be answered.
     if (this.held) for (const f of this.held.frames.splice(0)) this.ctx.peer.release(f.body);
     this.ctx.peerDiskFailed = false; // told again in the next HELLO
+    this.behindPeer = false;
     this.writes.peerLost();
     this.changes.peerLost();
     this.ctx.forgetResends();
@@ -539,14 +572,15 @@ export class MirroredVolume implements Volume {
   }
 
   /**
-   * Why this copy may not take writes without its peer now, or null. An Inconsistent copy (a
-   * resync to it was cut short) would have changes of its own on top of partial data and could
-   * become a resync source.
+   * Why this copy may not take writes without its peer (gone, or its disk failed) now, or null.
+   * An incomplete copy (a resync to it was cut short, or its source's disk failed) would have
+   * changes of its own on top of partial data: the resync from the peer would overwrite them,
+   * or it could become a resync source.
    */
   private refusesWritesAlone(): Error | null {
     if (this.state.disk === 'Failed') return new MirrorError(MirrorCode.LOCAL_FAILED, 'the local disk failed and the peer is gone: no copy would hold this write');
-    if (this.ctx.meta.state !== DiskState.Inconsistent || this.brandNew()) return null;
-    return new MirrorError(MirrorCode.INCOMPLETE_COPY, 'this copy is incomplete (its resync was cut short): it takes writes only with its peer connected');
+    if (!this.stale()) return null;
+    return new MirrorError(MirrorCode.INCOMPLETE_COPY, 'this copy is incomplete (a resync into it has not finished): it takes writes only with a complete peer copy connected');
   }
 
   /** First write without the peer: new current generation, the bitmap counts from the old one. */

@@ -53,7 +53,7 @@ const LEGAL: Readonly<Record<WriteStep, ReadonlyArray<WriteEvent['type']>>> = {
 
 /** What a write asks of the volume about writing without the peer (generation and disk state). */
 export interface AlonePolicy {
-  /** Why this copy may not take writes without its peer now, or null. */
+  /** Why this copy may not take writes without its peer (or with a peer whose disk failed) now, or null. */
   refusal(): Error | null;
   /** About to write without the peer: start tracking changes (a new generation). */
   wroteAlone(): void;
@@ -115,8 +115,14 @@ export class MirroredWrite {
         if (e.status !== 0 && this.reservation && !this.localStarted && statusErrno(e.status) === 'ENOSPC' && !ctx.peerDiskFailed) return this.bothFull();
         this.applyLocal();
         // A peer whose disk failed stores nothing: its answer, whatever it says, leaves the
-        // change to this copy, marked out of sync for the resync to it later.
-        if (ctx.peerDiskFailed) return this.markOutOfSync('peer-diskless');
+        // change to this copy, marked out of sync for the resync to it later — unless this copy
+        // is incomplete (a resync target): then no copy holds it, and it fails (bits set).
+        if (ctx.peerDiskFailed) {
+          const refused = this.path.alone.refusal();
+          if (!refused) return this.markOutOfSync('peer-diskless');
+          this.error ??= refused;
+          return this.markOutOfSync('peer-failed');
+        }
         if (e.status === 0) {
           this.peerHasIt = true;
           this.path.storedOnPeer(this.offset, this.length);
@@ -209,6 +215,12 @@ export class MirroredWrite {
       this.logged = true;
       this.step = 'Queued';
       return this.path.queue(this);
+    }
+    // The peer's disk failed and this copy is incomplete: no copy could hold it (see refusal).
+    const refused = ctx.peerDiskFailed ? this.path.alone.refusal() : null;
+    if (refused) {
+      al.end(this.offset, this.length);
+      return this.complete(refused);
     }
     // A thin volume reserves the units this write needs here before the peer is asked: if
     // there are none, the write fails now, changed nowhere.

@@ -5,7 +5,7 @@
 import type { InFlight, Piece } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { decodeRange, decodeWriteHeader, encodeStatus, encodeStatusCode, PeerMsg, RANGE_SIZE, STATUS_RESEND, WRITE_HEADER_SIZE } from './peer-protocol.js';
-import { isPoolFull } from './mirror-errors.js';
+import { isPoolFull, MirrorCode, MirrorError } from './mirror-errors.js';
 
 /** How a change is applied to the local volume (shared with the local write path). */
 export interface Appliers {
@@ -88,6 +88,13 @@ export class PeerChanges {
       ctx.tracker.untrack(entry);
       ctx.peer.send(PeerMsg.WRITE_ACK, entry.id, encodeStatus(err));
     };
+    // The peer's disk failed and this copy is incomplete: applied here only, the change would be
+    // overwritten by the resync from the peer once its disk is back. It fails, changed nowhere.
+    if (ctx.peerDiskFailed && ctx.incomplete()) {
+      applied?.();
+      ctx.tracker.landed(entry); // given up: nothing waits on it
+      return answer(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete', 'EIO'));
+    }
     ctx.tracker.apply(
       entry,
       piece,

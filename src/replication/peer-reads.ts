@@ -62,6 +62,12 @@ export function notResynced(): MirrorError {
 /** PEER_READ: a read for the peer's client, answered once earlier changes to the range are on disk. */
 export function answerPeerRead(ctx: MirrorContext, id: bigint, body: Buffer): void {
   const { offset, length } = decodeRange(body);
+  // A copy asked by a peer whose disk failed may itself be incomplete: what it lacks is not served.
+  if (ctx.lacks(offset, length)) {
+    ctx.peer.release(body);
+    const err = new MirrorError(MirrorCode.INCOMPLETE_COPY, 'this copy lacks the range (not resynced yet)', 'EIO');
+    return void ctx.peer.send(PeerMsg.PEER_READ_DATA, id, [encodeRange(ctx.index, offset, length), encodeStatus(err), encodeDigest(0n)]);
+  }
   answerRange(ctx, 'PEER_READ', id, body, offset, length, false, (err, data) => {
     const head = encodeRange(ctx.index, offset, length);
     const sealed = encodeDigest(err ? 0n : sealDigest(ctx.hot.digestOf(data), offset));

@@ -2,7 +2,7 @@
 // still succeeds because the peer holds it, the node's disk goes Failed, reads are served by
 // the peer, writes go on to the peer with bits set there, and after the node restarts on a
 // healthy disk it resyncs from the peer and both copies match.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -77,4 +77,67 @@ describe('a node whose disk fails', () => {
     expect(readFileSync(dataFile(dir, 'a')).equals(readFileSync(dataFile(dir, 'b')))).toBe(true);
     expect(readFileSync(dataFile(dir, 'b')).subarray(0, 64 * KiB).equals(failedWrite)).toBe(true);
   });
+
+  it('regression resync-source-disk-failed: the partial target does not become the only good copy; the resync goes on from the repaired source, identical', async () => {
+    // Found by the power-cut soak (`--phase resync-source --disk-errors 0.5 --seed 4004`): the
+    // target declared "the only good copy", took writes on partial data, and the pair diverged.
+    const sub = join(dir, 'resync-source');
+    const p = await pairPorts();
+    mkdirSync(sub);
+    const config = writePairConfig(join(sub, 'cluster.json'), p, '96M', p.peerB, { resync: { maxRate: '24M' } });
+    const faults = join(sub, 'faults-a.json');
+    writeFileSync(faults, JSON.stringify({ rules: [] }));
+    let a = await startClusterNode(config, 'a', ['--test-faults', faults]);
+    let b = await startClusterNode(config, 'b');
+    running.push(a, b);
+    await until(async () => (await status(p.adminB)).disk === 'UpToDate');
+    await b.stop('SIGKILL');
+    running.splice(running.indexOf(b), 1);
+    await until(async () => (await status(p.adminA)).connection !== 'Connected');
+    const ca = await NbdClient.connect({ port: p.nbdA, exportName: 'vol0' });
+    const CHANGED = 64 * MiB;
+    const pattern = (off: number) => Buffer.alloc(4 * MiB, 1 + ((off / MiB) % 200));
+    for (let off = 0; off < CHANGED; off += 4 * MiB) await ca.write(off, pattern(off));
+    await ca.flush();
+    b = await startClusterNode(config, 'b');
+    running.push(b);
+    // a is the resync source (about 2.7 s paced); its disk fails reads part way.
+    await until(async () => ((await status(p.adminB)).resync?.doneBytes ?? 0) >= 8 * MiB, 30_000);
+    await loadFaults(a, faults, { rules: [{ op: 'read', errno: 'EIO' }] });
+    await until(async () => {
+      const [sa, sb] = [await status(p.adminA), await status(p.adminB)];
+      return sa.disk === 'Failed' && sa.connection === 'Connected' && sb.connection === 'Connected' && sb.peerDiskFailed;
+    });
+    const sb = await status(p.adminB);
+    expect(sb).toMatchObject({ disk: 'Inconsistent', resync: null });
+    expect(sb.outOfSyncBytes).toBeGreaterThan(0);
+    expect(b.logs.some((l) => String(l.msg).includes('only good copy'))).toBe(false);
+
+    // No complete copy is left: writes fail on both nodes, reads of ranges b lacks fail, the rest are served.
+    const cb = await NbdClient.connect({ port: p.nbdB, exportName: 'vol0' });
+    const failed = (x: Promise<unknown>) => x.then(() => null, (e: { code?: string }) => e.code ?? String(e));
+    expect(await failed(cb.write(60 * MiB, Buffer.alloc(4 * KiB, 0xee)))).toBe('EIO');
+    expect(await failed(ca.write(61 * MiB, Buffer.alloc(4 * KiB, 0xef)))).toBe('EIO');
+    expect(await failed(cb.read(60 * MiB, 4 * KiB))).toBe('EIO');
+    expect(await failed(ca.read(60 * MiB, 4 * KiB))).toBe('EIO');
+    expect((await cb.read(80 * MiB, 4 * KiB)).equals(Buffer.alloc(4 * KiB))).toBe(true); // never changed: b holds it
+    // One link loss (the source's reset when its disk failed), no loop of reconnects.
+    expect(b.logs.filter((l) => l.msg === 'peer link lost').length).toBe(1);
+    await ca.close();
+    await cb.close();
+
+    // a's disk repaired (faults cleared), a restarted: the resync goes on from it and ends identical.
+    await a.stop('SIGKILL');
+    running.splice(running.indexOf(a), 1);
+    writeFileSync(faults, JSON.stringify({ rules: [] }));
+    a = await startClusterNode(config, 'a', ['--test-faults', faults]);
+    running.push(a);
+    await until(async () => {
+      const [x, y] = [await status(p.adminA), await status(p.adminB)];
+      return x.connection === 'Connected' && x.disk === 'UpToDate' && y.disk === 'UpToDate' && y.resync === null && x.outOfSyncBytes === 0 && y.outOfSyncBytes === 0;
+    }, 30_000);
+    const [fa, fb] = [readFileSync(join(sub, 'a', 'vol0.img')), readFileSync(join(sub, 'b', 'vol0.img'))];
+    expect(fa.equals(fb)).toBe(true);
+    for (let off = 0; off < CHANGED; off += 4 * MiB) expect(fb.subarray(off, off + 4 * MiB).equals(pattern(off))).toBe(true);
+  }, 120_000);
 });

@@ -12,7 +12,7 @@ import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
-import { PEER_VERSION, PeerMsg } from '../../src/replication/peer-protocol.js';
+import { encodeRange, encodeWriteHeader, PEER_VERSION, PeerMsg, RANGE_SIZE, sealDigest } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -99,11 +99,17 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
   const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
   const meta = VolumeMeta.open(join(dir, `${node}.meta`), { cluster: 'c', node, volumeSize: SIZE, grain: GRAIN }, hot);
   cleanups.push(async () => (meta.close(), await file.close()));
-  const sent: Array<{ type: number; id: bigint }> = [];
-  const peer = { connected: true, send: (type: number, id: bigint) => (sent.push({ type, id }), peer.connected), afterSend: (fn: () => void) => fn(), reset: () => undefined, release: () => undefined };
+  const sent: Array<{ type: number; id: bigint; body: Buffer }> = [];
+  const peer = {
+    connected: true,
+    send: (type: number, id: bigint, body?: Buffer | readonly Buffer[]) => (sent.push({ type, id, body: Buffer.concat(body === undefined ? [] : Buffer.isBuffer(body) ? [body] : [...body]) }), peer.connected),
+    afterSend: (fn: () => void) => fn(),
+    reset: () => undefined,
+    release: () => undefined,
+  };
   const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node, peerName: node === 'a' ? 'b' : 'a', grain: GRAIN, hot, log, quorum });
   const types = () => sent.map((f) => f.type);
-  return { mv, meta, peer, sent, types };
+  return { mv, meta, peer, sent, types, hot, path: join(dir, `${node}.img`) };
 }
 
 describe('mirrored volume (in-process pair)', () => {
@@ -342,6 +348,68 @@ describe('mirrored volume (in-process pair)', () => {
     const read = (off: number) => new Promise<Error | null>((res) => mv.read(Buffer.alloc(4096), off, res));
     expect(await read(3 * MiB)).toMatchObject({ code: 'MIRROR_NOT_RESYNCED', osCode: 'EIO' });
     expect(await read(10 * MiB)).toBeNull();
+  });
+
+  it('a resync target whose source reports its disk failed does not become the only good copy: no writes, no new generation, lacking ranges not served', async () => {
+    const { mv, meta, sent, types, hot, path } = withStubPeer('b');
+    mv.startResync('target', () => undefined);
+    const runs = Buffer.alloc(20); // grains 768..783 (3 MiB .. 3 MiB + 64 KiB) are stale here
+    runs.writeDoubleBE(768, 4);
+    runs.writeDoubleBE(16, 12);
+    mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
+    // A client write mirrored before the failure; the source answers it after (stored nowhere).
+    const inFlight = write(mv, 5 * MiB, Buffer.alloc(4096, 0x11)).then(() => null, (e: Error) => e);
+    await until(() => types().includes(PeerMsg.WRITE));
+    const before = meta.generation;
+    const eio = Buffer.alloc(4);
+    eio.writeUInt32BE(5);
+    mv.handleFrame({ type: PeerMsg.DISK_FAILED, flags: 0, length: 4, id: 2n }, eio);
+    expect(mv.peerDiskFailed).toBe(true);
+    expect(mv.complete).toBe(false);
+    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: sent.find((f) => f.type === PeerMsg.WRITE)!.id }, Buffer.alloc(4));
+    expect(await inFlight).toMatchObject({ code: 'MIRROR_INCOMPLETE_COPY', osCode: 'EIO' });
+    expect(meta.bitmap.any(5 * MiB / GRAIN, 1)).toBe(true); // resynced from the source later
+    // New client writes fail before anything is sent or written.
+    const writesSent = types().filter((t) => t === PeerMsg.WRITE).length;
+    expect(await write(mv, 6 * MiB, Buffer.alloc(4096, 0x22)).then(() => null, (e: Error) => e)).toMatchObject({ code: 'MIRROR_INCOMPLETE_COPY', osCode: 'EIO' });
+    expect(types().filter((t) => t === PeerMsg.WRITE).length).toBe(writesSent);
+    // The failed node's clients' writes (forwarded here) fail too, unapplied.
+    const data = Buffer.alloc(4096, 0x33);
+    const header = encodeWriteHeader({ volume: 0, flags: 0, offset: 7 * MiB, digest: sealDigest(hot.digestOf(data), 7 * MiB, 0) });
+    const frame = Buffer.concat([header, data]);
+    mv.handleFrame({ type: PeerMsg.WRITE, flags: 0, length: frame.length, id: 3n }, frame);
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE_ACK && f.id === 3n));
+    expect(sent.find((f) => f.type === PeerMsg.WRITE_ACK && f.id === 3n)!.body.readUInt32BE(0)).toBe(5);
+    expect(readFileSync(path).subarray(7 * MiB, 7 * MiB + 4096).every((x) => x === 0)).toBe(true);
+    // Its reads of a range not resynced here are not served from this copy; the rest are.
+    const range = encodeRange(0, 3 * MiB, 4096);
+    mv.handleFrame({ type: PeerMsg.PEER_READ, flags: 0, length: range.length, id: 4n }, range);
+    await until(() => sent.some((f) => f.type === PeerMsg.PEER_READ_DATA && f.id === 4n));
+    expect(sent.find((f) => f.type === PeerMsg.PEER_READ_DATA && f.id === 4n)!.body.readUInt32BE(RANGE_SIZE)).toBe(5);
+    const held = encodeRange(0, 10 * MiB, 4096);
+    mv.handleFrame({ type: PeerMsg.PEER_READ, flags: 0, length: held.length, id: 5n }, held);
+    await until(() => sent.some((f) => f.type === PeerMsg.PEER_READ_DATA && f.id === 5n));
+    expect(sent.find((f) => f.type === PeerMsg.PEER_READ_DATA && f.id === 5n)!.body.readUInt32BE(RANGE_SIZE)).toBe(0);
+    // Its own reads: what it holds locally; a range it lacks is asked of the peer, never read here.
+    expect(await new Promise<Error | null>((res) => mv.read(Buffer.alloc(4096), 10 * MiB, res))).toBeNull();
+    const peerReads = types().filter((t) => t === PeerMsg.PEER_READ).length;
+    void mv.read(Buffer.alloc(4096), 3 * MiB, () => undefined);
+    expect(types().filter((t) => t === PeerMsg.PEER_READ).length).toBe(peerReads + 1);
+    // No new generation, still Inconsistent: the next connection resyncs it from the peer.
+    expect(meta.generation).toEqual(before);
+    expect(meta.state).toBe(DiskState.Inconsistent);
+  });
+
+  it('a complete copy that is behind its Failed peer (the peer wrote without it) does not become the only good copy: no writes, nothing read locally', async () => {
+    const { mv, meta, types } = withStubPeer('a');
+    const before = meta.generation;
+    mv.markPeerDiskFailed('the peer reports its disk failed', true); // as cluster-node decides from the HELLO
+    expect(mv.complete).toBe(false);
+    expect(await write(mv, 0, Buffer.alloc(4096, 1)).then(() => null, (e: Error) => e)).toMatchObject({ code: 'MIRROR_INCOMPLETE_COPY', osCode: 'EIO' });
+    expect(types()).not.toContain(PeerMsg.WRITE);
+    void mv.read(Buffer.alloc(4096), 10 * MiB, () => undefined); // no bits say what it lacks: asked of the (Failed) peer
+    expect(types()).toContain(PeerMsg.PEER_READ);
+    expect(meta.generation).toEqual(before);
   });
 
   it('a write waiting for quorum when its peer vanished fails (EIO) if the peer comes back first: never acknowledged, never lost', async () => {
