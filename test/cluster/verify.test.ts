@@ -1,24 +1,18 @@
 // `nbd-mirror verify` against two real node processes: damage b's copy behind its back, verify
 // while a client keeps writing, get exactly the damaged ranges (JSON and human), see them marked
 // out of sync on both nodes, then --repair --source a and find both copies identical.
-import { execFile } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { dataFile, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
+import { runCli } from '../support/fixture.js';
+import { startClusterNode, type RunningServer } from '../support/processes.js';
 
 const MiB = 2 ** 20;
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [cliPath, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 describe('nbd-mirror verify (real processes)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-verify-'));

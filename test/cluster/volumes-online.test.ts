@@ -4,7 +4,6 @@
 // on b), grows with its data kept (nbdinfo sees the new size on both), survives a restart of
 // both nodes, and its deletion removes the export and the files on both. A resize keeps the
 // clients writing on both nodes; a delete is refused while a volume has clients, unless --force.
-import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,20 +12,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import { keygen } from '../../src/security/keygen.js';
 import { pairPorts, until, writePairConfig, type PairPorts } from '../support/cluster.js';
-import { run } from '../support/fixture.js';
+import { run, runCli } from '../support/fixture.js';
 import { NbdClient } from '../support/nbd-client.js';
-import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
+import { startClusterNode, type RunningServer } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
 
 const MiB = 2 ** 20;
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [cliPath, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 const missing = missingTools('qemu-io', 'qemu-img', 'nbdinfo');
 

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startClusterNode, startNbdMirror, type RunningServer } from './processes.js';
+import { cliPath, startClusterNode, startNbdMirror, type RunningServer } from './processes.js';
 import { pairPorts, until, volumeStatus, writePairConfig } from './cluster.js';
 import { toolEnv } from './tools.js';
 
@@ -84,4 +84,13 @@ export async function run(cmd: string, args: string[], opts: { input?: string; t
     const e = err as { stderr?: string; stdout?: string; message: string };
     throw new Error(`${cmd} ${args.join(' ')} failed: ${e.message}\n${e.stderr ?? ''}${e.stdout ?? ''}`);
   }
+}
+
+/** Runs the nbd-mirror CLI and gives its exit code and output, whether it succeeded or not. */
+export function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cliPath, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr });
+    });
+  });
 }
