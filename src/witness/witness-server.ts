@@ -5,8 +5,8 @@
 // its copy is, or may become, older than the holder's. So at most one node writes alone, and
 // two nodes can never both write apart (no split brain).
 //
-// It also remembers, per cluster, that the cluster holds data (`hasData`): set by the first
-// grant it gives and by a release from a node whose copy is not new (a release comes when the
+// It also remembers, per cluster, that the cluster holds data (`hasData`): set by any grant it
+// gives and by a release from a node whose copy is not new (a release comes when the
 // pair is in sync, or before a graceful leave); it never clears. A claim says whether the
 // claimer's copy is brand new (a replaced, empty disk, or a node never used); such a claim is
 // refused once the cluster holds data, even from the grant's holder: its empty copy would serve
@@ -87,8 +87,8 @@ export class WitnessState {
     const c = this.clusters.get(r.cluster);
     const g = c?.grant;
     if (c && r.brandNew === true) {
-      // Even the holder: its grant was for the copy it had, which this one is not (the grant
-      // stays, as a replaced node may hold other data no more than its peer does).
+      // Even the holder: its grant was for the copy it had before its disk was replaced. A
+      // refusal changes nothing: the grant stays, and goes back at the pair's next in-sync.
       return { granted: false, holder: g?.holder ?? null, reason: `a brand-new copy cannot serve alone: this cluster holds data on its peer; ${r.node} serves once connected to its peer and synced from it` };
     }
     if (!g) {
