@@ -94,6 +94,7 @@ describe('witness server', () => {
     expect((await post('/claim', 'not json')).status).toBe(400);
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b' }))).status).toBe(400);
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b', node: 'a', extra: 1 }))).status).toBe(400);
+    for (const brandNew of ['no', 0, null]) expect((await post('/release', JSON.stringify({ cluster: 'a+b', node: 'a', brandNew }))).status).toBe(400);
     expect((await post('/grant-me-everything', '{}')).status).toBe(404);
     // Request targets `new URL` cannot parse (the fuzzer's find: they used to end the process).
     for (const target of ['//', '//x:99999/', 'http://[bad/']) expect(await rawStatusLine(w.port, `GET ${target} HTTP/1.0\r\n\r\n`)).toMatch(/^HTTP\/1\.[01] 404/);
