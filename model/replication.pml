@@ -5,8 +5,10 @@
  * steps, bounded by MAXW writes and MAXF faults.
  *
  * Also modelled: a graceful leave (LEAVING: the survivor writes alone without the grant), a
- * disk replaced by an empty one (a new node: full sync, and no copy that is incomplete ever
- * becomes a source, reads alone or writes alone), resyncs cut short by any fault.
+ * disk replaced by an empty one (a brand-new copy: full sync; alone, the witness refuses it once
+ * the cluster holds data; no copy that is incomplete ever becomes a source, reads alone or
+ * writes alone), a new cluster whose first node starts alone and empty, resyncs cut short by
+ * any fault.
  *
  * Abstractions (each covered elsewhere): a block's value is the id of the write that last
  * changed it; everything a node does is durable when it does it (power loss: issue 14's
@@ -39,6 +41,7 @@ bool alive[2] = 1;
 bool link = 1;        /* connected and decided */
 bool peerLeft[2];     /* this node's peer said LEAVING: it writes alone without the grant */
 byte holder = NONE;   /* the witness's write grant */
+bool hasData;         /* the witness knows the cluster holds data: set by a grant or a release, never cleared */
 byte nextGen = 2;
 
 /* the one client write in flight */
@@ -73,23 +76,50 @@ inline startTracking(n) {
 /* A new node: a replaced disk never synced with anything (generation.ts: Inconsistent, no bitmap, no history). */
 #define BRAND_NEW(n) (disk[n] == Inconsistent && cur[n] == 0)
 
-/* May node n write without its peer? The witness grant (claimed if free), or the peer said it
-   was leaving; never an incomplete copy (mirrored-volume.ts refusesWritesAlone). */
+/* An incomplete copy that is not new: a resync into it was cut short (mirrored-volume.ts stale). */
+#define STALE(n) (disk[n] == Inconsistent && !BRAND_NEW(n))
+
+/* The witness's rule for a brand-new copy (claim body brandNew, witness-server.ts): refused once
+   the cluster holds data, even if it holds the grant (from before its disk was replaced). */
+#ifdef MUTANT_BRAND_NEW_ALONE
+#define NEW_COPY_OK(n) 1
+#else
+#define NEW_COPY_OK(n) (!(BRAND_NEW(n) && hasData))
+#endif
+
+/* Node n, without its peer, claims the grant (quorum.ts claim): granted if it is free or n's and
+   the rule above allows; every grant marks the cluster as holding data. */
+inline witnessGrants(n, ok) {
+  ok = 0;
+  if
+  :: (holder == NONE || holder == n) && NEW_COPY_OK(n) -> holder = n; hasData = 1; ok = 1
+  :: else -> skip
+  fi
+}
+
+/* May node n go on without its peer? The peer said it was leaving (quorum.ts: alone, nothing
+   asked), or the witness grants it. */
+inline mayGoAlone(n, ok) {
+  if
+  :: peerLeft[n] -> ok = 1
+  :: else -> witnessGrants(n, ok)
+  fi
+}
+
+/* May node n write without its peer? As mayGoAlone; never an incomplete copy (mirrored-volume.ts
+   refusesWritesAlone). A brand-new copy written alone holds the only copy: UpToDate
+   (mirrored-volume.ts startTracking). */
 inline mayWriteAlone(n, ok) {
   ok = 0;
   if
 #ifdef MUTANT_NO_WITNESS
-  :: disk[n] != Inconsistent -> ok = 1
+  :: !STALE(n) -> ok = 1
 #else
-  :: disk[n] != Inconsistent && peerLeft[n] -> ok = 1 /* quorum.ts: alone, nothing asked */
-  :: disk[n] != Inconsistent && !peerLeft[n] && (holder == NONE || holder == n) -> holder = n; ok = 1
-#endif
-#ifdef BRAND_NEW_ALONE
-  /* the code as it is: a brand-new copy may write alone (it is "the only copy") and turns UpToDate */
-  :: BRAND_NEW(n) && (holder == NONE || holder == n) -> holder = n; ok = 1; disk[n] = UpToDate
+  :: !STALE(n) -> mayGoAlone(n, ok)
 #endif
   :: else -> skip
-  fi
+  fi;
+  if :: ok && BRAND_NEW(n) -> disk[n] = UpToDate :: else -> skip fi
 }
 
 /* A write waiting for the peer when the link went: bits first, then acknowledged alone with quorum. */
@@ -121,14 +151,25 @@ inline checkRead(n, b) {
   if
   :: link && resyncing && tgt == n && dirty[IDX(n, b)] -> assert(uncertain[b] || data[IDX(src, b)] == acked[b])
   :: link && !(resyncing && tgt == n && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
-  :: !link && (holder == n || peerLeft[n]) && !(disk[n] == Inconsistent && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
+  /* alone: with the grant, which a node asks for again after each restart before it serves
+     (the same answer for its holder, unless its copy is now brand new) */
+  :: !link && (peerLeft[n] || (holder == n && NEW_COPY_OK(n))) && !(disk[n] == Inconsistent && dirty[IDX(n, b)]) -> assert(uncertain[b] || data[IDX(n, b)] == acked[b])
   :: else -> skip /* held or refused: no data served */
   fi
 }
 
 active proctype world() {
   byte n; byte b; bool ok; byte s; byte t;
-  cur[0] = 1; cur[1] = 1;
+  if
+  /* a pair in sync with data; its first in-sync after start told the witness (a release:
+     quorum.ts grantFromBefore) */
+  :: cur[0] = 1; cur[1] = 1; hasData = 1
+  /* a new cluster: both disks new and empty, nothing recorded at the witness; its first node
+     starts alone, the other later (down at first: counted as one fault, which keeps the
+     search small; both starting together is the in-sync start above) */
+  :: disk[0] = Inconsistent; disk[1] = Inconsistent; link = 0; alive[1] = 0; faults = 1;
+     data[0] = EMPTY; data[1] = EMPTY; data[2] = EMPTY; data[3] = EMPTY; acked[0] = EMPTY; acked[1] = EMPTY
+  fi;
   do
   /* a client starts a write through node n */
   :: atomic { wstep == Idle && writes < MAXW ->
@@ -179,6 +220,7 @@ active proctype world() {
 #ifndef MUTANT_LEAVE_KEEPS_GRANT
        if :: holder == n -> holder = NONE :: else -> skip fi;
 #endif
+       hasData = 1; /* the leaver's release (its copy is not new: it was connected) */
        peerLeft[PEER(n)] = 1;
 #ifndef MUTANT_LEAVE_NO_CLAIM
        if :: holder == NONE -> holder = PEER(n) :: else -> skip fi;
@@ -190,12 +232,9 @@ active proctype world() {
   :: atomic { faults < MAXF -> select(n : 0 .. 1);
        if
        :: !alive[n] && (uncertain[0] || data[IDX(PEER(n), 0)] == acked[0]) && (uncertain[1] || data[IDX(PEER(n), 1)] == acked[1]) ->
+            /* no bits (as in the code): alone, only the witness keeps it from serving */
             faults++; data[IDX(n, 0)] = EMPTY; data[IDX(n, 1)] = EMPTY;
-            disk[n] = Inconsistent; cur[n] = 0; bm[n] = 0; alog[n] = 0;
-#if !defined(BRAND_NEW_ALONE) && !defined(MUTANT_NO_FULL_SYNC)
-            /* a new copy holds nothing: all of it is out of sync, it serves nothing alone */
-            dirty[IDX(n, 0)] = 1; dirty[IDX(n, 1)] = 1
-#endif
+            disk[n] = Inconsistent; cur[n] = 0; bm[n] = 0; alog[n] = 0; dirty[IDX(n, 0)] = 0; dirty[IDX(n, 1)] = 0
        :: else -> skip
        fi }
   /* node n restarts: its activity log marks what may differ */
@@ -213,7 +252,7 @@ active proctype world() {
        if
        :: BRAND_NEW(0) && !BRAND_NEW(1) -> s = 1; t = 1
        :: BRAND_NEW(1) && !BRAND_NEW(0) -> s = 0; t = 1
-       :: BRAND_NEW(0) && BRAND_NEW(1) -> assert(0) /* never: a disk is replaced only beside a consistent copy */
+       :: BRAND_NEW(0) && BRAND_NEW(1) -> s = NONE /* two new copies: identical by definition (decide: initial) */
        :: !BRAND_NEW(0) && !BRAND_NEW(1) && cur[0] == cur[1] ->
             /* in sync; bits from a crash: the consistent side, else the first by name */
             if
@@ -225,10 +264,15 @@ active proctype world() {
        :: else -> assert(0) /* split brain or unrelated copies: the witness must have prevented it */
        fi;
        if
+       :: s == NONE ->
+            /* both UpToDate with one generation; their first in-sync tells the witness (a
+               release), here one step with the meeting (the witness always answers here) */
+            disk[0] = UpToDate; disk[1] = UpToDate; cur[0] = nextGen; cur[1] = nextGen; nextGen++;
+            link = 1; peerLeft[0] = 0; peerLeft[1] = 0; hasData = 1
 #ifndef MUTANT_NO_CONSISTENT_SOURCE
        /* the copy the generations name is incomplete (a resync into it was cut short, and its
           source is gone: replaced): nothing is copied either way (decide: no-consistent-source) */
-       :: disk[s] == Inconsistent -> skip
+       :: s != NONE && disk[s] == Inconsistent -> skip
 #endif
        :: else ->
             /* never sync from an incomplete copy */
@@ -239,6 +283,10 @@ active proctype world() {
             /* a full sync: every block of the new copy */
             if :: t -> dirty[IDX(tgt, 0)] = 1; dirty[IDX(tgt, 1)] = 1 :: else -> skip fi;
 #endif
+            /* the target takes the source's generation at once, staying Inconsistent (cluster-node.ts
+               'full'): no longer new, so a full sync cut short leaves a partial copy, never one
+               that the witness would treat as a new cluster's */
+            if :: t -> cur[tgt] = cur[src] :: else -> skip fi;
             for (b : 0 .. B - 1) {
               if :: dirty[IDX(0, b)] || dirty[IDX(1, b)] -> dirty[IDX(0, b)] = 1; dirty[IDX(1, b)] = 1 :: else -> skip fi
             }
@@ -267,7 +315,7 @@ active proctype world() {
   /* in sync (connected, no bits, nothing running): the grant goes back, nobody has written alone */
   :: atomic { IN_SYNC ->
        assert(data[0] == data[2] && data[1] == data[3]); /* both copies identical */
-       holder = NONE; wroteAlone[0] = 0; wroteAlone[1] = 0 }
+       holder = NONE; hasData = 1; wroteAlone[0] = 0; wroteAlone[1] = 0 }
   /* a client reads block b through node n */
   :: atomic { wstep == Idle -> select(n : 0 .. 1); select(b : 0 .. B - 1);
        if :: alive[n] -> checkRead(n, b) :: else -> skip fi }

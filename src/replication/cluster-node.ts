@@ -289,6 +289,8 @@ export class ClusterNode {
       suspendMs: config.quorum.suspendTimeout,
       retryMs: 500,
       log: log.child({ component: 'quorum' }),
+      // A node that holds no data at all (a replaced disk): the witness refuses it alone once the cluster holds data.
+      brandNew: () => this.volumes.every((v) => v.mirror.brandNew),
     });
     this.splitBrainPolicy = config.splitBrain;
     this.linkTimeoutMs = config.link.timeoutMs;

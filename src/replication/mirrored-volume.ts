@@ -373,7 +373,7 @@ export class MirroredVolume implements Volume {
    * Inconsistent by one cut short (a new volume, never synced, holds nothing older).
    */
   private stale(): boolean {
-    return this.behindPeer || this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew());
+    return this.behindPeer || this.partialCopy || (this.ctx.meta.state === DiskState.Inconsistent && !this.brandNew);
   }
 
   write(buf: Buffer, offset: number, fua: boolean, done: Done): void {
@@ -591,12 +591,15 @@ export class MirroredVolume implements Volume {
     if (next === g) return;
     const withState = { generation: next, trackingSince: Date.now() };
     // A brand-new node writing alone holds the only copy of its data: up to date by definition.
-    if (this.brandNew()) this.state.setDisk('UpToDate', 'a new volume written without its peer: the only copy', withState);
+    if (this.brandNew) this.state.setDisk('UpToDate', 'a new volume written without its peer: the only copy', withState);
     else meta.saveIdentity(withState);
   }
 
-  /** Never synced with anything and never written alone (a fresh volume). */
-  private brandNew(): boolean {
+  /**
+   * Never synced with anything and never written alone (a fresh volume: a new cluster, or a
+   * replaced disk). It serves alone only as the witness allows (quorum.ts brandNew).
+   */
+  get brandNew(): boolean {
     const { meta } = this.ctx;
     const g = meta.generation;
     return meta.state === DiskState.Inconsistent && g.bitmap === NO_GENERATION && g.history[0] === NO_GENERATION;

@@ -6,7 +6,9 @@
 //               possible and detected), or the peer said it was leaving, or the witness granted it
 //   claiming    the peer is gone and the witness is being asked
 //   denied      the witness gave the grant to the peer: this copy is, or will be, outdated;
-//               writes AND reads wait (policy below), so no client sees old data
+//               or this copy is brand new (a replaced, empty disk) and the witness knows the
+//               cluster holds data (on the peer): it would serve nothing of it. Writes AND
+//               reads wait (policy below), so no client sees old or missing data
 //   no-quorum   neither peer nor witness answers: this node cannot know whether the peer writes;
 //               writes wait or fail by policy, reads go on — unless this copy may be old: the
 //               witness refused it earlier, or the node has just started and has seen neither
@@ -39,6 +41,12 @@ export interface QuorumOptions {
   /** How often the witness is asked again while the answer is not yes. */
   readonly retryMs: number;
   readonly log: Logger;
+  /**
+   * Is this node's copy brand new (every volume new, never synced nor written: a replaced disk,
+   * or a node never used)? Sent with each claim and release (witness-server.ts: a brand-new copy
+   * is refused once the cluster holds data). Absent: never.
+   */
+  readonly brandNew?: () => boolean;
 }
 
 interface Held {
@@ -139,7 +147,7 @@ export class QuorumGate {
     if (!(this.holdsGrant || this.grantFromBefore) || this.releasing || !this.o.witness) return;
     this.releasing = true;
     // A claim waits for this answer (see claim): the witness must not see them the other way round.
-    this.release = this.o.witness.release().then(
+    this.release = this.o.witness.release(this.brandNew()).then(
       () => {
         this.releasing = false;
         const held = this.holdsGrant;
@@ -169,7 +177,7 @@ export class QuorumGate {
     await this.release; // one already on its way (it never rejects)
     if (!(this.holdsGrant || this.grantFromBefore)) return true;
     try {
-      await this.o.witness.release();
+      await this.o.witness.release(this.brandNew());
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'could not give the write grant back before leaving');
       return false;
@@ -199,7 +207,7 @@ export class QuorumGate {
     try {
       // A release still on its way could reach the witness after this claim and undo its grant.
       await this.release;
-      const answer = await this.o.witness!.claim();
+      const answer = await this.o.witness!.claim(this.brandNew());
       if (this.current === 'connected') return; // the peer came back meanwhile
       if (answer.granted) {
         this.holdsGrant = true;
@@ -215,6 +223,10 @@ export class QuorumGate {
       this.set('no-quorum', `neither peer nor witness reachable (${(err as Error).message})`);
       this.scheduleClaim();
     }
+  }
+
+  private brandNew(): boolean {
+    return this.o.brandNew?.() ?? false;
   }
 
   private scheduleClaim(): void {

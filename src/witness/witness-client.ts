@@ -16,16 +16,20 @@ export class WitnessClient {
     private readonly secret?: Buffer,
   ) {}
 
-  claim(): Promise<WitnessAnswer> {
-    return this.post('/claim');
+  /** `brandNew`: this node's copy is brand new (witness-server.ts: refused once the cluster holds data). */
+  claim(brandNew = false): Promise<WitnessAnswer> {
+    return this.post('/claim', brandNew);
   }
 
-  release(): Promise<WitnessAnswer> {
-    return this.post('/release');
+  /** `brandNew`: as for claim (a release from a copy that is not new tells the witness the cluster holds data). */
+  release(brandNew = false): Promise<WitnessAnswer> {
+    return this.post('/release', brandNew);
   }
 
-  private async post(path: string): Promise<WitnessAnswer> {
-    const body = JSON.stringify({ cluster: this.cluster, node: this.node });
+  private async post(path: string, brandNew: boolean): Promise<WitnessAnswer> {
+    // Only when true: a witness from before the field refuses it (400), which leaves a new copy
+    // without quorum rather than granted; every other request it still serves.
+    const body = JSON.stringify({ cluster: this.cluster, node: this.node, ...(brandNew && { brandNew }) });
     const headers = this.secret === undefined ? {} : signatureHeaders(this.secret, 'POST', path, body);
     const res = await httpRequest(this.addr, 'POST', path, { jsonText: body, headers, timeoutMs: this.timeoutMs });
     if (res.status !== 200) throw new Error(`witness answered ${res.status}: ${res.body}`);

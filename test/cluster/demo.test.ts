@@ -60,7 +60,8 @@ describe('nbd-mirror demo', () => {
       await a.write(65536, Buffer.alloc(4096, 0xd3));
       const b = await NbdClient.connect({ port: 10810, exportName: 'vol0' });
       expect((await b.read(65536, 4096)).every((x) => x === 0xd3)).toBe(true);
-      expect(await (await fetch('http://127.0.0.1:7800/status')).json()).toEqual({ grants: {} });
+      // No grant held; the pair's first in-sync tells the witness the cluster holds data (a brand-new copy is refused alone from then on).
+      expect(await (await fetch('http://127.0.0.1:7800/status')).json()).toEqual({ grants: {}, hasData: expect.any(Array) });
       // The commands the demo prints: status is open, by address or through the config.
       expect(await run(process.execPath, [cliPath, 'status', '--admin', '127.0.0.1:9180'])).toMatch(/vol0: Connected UpToDate {2}quorum connected {2}out of sync 0 B/);
       expect(await run(process.execPath, [cliPath, 'status', '--config', config, '--node', 'a'])).toMatch(/vol0: Connected UpToDate/);

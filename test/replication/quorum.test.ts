@@ -11,13 +11,13 @@ const log = createLogger('silent');
 function witnessFor(state: WitnessState, node: string, reachable: { up: boolean }): WitnessClient {
   const call = (answer: () => WitnessAnswer) => (reachable.up ? Promise.resolve(answer()) : Promise.reject(new Error('connect ECONNREFUSED')));
   return {
-    claim: () => call(() => state.claim({ cluster: 'a+b', node })),
-    release: () => call(() => state.release({ cluster: 'a+b', node })),
+    claim: (brandNew: boolean) => call(() => state.claim({ cluster: 'a+b', node, brandNew })),
+    release: (brandNew: boolean) => call(() => state.release({ cluster: 'a+b', node, brandNew })),
   } as unknown as WitnessClient;
 }
 
-function gate(node: string, state: WitnessState | null, reachable = { up: true }, onNoQuorum: NoQuorumPolicy = 'suspend'): QuorumGate {
-  return new QuorumGate({ witness: state ? witnessFor(state, node, reachable) : undefined, onNoQuorum, suspendMs: 1000, retryMs: 100, log });
+function gate(node: string, state: WitnessState | null, reachable = { up: true }, onNoQuorum: NoQuorumPolicy = 'suspend', brandNew = false): QuorumGate {
+  return new QuorumGate({ witness: state ? witnessFor(state, node, reachable) : undefined, onNoQuorum, suspendMs: 1000, retryMs: 100, log, brandNew: () => brandNew });
 }
 
 /** Settles pending promise callbacks (the fake witness answers in microtasks). */
@@ -47,6 +47,40 @@ describe('witness state', () => {
     const again = WitnessState.fromJSON(JSON.parse(JSON.stringify(w)));
     expect(again.claim({ cluster: 'a+b', node: 'a' })).toMatchObject({ granted: false, holder: 'b' });
     expect(() => WitnessState.fromJSON({ 'a+b': { holder: 3 } })).toThrow();
+    expect(() => WitnessState.fromJSON({ 'a+b': { holder: 'a' } })).toThrow(); // a holder without since
+    expect(() => WitnessState.fromJSON({ 'a+b': {} })).toThrow(); // neither hasData nor a grant
+    expect(() => WitnessState.fromJSON({ 'a+b': { hasData: false } })).toThrow(); // a flag that never clears
+  });
+
+  it('remembers that a cluster holds data: a brand-new claimer is refused from then on, even the holder; a new cluster\'s first one is granted', () => {
+    const w = new WitnessState();
+    // A new cluster: nothing recorded, its first node is empty too and writes alone.
+    expect(w.hasData('a+b')).toBe(false);
+    expect(w.claim({ cluster: 'a+b', node: 'a', brandNew: true })).toMatchObject({ granted: true, holder: 'a' });
+    expect(w.hasData('a+b')).toBe(true); // the grant: a may write alone from now on
+    // a again with a new disk (replaced): refused although it holds the grant, which stays.
+    const refused = w.claim({ cluster: 'a+b', node: 'a', brandNew: true });
+    expect(refused).toMatchObject({ granted: false, holder: 'a' });
+    expect(refused.reason).toMatch(/brand-new copy cannot serve alone: this cluster holds data on its peer/);
+    expect(w.grants()).toEqual({ 'a+b': expect.objectContaining({ holder: 'a' }) });
+    // Released (the pair in sync): the flag stays, a brand-new claimer is still refused, a copy with data is granted.
+    expect(w.release({ cluster: 'a+b', node: 'a' })).toMatchObject({ holder: null });
+    expect(w.claim({ cluster: 'a+b', node: 'b', brandNew: true })).toMatchObject({ granted: false, holder: null });
+    expect(w.claim({ cluster: 'a+b', node: 'b', brandNew: false })).toMatchObject({ granted: true, holder: 'b' });
+    // A release from a pair in sync records it as well, with no grant ever given; one from a new copy does not.
+    expect(w.release({ cluster: 'c+d', node: 'c', brandNew: true })).toMatchObject({ holder: null });
+    expect(w.hasData('c+d')).toBe(false);
+    expect(w.release({ cluster: 'c+d', node: 'c' })).toMatchObject({ holder: null }); // no flag: a node from before it, not new
+    expect(w.hasData('c+d')).toBe(true);
+    expect(w.claim({ cluster: 'c+d', node: 'd', brandNew: true })).toMatchObject({ granted: false });
+    expect(WitnessState.fromJSON(JSON.parse(JSON.stringify(w))).claim({ cluster: 'c+d', node: 'd', brandNew: true })).toMatchObject({ granted: false });
+  });
+
+  it('reads a state file written before hasData existed: each record is a grant, so that cluster holds data', () => {
+    const old = WitnessState.fromJSON({ 'a+b': { holder: 'b', since: '2026-11-01T00:00:00.000Z' } });
+    expect(old.hasData('a+b')).toBe(true);
+    expect(old.claim({ cluster: 'a+b', node: 'b', brandNew: true })).toMatchObject({ granted: false, holder: 'b' });
+    expect(old.toJSON()).toEqual({ 'a+b': { hasData: true, holder: 'b', since: '2026-11-01T00:00:00.000Z' } });
   });
 });
 
@@ -85,7 +119,7 @@ describe('quorum gate', () => {
     a.inSync();
     await settle();
     expect(a.grantHeld).toBe(false);
-    expect(w.toJSON()).toEqual({});
+    expect(w.grants()).toEqual({});
     a.stop();
     b.stop();
   });
@@ -97,7 +131,7 @@ describe('quorum gate', () => {
     b.stop();
     b.peerLost(false); // its link.stop() after the quorum's
     await settle();
-    expect(w.toJSON()).toEqual({});
+    expect(w.toJSON()).toEqual({}); // not even recorded
   });
 
   it('a node restarted while holding the grant gives it back at its first in-sync (the grant lives at the witness)', async () => {
@@ -107,14 +141,14 @@ describe('quorum gate', () => {
     a.peerConnected();
     a.inSync();
     await settle();
-    expect(w.toJSON()).toEqual({});
+    expect(w.grants()).toEqual({});
     // The peer's grant is not taken away by it.
     expect(w.claim({ cluster: 'a+b', node: 'b' })).toMatchObject({ granted: true });
     const a2 = gate('a', w);
     a2.peerConnected();
     a2.inSync();
     await settle();
-    expect(w.toJSON()).toMatchObject({ 'a+b': { holder: 'b' } });
+    expect(w.grants()).toMatchObject({ 'a+b': { holder: 'b' } });
     a.stop();
     a2.stop();
   });
@@ -192,6 +226,28 @@ describe('quorum gate', () => {
     a.peerConnected();
     expect(read.err).toBeNull();
     a.stop();
+  });
+
+  it('a brand-new copy in a cluster that holds data is denied, with the reason, reads and writes held or failed; its peer connecting ends it', async () => {
+    const w = new WitnessState();
+    w.release({ cluster: 'a+b', node: 'a' }); // the pair was in sync once: the witness knows the cluster holds data
+    const b = gate('b', w, { up: true }, 'io-error', true); // b restarted on a replaced, empty disk
+    b.peerLost(false); // the link timeout at start-up: ask the witness
+    await settle();
+    expect(b.state).toBe('denied');
+    expect(b.describe().reason).toMatch(/witness refused: a brand-new copy cannot serve alone: this cluster holds data on its peer/);
+    expect(outcome(b).err).toMatchObject({ code: 'EIO' });
+    expect(outcome(b, true).err).toMatchObject({ code: 'EIO' });
+    expect(w.grants()).toEqual({}); // nothing taken
+    b.peerConnected(); // the peer is back: the connection decides (a full sync to b)
+    expect(outcome(b).err).toBeNull();
+    b.stop();
+    // A new cluster: the same brand-new node is granted.
+    const first = gate('a', new WitnessState(), { up: true }, 'io-error', true);
+    first.peerLost(false);
+    await settle();
+    expect(first.state).toBe('alone');
+    first.stop();
   });
 
   it('stopping fails held requests', () => {

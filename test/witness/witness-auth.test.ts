@@ -82,6 +82,27 @@ describe('witness with secrets', () => {
     expect(await node('a', secret).release()).toMatchObject({ holder: null }); // the real holder still can
   });
 
+  it('a claim saying "not brand new" that its node did not sign — unsigned, wrong secret, or its body swapped under a brand-new claim\'s signature — is refused and changes nothing', async () => {
+    // The cluster holds data (the pair was in sync): b, restarted on a replaced disk, is refused.
+    expect(await node('a', secret).release()).toMatchObject({ holder: null });
+    expect(await node('b', secret).claim(true)).toMatchObject({ granted: false, reason: expect.stringMatching(/brand-new copy cannot serve alone/) });
+    const stateBefore = readFileSync(state, 'utf8');
+    const lie = JSON.stringify({ cluster: 'a+b', node: 'b', brandNew: false });
+    const truth = JSON.stringify({ cluster: 'a+b', node: 'b', brandNew: true });
+    const forged: Array<[string, Record<string, string>, RegExp]> = [
+      ['unsigned', {}, /unsigned request/],
+      ['wrong secret', signatureHeaders(otherSecret, 'POST', '/claim', lie), /wrong signature/],
+      ['the brand-new claim\'s signature', signatureHeaders(secret, 'POST', '/claim', truth), /wrong signature/],
+    ];
+    for (const [what, headers, why] of forged) {
+      const res = await send('/claim', lie, headers);
+      expect({ what, status: res.status, error: (JSON.parse(res.body) as { error: string }).error }).toMatchObject({ what, status: 401, error: expect.stringMatching(why) });
+    }
+    expect(readFileSync(state, 'utf8')).toBe(stateBefore);
+    expect(await witnessGrants(witness.port)).toEqual({});
+    expect(await node('b', secret).claim(true)).toMatchObject({ granted: false }); // still refused
+  });
+
   it('a flood of claims for unknown clusters leaves the state file as it was', async () => {
     expect(await node('a', otherSecret, 'ward-7').claim()).toMatchObject({ granted: true });
     const before = readFileSync(state, 'utf8');
@@ -119,7 +140,7 @@ describe('witness state file it cannot write', () => {
       rmSync(stateDir, { recursive: true });
       mkdirSync(stateDir);
       expect(await client('a+b', 'a').release()).toMatchObject({ holder: null });
-      expect(JSON.parse(readFileSync(join(stateDir, 'witness.json'), 'utf8'))).toEqual({});
+      expect(JSON.parse(readFileSync(join(stateDir, 'witness.json'), 'utf8'))).toEqual({ 'a+b': { hasData: true } });
       expect(existsSync(join(stateDir, 'witness.json.tmp'))).toBe(false);
     } finally {
       await w.stop('SIGKILL');

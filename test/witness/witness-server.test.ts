@@ -94,11 +94,12 @@ describe('witness server', () => {
     expect((await post('/claim', 'not json')).status).toBe(400);
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b' }))).status).toBe(400);
     expect((await post('/claim', JSON.stringify({ cluster: 'a+b', node: 'a', extra: 1 }))).status).toBe(400);
+    for (const brandNew of ['no', 0, null]) expect((await post('/release', JSON.stringify({ cluster: 'a+b', node: 'a', brandNew }))).status).toBe(400);
     expect((await post('/grant-me-everything', '{}')).status).toBe(404);
     // Request targets `new URL` cannot parse (the fuzzer's find: they used to end the process).
     for (const target of ['//', '//x:99999/', 'http://[bad/']) expect(await rawStatusLine(w.port, `GET ${target} HTTP/1.0\r\n\r\n`)).toMatch(/^HTTP\/1\.[01] 404/);
     await expect(post('/claim', 'x'.repeat(100_000))).rejects.toThrow(); // oversized: connection dropped
-    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
+    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {}, hasData: [] });
     expect(await w.client('a').claim()).toMatchObject({ granted: true }); // still serving
   });
 
@@ -107,19 +108,47 @@ describe('witness server', () => {
     const body = JSON.stringify({ cluster: 'a+b', node: 'a' });
     expect((await fetch(`http://127.0.0.1:${w.port}/claim`, { method: 'POST', headers: { 'content-type': 'application/json', origin: 'http://evil.example' }, body })).status).toBe(403);
     expect((await fetch(`http://127.0.0.1:${w.port}/claim`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body })).status).toBe(415);
-    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {} });
+    expect(await (await fetch(`http://127.0.0.1:${w.port}/status`)).json()).toEqual({ grants: {}, hasData: [] });
   });
 
-  it(`without secrets, holds at most ${MAX_CLUSTERS} clusters' grants: one more is refused (503), the file stays as it was, the others are served`, async () => {
+  it(`without secrets, records at most ${MAX_CLUSTERS} clusters: one more is refused (503), the file stays as it was, the others are served`, async () => {
     const state = tempState();
     const grants = Object.fromEntries(Array.from({ length: MAX_CLUSTERS }, (_, i) => [`c${i}`, { holder: 'a', since: '2026-01-01T00:00:00.000Z' }]));
     writeFileSync(state, JSON.stringify(grants));
     const w = await witness(state);
     const as = (cluster: string, node: string) => new WitnessClient({ host: '127.0.0.1', port: w.port }, cluster, node, 2000);
-    await expect(as('one-more', 'a').claim()).rejects.toThrow(new RegExp(`witness answered 503: .*grants for ${MAX_CLUSTERS} clusters already`));
+    const full = new RegExp(`witness answered 503: .*knows ${MAX_CLUSTERS} clusters already`);
+    await expect(as('one-more', 'a').claim()).rejects.toThrow(full);
+    await expect(as('one-more', 'a').release()).rejects.toThrow(full); // a release would record it too
     expect(readFileSync(state, 'utf8')).toBe(JSON.stringify(grants));
     expect(await as('c7', 'b').claim()).toMatchObject({ granted: false, holder: 'a' });
     expect(await as('c7', 'a').release()).toMatchObject({ holder: null });
-    expect(await as('one-more', 'a').claim()).toMatchObject({ granted: true }); // room again
+    // c7 stays recorded (it holds data): no room for another cluster.
+    await expect(as('one-more', 'a').claim()).rejects.toThrow(full);
+    expect(await as('c7', 'b').claim()).toMatchObject({ granted: true, holder: 'b' });
+  });
+
+  it('remembers across a restart that a cluster holds data: a brand-new copy is refused, the first of a new cluster granted; a state file from before the flag counts its grants as data', async () => {
+    const state = tempState();
+    const w = await witness(state);
+    expect(await w.client('a').claim(true)).toMatchObject({ granted: true, holder: 'a' }); // a new cluster's first node
+    expect(await w.client('a').release()).toMatchObject({ holder: null }); // in sync with b
+    await new Promise((r) => w.server.close(r));
+    expect(JSON.parse(readFileSync(state, 'utf8'))).toEqual({ 'a+b': { hasData: true } });
+    const again = await witness(state);
+    const before = readFileSync(state, 'utf8');
+    const refused = await again.client('b').claim(true); // b on a replaced disk
+    expect(refused).toMatchObject({ granted: false, holder: null });
+    expect(refused.reason).toMatch(/brand-new copy cannot serve alone: this cluster holds data on its peer/);
+    expect(readFileSync(state, 'utf8')).toBe(before);
+    expect(await (await fetch(`http://127.0.0.1:${again.port}/status`)).json()).toEqual({ grants: {}, hasData: ['a+b'] });
+    expect(await again.client('b').claim(false)).toMatchObject({ granted: true, holder: 'b' }); // a copy with data may
+    await new Promise((r) => again.server.close(r));
+
+    const old = tempState();
+    writeFileSync(old, JSON.stringify({ 'a+b': { holder: 'a', since: '2026-01-01T00:00:00.000Z' } }));
+    const upgraded = await witness(old);
+    expect(await upgraded.client('a').claim(true)).toMatchObject({ granted: false, holder: 'a' });
+    expect(await upgraded.client('a').claim()).toMatchObject({ granted: true, holder: 'a' });
   });
 });
