@@ -407,4 +407,13 @@ export class VolumeMeta {
     this.saveIdentity({});
     fs.closeSync(this.fd);
   }
+
+  /**
+   * Closes without the clean-stop mark: the activity log and the running flag stay, so the next
+   * start recovers as after a crash. For a stop whose data or bitmap flush failed: the writes the
+   * log names may not be on the disk.
+   */
+  closeUnclean(): void {
+    fs.closeSync(this.fd);
+  }
 }

@@ -688,9 +688,15 @@ export class ClusterNode {
   private async closeVolume(v: NodeVolume, reason?: string): Promise<void> {
     v.mirror.stopped(reason);
     // The data durable before the activity log is emptied: after that, nothing would resync it.
-    await new Promise<void>((res) => v.file.flush(() => res()));
-    await new Promise<void>((res) => v.meta.flushBitmap(() => res()));
-    v.meta.close();
+    // A flush that fails (a failed disk) leaves the log and the running flag as a crash would.
+    const flushed = (flush: (cb: (err: Error | null) => void) => void) => new Promise<Error | null>((res) => flush(res));
+    const err = (await flushed((cb) => v.file.flush(cb))) ?? (await flushed((cb) => v.meta.flushBitmap(cb)));
+    if (err) {
+      this.log.warn({ volume: v.name, err: err.message }, 'stopping with a data or bitmap flush that failed: the activity log is kept, so the next start resyncs what it names');
+      v.meta.closeUnclean();
+    } else {
+      v.meta.close();
+    }
     await v.file.close();
   }
 

@@ -335,7 +335,8 @@ export class WritePath {
   /** Mirrored changes waiting for their turn, in the order they were asked for. */
   private readonly queued: Array<{ w: MirroredWrite; ready: boolean; err: Error | null }> = [];
   private readonly open = new Map<bigint, MirroredWrite>();
-  private readonly flushes = new Map<bigint, Done>();
+  /** Flushes sent to the peer: id → who waits (a client's flush, or an epoch flush of this path's own). */
+  private readonly flushes = new Map<bigint, { readonly done: Done; readonly client: boolean }>();
   /** Writes and flushes sent to the peer and not answered yet: id → when sent (oldest first). */
   private readonly awaitingPeer = new Map<bigint, number>();
   private ackWatch: NodeJS.Timeout | undefined;
@@ -414,13 +415,13 @@ export class WritePath {
     this.notDurableBytes += length;
     if (this.epochFlushing || (this.notDurableBytes < EPOCH.bytes && this.notDurableOnPeer.length < EPOCH.writes)) return;
     this.epochFlushing = true;
-    this.sendFlush(() => (this.epochFlushing = false));
+    this.sendFlush(() => (this.epochFlushing = false), false);
   }
 
   /** Asks the peer to flush; `done` gets its answer. The changes stored before it then count as durable there. */
-  private sendFlush(done: Done): bigint {
+  private sendFlush(done: Done, client: boolean): bigint {
     const id = this.ctx.nextId();
-    this.flushes.set(id, done);
+    this.flushes.set(id, { done, client });
     this.flushCovers.set(id, this.storedSeq);
     this.expectAnswer(id);
     this.ctx.peer.send(PeerMsg.FLUSH, id);
@@ -434,7 +435,7 @@ export class WritePath {
 
   flush(done: Done): void {
     const { peer, local } = this.ctx;
-    if (!peer.connected) return local.flush(done);
+    if (!peer.connected) return this.flushAlone(done, true);
     // As for writes: it succeeds when one copy is durable and the other's failure is declared.
     let localErr: Error | null | undefined;
     let peerErr: Error | null | undefined;
@@ -443,13 +444,39 @@ export class WritePath {
       if (localErr && !peerErr) this.ctx.diskFailed(localErr, 'a client flush', 0, 0);
       done(localErr && peerErr ? localErr : peerErr);
     };
-    this.sendFlush((err) => ((peerErr = err), settle()));
+    this.sendFlush((err) => ((peerErr = err), settle()), true);
     local.flush((err) => ((localErr = err), settle()));
+  }
+
+  /**
+   * A flush without the peer. What it covers may be durable on this copy only: changes the peer
+   * stored and never made durable were marked out of sync here when the link went. So, like a
+   * write acknowledged alone, it succeeds only when this copy may count alone (quorum), with those
+   * bits durable, and a client's flush then starts a new generation, so the next resync copies
+   * from here. Found by the power-cut chaos (witness-grant phase): a flush answered from the local
+   * disk just after the link loss, both nodes cut, the peer restarted first, got the grant and
+   * resynced its older copy over the flushed write.
+   */
+  private flushAlone(done: Done, client: boolean): void {
+    const { local, meta, quorum, peer } = this.ctx;
+    local.flush((err) => {
+      if (err) return done(err);
+      meta.flushBitmap((err) => {
+        if (err) return done(err);
+        quorum.whenWritable((err) => {
+          // The peer is back: the resync it decided may copy its data over what this flush covers.
+          if (!err && peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this flush could be answered alone');
+          err ??= this.alone.refusal();
+          if (!err && client) this.alone.wroteAlone();
+          done(err);
+        });
+      });
+    });
   }
 
   /** FLUSH_ACK from the peer. */
   onFlushAck(id: bigint, status: number): void {
-    const f = this.flushes.get(id);
+    const f = this.flushes.get(id)?.done;
     this.flushes.delete(id);
     this.awaitingPeer.delete(id);
     const covers = this.flushCovers.get(id);
@@ -461,8 +488,8 @@ export class WritePath {
 
   /**
    * The link is gone: every write still waiting for the peer becomes a degraded write (its bits
-   * are made durable, then it completes with quorum); flushes waiting for the peer complete
-   * locally.
+   * are made durable, then it completes with quorum); so do flushes waiting for the peer
+   * (flushAlone).
    */
   peerLost(): void {
     this.awaitingPeer.clear(); // what waited for answers is settled below
@@ -475,7 +502,7 @@ export class WritePath {
     for (const w of [...this.open.values()]) w.on({ type: 'link-lost' });
     for (const [id, f] of this.flushes) {
       this.flushes.delete(id);
-      this.ctx.local.flush(f);
+      this.flushAlone(f.done, f.client);
     }
   }
 

@@ -130,4 +130,18 @@ describe('VolumeMeta recovery from the activity log', () => {
     expect(again.checksumResync).toBe(false);
     again.close();
   });
+
+  it('a stop whose data flush failed (closeUnclean) is recovered at the next start as a crash is', async () => {
+    const path = join(dir, 'unclean.meta');
+    const m = VolumeMeta.open(path, id, hot());
+    await begin(m.activityLog, 3 * 4 * MiB, 4096);
+    m.activityLog.end(3 * 4 * MiB, 4096); // written, but its flush failed: the log must keep naming it
+    m.closeUnclean();
+    const again = VolumeMeta.open(path, id, hot());
+    expect(again.stoppedUncleanly).toBe(true);
+    expect(again.recoveredExtents).toBe(1);
+    expect(again.bitmap.runs(0, Infinity)).toEqual([{ start: 3 * 1024, length: 1024 }]);
+    expect(again.checksumResync).toBe(true);
+    again.close();
+  });
 });

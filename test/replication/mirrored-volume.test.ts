@@ -456,6 +456,39 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.bitmap.count()).toBe(0);
   });
 
+  it('regression flush-after-link-loss: a flush the link loss cuts off is answered only with quorum, and then starts a new generation', async () => {
+    // Power-cut chaos (witness-grant phase, soak seed 31337 round 23): a write acknowledged by
+    // both, then a FLUSH; the peer lost power before it flushed, and this node answered the
+    // flush from its own disk without quorum. Both nodes lost power; the peer came back first,
+    // got the grant and resynced its older copy over the flushed write.
+    const held: Array<(err: Error | null) => void> = [];
+    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { mv, meta, peer, sent } = withStubPeer('b', quorum);
+    const before = meta.generation;
+    const written = write(mv, 0, Buffer.alloc(4096, 5));
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE));
+    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: sent.find((f) => f.type === PeerMsg.WRITE)!.id }, Buffer.alloc(4));
+    await written; // stored on both, durable on neither
+    const results: Array<Error | null | undefined> = [undefined, undefined];
+    mv.flush((e) => (results[0] = e));
+    await until(() => sent.some((f) => f.type === PeerMsg.FLUSH));
+    peer.connected = false;
+    mv.peerLost('link lost');
+    mv.flush((e) => (results[1] = e)); // asked after the loss: the same rule
+    await until(() => held.length === 2);
+    expect(results).toEqual([undefined, undefined]); // local disk flushed, the bit durable: both wait for quorum
+    expect(meta.bitmap.count()).toBe(1); // what the peer may have lost is marked
+    held[0]!(Object.assign(new Error('no quorum'), { code: 'EIO' })); // one is refused (whichever asked first)
+    await until(() => results.some((r) => r !== undefined));
+    expect(results.filter((r) => r !== undefined)).toMatchObject([{ message: 'no quorum' }]);
+    expect(meta.generation).toEqual(before);
+    held[1]!(null); // the other granted: this copy counts alone from now on
+    await until(() => results.every((r) => r !== undefined));
+    expect(results.filter((r) => r === null)).toHaveLength(1);
+    expect(meta.generation.current).not.toBe(before.current);
+    expect(meta.generation.bitmap).toBe(before.current);
+  });
+
   it('a write the peer fails is reported failed and marked out of sync, so the copies never differ unnoticed', async () => {
     const { mv, meta, sent } = withStubPeer('a');
     const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);

@@ -665,6 +665,14 @@ export function formatPowerRound(r: PowerRoundResult): string {
   return [head, ...r.notes.map((n) => `    ${n}`), ...r.problems.map((p) => `    PROBLEM: ${p}`)].join('\n');
 }
 
+/**
+ * The rounds' problems, each with what repeats it: the seed and the round's line (cuts, notes,
+ * the kept node logs) — CI shows an assertion's message even where it cuts the printed rounds.
+ */
+export function roundProblems(results: readonly PowerRoundResult[], seed: number): string[] {
+  return results.filter((r) => r.problems.length > 0).map((r) => `NBD_MIRROR_CHAOS_SEED=${seed} ${formatPowerRound(r)}`);
+}
+
 /** The end-of-run summary: rounds, cuts by phase (one node, both, the witness), writes checked, problems. */
 export function powerSummary(results: readonly PowerRoundResult[]): string {
   const byPhase = new Map<string, { one: number; both: number; witness: number; witnessAndNode: number; missed: number }>();
