@@ -285,18 +285,27 @@ export class VolumeOps {
       case 'peer-finishes':
         return { refuse: `${port.node} applied the change ${describe(v.op)}, which a link loss cut short on ${port.peerName}: waiting for ${port.peerName} to finish it`, answer: true };
       case 'unfinishable':
-        return { refuse: `${mismatch}: ${port.node} could not finish the change ${describe(v.op)} that ${port.peerName} applied (${v.why}); docs/OPERATIONS.md says how to repair it`, answer: false };
+        return this.unfinishableRefusal(v.op, v.why, mismatch);
       case 'finish': {
         const why = port.finishRefusal(v.op);
         if (why !== undefined) {
-          this.unfinishable = why;
-          port.log.error({ op: v.op.op, volume: v.op.name, reason: why, mismatch }, 'a volume change the peer applied cannot be finished here: the link stays down until it is repaired (docs/OPERATIONS.md)');
-          return this.settle(ours, theirs, mismatch);
+          this.cannotFinish(v.op, why, mismatch);
+          return this.unfinishableRefusal(v.op, why, mismatch);
         }
         this.finish(v.op, mismatch);
         return { refuse: `finishing the volume change ${describe(v.op)} that a link loss cut short (${port.peerName} applied it)`, answer: false };
       }
     }
+  }
+
+  private unfinishableRefusal(op: VolumeOp, why: string, mismatch: string | undefined): Settling {
+    return { refuse: `${mismatch}: ${this.port.node} could not finish the change ${describe(op)} that ${this.port.peerName} applied (${why}); docs/OPERATIONS.md says how to repair it`, answer: false };
+  }
+
+  /** Finishing `op` here failed, or cannot start: not tried again until a restart; the link stays refused, saying why. */
+  private cannotFinish(op: VolumeOp, why: string, mismatch: string | undefined): void {
+    this.unfinishable = why;
+    this.port.log.error({ op: op.op, volume: op.name, size: op.size, reason: why, mismatch }, 'a volume change the peer applied cannot be finished here: the link stays down until it is repaired (docs/OPERATIONS.md)');
   }
 
   /** A link is up with matching HELLOs: an unfinished change still recorded was never applied on the peer. */
@@ -340,10 +349,7 @@ export class VolumeOps {
     setImmediate(() => {
       void this.port.apply(applied).then(
         () => this.port.log.warn({ op: op.op, volume: op.name, size: op.size, mismatch }, `finished the volume change (${what}) that a link loss cut short: ${this.port.peerName} had applied it${op.op === 'delete' ? '; NBD clients of the volume here were dropped' : ''}; the link comes up at the next attempt`),
-        (err: unknown) => {
-          this.unfinishable = (err as Error).message;
-          this.port.log.error({ err, op, mismatch }, 'a volume change the peer applied could not be finished here: the link stays down until it is repaired (docs/OPERATIONS.md)');
-        },
+        (err: unknown) => this.cannotFinish(op, (err as Error).message, mismatch),
       ).finally(() => (this.busy = undefined));
     });
   }
