@@ -97,9 +97,10 @@ export interface PeerLinkOptions {
    * A peer HELLO of this cluster and the expected node, before it is accepted (`mismatch`: how
    * its volumes differ from `ours`, if they do): a refusal while a volume change is settled
    * (volume-ops.ts), or undefined to go on as usual. With `answer`, a listener shows the dialer
-   * its HELLO before refusing (the dialer finishes its change from it).
+   * its HELLO before refusing (the dialer finishes its change from it); with `manual`, the
+   * refusal is one an operator must repair, logged like a mismatch.
    */
-  settle?(ours: HelloFields, theirs: Hello, mismatch: string | undefined): { refuse: string; answer: boolean } | undefined;
+  settle?(ours: HelloFields, theirs: Hello, mismatch: string | undefined): { refuse: string; answer: boolean; manual?: boolean } | undefined;
   /** Frames other than the link's own (HELLO, PING, PONG, ERROR); each body goes back through `release`. */
   onFrame?(header: FrameHeader, body: Buffer): void;
 }
@@ -675,7 +676,7 @@ export class PeerLink {
     const mismatch = helloMismatch(ours, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
     // Our cluster and the expected peer: what differs (if anything) is volumes, perhaps a change to settle.
     const settling = hello.cluster === ours.cluster && hello.node === this.o.peerName ? this.o.settle?.(ours, hello, mismatch) : undefined;
-    if (settling) throw new MismatchError(settling.refuse, settling);
+    if (settling) throw new MismatchError(settling.refuse, settling.manual ? undefined : settling);
     if (mismatch) throw new MismatchError(mismatch);
     return hello;
   }

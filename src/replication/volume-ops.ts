@@ -153,6 +153,8 @@ export interface Settling {
   readonly refuse: string;
   /** Show the peer our HELLO before the refusal: it finishes a change of its own from it. */
   readonly answer: boolean;
+  /** The refusal lasts until an operator repairs it (logged like a mismatch), rather than until the change is settled. */
+  readonly manual?: boolean;
 }
 
 export class VolumeOps {
@@ -299,7 +301,7 @@ export class VolumeOps {
   }
 
   private unfinishableRefusal(op: VolumeOp, why: string, mismatch: string | undefined): Settling {
-    return { refuse: `${mismatch}: ${this.port.node} could not finish the change ${describe(op)} that ${this.port.peerName} applied (${why}); docs/OPERATIONS.md says how to repair it`, answer: false };
+    return { refuse: `${mismatch}: ${this.port.node} could not finish the change ${describe(op)} that ${this.port.peerName} applied (${why}); docs/OPERATIONS.md says how to repair it`, answer: false, manual: true };
   }
 
   /** Finishing `op` here failed, or cannot start: not tried again until a restart; the link stays refused, saying why. */

@@ -30,6 +30,7 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
   let proxy: TcpProxy;
   const configs = { a: join(dir, 'a.json'), b: join(dir, 'b.json') };
   const nodes: Record<'a' | 'b', RunningServer> = {} as never;
+  let writeBConfig: (online?: Record<string, unknown>) => void;
   const volume = (node: 'a' | 'b', verb: string, name: string, ...rest: string[]) => runCli(['volume', verb, name, '--config', configs[node], '--node', node, ...rest]);
   const uri = (node: 'a' | 'b', name: string) => `nbd://127.0.0.1:${node === 'a' ? p.nbdA : p.nbdB}/${name}`;
   const status = (node: 'a' | 'b') => fetchStatus({ host: '127.0.0.1', port: node === 'a' ? p.adminA : p.adminB });
@@ -59,16 +60,18 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
     proxy = new TcpProxy({ host: '127.0.0.1', port: p.peerB });
     await proxy.start();
     // a (which dials, its name sorting first) reaches b through the proxy; b listens on its real port.
-    const cfg = (bPeer: number) => ({
+    const cfg = (bPeer: number, online?: Record<string, unknown>) => ({
       nodes: {
         a: { nbd: `127.0.0.1:${p.nbdA}`, peer: `127.0.0.1:${p.peerA}`, admin: `127.0.0.1:${p.adminA}`, dataDir: 'a' },
         b: { nbd: `127.0.0.1:${p.nbdB}`, peer: `127.0.0.1:${bPeer}`, admin: `127.0.0.1:${p.adminB}`, dataDir: 'b' },
       },
       volumes: { vol0: { size: '16M' } },
       security: { adminToken: 'admin.token' },
+      ...(online && { online }),
     });
     writeFileSync(configs.a, JSON.stringify(cfg(proxy.port)));
-    writeFileSync(configs.b, JSON.stringify(cfg(p.peerB)));
+    writeBConfig = (online) => writeFileSync(configs.b, JSON.stringify(cfg(p.peerB, online)));
+    writeBConfig();
     await start('a');
     await start('b');
     await until(() => settled(['vol0']), 30_000);
@@ -88,8 +91,10 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
     expect(volumesFile('a').unfinished).toMatchObject({ op: 'create', name: 'vol1', size: 32 * MiB });
     expect(volumesFile('a').volumes.vol1).toBeUndefined();
     expect(volumesFile('b').volumes.vol1).toEqual({ size: 32 * MiB, checksumResync: false });
+    const restored = Date.now();
     proxy.restore();
     await until(() => settled(['vol0', 'vol1']));
+    console.log(`create cut off after the peer applied it: the pair linked and in sync ${Date.now() - restored} ms after the link came back (polled every 50 ms)`);
     expect(volumesFile('a').unfinished).toBeUndefined();
     expect(volumesFile('a').volumes.vol1).toEqual({ size: 32 * MiB, checksumResync: false });
     const finished = nodes.a.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('finished the volume change'));
@@ -179,5 +184,31 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
     await run('qemu-io', ['-f', 'raw', uri('a', 'vol2'), '-c', 'write -P 0x42 0 1M']);
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol2'), '-c', 'read -P 0x42 0 1M']);
     noManualCase();
+  });
+
+  it('a change the peer applied that cannot be finished here (no room) keeps the link down saying why; room again and a restart finish it', async () => {
+    proxy.stopAt(PeerMsg.VOLUME_OP_ACK, 'cut');
+    const res = await volume('b', 'create', 'vol3', '--size', '8M');
+    expect(res.stderr).toMatch(/may have been applied there/);
+    // b comes back with no room left for a volume created online: it cannot finish the create.
+    await nodes.b.stop();
+    writeBConfig({ volumes: 0 });
+    await start('b');
+    proxy.restore();
+    const refused = () => nodes.b.logs.find((l) => l.msg === 'refusing the peer link' && /could not finish the change create volume vol3/.test(String(l.reason)));
+    await until(() => refused() !== undefined);
+    expect(String(refused()!.reason)).toMatch(/^peer has volume "vol3", we do not: b could not finish the change create volume vol3 .*\(no room left on b for 8388608 more bytes in a new volume: .*\); docs\/OPERATIONS.md says how to repair it$/);
+    expect(nodes.b.logs.filter((l) => l.msg === 'a volume change the peer applied cannot be finished here: the link stays down until it is repaired (docs/OPERATIONS.md)')).toHaveLength(1);
+    await until(() => nodes.a.logs.some((l) => l.msg === 'peer refused the link' && /could not finish/.test(String(l.reason))));
+    expect((await status('b')).peer).not.toBe('Connected');
+    expect(volumesFile('b').unfinished).toMatchObject({ op: 'create', name: 'vol3' });
+    // The remedy docs/OPERATIONS.md gives: room again, restart.
+    await nodes.b.stop();
+    writeBConfig();
+    await start('b');
+    await until(() => settled(['vol0', 'vol2', 'vol3']));
+    expect(volumesFile('b').unfinished).toBeUndefined();
+    await run('qemu-io', ['-f', 'raw', uri('b', 'vol3'), '-c', 'write -P 0x33 7M 1M']);
+    await run('qemu-io', ['-f', 'raw', uri('a', 'vol3'), '-c', 'read -P 0x33 7M 1M', '-c', 'read -P 0 0 7M']);
   });
 });

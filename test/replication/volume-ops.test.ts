@@ -224,7 +224,7 @@ describe('VolumeOps', () => {
     await expect(lost).rejects.toThrow(/may have been applied/);
     t.port.noRoom = 'no room left on a for 4096 more bytes';
     const refused = t.ops.settle(hello('a', []), hello('b', [vol('v', 4096)]), 'peer has volume "v", we do not');
-    expect(refused).toEqual({ refuse: expect.stringMatching(/^peer has volume "v", we do not: a could not finish the change create volume v .* \(no room left on a for 4096 more bytes\); docs\/OPERATIONS.md/), answer: false });
+    expect(refused).toEqual({ refuse: expect.stringMatching(/^peer has volume "v", we do not: a could not finish the change create volume v .* \(no room left on a for 4096 more bytes\); docs\/OPERATIONS.md/), answer: false, manual: true });
     expect(t.applied).toEqual([]);
     expect(t.port.unfinished).toEqual(create('v'));
 
