@@ -238,6 +238,7 @@ export class ClusterNode {
       sendStallMs: config.link.ackTimeoutMs,
       log: log.child({ component: 'peer-link' }),
       settle: (ours, theirs, mismatch) => this.volumeOps.settle(ours, theirs, mismatch),
+      holdDial: () => this.volumeOps.inProgress,
       onConnected: (peer) => {
         this.volumeOps.linkUp();
         // The decision (and a resync marking stale ranges) first: held reads that the gate then

@@ -101,6 +101,8 @@ export interface PeerLinkOptions {
    * refusal is one an operator must repair, logged like a mismatch.
    */
   settle?(ours: HelloFields, theirs: Hello, mismatch: string | undefined): { refuse: string; answer: boolean; manual?: boolean } | undefined;
+  /** Why the dialer does not dial now, if it does not: a volume change half applied here, which its HELLO would list either way. */
+  holdDial?(): string | undefined;
   /** Frames other than the link's own (HELLO, PING, PONG, ERROR); each body goes back through `release`. */
   onFrame?(header: FrameHeader, body: Buffer): void;
 }
@@ -333,6 +335,11 @@ export class PeerLink {
 
   private dial(): void {
     if (this.stopped || this.socket) return;
+    const held = this.o.holdDial?.();
+    if (held !== undefined) {
+      this.o.log.debug({ reason: held }, 'not dialing the peer yet');
+      return this.scheduleDial();
+    }
     // From our own listen address when it is one: that is the host the peer lets in.
     const local = this.o.listen.host;
     const localAddress = net.isIP(local) && local !== '0.0.0.0' && local !== '::' ? local : undefined;

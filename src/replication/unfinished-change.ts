@@ -30,7 +30,7 @@ export type HelloVerdict =
   | { readonly kind: 'link' }
   /** A difference no recorded change explains: refused with it, as before (a manual repair). */
   | { readonly kind: 'mismatch' }
-  /** A change is being applied here: refused for now; the next attempt sees its result. */
+  /** A change is being applied here: refused for now; the next attempt sees its result (a dialer does not even dial then: peer-link.ts holdDial). */
   | { readonly kind: 'wait'; readonly busy: string }
   /** Our recorded change explains the difference (the peer applied it): finish it here, refuse meanwhile. */
   | { readonly kind: 'finish'; readonly op: VolumeOp }

@@ -169,6 +169,11 @@ export class VolumeOps {
 
   constructor(private readonly port: VolumeOpsPort) {}
 
+  /** The change this node is applying or waiting on, if any: its HELLO could list it either way (peer-link.ts holdDial). */
+  get inProgress(): string | undefined {
+    return this.busy;
+  }
+
   /**
    * An operator's change: checked here, recorded as unfinished, applied on the peer, then here.
    * Resolves with what was done; rejects with a VolumeOpError saying why nothing was (or that
