@@ -4,7 +4,9 @@
 // (VOLUME_OP) never reaches the peer. The command says the change may have been applied there;
 // when the link is back, the asking node finishes it (or drops it) by itself, and the link comes
 // up — no file edited, nothing restarted (but the one node killed on purpose). Through node a
-// (which dials) and node b (which listens): both ways of learning the peer's volumes.
+// (which dials) and node b (which listens): both ways of learning the peer's volumes. What
+// remains manual (a change that cannot be finished: no room) keeps the link down, saying why.
+// And the answer that comes late (the peer's disk slow), the link up all along: applied then.
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
 import { PeerMsg } from '../../src/replication/peer-protocol.js';
 import { keygen } from '../../src/security/keygen.js';
-import { pairPorts, until, type PairPorts } from '../support/cluster.js';
+import { loadFaults, pairPorts, until, writePairConfig, type PairPorts } from '../support/cluster.js';
 import { run, runCli } from '../support/fixture.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { startClusterNode, type RunningServer } from '../support/processes.js';
@@ -214,5 +216,50 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
     expect(volumesFile('b').unfinished).toBeUndefined();
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol3'), '-c', 'write -P 0x33 7M 1M']);
     await run('qemu-io', ['-f', 'raw', uri('a', 'vol3'), '-c', 'read -P 0x33 7M 1M', '-c', 'read -P 0 0 7M']);
+  });
+});
+
+describe.skipIf(missing.length > 0)('a volume change answered late, the link up all along (real processes)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-volumes-late-'));
+  const running: RunningServer[] = [];
+  afterAll(async () => {
+    for (const r of running) await r.stop('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the peer answers after the ack timeout (its disk slow to flush): the command says it may have been applied there; the late answer applies it here', async () => {
+    const p = await pairPorts();
+    keygen(dir, 'refuse');
+    const config = writePairConfig(join(dir, 'cluster.json'), p, '16M', p.peerB, { security: { adminToken: 'admin.token' }, link: { timeout: 1000, ackTimeout: 1000 } });
+    const faults = join(dir, 'faults-b.json');
+    writeFileSync(faults, JSON.stringify({ rules: [] }));
+    const a = await startClusterNode(config, 'a');
+    const b = await startClusterNode(config, 'b', ['--test-faults', faults]);
+    running.push(a, b);
+    const uri = (node: 'a' | 'b') => `nbd://127.0.0.1:${node === 'a' ? p.nbdA : p.nbdB}/vol0`;
+    const inSync = async () => {
+      for (const port of [p.adminA, p.adminB]) {
+        const v = (await fetchStatus({ host: '127.0.0.1', port })).volumes.vol0!;
+        if (v.replication !== 'Connected' || v.disk !== 'UpToDate') return false;
+      }
+      return true;
+    };
+    await until(inSync, 30_000);
+    await run('qemu-io', ['-f', 'raw', uri('a'), '-c', 'write -P 0x61 0 1M']);
+    // b's growth flushes vol0 first: that flush now takes 2.5 s, past a's 1 s ack timeout.
+    await loadFaults(b, faults, { volumes: { vol0: { rules: [{ op: 'flush', delayMs: 2500 }] } } });
+    const res = await runCli(['volume', 'resize', 'vol0', '--size', '32M', '--config', config, '--node', 'a']);
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toMatch(/b did not answer within 1000 ms: the change may have been applied there and not here/);
+    expect(JSON.parse(readFileSync(join(dir, 'a', 'volumes.json'), 'utf8')).unfinished).toMatchObject({ op: 'resize', name: 'vol0', size: 32 * MiB });
+    await until(() => a.logs.some((l) => l.level === 40 && /^b answered the volume change \(grow volume vol0 to 32 MiB .*\) after its request gave up waiting: applied here now$/.test(String(l.msg))));
+    await loadFaults(b, faults, { rules: [] });
+    expect(JSON.parse(readFileSync(join(dir, 'a', 'volumes.json'), 'utf8')).unfinished).toBeUndefined();
+    for (const node of ['a', 'b'] as const) expect(Number((await run('nbdinfo', ['--size', uri(node)])).trim())).toBe(32 * MiB);
+    // The link stayed up all along.
+    expect([...a.logs, ...b.logs].filter((l) => l.msg === 'peer link lost')).toEqual([]);
+    await until(inSync);
+    await run('qemu-io', ['-f', 'raw', uri('b'), '-c', 'write -P 0x62 31M 1M']);
+    await run('qemu-io', ['-f', 'raw', uri('a'), '-c', 'read -P 0x62 31M 1M', '-c', 'read -P 0x61 0 1M', '-c', 'read -P 0 16M 15M']);
   });
 });
