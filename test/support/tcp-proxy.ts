@@ -24,9 +24,9 @@ export class FrameDamager {
 
   constructor(private readonly damage: () => boolean) {}
 
-  /** Returns the chunk, with damage applied (a copy is modified, never the input). */
+  /** Returns the chunk, with damage applied (to a copy, made only then: never the input). */
   pass(chunk: Buffer): Buffer {
-    const out = Buffer.from(chunk);
+    let out = chunk;
     this.headers.length = 0;
     let pos = 0;
     while (pos < out.length) {
@@ -46,6 +46,7 @@ export class FrameDamager {
       this.bodyLeft -= n;
       pos += n;
       if (this.bodyLeft === 0 && this.damaging) {
+        if (out === chunk) out = Buffer.from(chunk);
         out[pos - 1] = out[pos - 1]! ^ 0x01;
         this.damaged++;
         this.damaging = false;
