@@ -4,6 +4,7 @@
  *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE|KEEP_SIZE)  -> WRITE_ZEROES with NO_HOLE
  *   seekData(fd, offset)           lseek(SEEK_DATA), -1 when no data follows
  *   seekHole(fd, offset)           lseek(SEEK_HOLE)
+ *   seekEnd(fd)                    lseek(0, SEEK_END): the size of a block device (fstat says 0)
  *   mapShared(fd, offset, length)  mmap(PROT_READ, MAP_SHARED) as an external ArrayBuffer; the
  *                                  mapping is released (munmap) when the ArrayBuffer is collected
  * All are synchronous: they are metadata operations that return in microseconds.
@@ -113,6 +114,16 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
 }
 
+static napi_value seek_end(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (get_args(env, info, 1, a) < 0) return NULL;
+  off_t r = lseek((int)a[0], 0, SEEK_END);
+  if (r < 0) return throw_errno(env, "lseek(SEEK_END)", errno);
+  napi_value out;
+  napi_create_int64(env, (int64_t)r, &out);
+  return out;
+}
+
 static void unmap(napi_env env, void *data, void *hint) {
   (void)env;
   munmap(data, (size_t)(uintptr_t)hint);
@@ -138,6 +149,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekEnd", NULL, seek_end, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mapShared", NULL, map_shared, NULL, NULL, NULL, napi_enumerable, NULL},
     {"willNeed", NULL, will_need, NULL, NULL, NULL, napi_enumerable, NULL},
   };

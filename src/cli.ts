@@ -15,7 +15,7 @@ import { createMetrics } from './admin/metrics.js';
 import { startWitness } from './witness/witness-server.js';
 import { loadWitnessSecrets } from './witness/witness-secrets.js';
 import { readClusterKey } from './security/cluster-keys.js';
-import { keygen, type ExistingKeys } from './security/keygen.js';
+import { clientNameRefusal, keygen, type ExistingKeys } from './security/keygen.js';
 import { loadClusterConfig } from './config/cluster.js';
 import { createLogger, LOG_LEVELS, type Logger } from './log.js';
 import { ClusterNode } from './replication/cluster-node.js';
@@ -525,27 +525,43 @@ export function buildProgram(): Command {
 
   program
     .command('keygen')
-    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests, peer-link TLS-PSK), mode 0600; with --ca also a CA and one certificate per node')
+    .description('write a cluster\'s keys into a folder: admin.token (admin actions) and cluster.secret (witness requests, peer-link TLS-PSK), mode 0600; with --ca also a CA and one certificate per node; with --client a host\'s client certificate')
     .requiredOption('--dir <dir>', 'where to write them (created if missing)')
     .option('--ca', 'also a CA (DIR/ca) and a certificate per node of --config (DIR/certs/NODE: ca-cert.pem, server-cert.pem, server-key.pem) for the peer link and NBD TLS')
     .option('--config <file>', 'the cluster config whose nodes get certificates (with --ca)')
+    .option('--client <name>', 'a client certificate for host NAME signed by the CA (DIR/clients/NAME: ca-cert.pem, client-cert.pem, client-key.pem), for nodes with --tls-verify-peer; repeatable. Without --ca: only that, with the CA an earlier keygen --ca made in DIR', (v: string, all: string[] = []) => [...all, v])
     .option('--force', 'replace files that exist (nodes and the witness then need the new ones)')
-    .action(async (opts: { dir: string; ca?: boolean; config?: string; force?: boolean }) => {
+    .action(async (opts: { dir: string; ca?: boolean; config?: string; client?: string[]; force?: boolean }) => {
       if (opts.ca && opts.config === undefined) throw new InvalidArgumentError('--ca needs --config FILE: the nodes to make certificates for');
+      const clients = opts.client ?? [];
+      for (const c of clients) {
+        const why = clientNameRefusal(c);
+        if (why) throw new InvalidArgumentError(why);
+      }
       const dir = resolve(opts.dir);
       const existing: ExistingKeys = opts.force ? 'replace' : 'refuse';
-      // Loaded only here: it brings a certificate library and a global Reflect polyfill with it.
-      const ca = opts.ca ? await import('./security/keygen-ca.js') : undefined;
+      // Loaded only with certificates: it brings a certificate library and a global Reflect polyfill with it.
+      const ca = opts.ca || clients.length > 0 ? await import('./security/keygen-ca.js') : undefined;
+      const clientLines = (): string[] =>
+        clients.map((c) => join(dir, ca!.CLIENTS_DIR, c)).map((d, i) => `wrote ${d}: for host ${clients[i]}, e.g. qemu --object tls-creds-x509,id=tls0,dir=${d},endpoint=client, or nbds://…?tls-certificates=${d}`);
+      if (ca && !opts.ca) {
+        // Only client certificates: the cluster's keys and CA stay as they are.
+        await ca.writeClientCertificates(dir, clients, existing === 'replace');
+        process.stdout.write(`${clientLines().join('\n')}\n`);
+        return;
+      }
       const nodes = ca ? ca.nodeNames(loadClusterConfig(resolve(opts.config!))) : [];
-      const keys = keygen(dir, existing, ca ? ca.clusterCaFiles(dir, nodes) : []);
+      const keys = keygen(dir, existing, ca ? [...ca.clusterCaFiles(dir, nodes), ...ca.clientFiles(dir, clients)] : []);
       const lines = [`wrote ${keys.adminToken} and ${keys.clusterSecret}. In the cluster config (paths relative to it):`];
       if (ca) {
-        await ca.writeClusterCa(dir, nodes, existing === 'replace');
+        const made = await ca.writeClusterCa(dir, nodes, existing === 'replace');
+        await ca.writeClientCertificates(dir, clients, existing === 'replace', made);
         lines.push(
           `  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}", "peerCertificates": "${join(dir, ca.CERTS_DIR)}" }`,
           `and, for NBD over TLS, per node: "tls": { "mode": "require", "certificates": "${join(dir, ca.CERTS_DIR)}/NODE" }.`,
           `Copy ${join(dir, ca.CERTS_DIR)}/NODE to node NODE only; ${join(dir, ca.CA_DIR)} holds the CA's key: keep it off the nodes.`,
           `NBD clients check the nodes' certificates with ${join(dir, ca.CA_DIR, 'ca-cert.pem')} (docs/SECURITY.md).`,
+          ...clientLines(),
         );
       } else {
         lines.push(`  "security": { "adminToken": "${keys.adminToken}", "clusterSecret": "${keys.clusterSecret}" }`);

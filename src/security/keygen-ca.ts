@@ -7,6 +7,9 @@
 //   DIR/certs/NODE/ca-cert.pem              a copy of the CA certificate
 //   DIR/certs/NODE/server-cert.pem          the node's certificate
 //   DIR/certs/NODE/server-key.pem           its key (0600)
+//   DIR/clients/NAME/ca-cert.pem,           with --client NAME: a host's client certificate, for
+//     client-cert.pem, client-key.pem       nodes that check clients (--tls-verify-peer), in the
+//                                           folder layout qemu's tls-creds-x509 and libnbd read
 //
 // Keys are ECDSA P-256, made and used by Node's own crypto (WebCrypto, i.e. OpenSSL);
 // @peculiar/x509 only lays out the certificates (README, Libraries: why this library). It needs
@@ -20,7 +23,7 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { randomBytes, webcrypto } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import type { ClusterConfig } from '../config/cluster.js';
@@ -38,6 +41,10 @@ export const NODE_DAYS = 1825;
 export const CA_DIR = 'ca';
 export const CERTS_DIR = 'certs';
 export const CA_KEY_FILE = 'ca-key.pem';
+export const CLIENTS_DIR = 'clients';
+/** A host's folder, as qemu (tls-creds-x509 endpoint=client) and libnbd (tls-certificates=) read it. */
+export const CLIENT_CERT_FILES = { ca: 'ca-cert.pem', cert: 'client-cert.pem', key: 'client-key.pem' } as const;
+
 
 /** A certificate and its key, as PEM text. */
 export interface PemPair {
@@ -76,10 +83,14 @@ export async function makeCa(subject = `nbd-mirror CA ${randomBytes(4).toString(
   return { certificate, keys, cert: certificate.toString('pem'), key: await keyPem(keys.privateKey) };
 }
 
-/** A certificate signed by `ca` for `names` (CN = the node name), for TLS server and client use. */
-export async function issueCertificate(ca: Ca, names: NodeNames, days = NODE_DAYS): Promise<PemPair> {
+/**
+ * A certificate signed by `ca` for `names` (CN = the first name): a node's (`node`: TLS server and
+ * client use, every name in the SAN) or a host's (`client`: TLS client use only).
+ */
+export async function issueCertificate(ca: Ca, names: NodeNames, days = NODE_DAYS, use: 'node' | 'client' = 'node'): Promise<PemPair> {
   const keys = await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify']);
   const alt = [...new Set([names.node, ...names.hosts])].map((h) => (net.isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h }));
+  const usages = use === 'node' ? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth] : [x509.ExtendedKeyUsage.clientAuth];
   const certificate = await x509.X509CertificateGenerator.create({
     serialNumber: serial(),
     subject: [{ CN: [names.node] }],
@@ -92,7 +103,7 @@ export async function issueCertificate(ca: Ca, names: NodeNames, days = NODE_DAY
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+      new x509.ExtendedKeyUsageExtension(usages),
       new x509.SubjectAlternativeNameExtension(alt),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(ca.certificate, false),
@@ -114,30 +125,54 @@ export function clusterCaFiles(dir: string, nodes: readonly NodeNames[]): string
   return [join(dir, CA_DIR, PEER_CERT_FILES.ca), join(dir, CA_DIR, CA_KEY_FILE), ...perNode];
 }
 
-/** Makes the CA and one certificate per node under `dir` (layout above); `replace` allows overwriting. Returns the files written. */
-export async function writeClusterCa(dir: string, nodes: readonly NodeNames[], replace: boolean): Promise<string[]> {
-  if (!replace) {
-    const present = clusterCaFiles(dir, nodes).filter((f) => existsSync(f));
-    if (present.length > 0) throw new Error(`${present.join(', ')} exist: keygen does not overwrite certificates the nodes may be using (--force replaces them)`);
-  }
+/** Makes the CA and one certificate per node under `dir` (layout above); `replace` allows overwriting. Returns the CA. */
+export async function writeClusterCa(dir: string, nodes: readonly NodeNames[], replace: boolean): Promise<Ca> {
+  refuseExisting(clusterCaFiles(dir, nodes), replace);
   const ca = await makeCa();
   const issued = await Promise.all(nodes.map((n) => issueCertificate(ca, n)));
-  const written: string[] = [];
-  const write = (path: string, text: string, mode: number): void => {
-    writeNewFile(path, text, replace, mode);
-    written.push(path);
-  };
   mkdirSync(join(dir, CA_DIR), { recursive: true, mode: 0o700 });
-  write(join(dir, CA_DIR, PEER_CERT_FILES.ca), ca.cert, 0o644);
-  write(join(dir, CA_DIR, CA_KEY_FILE), ca.key, 0o600);
-  nodes.forEach(({ node }, i) => {
-    const folder = join(dir, CERTS_DIR, node);
-    mkdirSync(folder, { recursive: true, mode: 0o700 });
-    write(join(folder, PEER_CERT_FILES.ca), ca.cert, 0o644);
-    write(join(folder, PEER_CERT_FILES.cert), issued[i]!.cert, 0o644);
-    write(join(folder, PEER_CERT_FILES.key), issued[i]!.key, 0o600);
-  });
-  return written;
+  writeNewFile(join(dir, CA_DIR, PEER_CERT_FILES.ca), ca.cert, replace, 0o644);
+  writeNewFile(join(dir, CA_DIR, CA_KEY_FILE), ca.key, replace, 0o600);
+  nodes.forEach(({ node }, i) => writeFolder(join(dir, CERTS_DIR, node), ca, issued[i]!, PEER_CERT_FILES, replace));
+  return ca;
+}
+
+/** Every file writeClientCertificates writes. */
+export function clientFiles(dir: string, names: readonly string[]): string[] {
+  return names.flatMap((n) => Object.values(CLIENT_CERT_FILES).map((f) => join(dir, CLIENTS_DIR, n, f)));
+}
+
+/** One client certificate per name under DIR/clients/NAME, signed by `ca` (or by the CA keygen made in `dir` earlier). */
+export async function writeClientCertificates(dir: string, names: readonly string[], replace: boolean, ca?: Ca): Promise<void> {
+  refuseExisting(clientFiles(dir, names), replace);
+  const signer = ca ?? (await loadCa(dir));
+  for (const name of names) writeFolder(join(dir, CLIENTS_DIR, name), signer, await issueCertificate(signer, { node: name, hosts: [] }, NODE_DAYS, 'client'), CLIENT_CERT_FILES, replace);
+}
+
+/** The CA an earlier `keygen --ca` wrote in `dir`. */
+async function loadCa(dir: string): Promise<Ca> {
+  const [certPath, keyPath] = [join(dir, CA_DIR, PEER_CERT_FILES.ca), join(dir, CA_DIR, CA_KEY_FILE)];
+  if (!existsSync(certPath) || !existsSync(keyPath)) throw new Error(`no CA in ${join(dir, CA_DIR)} (${PEER_CERT_FILES.ca} and ${CA_KEY_FILE}): make one with keygen --ca --config FILE, or give --ca with --client`);
+  const cert = readFileSync(certPath, 'utf8');
+  const key = readFileSync(keyPath, 'utf8');
+  const certificate = new x509.X509Certificate(cert);
+  const privateKey = await webcrypto.subtle.importKey('pkcs8', x509.PemConverter.decodeFirst(key), ALGORITHM, true, ['sign']);
+  const publicKey = await certificate.publicKey.export();
+  return { certificate, keys: { privateKey, publicKey }, cert, key };
+}
+
+function refuseExisting(files: readonly string[], replace: boolean): void {
+  if (replace) return;
+  const present = files.filter((f) => existsSync(f));
+  if (present.length > 0) throw new Error(`${present.join(', ')} exist: keygen does not overwrite certificates the nodes or hosts may be using (--force replaces them)`);
+}
+
+/** A folder (0700) with the CA's certificate, a certificate and its key (0600). */
+function writeFolder(folder: string, ca: Ca, pair: PemPair, names: { readonly ca: string; readonly cert: string; readonly key: string }, replace: boolean): void {
+  mkdirSync(folder, { recursive: true, mode: 0o700 });
+  writeNewFile(join(folder, names.ca), ca.cert, replace, 0o644);
+  writeNewFile(join(folder, names.cert), pair.cert, replace, 0o644);
+  writeNewFile(join(folder, names.key), pair.key, replace, 0o600);
 }
 
 /** A positive 128-bit serial number, as hex (RFC 5280: unique per CA, at most 20 bytes). */

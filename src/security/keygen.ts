@@ -9,6 +9,14 @@ import { writeKeyFile } from './key-file.js';
 export const ADMIN_TOKEN_FILE = 'admin.token';
 export const CLUSTER_SECRET_FILE = 'cluster.secret';
 
+/** A client's name becomes a folder name and its certificate's CN: no path separators, no dot first. */
+const CLIENT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Why `name` cannot name a host's client certificate (keygen --client), or undefined. */
+export function clientNameRefusal(name: string): string | undefined {
+  return CLIENT_NAME.test(name) ? undefined : `client name "${name}": 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit`;
+}
+
 /** What to do with a key file that is there already: refuse (write nothing), keep it, or replace it. */
 export type ExistingKeys = 'refuse' | 'keep' | 'replace';
 

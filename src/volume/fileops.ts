@@ -1,5 +1,5 @@
 // The native addon (native/fileops.c, built by `npm install` with node-gyp) for the Linux calls
-// Node's fs lacks: hole punching, zero ranges, SEEK_DATA/SEEK_HOLE, mmap and posix_fadvise.
+// Node's fs lacks: hole punching, zero ranges, SEEK_DATA/SEEK_HOLE/SEEK_END, mmap and posix_fadvise.
 import { createRequire } from 'node:module';
 
 export interface FileOps {
@@ -8,6 +8,8 @@ export interface FileOps {
   /** Next data at or after `offset`, or -1 when only a hole follows. */
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  /** The end of the file or device: a block device's size (its fstat says 0). */
+  seekEnd(fd: number): number;
   /** posix_fadvise(WILLNEED): prefetch into the page cache in the background; the error number, 0 if none. */
   willNeed(fd: number, offset: number, length: number): number;
   /** A read-only shared mapping of [offset, offset + length); unmapped when collected. */

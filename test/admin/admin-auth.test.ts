@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keygen } from '../../src/security/keygen.js';
-import { pairPorts, volumeStatus, writePairConfig, type PairPorts } from '../support/cluster.js';
+import { pairPorts, until, volumeStatus, writePairConfig, type PairPorts } from '../support/cluster.js';
 import { run } from '../support/fixture.js';
 import { cliPath, startClusterNode, type RunningServer } from '../support/processes.js';
 
@@ -58,7 +58,8 @@ describe('admin endpoint with a token', () => {
       expect(res.body).toMatch(/admin token/);
     }
     expect(await alive()).toBe(true);
-    expect(node.logs.some((l) => l.msg === 'admin request refused' && l.status === 401)).toBe(true);
+    // Logged through the process's stdout, which may arrive after the answer.
+    await until(() => node.logs.some((l) => l.msg === 'admin request refused' && l.status === 401), 5000);
   });
 
   it('refuses what a web page can send, even with the right token: an Origin header (403), a form content type or none (415)', async () => {

@@ -1,5 +1,6 @@
 // `nbd-mirror keygen --dir DIR`: two fresh random keys, mode 0600, never overwritten without --force;
-// with --ca --config FILE also a CA and a certificate per node (test/cluster/peer-x509.test.ts uses them).
+// with --ca --config FILE also a CA and a certificate per node (test/cluster/peer-x509.test.ts uses them);
+// with --client NAME a host's client certificate (test/interop/tls.test.ts uses it with qemu-io and nbdinfo).
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -90,5 +91,34 @@ describe('nbd-mirror keygen', () => {
     await keygen(at(), '--ca', '--config', config, '--force');
     expect(readFileSync(at('certs', 'b', 'server-cert.pem'), 'utf8')).not.toBe(before);
     expect(new X509Certificate(readFileSync(at('certs', 'b', 'server-cert.pem'))).checkIssued(new X509Certificate(readFileSync(at('ca', 'ca-cert.pem'))))).toBe(true);
+  });
+
+  it('with --client NAME: a host certificate (clients/NAME: ca-cert.pem, client-cert.pem, client-key.pem) from the CA, with --ca or later; the cluster keys untouched', async () => {
+    const dir = tempDir();
+    const config = join(dir, 'cluster.json');
+    writeFileSync(config, JSON.stringify({ nodes: { a: { nbd: '127.0.0.1:10809', peer: '127.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: 'a' }, b: { nbd: '127.0.0.1:10810', peer: '127.0.0.1:7790', admin: '127.0.0.1:9181', dataDir: 'b' } }, volumes: { vol0: { size: '1G' } } }));
+    const keys = join(dir, 'keys');
+    await expect(keygen(keys, '--client', 'host1')).rejects.toThrow(/no CA in .*ca-key\.pem.*keygen --ca/);
+    expect(() => statSync(join(keys, 'clients'))).toThrow(/ENOENT/);
+    expect(await keygen(keys, '--ca', '--config', config, '--client', 'host1')).toMatch(/clients\/host1: for host host1/);
+    const before = contents(keys);
+    for (const bad of ['../x', '.hidden', 'a/b', '', 'x'.repeat(65)]) await expect(keygen(keys, '--client', bad)).rejects.toThrow(/client name/);
+    await keygen(keys, '--client', 'host2', '--client', 'host3');
+    expect(contents(keys)).toEqual(before); // admin.token and cluster.secret stay
+    const ca = new X509Certificate(readFileSync(join(keys, 'ca', 'ca-cert.pem')));
+    for (const host of ['host1', 'host2', 'host3']) {
+      const at = (f: string) => join(keys, 'clients', host, f);
+      const cert = new X509Certificate(readFileSync(at('client-cert.pem')));
+      expect(cert.subject).toBe(`CN=${host}`);
+      expect(cert.checkIssued(ca) && cert.verify(ca.publicKey)).toBe(true);
+      expect(cert.keyUsage).toEqual(['1.3.6.1.5.5.7.3.2']); // TLS client only: it cannot pose as a node
+      expect(statSync(at('client-key.pem')).mode & 0o777).toBe(0o600);
+      expect(readFileSync(at('ca-cert.pem'), 'utf8')).toBe(readFileSync(join(keys, 'ca', 'ca-cert.pem'), 'utf8'));
+    }
+    const kept = readFileSync(join(keys, 'clients', 'host2', 'client-cert.pem'), 'utf8');
+    await expect(keygen(keys, '--client', 'host2')).rejects.toThrow(/host2\/.*exist: keygen does not overwrite/);
+    expect(readFileSync(join(keys, 'clients', 'host2', 'client-cert.pem'), 'utf8')).toBe(kept);
+    await keygen(keys, '--client', 'host2', '--force');
+    expect(readFileSync(join(keys, 'clients', 'host2', 'client-cert.pem'), 'utf8')).not.toBe(kept);
   });
 });

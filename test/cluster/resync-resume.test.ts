@@ -24,8 +24,8 @@ describe('resync interrupted by a crash', () => {
 
   it('kill -9 of the resync target: after restart it copies only what was not checkpointed', async () => {
     const p = await pairPorts();
-    // Paced so the test can stop it half way (about 2.7 s for the whole copy).
-    const config = writePairConfig(join(dir, 'cluster.json'), p, '320M', p.peerB, { resync: { maxRate: '96M' } });
+    // Paced so the test can stop it half way (about 5 s for the whole copy: room for a loaded machine's slow polls).
+    const config = writePairConfig(join(dir, 'cluster.json'), p, '320M', p.peerB, { resync: { maxRate: '48M' } });
     const a = await startClusterNode(config, 'a');
     let b = await startClusterNode(config, 'b');
     procs.push(a, b);
@@ -68,7 +68,7 @@ describe('resync interrupted by a crash', () => {
     const sub = join(dir, 'full');
     mkdirSync(sub);
     const p = await pairPorts();
-    const config = writePairConfig(join(sub, 'cluster.json'), p, '256M', p.peerB, { resync: { maxRate: '96M' } });
+    const config = writePairConfig(join(sub, 'cluster.json'), p, '256M', p.peerB, { resync: { maxRate: '48M' } });
     // a serves alone and is written; b appears later with nothing (the migration case).
     const a = await startClusterNode(config, 'a');
     procs.push(a);

@@ -1,16 +1,17 @@
 // Thin volumes in a pool served standalone (`serve --pool`), driven by real clients: holes in
 // qemu-img map and nbdinfo --map, a freed unit reused by another volume reading zeros, a pool
 // filled to ENOSPC by fio while another volume stays intact, and kill -9 during allocating and
-// freeing writes followed by `nbd-mirror pool check` (0 problems) and the flushed data intact.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+// freeing writes followed by `nbd-mirror pool check` (0 problems) and the flushed data intact;
+// and a pool on a block device (a loop device).
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
-import { run } from '../support/fixture.js';
+import { run, runCli } from '../support/fixture.js';
 import { until } from '../support/cluster.js';
 import { cliPath, startNbdMirror, type RunningServer } from '../support/processes.js';
-import { missingTools, toolEnv } from '../support/tools.js';
+import { missingTools, toolEnv, toolsRequired } from '../support/tools.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-thin-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -162,5 +163,65 @@ describe.skipIf(missingTools('qemu-io', 'qemu-img', 'nbdinfo', 'nbdsh', 'fio').l
     }
     // The churn got far enough to commit allocations of its own (fio flushes every 32 writes).
     expect(mostMapped).toBeGreaterThan(2);
+  });
+});
+
+/** Root and losetup, or a loud skip (a failure under NBD_MIRROR_REQUIRE_TOOLS). */
+function canUseLoopDevices(): boolean {
+  const root = process.getuid?.() === 0;
+  if (!root) {
+    const msg = 'a pool on a block device needs root (losetup)';
+    if (toolsRequired) throw new Error(msg);
+    console.warn(`\n*** SKIPPING: ${msg} ***\n`);
+  }
+  return root && missingTools('losetup', 'qemu-io', 'nbdinfo').length === 0;
+}
+
+describe.skipIf(!canUseLoopDevices())('a pool on a block device (a loop device)', () => {
+  it('is made on a blank device and sized from it, keeps data across kill -9, reuses units as zeros; a device that is not blank is refused', async () => {
+    const backing = join(dir, 'device.img');
+    writeFileSync(backing, '');
+    truncateSync(backing, 64 * 2 ** 20);
+    const device = (await run('losetup', ['-f', '--show', backing])).trim();
+    try {
+      // No --pool-size: the pool takes the device (less its metadata).
+      const s = await startNbdMirror(['--pool', device, '--pool-unit', '1M', '--thin', 'a=1G', '--thin', 'b=1G']);
+      try {
+        expect(s.logs.find((l) => l.msg === 'pool open')).toMatchObject({ pool: device, unitBytes: 2 ** 20 });
+        await qemuIo(s.uri('a'), 'write -P 0xab -f 0 4M', 'write -P 0xcd -f 512M 1M', 'discard 1M 1M', 'flush');
+        expect(await run('nbdinfo', ['--map', s.uri('a')])).toMatch(/^\s*1048576\s+1048576\s+3\s+hole,zero$/m);
+        // The freed unit goes to b: zeros wherever b has not written.
+        await qemuIo(s.uri('b'), 'write -P 0x11 4k 4k', 'read -P 0 0 4k', 'read -P 0 8k 1040384');
+        s.proc.kill('SIGKILL');
+        await new Promise((r) => s.proc.once('exit', r));
+      } finally {
+        await s.stop();
+      }
+      const report = await poolCheck(device);
+      expect(report.problems).toEqual([]);
+      expect(report.volumes.find((v) => v.name === 'a')?.mappedUnits).toBe(4); // 3 of the first 4 MiB and 1 at 512M
+      const again = await startNbdMirror(['--pool', device, '--thin', 'a=1G', '--thin', 'b=1G']);
+      try {
+        await qemuIo(again.uri('a'), 'read -P 0xab 0 1M', 'read -P 0 1M 1M', 'read -P 0xab 2M 2M', 'read -P 0xcd 512M 1M');
+        await qemuIo(again.uri('b'), 'read -P 0x11 4k 4k');
+      } finally {
+        await again.stop();
+      }
+    } finally {
+      await run('losetup', ['-d', device]);
+    }
+    // A device holding something else (here: a filesystem's first block) is never made a pool.
+    const other = join(dir, 'other.img');
+    writeFileSync(other, Buffer.alloc(4096, 0x53));
+    truncateSync(other, 64 * 2 ** 20);
+    const busy = (await run('losetup', ['-f', '--show', other])).trim();
+    try {
+      const r = await runCli(['serve', '--pool', busy, '--thin', 'a=1G', '--listen', '127.0.0.1:0']);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/holds no pool but is not blank/);
+      expect(readFileSync(other).subarray(0, 4096).every((b) => b === 0x53)).toBe(true);
+    } finally {
+      await run('losetup', ['-d', busy]);
+    }
   });
 });

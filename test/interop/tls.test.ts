@@ -1,12 +1,13 @@
 // NBD over TLS with the real clients (gnutls inside libnbd and qemu): PSK and X.509, the
 // three modes, refusals that end only the refused connection and say why in the server log.
 import { randomFillSync } from 'node:crypto';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import type net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run, serveMirroredExport, serveTempExport, type Fixture } from '../support/fixture.js';
+import { run, runCli, serveMirroredExport, serveTempExport, type Fixture } from '../support/fixture.js';
 import { until } from '../support/cluster.js';
 import type { RunningServer } from '../support/processes.js';
 import { missingTools } from '../support/tools.js';
@@ -17,6 +18,11 @@ import { Opt, Rep } from '../../src/protocol/constants.js';
 
 const MiB = 2 ** 20;
 const tools = ['nbdinfo', 'nbdcopy', 'qemu-io', 'fio', 'psktool', 'certtool', ...(process.geteuid?.() === 0 ? ['setpriv'] : [])];
+
+async function runCliOk(args: string[]): Promise<void> {
+  const r = await runCli(args);
+  if (r.code !== 0) throw new Error(`nbd-mirror ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+}
 
 function pskUri(f: Fixture, keyFile: string, user = PSK_USER): string {
   // The user goes in the authority: libnbd 1.14 ignores tls-username= in the query.
@@ -253,6 +259,36 @@ describe.skipIf(missingTools(...tools).length > 0)('NBD over TLS', () => {
       expect(await qemuIo(b, `tls-creds-x509,id=tls0,dir=${keys.clientNoCert},endpoint=client`, 'read -P 0x7e 0 1M')).toContain('read 1048576/1048576 bytes');
       await expect(run('nbdinfo', [f.uri])).rejects.toThrow(/nbdinfo/); // plain refused on a
       await expect(run('nbdinfo', [f.peer!.uri('vol0')])).rejects.toThrow(/nbdinfo/); // and on b
+    });
+  });
+
+  describe('certificates from nbd-mirror keygen: a node\'s, and a host\'s (--client) for --tls-verify-peer', () => {
+    let f: Fixture;
+    let dir: string;
+    beforeAll(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-keygen-tls-'));
+      const config = join(dir, 'cluster.json');
+      writeFileSync(config, JSON.stringify({ nodes: { a: { nbd: '127.0.0.1:10809', peer: '127.0.0.1:7789', admin: '127.0.0.1:9180', dataDir: 'a' }, b: { nbd: '127.0.0.1:10810', peer: '127.0.0.1:7790', admin: '127.0.0.1:9181', dataDir: 'b' } }, volumes: { vol0: { size: '1G' } } }));
+      await runCliOk(['keygen', '--dir', join(dir, 'keys'), '--ca', '--config', config, '--client', 'host1']);
+      await runCliOk(['keygen', '--dir', join(dir, 'keys'), '--client', 'host2']); // later, from the CA kept in keys/ca
+      f = await serveTempExport({ size: '16M', extraArgs: ['--tls', 'require', '--tls-certificates', join(dir, 'keys', 'certs', 'a'), '--tls-verify-peer'] });
+    });
+    afterAll(async () => {
+      await f?.cleanup();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('qemu-io and nbdinfo with either host\'s folder get in; a certificate of another CA, or none, is refused', async () => {
+      const host = (n: string) => join(dir, 'keys', 'clients', n);
+      await qemuIo(f, `tls-creds-x509,id=tls0,dir=${host('host1')},endpoint=client`, 'write -P 0x4b 0 1M');
+      expect(await qemuIo(f, `tls-creds-x509,id=tls0,dir=${host('host2')},endpoint=client`, 'read -P 0x4b 0 1M')).toContain('read 1048576/1048576 bytes');
+      expect(JSON.parse(await run('nbdinfo', ['--json', x509Uri(f, host('host2'))])).TLS).toBe(true);
+      // The suite's own client certificate is of another CA; a folder with only the CA has none.
+      const ours = join(dir, 'ca-only');
+      mkdirSync(ours);
+      copyFileSync(join(host('host1'), 'ca-cert.pem'), join(ours, 'ca-cert.pem'));
+      await expect(run('nbdinfo', [x509Uri(f, ours)])).rejects.toThrow(/nbdinfo/);
+      await expect(run('nbdinfo', [x509Uri(f, keys.clientCerts)])).rejects.toThrow(/nbdinfo/);
     });
   });
 });

@@ -203,7 +203,7 @@ export class Pool {
     fs.readSync(fd, head, 0, BLOCK, 0);
     if (head.some((b) => b !== 0)) throw new PoolFormatError(`${path} holds no pool but is not blank: zero its first 4 KiB to make a pool on it`);
     const unitSize = o.unitSize ?? DEFAULT_UNIT;
-    const deviceBytes = fileOps.seekHole(fd, 0);
+    const deviceBytes = fileOps.seekEnd(fd);
     const guess = layout(unitSize, Math.floor(deviceBytes / unitSize), '00');
     const units = Math.min(Math.floor((o.size ?? deviceBytes) / unitSize), Math.floor((deviceBytes - guess.dataOffset) / unitSize));
     if (units < 1) throw new PoolFormatError(`${path} is too small for a pool`);
@@ -226,8 +226,7 @@ export class Pool {
     if (units < c.unitCount) return o.log.warn({ pool: path, size: o.size, poolBytes: c.unitCount * g.unitSize }, 'configured pool size is smaller than the pool: pools do not shrink; keeping its size');
     if (units === c.unitCount) return;
     if (units > g.maxUnits) throw new PoolFormatError(`pool ${path} can grow to ${g.maxUnits * g.unitSize} bytes (its metadata room); ${o.size} is more`);
-    const st = fs.fstatSync(fd);
-    if (st.isFile() && st.size < g.dataOffset + units * g.unitSize) fs.ftruncateSync(fd, g.dataOffset + units * g.unitSize);
+    extendFile(fd, g.dataOffset + units * g.unitSize);
     o.log.info({ pool: path, fromBytes: c.unitCount * g.unitSize, toBytes: units * g.unitSize }, 'pool grown');
     c.unitCount = units;
   }
@@ -319,8 +318,7 @@ export class Pool {
     if (units <= this.map.unitCount) return done(null);
     if (units > this.g.maxUnits) return done(new PoolFormatError(`pool ${this.path} can grow to ${this.g.maxUnits * this.unitSize} bytes (its metadata room made at creation)`));
     try {
-      const st = fs.fstatSync(this.fd);
-      if (st.isFile() && st.size < this.dataOffset + units * this.unitSize) fs.ftruncateSync(this.fd, this.dataOffset + units * this.unitSize);
+      extendFile(this.fd, this.dataOffset + units * this.unitSize);
     } catch (err) {
       return done(err as Error);
     }
@@ -456,4 +454,10 @@ export class Pool {
     const st = this.status();
     this.log.info({ pool: this.path, usedBytes: st.usedBytes, sizeBytes: st.sizeBytes, metadata: st.metadata }, 'pool closed');
   }
+}
+
+/** A pool file grows to `bytes` (sparse); a block device has its room from creation (maxUnits). */
+function extendFile(fd: number, bytes: number): void {
+  const st = fs.fstatSync(fd);
+  if (st.isFile() && st.size < bytes) fs.ftruncateSync(fd, bytes);
 }
