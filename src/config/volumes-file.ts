@@ -4,11 +4,13 @@
 // deleted online. At start the two sources combine (volumesAtStart): the config's volumes, less
 // those deleted online, plus the file's; where both name a volume, the file's size wins (it
 // records a later, explicit resize). A node that never had an online change has no file and
-// starts from the config alone, as before.
+// starts from the config alone, as before. It also holds the change this node asked its peer
+// for and has not settled yet (`unfinished`, volume-ops.ts), written before the change is sent.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { replaceFileDurably } from '../durable.js';
+import { volumeOpSchema } from '../replication/volume-ops.js';
 import { MAX_VOLUME_SIZE, name, VOLUME_ALIGN } from './cluster.js';
 
 export const VOLUMES_FILE = 'volumes.json';
@@ -23,6 +25,11 @@ const fileSchema = z.strictObject({
   volumes: z.record(name, entrySchema),
   /** Config volumes deleted online: not opened again while the config still lists them. */
   deleted: z.array(name).default([]),
+  /**
+   * A change this node sent its peer whose outcome it has not learnt yet (the link was lost or
+   * the answer late): finished or dropped at the next link-up (volume-ops.ts).
+   */
+  unfinished: volumeOpSchema.optional(),
 });
 
 export type VolumeEntry = z.output<typeof entrySchema>;
@@ -54,7 +61,12 @@ export function readVolumesFile(dataDir: string): VolumesFile | undefined {
 }
 
 export function writeVolumesFile(dataDir: string, f: VolumesFile): void {
-  const sorted: VolumesFile = { version: 1, volumes: Object.fromEntries(Object.entries(f.volumes).sort(([a], [b]) => (a < b ? -1 : 1))), deleted: [...new Set(f.deleted)].sort() };
+  const sorted: VolumesFile = {
+    version: 1,
+    volumes: Object.fromEntries(Object.entries(f.volumes).sort(([a], [b]) => (a < b ? -1 : 1))),
+    deleted: [...new Set(f.deleted)].sort(),
+    ...(f.unfinished && { unfinished: f.unfinished }),
+  };
   replaceFileDurably(volumesFilePath(dataDir), `${JSON.stringify(sorted, null, 2)}\n`);
 }
 

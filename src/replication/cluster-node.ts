@@ -139,8 +139,8 @@ export class ClusterNode {
   private readonly dataDir: string;
   /** Where the volumes' data lives (the volume layer's lifecycle seam: a thin pool implements it too). */
   private readonly store: VolumeStore;
-  /** The volume set as the volumes file records it (written after each online change). */
-  private readonly recorded: { volumes: Map<string, VolumeEntry>; deleted: Set<string> };
+  /** The volume set as the volumes file records it (written after each online change), and the change asked here and not settled yet. */
+  private readonly recorded: { volumes: Map<string, VolumeEntry>; deleted: Set<string>; unfinished: VolumeOp | undefined };
   private readonly configVolumes: ReadonlySet<string>;
   private readonly activityLog: ActivityLogConfig;
   /** Volumes changed online (volume-ops.ts). */
@@ -176,7 +176,9 @@ export class ClusterNode {
     const file = readVolumesFile(this.dataDir);
     const atStart = volumesAtStart(config.volumes, file);
     for (const n of atStart.notes) log.warn(n, 'volume config and volumes file differ');
-    this.recorded = { volumes: atStart.volumes, deleted: new Set(file?.deleted ?? []) };
+    this.recorded = { volumes: atStart.volumes, deleted: new Set(file?.deleted ?? []), unfinished: file?.unfinished };
+    const u = file?.unfinished;
+    if (u) log.warn({ op: u.op, volume: u.name, size: u.size }, 'a volume change asked here was not settled when the node stopped: it is finished or dropped at the first link-up');
     this.configVolumes = new Set(Object.keys(config.volumes));
     this.activityLog = { extentBytes: config.activityLog.extent, slots: config.activityLog.extents };
     // Volume order (and index on the wire) is the sorted names: the same on both nodes.
@@ -235,7 +237,10 @@ export class ClusterNode {
       heartbeatMs: config.link.heartbeatMs,
       sendStallMs: config.link.ackTimeoutMs,
       log: log.child({ component: 'peer-link' }),
+      settle: (ours, theirs, mismatch) => this.volumeOps.settle(ours, theirs, mismatch),
+      holdDial: () => this.volumeOps.inProgress,
       onConnected: (peer) => {
+        this.volumeOps.linkUp();
         // The decision (and a resync marking stale ranges) first: held reads that the gate then
         // lets through must not see a local copy the peer has newer data for.
         this.onConnected(peer);
@@ -295,6 +300,7 @@ export class ClusterNode {
     this.splitBrainPolicy = config.splitBrain;
     this.linkTimeoutMs = config.link.timeoutMs;
     const link = this.link;
+    const recorded = this.recorded;
     this.volumeOps = new VolumeOps({
       node: nodeName,
       peerName: this.peerName,
@@ -303,7 +309,12 @@ export class ClusterNode {
       },
       send: (type, id, body) => link.send(type, id, body),
       refusal: (op) => this.opRefusal(op),
+      finishRefusal: (op) => this.finishRefusal(op),
       apply: (op) => this.applyOp(op),
+      get unfinished() {
+        return recorded.unfinished;
+      },
+      recordUnfinished: (op) => this.writeRecorded(op),
       log: log.child({ component: 'volume-ops' }),
       timeoutMs: config.link.ackTimeoutMs,
     });
@@ -433,6 +444,7 @@ export class ClusterNode {
         dirtyBytes: v.meta.bitmap.count() * GRAIN,
         trackingSince: v.meta.trackingSince,
       })),
+      ...(this.recorded.unfinished && { unfinished: this.recorded.unfinished }),
     };
   }
 
@@ -774,9 +786,19 @@ export class ClusterNode {
     removeFileDurably(this.metaPath(name));
   }
 
-  /** Writes the volumes file: the set as it is now (config-volumes.ts explains how it combines with the config). */
+  /**
+   * Writes the volumes file after a change applied here: the set as it is now, and no unfinished
+   * change (the one applied was it, or there was none: a node with one applies no other).
+   * volumes-file.ts explains how it combines with the config.
+   */
   private commitRecorded(): void {
-    writeVolumesFile(this.dataDir, { version: 1, volumes: Object.fromEntries(this.recorded.volumes), deleted: [...this.recorded.deleted] });
+    this.writeRecorded(undefined);
+  }
+
+  /** Writes the volumes file with `unfinished` as the change asked here and not settled; in memory once written. */
+  private writeRecorded(unfinished: VolumeOp | undefined): void {
+    writeVolumesFile(this.dataDir, { version: 1, volumes: Object.fromEntries(this.recorded.volumes), deleted: [...this.recorded.deleted], unfinished });
+    this.recorded.unfinished = unfinished;
   }
 
   /**
@@ -839,6 +861,18 @@ export class ClusterNode {
     if (v.mirror.replication !== 'Connected' || v.mirror.state.disk !== 'UpToDate') {
       return `volume ${op.name} is ${v.mirror.replication} ${v.mirror.state.disk} on ${this.nodeName}: it grows only while Connected and UpToDate on both nodes`;
     }
+    return this.roomFor(op.size!, op.size! - v.file.size, false);
+  }
+
+  /**
+   * Why this node cannot finish, unlinked, a change its peer applied (volume-ops.ts settle): the
+   * HELLOs showed the name free (create) or there (resize, delete); what is left is room.
+   */
+  private finishRefusal(op: VolumeOp): string | undefined {
+    if (op.op === 'create') return this.opRefusal(op);
+    if (op.op === 'delete') return undefined;
+    const v = this.volumes.find((x) => x.name === op.name)!;
+    if (op.size! <= v.file.size) return `volumes only grow: ${op.name} is ${v.file.size} bytes here, ${op.size} on the peer`;
     return this.roomFor(op.size!, op.size! - v.file.size, false);
   }
 

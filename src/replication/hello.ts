@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { ProtocolViolation } from '../protocol/errors.js';
 import { PEER_VERSION } from './peer-protocol.js';
+import { volumeOpSchema } from './volume-ops.js';
 
 const hex64 = z.string().regex(/^[0-9a-f]{16}$/, 'a 64-bit generation id as 16 hex digits');
 
@@ -34,6 +35,12 @@ export const helloSchema = z.strictObject({
       trackingSince: z.number().int().nonnegative().default(0),
     }),
   ),
+  /**
+   * The volume change the sender asked for and has not settled (a link loss cut it short), sent
+   * only when there is one (volume-ops.ts): a node that applied it answers such a HELLO with its
+   * own, so the sender can see that and finish it.
+   */
+  unfinished: volumeOpSchema.optional(),
 });
 
 export type Hello = z.output<typeof helloSchema>;

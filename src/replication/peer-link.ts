@@ -93,6 +93,16 @@ export interface PeerLinkOptions {
   releaseBody?(body: Buffer): void;
   onConnected?(peer: Hello): void;
   onDisconnected?(reason: string): void;
+  /**
+   * A peer HELLO of this cluster and the expected node, before it is accepted (`mismatch`: how
+   * its volumes differ from `ours`, if they do): a refusal while a volume change is settled
+   * (volume-ops.ts), or undefined to go on as usual. With `answer`, a listener shows the dialer
+   * its HELLO before refusing (the dialer finishes its change from it); with `manual`, the
+   * refusal is one an operator must repair, logged like a mismatch.
+   */
+  settle?(ours: HelloFields, theirs: Hello, mismatch: string | undefined): { refuse: string; answer: boolean; manual?: boolean } | undefined;
+  /** Why the dialer does not dial now, if it does not: a volume change half applied here, which its HELLO would list either way. */
+  holdDial?(): string | undefined;
   /** Frames other than the link's own (HELLO, PING, PONG, ERROR); each body goes back through `release`. */
   onFrame?(header: FrameHeader, body: Buffer): void;
 }
@@ -103,6 +113,8 @@ const MAX_BACKOFF_MS = 250;
 const DIRECT_BODY_MIN = 64 * 1024;
 /** Connections waiting for their HELLO at once; more are refused (each is bounded in time too). */
 const MAX_CANDIDATES = 8;
+/** The log line of a link refused while a volume change is settled (it comes up by itself after). */
+const SETTLING = 'refusing the peer link until a volume change is settled';
 /** A source address whose connections are refused is logged at most this often. */
 const REFUSAL_LOG_MS = 60_000;
 /** Source addresses (with the message logged for them) remembered for rate-limiting refusal logs. */
@@ -323,6 +335,11 @@ export class PeerLink {
 
   private dial(): void {
     if (this.stopped || this.socket) return;
+    const held = this.o.holdDial?.();
+    if (held !== undefined) {
+      this.o.log.debug({ reason: held }, 'not dialing the peer yet');
+      return this.scheduleDial();
+    }
     // From our own listen address when it is one: that is the host the peer lets in.
     const local = this.o.listen.host;
     const localAddress = net.isIP(local) && local !== '0.0.0.0' && local !== '::' ? local : undefined;
@@ -582,7 +599,8 @@ export class PeerLink {
       hello = this.acceptableHello(body, this.ourHello!);
     } catch (err) {
       const reason = (err as Error).message;
-      this.o.log.error({ reason }, 'refusing the peer link');
+      if (err instanceof MismatchError && err.settling) this.o.log.warn({ reason }, SETTLING);
+      else this.o.log.error({ reason }, 'refusing the peer link');
       s.write(errorFrame(reason));
       return this.drop(reason, true);
     }
@@ -595,11 +613,15 @@ export class PeerLink {
     if (h.type === PeerMsg.ERROR) return this.refuseCandidate(s, `it sent ERROR: ${body.toString('utf8')}`);
     if (this.probe?.socket === s) return this.refuseCandidate(s, 'HELLO sent twice');
     let hello: Hello;
+    const ours = this.makeHello();
     try {
-      hello = this.acceptableHello(body, this.makeHello());
+      hello = this.acceptableHello(body, ours);
     } catch (err) {
       const reason = (err as Error).message;
-      return this.refuseCandidate(s, reason, err instanceof MismatchError ? 'refusing the peer link' : undefined, reason);
+      if (!(err instanceof MismatchError)) return this.refuseCandidate(s, reason, undefined, reason);
+      // Shown only to a peer whose HELLO named a change that turns our volumes into its own.
+      if (err.settling?.answer) s.write(encodeFrame(PeerMsg.HELLO, 0n, encodeHello(ours)));
+      return this.refuseCandidate(s, reason, err.settling ? SETTLING : 'refusing the peer link', reason);
     }
     clearTimeout(c.timer);
     if (!this.socket) return this.promote(s, hello);
@@ -659,6 +681,9 @@ export class PeerLink {
   private acceptableHello(body: Buffer, ours: Hello): Hello {
     const hello = decodeHello(body);
     const mismatch = helloMismatch(ours, hello) ?? (hello.node !== this.o.peerName ? `peer is "${hello.node}", expected "${this.o.peerName}"` : undefined);
+    // Our cluster and the expected peer: what differs (if anything) is volumes, perhaps a change to settle.
+    const settling = hello.cluster === ours.cluster && hello.node === this.o.peerName ? this.o.settle?.(ours, hello, mismatch) : undefined;
+    if (settling) throw new MismatchError(settling.refuse, settling.manual ? undefined : settling);
     if (mismatch) throw new MismatchError(mismatch);
     return hello;
   }
@@ -749,8 +774,15 @@ export class PeerLink {
   }
 }
 
-/** A HELLO from a node that must not link with this one (another cluster, volumes differ…). */
-class MismatchError extends ProtocolViolation {}
+/** A HELLO from a node that must not link with this one (another cluster, volumes differ…), or not yet (`settling`: a volume change). */
+class MismatchError extends ProtocolViolation {
+  constructor(
+    message: string,
+    readonly settling?: { answer: boolean },
+  ) {
+    super(message);
+  }
+}
 
 /** An ERROR frame carrying `reason` (cut to what the table lets an ERROR carry). */
 function errorFrame(reason: string): Buffer {

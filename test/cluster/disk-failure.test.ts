@@ -6,21 +6,13 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { dataFile, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
+import { dataFile, loadFaults, pairPorts, until, volumeStatus as status, writePairConfig } from '../support/cluster.js';
 import { NbdClient } from '../support/nbd-client.js';
 import { startClusterNode, type RunningServer } from '../support/processes.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Writes the fault spec and sends SIGUSR2; resolves once the node has logged loading it. */
-async function loadFaults(node: RunningServer, file: string, spec: unknown): Promise<void> {
-  const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
-  const before = loaded();
-  writeFileSync(file, JSON.stringify(spec));
-  node.proc.kill('SIGUSR2');
-  await until(() => loaded() > before, 10_000);
-}
 
 describe('a node whose disk fails', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-diskfail-'));

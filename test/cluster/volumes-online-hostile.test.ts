@@ -202,4 +202,35 @@ describe.skipIf(missing.length > 0)('volume changes refuse hostile input (real p
     expect(Object.keys((await fetchStatus({ host: '127.0.0.1', port: p.adminB })).volumes)).toEqual(['vol0']);
     r.socket.destroy();
   });
+
+  it('a HELLO naming an unfinished volume change: shown b\'s HELLO only when the change turns b\'s volumes into its own; b changes nothing', async () => {
+    // a is gone (the test before); the rogue says it is a with a change of its own not settled.
+    const meta = readFileSync(join(dir, 'a', 'vol0.meta'));
+    const hex = (i: number) => meta.subarray(32 + 8 * i, 40 + 8 * i).toString('hex');
+    const generation = { current: hex(0), bitmap: hex(1), history: [hex(2), hex(3)] as [string, string] };
+    const before = JSON.stringify({ files: readdirSync(join(dir, 'b')).sort(), volumes: (await fetchStatus({ host: '127.0.0.1', port: p.adminB })).volumes });
+    const gen = '0123456789abcdef';
+    const vol = (name: string, size: number) => ({ name, size, generation, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 });
+    const attempt = async (over: Record<string, unknown>) => {
+      const r = await rogueConnect(p.peerB);
+      r.send(rogueHello('a', SIZE, generation, undefined, over as never));
+      await closedWithin(r, 2000);
+      return { types: r.frames.map((f) => f.header.type), error: r.frames.find((f) => f.header.type === PeerMsg.ERROR)?.body.toString('utf8') };
+    };
+    // Malformed: refused as an invalid HELLO, saying why (and no HELLO of b's).
+    for (const unfinished of [{ op: 'create', name: '../x', size: 4096, generation: gen }, { op: 'create', name: 'vol0', size: 4096 }, { op: 'wipe', name: 'vol0' }]) {
+      const refused = await attempt({ volumes: [], unfinished });
+      expect(refused.types, JSON.stringify(unfinished)).toEqual([PeerMsg.ERROR]);
+      expect(refused.error).toMatch(/^peer HELLO invalid: unfinished/);
+    }
+    // A change that does not explain the difference (another size, a name the rogue already lists): the plain mismatch, no HELLO.
+    expect(await attempt({ volumes: [], unfinished: { op: 'create', name: 'vol0', size: 2 * SIZE, force: false, generation: gen } })).toEqual({ types: [PeerMsg.ERROR], error: 'peer lacks some of our volumes' });
+    expect(await attempt({ volumes: [vol('vol0', SIZE), vol('x', 4096)], unfinished: { op: 'create', name: 'x', size: 4096, force: false, generation: gen } })).toEqual({ types: [PeerMsg.ERROR], error: 'peer has volume "x", we do not' });
+    // One that does: b shows its HELLO (nothing the rogue did not claim to know) and refuses, waiting for "a" to finish it.
+    const shown = await attempt({ volumes: [], unfinished: { op: 'create', name: 'vol0', size: SIZE, force: false, generation: gen } });
+    expect(shown.types).toEqual([PeerMsg.HELLO, PeerMsg.ERROR]);
+    expect(shown.error).toMatch(/^b applied the change create volume vol0 .* which a link loss cut short on a: waiting for a to finish it$/);
+    expect(JSON.stringify({ files: readdirSync(join(dir, 'b')).sort(), volumes: (await fetchStatus({ host: '127.0.0.1', port: p.adminB })).volumes })).toBe(before);
+    expect(b.proc.exitCode).toBeNull();
+  });
 });

@@ -20,11 +20,27 @@ describe('volumes file', () => {
     expect(() => readFileSync(`${volumesFilePath(dir)}.tmp`)).toThrow(/ENOENT/);
   });
 
+  it('records the change asked and not settled yet (optional: files without it read as before)', () => {
+    const sub = mkdtempSync(join(dir, 'unfinished-'));
+    const unfinished = { op: 'create' as const, name: 'vm1', size: 8 * M, force: false, generation: '0123456789abcdef' };
+    writeVolumesFile(sub, { version: 1, volumes: { a: v(4 * M) }, deleted: [], unfinished });
+    expect(readVolumesFile(sub)).toEqual({ version: 1, volumes: { a: v(4 * M) }, deleted: [], unfinished });
+    writeVolumesFile(sub, { version: 1, volumes: { a: v(4 * M) }, deleted: [], unfinished: undefined });
+    expect(readFileSync(volumesFilePath(sub), 'utf8')).not.toMatch(/unfinished/);
+    expect(readVolumesFile(sub)).toEqual({ version: 1, volumes: { a: v(4 * M) }, deleted: [] });
+  });
+
   it('refuses a damaged or foreign file rather than forget volumes', () => {
     const sub = mkdtempSync(join(dir, 'bad-'));
     writeFileSync(volumesFilePath(sub), '{"version": 1, "volumes": {');
     expect(() => readVolumesFile(sub)).toThrow(/damaged.*refusing to start/);
-    for (const bad of [{ version: 2, volumes: {} }, { version: 1, volumes: { '../x': v(4096) } }, { version: 1, volumes: { a: v(4097) } }, { version: 1, volumes: { a: { size: -1 } } }, { version: 1, volumes: {}, extra: 1 }]) {
+    for (const bad of [{ version: 2, volumes: {} }, { version: 1, volumes: { '../x': v(4096) } }, { version: 1, volumes: { a: v(4097) } }, { version: 1, volumes: { a: { size: -1 } } }, { version: 1, volumes: {}, extra: 1 },
+      // An unfinished change that is no change: refused like the rest of the file.
+      { version: 1, volumes: {}, unfinished: { op: 'create', name: 'x', size: 4096 } },
+      { version: 1, volumes: {}, unfinished: { op: 'resize', name: '../x', size: 8192 } },
+      { version: 1, volumes: {}, unfinished: { op: 'grow', name: 'x', size: 8192 } },
+      { version: 1, volumes: {}, unfinished: 'delete x' },
+    ]) {
       writeFileSync(volumesFilePath(sub), JSON.stringify(bad));
       expect(() => readVolumesFile(sub), JSON.stringify(bad)).toThrow(/not a volumes file/);
     }

@@ -10,6 +10,8 @@ const b: Hello = { ...a, node: 'b' };
 describe('peer HELLO', () => {
   it('round-trips', () => {
     expect(decodeHello(encodeHello(a))).toEqual(a);
+    const unfinished = { op: 'resize' as const, name: 'vol0', size: 2 ** 31, force: false };
+    expect(decodeHello(encodeHello({ ...a, unfinished }))).toEqual({ ...a, unfinished });
   });
 
   it('refuses malformed, unknown-version and extra-field HELLOs, naming the field', () => {
@@ -18,6 +20,10 @@ describe('peer HELLO', () => {
     expect(() => decodeHello(Buffer.from(JSON.stringify({ ...a, boot: undefined })))).toThrow(/boot/);
     expect(() => decodeHello(Buffer.from(JSON.stringify({ ...a, volumes: [{ ...a.volumes[0], size: -1 }] })))).toThrow(/volumes\.0\.size/);
     expect(() => decodeHello(Buffer.from(JSON.stringify({ ...a, extra: 1 })))).toThrow(ProtocolViolation);
+    // The unfinished change a HELLO may name is checked like a VOLUME_OP.
+    for (const unfinished of [{ op: 'delete', name: '../x' }, { op: 'create', name: 'x', size: 4096 }, { op: 'resize', name: 'x', size: 4097 }, 'x', { op: 'delete', name: 'x', extra: 1 }]) {
+      expect(() => decodeHello(Buffer.from(JSON.stringify({ ...a, unfinished }))), JSON.stringify(unfinished)).toThrow(/peer HELLO invalid: unfinished/);
+    }
   });
 
   it('tells why two nodes must not link: other cluster, same name, volume set or size differs', () => {

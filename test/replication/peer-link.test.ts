@@ -5,7 +5,7 @@ import tls from 'node:tls';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { HelloFields } from '../../src/replication/hello.js';
-import { PeerLink } from '../../src/replication/peer-link.js';
+import { PeerLink, type PeerLinkOptions } from '../../src/replication/peer-link.js';
 import { PeerPsk, type PeerTls } from '../../src/replication/peer-tls.js';
 import { PeerX509 } from '../../src/replication/peer-x509.js';
 import { issueCertificate, makeCa, type Ca } from '../../src/security/keygen-ca.js';
@@ -51,7 +51,8 @@ afterEach(async () => {
 });
 
 /** Node b listens; node a (sorts first, so it dials) reaches b through a proxy. */
-async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record?: boolean; bHello?: HelloFields; timeoutMs?: number; aSendStallMs?: number; aLimits?: Partial<LinkLimits>; bLimits?: Partial<LinkLimits>; bOnFrame?: (h: FrameHeader, body: Buffer) => void } = {}) {
+type Settle = NonNullable<PeerLinkOptions['settle']>;
+async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record?: boolean; bHello?: HelloFields; timeoutMs?: number; aSendStallMs?: number; aLimits?: Partial<LinkLimits>; bLimits?: Partial<LinkLimits>; bOnFrame?: (h: FrameHeader, body: Buffer) => void; aSettle?: Settle; bSettle?: Settle; aHoldDial?: () => string | undefined } = {}) {
   const bPort = await freePort();
   const proxy = new TcpProxy({ host: '127.0.0.1', port: bPort });
   await proxy.start();
@@ -71,6 +72,7 @@ async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record
     onConnected: () => events.push('b up'),
     onDisconnected: () => events.push('b down'),
     onFrame: opts.bOnFrame ?? ((h) => frames.push(h.type)),
+    settle: opts.bSettle,
   });
   const a = new PeerLink({
     tls: opts.aTls === undefined ? transport('a') : (opts.aTls ?? undefined),
@@ -84,6 +86,8 @@ async function pair(opts: { aTls?: PeerTls | null; bTls?: PeerTls | null; record
     sendStallMs: opts.aSendStallMs,
     onConnected: () => events.push('a up'),
     onDisconnected: (reason) => (events.push('a down'), reasons.push(reason)),
+    settle: opts.aSettle,
+    holdDial: opts.aHoldDial,
   });
   cleanups.push(() => a.stop(), () => b.stop(), () => proxy.stop());
   proxy.record = opts.record ?? false;
@@ -419,5 +423,48 @@ describe('mutual x509', () => {
     expect(Buffer.concat(got).includes('hospital')).toBe(false);
     expect(events.filter((e) => e.endsWith('down'))).toEqual([]);
     expect([a.state, b.state]).toEqual(['Connected', 'Connected']);
+  });
+});
+
+describe('a volume change settled before the link comes up (settle, holdDial: volume-ops.ts)', () => {
+  it('refusals say why and are logged as settling; a listener shows its HELLO first only with answer; the link comes up once nothing is to settle', async () => {
+    type Verdict = ReturnType<Settle>;
+    let bVerdict: Verdict = { refuse: 'b waits for a to finish it', answer: false };
+    let aVerdict: Verdict = { refuse: 'a is finishing it', answer: false };
+    const aSaw: string[] = [];
+    const bSaw: string[] = [];
+    const { a, b, events } = await pair({
+      bSettle: (_ours, theirs, mismatch) => (bSaw.push(`${theirs.node} ${mismatch}`), bVerdict),
+      aSettle: (_ours, theirs, mismatch) => (aSaw.push(`${theirs.node} ${mismatch}`), aVerdict),
+    });
+    // Without answer, b's HELLO never reaches a: a's settle is never asked.
+    await until(() => records.some((r) => r.node === 'b' && r.msg === 'refusing the peer link until a volume change is settled' && r.reason === 'b waits for a to finish it'));
+    expect(bSaw[0]).toBe('a undefined'); // asked for a matching HELLO too (mismatch undefined)
+    expect(aSaw).toEqual([]);
+    // With answer, a sees b's HELLO before the refusal, and refuses in turn (a warning, not an error).
+    bVerdict = { refuse: 'b waits for a to finish it', answer: true };
+    await until(() => aSaw.length > 0);
+    expect(aSaw[0]).toBe('b undefined');
+    await until(() => records.some((r) => r.node === 'a' && r.msg === 'refusing the peer link until a volume change is settled' && r.reason === 'a is finishing it' && r.level === 40));
+    expect(events).toEqual([]);
+    // A refusal an operator must repair is logged as a mismatch is.
+    aVerdict = { refuse: 'a could not finish it', answer: false, manual: true };
+    await until(() => records.some((r) => r.node === 'a' && r.msg === 'refusing the peer link' && r.reason === 'a could not finish it' && r.level === 50));
+    expect(events).toEqual([]);
+    aVerdict = undefined;
+    bVerdict = undefined;
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+  });
+
+  it('a dialer with a change half applied does not dial (its HELLO would list it either way) until it is done', async () => {
+    let held: string | undefined = 'applying delete volume v';
+    const bSaw: string[] = [];
+    const { a, b } = await pair({ aHoldDial: () => held, bSettle: (_ours, theirs) => void bSaw.push(theirs.node) });
+    await until(() => records.filter((r) => r.node === 'a' && r.msg === 'not dialing the peer yet' && r.reason === 'applying delete volume v').length >= 3);
+    expect(bSaw).toEqual([]);
+    expect([a.state, b.state]).toEqual(['Connecting', 'Connecting']);
+    held = undefined;
+    await until(() => a.state === 'Connected' && b.state === 'Connected');
+    expect(bSaw).toEqual(['a']);
   });
 });

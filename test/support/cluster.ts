@@ -63,6 +63,15 @@ export async function witnessGrants(witnessPort: number): Promise<Record<string,
   return ((await res.json()) as { grants: Record<string, { holder: string }> }).grants;
 }
 
+/** A node's fault rules (the test-only `serve --test-faults FILE`) become `spec`: written, SIGUSR2, waited for until loaded. */
+export async function loadFaults(node: RunningServer, file: string, spec: unknown): Promise<void> {
+  const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
+  const before = loaded();
+  writeFileSync(file, JSON.stringify(spec));
+  node.proc.kill('SIGUSR2');
+  await until(() => loaded() > before, 10_000);
+}
+
 /** Polls until `cond` holds (every 50 ms, at most `ms`). */
 export async function until(cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
   for (const end = Date.now() + ms; !(await cond()); ) {

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { fetchStatus, postAction } from '../../src/admin/admin-client.js';
 import type { NodeStatus, VolumeStatus } from '../../src/replication/cluster-node.js';
 import { CHAOS_AL, seededRandom, verifyVolume } from './chaos.js';
-import { pairPorts, until, witnessGrants, type PairPorts } from './cluster.js';
+import { loadFaults as loadNodeFaults, pairPorts, until, witnessGrants, type PairPorts } from './cluster.js';
 import { NbdClient } from './nbd-client.js';
 import { mountPowerCut, type PowerCutMount } from './powercut.js';
 import { freePort, startClusterNode, startedLogs, startWitnessProcess, type RunningServer } from './processes.js';
@@ -500,11 +500,7 @@ export async function loadFaults(c: PowerCluster, n: Node, spec: unknown): Promi
   const node = c.nodes[n];
   if (!node) throw new Error(`node ${n} is down`);
   c.faulty.add(n);
-  const loaded = () => node.logs.filter((l) => l.component === 'faults' && l.msg === 'fault rules loaded').length;
-  const before = loaded();
-  writeFileSync(c.faults[n], JSON.stringify(spec));
-  node.proc.kill('SIGUSR2');
-  await until(() => loaded() > before, 10_000);
+  await loadNodeFaults(node, c.faults[n], spec);
 }
 
 /** Power cut of `targets` (all unsynced data dropped), restart, recovery: then the copies must match (verify, byte compare). */

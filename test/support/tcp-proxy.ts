@@ -1,5 +1,6 @@
 // A TCP proxy for cutting and restoring a link between two processes on loopback, for
-// damaging peer-link data frames in flight (client → upstream direction), and for recording
+// damaging peer-link data frames in flight (client → upstream direction), for stopping a link
+// at a chosen peer-link frame (either direction, before the frame passes), and for recording
 // what crosses it (what an onlooker sees, and what an attacker could replay).
 import net from 'node:net';
 import { Transform } from 'node:stream';
@@ -18,12 +19,15 @@ export class FrameDamager {
   private bodyLeft = 0;
   private damaging = false;
   damaged = 0;
+  /** The types of the frames whose header ended in the last chunk passed. */
+  readonly headers: number[] = [];
 
   constructor(private readonly damage: () => boolean) {}
 
-  /** Returns the chunk, with damage applied (a copy is modified, never the input). */
+  /** Returns the chunk, with damage applied (to a copy, made only then: never the input). */
   pass(chunk: Buffer): Buffer {
-    const out = Buffer.from(chunk);
+    let out = chunk;
+    this.headers.length = 0;
     let pos = 0;
     while (pos < out.length) {
       if (this.bodyLeft === 0) {
@@ -34,6 +38,7 @@ export class FrameDamager {
         if (this.headFill < FRAME_HEADER_SIZE) break;
         this.headFill = 0;
         this.bodyLeft = this.head.readUInt32BE(8);
+        this.headers.push(this.head.readUInt16BE(4));
         this.damaging = this.bodyLeft > 32 && DATA_FRAMES.has(this.head.readUInt16BE(4)) && this.damage();
         continue;
       }
@@ -41,6 +46,7 @@ export class FrameDamager {
       this.bodyLeft -= n;
       pos += n;
       if (this.bodyLeft === 0 && this.damaging) {
+        if (out === chunk) out = Buffer.from(chunk);
         out[pos - 1] = out[pos - 1]! ^ 0x01;
         this.damaged++;
         this.damaging = false;
@@ -56,6 +62,10 @@ export class TcpProxy {
   private open = true;
   /** Nothing passes any more, not even a close (see silence). */
   private silent = false;
+  /** Nothing passes on the open connections, closes do; new connections are refused (see stopAt). */
+  private held = false;
+  /** Where the link stops (stopAt). */
+  private stopping: { type: PeerMsg; how: 'cut' | 'hold' } | undefined;
   port = 0;
   /** Data frames from client to upstream still to damage (Infinity: all of them). */
   damageFrames = 0;
@@ -89,13 +99,20 @@ export class TcpProxy {
         return true;
       });
       // Ends are not piped: a close reaches the other side through `end` (and not at all when silent).
-      const passing = (chunk: Buffer, into: Buffer[] | undefined): Buffer | undefined => {
-        if (this.silent) return undefined;
+      const toClient = new FrameDamager(() => false);
+      const passing = (chunk: Buffer, frames: FrameDamager, into: Buffer[] | undefined): Buffer | undefined => {
+        const stop = this.stopping;
+        if (stop && frames.headers.includes(stop.type)) {
+          this.stopping = undefined;
+          if (stop.how === 'cut') this.cut();
+          else this.hold();
+        }
+        if (this.silent || this.held || !this.pairs.has(pair)) return undefined;
         into?.push(chunk);
         return chunk;
       };
-      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(damager.pass(chunk), recording?.toUpstream)) })).pipe(upstream, { end: false });
-      upstream.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(chunk, recording?.toClient)) })).pipe(client, { end: false });
+      client.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(damager.pass(chunk), damager, recording?.toUpstream)) })).pipe(upstream, { end: false });
+      upstream.pipe(new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, passing(toClient.pass(chunk), toClient, recording?.toClient)) })).pipe(client, { end: false });
     });
   }
 
@@ -114,6 +131,21 @@ export class TcpProxy {
     this.open = false;
   }
 
+  /**
+   * The next peer-link frame of `type`, either way, stops the link before it passes: `cut`
+   * (every connection dropped, new ones refused), or `hold` (nothing passes any more on the open
+   * connections, but a close still does: a process killed is seen; new ones refused). Until
+   * restore.
+   */
+  stopAt(type: PeerMsg, how: 'cut' | 'hold'): void {
+    this.stopping = { type, how };
+  }
+
+  private hold(): void {
+    this.held = true;
+    this.open = false;
+  }
+
   /** Drops every connection and refuses new ones (a cut cable). */
   cut(): void {
     this.open = false;
@@ -126,6 +158,7 @@ export class TcpProxy {
 
   restore(): void {
     this.open = true;
+    this.held = false;
   }
 
   async stop(): Promise<void> {
