@@ -16,8 +16,11 @@ export const PEER_MAGIC = 0x4e424d52; // "NBMR"
  * 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's.
  * 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online); an RS_DATA without data says its range is
  *    all zeros (RS_DATA_ZERO).
+ * 4: RS_HOLES_REQUEST/RS_HOLES (a resync target learns the source's holes of up to 1 GiB at once
+ *    and pulls only the data). A node of version 3 is refused at HELLO, as every other version:
+ *    both nodes of a pair are upgraded together.
  */
-export const PEER_VERSION = 3;
+export const PEER_VERSION = 4;
 export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
 export const WRITE_HEADER_SIZE = 24;
@@ -30,6 +33,14 @@ export const PEER_READ_DATA_HEADER_SIZE = 28;
 export const MAX_FRAME_BODY = PEER_READ_DATA_HEADER_SIZE + MAX_REQUEST;
 /** Largest range one resync request (and so one RS_DATA, one RS_ACK) covers. */
 export const MAX_RESYNC_RANGE = 1024 * 1024;
+/**
+ * Largest range one RS_HOLES_REQUEST asks about: the source answers from its allocation map
+ * without reading data, so this bounds only the map walk (a thin volume looks up each unit) and
+ * how long the target holds client writes to the range (see resync-target.ts).
+ */
+export const MAX_HOLES_RANGE = 1024 * 1024 * 1024;
+/** Most hole runs one RS_HOLES carries (the source then answers for a shorter range). */
+export const MAX_HOLE_RUNS = 4096;
 
 export const enum PeerMsg {
   HELLO = 1,
@@ -66,6 +77,17 @@ export const enum PeerMsg {
   VERIFY_REQUEST = 49,
   /** Verify, peer → verifier: range, then XXH3 of each 4 KiB block (u64 LE). */
   VERIFY_DIGESTS = 50,
+  /**
+   * Resync, target → source: which parts of this range (at most MAX_HOLES_RANGE) are holes on
+   * your copy? (range body). Answered from the allocation map, without reading data.
+   */
+  RS_HOLES_REQUEST = 53,
+  /**
+   * Source → target: its holes in [offset, offset + length) (range body, where length may be
+   * less than asked: the part this answer covers), then up to MAX_HOLE_RUNS runs (start u32 from
+   * the range's offset, length u32), ordered, apart, inside the range. The rest is data.
+   */
+  RS_HOLES = 54,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
   RESYNC_NOW = 51,
   /**
@@ -130,6 +152,48 @@ export function encodeRuns(volume: number, runs: ReadonlyArray<{ start: number; 
     bodies.push(body);
   }
   return bodies;
+}
+
+/** A run of bytes [offset, offset + length). */
+export interface ByteRun {
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** Bytes of one hole run in an RS_HOLES body: start u32 (from the range's offset), length u32. */
+export const HOLE_RUN_SIZE = 8;
+
+/** RS_HOLES body: the covered range, then its holes (absolute runs inside it, ordered). */
+export function encodeHoles(volume: number, offset: number, length: number, holes: readonly ByteRun[]): Buffer {
+  const b = Buffer.alloc(RANGE_SIZE + HOLE_RUN_SIZE * holes.length);
+  encodeRange(volume, offset, length).copy(b);
+  holes.forEach((h, i) => {
+    b.writeUInt32BE(h.offset - offset, RANGE_SIZE + HOLE_RUN_SIZE * i);
+    b.writeUInt32BE(h.length, RANGE_SIZE + HOLE_RUN_SIZE * i + 4);
+  });
+  return b;
+}
+
+/**
+ * The hole runs of an RS_HOLES body as absolute runs, or a ProtocolViolation saying why they
+ * cannot be: a partial run, an empty run, one outside the body's range, out of order or
+ * overlapping the one before.
+ */
+export function decodeHoles(body: Buffer): ByteRun[] {
+  const { offset, length } = decodeRange(body);
+  if ((body.length - RANGE_SIZE) % HOLE_RUN_SIZE !== 0) throw new ProtocolViolation(`${body.length - RANGE_SIZE} bytes of hole runs`);
+  const holes: ByteRun[] = [];
+  let after = 0;
+  for (let at = RANGE_SIZE; at < body.length; at += HOLE_RUN_SIZE) {
+    const start = body.readUInt32BE(at);
+    const n = body.readUInt32BE(at + 4);
+    if (n === 0) throw new ProtocolViolation(`an empty hole run at ${start}`);
+    if (start + n > length) throw new ProtocolViolation(`hole run ${start}+${n} outside the ${length} bytes answered`);
+    if (start < after) throw new ProtocolViolation(`hole run ${start}+${n} out of order or overlapping the one before`);
+    holes.push({ offset: offset + start, length: n });
+    after = start + n;
+  }
+  return holes;
 }
 
 export function decodeRuns(body: Buffer): Array<{ start: number; length: number }> {

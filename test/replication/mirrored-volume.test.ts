@@ -12,7 +12,7 @@ import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
-import { encodeRange, encodeWriteHeader, PEER_VERSION, PeerMsg, RANGE_SIZE, sealDigest } from '../../src/replication/peer-protocol.js';
+import { decodeRange, encodeHoles, encodeRange, encodeWriteHeader, PEER_VERSION, PeerMsg, RANGE_SIZE, sealDigest, type ByteRun } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -110,6 +110,14 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
   const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node, peerName: node === 'a' ? 'b' : 'a', grain: GRAIN, hot, log, quorum });
   const types = () => sent.map((f) => f.type);
   return { mv, meta, peer, sent, types, hot, path: join(dir, `${node}.img`) };
+}
+
+/** Answers a stub target's last RS_HOLES_REQUEST as a source would: these holes (none: all data). */
+function answerHoles(mv: MirroredVolume, sent: ReadonlyArray<{ type: number; id: bigint; body: Buffer }>, holes: ByteRun[] = []) {
+  const req = sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST).at(-1)!;
+  const { offset, length } = decodeRange(req.body);
+  const body = encodeHoles(0, offset, length, holes);
+  mv.handleFrame({ type: PeerMsg.RS_HOLES, flags: 0, length: body.length, id: req.id }, body);
 }
 
 describe('mirrored volume (in-process pair)', () => {
@@ -332,7 +340,7 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('a resync target that loses its source fails reads of ranges it lacks (EIO), serves the rest', async () => {
-    const { mv, peer, types } = withStubPeer('b');
+    const { mv, peer, sent, types } = withStubPeer('b');
     let resyncError: Error | null = null;
     mv.startResync('target', (e) => (resyncError = e));
     expect(types()).toContain(PeerMsg.BITMAP_RUNS);
@@ -341,7 +349,8 @@ describe('mirrored volume (in-process pair)', () => {
     runs.writeDoubleBE(768, 4);
     runs.writeDoubleBE(16, 12);
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
-    expect(types()).toContain(PeerMsg.RS_REQUEST);
+    answerHoles(mv, sent);
+    await until(() => types().includes(PeerMsg.RS_REQUEST));
     peer.connected = false;
     mv.peerLost('link lost');
     expect(resyncError).toBeInstanceOf(Error);
@@ -357,6 +366,7 @@ describe('mirrored volume (in-process pair)', () => {
     runs.writeDoubleBE(768, 4);
     runs.writeDoubleBE(16, 12);
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
+    answerHoles(mv, sent);
     // A client write mirrored before the failure; the source answers it after (stored nowhere).
     const inFlight = write(mv, 5 * MiB, Buffer.alloc(4096, 0x11)).then(() => null, (e: Error) => e);
     await until(() => types().includes(PeerMsg.WRITE));
@@ -516,6 +526,8 @@ describe('frames in the wrong state or outside the volume change nothing (the re
     expect(() => mv.handleFrame(frame(PeerMsg.RS_REQUEST, range(0, 65536)), range(0, 65536))).toThrow(/only a resync source/);
     expect(() => mv.handleFrame(frame(PeerMsg.BITMAP_RUNS, runs, 1), runs)).toThrow(/arrived already/);
     expect(meta.bitmap.count()).toBe(16);
+    answerHoles(mv, sent);
+    await until(() => sent.some((f) => f.type === PeerMsg.RS_REQUEST));
     // The target asked for [0, 64 KiB); an answer for [1 MiB, 1 MiB + 64 KiB) counts as damage and is asked for again.
     const req = sent.find((f) => f.type === PeerMsg.RS_REQUEST)!;
     const data = Buffer.concat([range(MiB, 65536), Buffer.alloc(8), Buffer.alloc(65536, 9)]);
