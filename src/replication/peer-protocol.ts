@@ -31,12 +31,13 @@ export const PEER_READ_DATA_HEADER_SIZE = 28;
  * largest data header + one maximal request). Each type's own limit is in peer-frames.ts.
  */
 export const MAX_FRAME_BODY = PEER_READ_DATA_HEADER_SIZE + MAX_REQUEST;
-/** Largest range one resync request (and so one RS_DATA, one RS_ACK) covers. */
+/** Largest range one resync request (and so one RS_DATA) covers. */
 export const MAX_RESYNC_RANGE = 1024 * 1024;
 /**
- * Largest range one RS_HOLES_REQUEST asks about: the source answers from its allocation map
- * without reading data, so this bounds only the map walk (a thin volume looks up each unit) and
- * how long the target holds client writes to the range (see resync-target.ts).
+ * Largest range one RS_HOLES_REQUEST asks about (and one RS_ACK covers: the dirty grains of a
+ * hole): the source answers from its allocation map without reading data, so this bounds only
+ * the map walk (a thin volume looks up each unit) and how long the target holds client writes
+ * to the range (see resync-target.ts).
  */
 export const MAX_HOLES_RANGE = 1024 * 1024 * 1024;
 /** Most hole runs one RS_HOLES carries (the source then answers for a shorter range). */

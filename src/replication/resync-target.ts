@@ -186,7 +186,7 @@ export class ResyncTarget {
 
   /**
    * Zeroes the dirty grains of the source's holes here, then counts them copied: acknowledged
-   * at the next checkpoint in ranges of at most MAX_RESYNC_RANGE, like pulled data. Then the
+   * at the next checkpoint like pulled data, one RS_ACK per run (up to the span). Then the
    * span's tracking ends and the walk goes on.
    */
   private zeroHoles(span: InFlight, dirty: readonly GrainRun[]): void {
@@ -198,7 +198,7 @@ export class ResyncTarget {
       else {
         this.run.doneBytes += length;
         ctx.counters.resyncedBytes += length;
-        for (let at = offset; at < offset + length; at += MAX_RESYNC_RANGE) this.unsynced.push({ id: span.id, offset: at, length: Math.min(MAX_RESYNC_RANGE, offset + length - at) });
+        this.unsynced.push({ id: span.id, offset, length });
         if (changed) this.unsyncedBytes += length;
       }
       if (--left > 0) return;

@@ -72,6 +72,12 @@ describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
     expect(cost(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, GiB))).toBe(16);
   });
 
+  it('an RS_ACK covers up to 1 GiB (a hole\'s grains at once), only to a resync source', () => {
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, GiB), source)).not.toThrow();
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, GiB + 4096), source)).toThrow(/exceeds 1073741824/);
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, MiB), idle)).toThrow(/only a resync source/);
+  });
+
   it('an answer\'s runs lie inside its range, in order, apart, not empty, at most 4096; only a resync target takes it', () => {
     expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, MiB], [2 * MiB, GiB - 2 * MiB]]), target)).not.toThrow();
     expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, MiB]]), idle)).toThrow(/only a resync target/);
