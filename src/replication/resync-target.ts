@@ -191,16 +191,9 @@ export class ResyncTarget {
    */
   private zeroHoles(span: InFlight, dirty: readonly GrainRun[]): void {
     const { ctx } = this;
-    let left = dirty.length + 1;
+    let left = dirty.length + 1; // + 1: settled once every zero has been started
     let error: Error | null = null;
-    const zeroed = (err: Error | null, offset: number, length: number, changed: boolean): void => {
-      if (err) error ??= err;
-      else {
-        this.run.doneBytes += length;
-        ctx.counters.resyncedBytes += length;
-        this.unsynced.push({ id: span.id, offset, length });
-        if (changed) this.unsyncedBytes += length;
-      }
+    const settled = (): void => {
       if (--left > 0) return;
       ctx.tracker.release(span);
       this.requests--;
@@ -211,9 +204,22 @@ export class ResyncTarget {
     for (const g of dirty) {
       const offset = g.start * ctx.grain;
       const length = Math.min(g.end * ctx.grain, ctx.size) - offset;
-      this.zeroUnlessHole(offset, length, ctx.guard('RS_HOLES', (err: Error | null, changed: boolean) => zeroed(err, offset, length, changed)));
+      this.zeroUnlessHole(
+        offset,
+        length,
+        ctx.guard('RS_HOLES', (err: Error | null, changed: boolean) => {
+          if (err) error ??= err;
+          else {
+            this.run.doneBytes += length;
+            ctx.counters.resyncedBytes += length;
+            this.unsynced.push({ id: span.id, offset, length });
+            if (changed) this.unsyncedBytes += length;
+          }
+          settled();
+        }),
+      );
     }
-    zeroed(null, 0, 0, false);
+    settled();
   }
 
   /**
