@@ -10,7 +10,6 @@
 // last checkpoint. A full sync of a mostly empty thin volume thus costs one round trip per GiB
 // of holes instead of one per MiB.
 import { ProtocolViolation } from '../protocol/errors.js';
-import type { Done } from '../volume/volume.js';
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { isPoolFull } from './mirror-errors.js';
@@ -341,7 +340,7 @@ export class ResyncTarget {
       this.pullMore();
     };
     if (left === 0) return void ((left = 1), written(null));
-    const writtenSafely: Done = ctx.guard('RS_DATA', written);
+    const writtenSafely = ctx.guard('RS_DATA', written);
     // Zeros on the source: allocated zeros, or a hole the walk did not know of (made after its
     // RS_HOLES answer, or part of a grain).
     if (d.zero) {

@@ -557,6 +557,29 @@ describe('the hole walk of a resync (RS_HOLES_REQUEST / RS_HOLES)', () => {
     expect(mv.resyncedBytesTotal).toBe(SIZE);
   });
 
+  it('a peer write that reaches the target after its RS_HOLES_REQUEST waits for the holes to be applied and lands on top of the zeroing', async () => {
+    const { mv, sent, path } = withStubPeer('b');
+    writeFile(path, MiB, Buffer.alloc(65536, 0x0d)); // old data here, in what is a hole on the source
+    let ended: Error | null | undefined;
+    mv.startResync('target', (e) => (ended = e));
+    deliver(mv, PeerMsg.BITMAP_RUNS, 1n, allDirty(), 1);
+    expect(sent.some((f) => f.type === PeerMsg.RS_HOLES_REQUEST)).toBe(true);
+    // The source's client writes at 1 MiB after it answered (so its answer calls 1 MiB a hole):
+    // the WRITE follows the answer there, but arrives first here — it must still land last.
+    const data = Buffer.alloc(65536, 0x77);
+    const write = Buffer.concat([encodeWriteHeader({ volume: 0, flags: 0, offset: MiB, digest: sealDigest(xxh3.xxh64(data), MiB, 0) }), data]);
+    deliver(mv, PeerMsg.WRITE, 9n, write);
+    await new Promise((res) => setTimeout(res, 50)); // it would be on disk and acknowledged by now if it did not wait
+    expect(sent.some((f) => f.type === PeerMsg.WRITE_ACK)).toBe(false);
+    answerHoles(mv, sent, [{ offset: 0, length: SIZE }]);
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE_ACK && f.id === 9n) && ended !== undefined);
+    expect(ended).toBeNull();
+    const file = readFileSync(path);
+    expect(file.subarray(MiB, MiB + 65536).every((x) => x === 0x77)).toBe(true);
+    expect(file.subarray(MiB + 65536, 2 * MiB).every((x) => x === 0)).toBe(true);
+    expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST)).toBe(false); // all holes: nothing pulled
+  });
+
   it('a source answers from its allocation map, after a write that started before is on disk: that write is data', async () => {
     const { mv, sent, types } = withStubPeer('a');
     mv.startResync('source', () => undefined);
