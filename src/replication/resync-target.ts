@@ -55,8 +55,11 @@ export class ResyncTarget {
   private cursor = 0;
   /** Requests in flight: data ranges, and the open RS_HOLES_REQUEST until its holes are applied. */
   private requests = 0;
-  /** The source's holes in the span the walk is in, once it answered. */
-  private span: HoleSpan | undefined;
+  /**
+   * The source's holes in the spans answered that the walk has not passed: the one it is in,
+   * and the next one, asked ahead so the walk does not wait for it at the span's end.
+   */
+  private spans: HoleSpan[] = [];
   /** The open RS_HOLES_REQUEST's tracked span: writes to it that arrive later wait for its holes. */
   private holesAsked: InFlight | undefined;
   /** Ranges written since the last checkpoint, not known durable yet (their RS_ACK waits). */
@@ -83,9 +86,10 @@ export class ResyncTarget {
   }
 
   /**
-   * Keeps up to RESYNC_WINDOW requests in flight, walking the dirty runs in order: past the
-   * span whose holes are known, it asks for the next span's (one at a time) and waits for them;
-   * inside it, dirty grains in holes were zeroed when the answer came, the rest is pulled.
+   * Keeps up to RESYNC_WINDOW requests in flight, walking the dirty runs in order: outside the
+   * spans whose holes are known, it asks for the holes there and waits for them; inside one,
+   * dirty grains in holes were zeroed when the answer came, the rest is pulled. One holes
+   * request at a time, one span ahead of the walk.
    */
   private pullMore(): void {
     const { ctx } = this;
@@ -97,11 +101,12 @@ export class ResyncTarget {
         this.cursor = bits;
         break;
       }
-      const span = this.span;
-      if (!span?.contains(run.start)) {
+      const span = this.spanOf(run.start);
+      if (!span) {
         if (!this.holesAsked) this.askHoles(run.start);
         break;
       }
+      this.askAhead();
       const here = span.at(run.start);
       if (here.hole) {
         this.cursor = here.end;
@@ -124,6 +129,21 @@ export class ResyncTarget {
       this.phase = 'Finishing';
       this.checkpoint(() => this.end(null));
     }
+  }
+
+  /** The known span holding `grain`; the spans the walk has passed are dropped (it only goes forward). */
+  private spanOf(grain: number): HoleSpan | undefined {
+    while (this.spans.length > 0 && this.spans[0]!.end <= grain) this.spans.shift();
+    const span = this.spans[0];
+    return span?.contains(grain) ? span : undefined;
+  }
+
+  /** In the last known span, with no holes request open: asks for the next span's holes now. */
+  private askAhead(): void {
+    if (this.holesAsked || this.spans.length !== 1) return;
+    const { end } = this.spans[0]!;
+    const [next] = end < this.ctx.meta.bitmap.bits ? this.ctx.meta.bitmap.runs(end, 1) : [];
+    if (next) this.askHoles(next.start);
   }
 
   /**
@@ -162,7 +182,9 @@ export class ResyncTarget {
     if (end <= start) return refuse(`it covers less than one grain (${range.length} bytes)`);
     const holes = holeGrains(decodeHoles(body), ctx.grain, ctx.size);
     this.holesAsked = undefined;
-    this.span = new HoleSpan(start, end, holes);
+    const span = new HoleSpan(start, end, holes);
+    // In order; one asked in a gap before the others (a bit set there since) replaces what it overlaps.
+    this.spans = [...this.spans.filter((s) => s.end <= span.start || s.start >= span.end), span].sort((x, y) => x.start - y.start);
     const dirty = this.dirtyIn(holes);
     ctx.tracker.afterEarlier(asked, ctx.guard('RS_HOLES', () => this.zeroHoles(asked, dirty)));
   }
