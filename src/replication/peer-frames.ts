@@ -11,6 +11,7 @@ import { ProtocolViolation } from '../protocol/errors.js';
 import {
   decodeHoles,
   HOLE_RUN_SIZE,
+  HOLES_FIXED_SIZE,
   MAX_HOLE_RUNS,
   MAX_HOLES_RANGE,
   MAX_RESYNC_RANGE,
@@ -136,10 +137,11 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
   ],
   // The answer comes from the allocation map (no data read): its cost is its body.
   [PeerMsg.RS_HOLES_REQUEST, { name: 'RS_HOLES_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: notEmpty, legal: onlySource }],
-  // Whether it answers the request the target has open, for the range asked, the target checks.
+  // Whether it answers the request the target has open, for the range asked, and its digest, the
+  // target checks (a damaged one is asked for again, as damaged data is).
   [
     PeerMsg.RS_HOLES,
-    { name: 'RS_HOLES', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + HOLE_RUN_SIZE * MAX_HOLE_RUNS, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: holeRuns, legal: onlyTarget },
+    { name: 'RS_HOLES', minBody: HOLES_FIXED_SIZE, maxBody: HOLES_FIXED_SIZE + HOLE_RUN_SIZE * MAX_HOLE_RUNS, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: holeRuns, legal: onlyTarget },
   ],
   // Up to a hole walk's span: the dirty grains of one of the source's holes are acknowledged at
   // once (1 MiB acks made a 64 GiB mostly empty volume's sync cost 65,536 frames).

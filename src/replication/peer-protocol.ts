@@ -7,7 +7,8 @@
 //
 // Integrity: every frame that carries data (WRITE, RS_DATA, RS_DIFF, PEER_READ_DATA) carries an XXH3-64
 // digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
-// checks before the data goes near a disk.
+// checks before the data goes near a disk. RS_HOLES, which makes the target zero what it names,
+// ends with an XXH3-64 of the rest of its body.
 import { MAX_REQUEST } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 
@@ -86,7 +87,8 @@ export const enum PeerMsg {
   /**
    * Source → target: its holes in [offset, offset + length) (range body, where length may be
    * less than asked: the part this answer covers), then up to MAX_HOLE_RUNS runs (start u32 from
-   * the range's offset, length u32), ordered, apart, inside the range. The rest is data.
+   * the range's offset, length u32), ordered, apart, inside the range, then the XXH3-64 of all
+   * that (u64). The rest of the range is data.
    */
   RS_HOLES = 54,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
@@ -164,28 +166,38 @@ export interface ByteRun {
 /** Bytes of one hole run in an RS_HOLES body: start u32 (from the range's offset), length u32. */
 export const HOLE_RUN_SIZE = 8;
 
-/** RS_HOLES body: the covered range, then its holes (absolute runs inside it, ordered). */
-export function encodeHoles(volume: number, offset: number, length: number, holes: readonly ByteRun[]): Buffer {
-  const b = Buffer.alloc(RANGE_SIZE + HOLE_RUN_SIZE * holes.length);
+/**
+ * RS_HOLES body: the covered range, its holes (absolute runs inside it, ordered), and the
+ * digest (`digestOf`: XXH3-64) of those bytes.
+ */
+export function encodeHoles(volume: number, offset: number, length: number, holes: readonly ByteRun[], digestOf: (b: Buffer) => bigint): Buffer {
+  const b = Buffer.alloc(HOLES_FIXED_SIZE + HOLE_RUN_SIZE * holes.length);
   encodeRange(volume, offset, length).copy(b);
   holes.forEach((h, i) => {
     b.writeUInt32BE(h.offset - offset, RANGE_SIZE + HOLE_RUN_SIZE * i);
     b.writeUInt32BE(h.length, RANGE_SIZE + HOLE_RUN_SIZE * i + 4);
   });
+  b.writeBigUInt64BE(digestOf(b.subarray(0, b.length - 8)), b.length - 8);
   return b;
 }
 
+/** Does an RS_HOLES body's digest match the rest of it? */
+export function holesIntact(body: Buffer, digestOf: (b: Buffer) => bigint): boolean {
+  return body.length >= HOLES_FIXED_SIZE && digestOf(body.subarray(0, body.length - 8)) === body.readBigUInt64BE(body.length - 8);
+}
+
 /**
- * The hole runs of an RS_HOLES body as absolute runs, or a ProtocolViolation saying why they
- * cannot be: a partial run, an empty run, one outside the body's range, out of order or
+ * The hole runs of an RS_HOLES body as absolute runs (its digest is checked apart: holesIntact),
+ * or a ProtocolViolation saying why they cannot be: a partial run, an empty run, one outside the body's range, out of order or
  * overlapping the one before.
  */
 export function decodeHoles(body: Buffer): ByteRun[] {
   const { offset, length } = decodeRange(body);
-  if ((body.length - RANGE_SIZE) % HOLE_RUN_SIZE !== 0) throw new ProtocolViolation(`${body.length - RANGE_SIZE} bytes of hole runs`);
+  const runsEnd = body.length - 8;
+  if (runsEnd < RANGE_SIZE || (runsEnd - RANGE_SIZE) % HOLE_RUN_SIZE !== 0) throw new ProtocolViolation(`${runsEnd - RANGE_SIZE} bytes of hole runs`);
   const holes: ByteRun[] = [];
   let after = 0;
-  for (let at = RANGE_SIZE; at < body.length; at += HOLE_RUN_SIZE) {
+  for (let at = RANGE_SIZE; at < runsEnd; at += HOLE_RUN_SIZE) {
     const start = body.readUInt32BE(at);
     const n = body.readUInt32BE(at + 4);
     if (n === 0) throw new ProtocolViolation(`an empty hole run at ${start}`);
@@ -222,6 +234,9 @@ export function sealDigest(dataDigest: bigint, offset: number, flags = 0): bigin
 
 /** Body of RS_REQUEST and RS_ACK; RS_DATA starts with it. */
 export const RANGE_SIZE = 16;
+
+/** Bytes of an RS_HOLES body besides its runs: the range, and the digest at the end. */
+export const HOLES_FIXED_SIZE = RANGE_SIZE + 8;
 
 export function encodeRange(volume: number, offset: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(RANGE_SIZE);

@@ -48,7 +48,7 @@ export class ResyncSource {
       ctx.local.extents(offset, length, 2 * MAX_HOLE_RUNS + 1, ctx.guard('RS_HOLES_REQUEST', (err, extents) => {
         try {
           const answer = err ? { length, holes: [] } : holesAnswer(offset, length, extents, ctx.grain, ctx.size, MAX_HOLE_RUNS);
-          ctx.peer.send(PeerMsg.RS_HOLES, id, encodeHoles(ctx.index, offset, answer.length, answer.holes));
+          ctx.peer.send(PeerMsg.RS_HOLES, id, encodeHoles(ctx.index, offset, answer.length, answer.holes, (b) => ctx.hot.digestOf(b)));
         } finally {
           finish();
         }

@@ -13,7 +13,7 @@ import { ProtocolViolation } from '../protocol/errors.js';
 import type { InFlight } from './in-flight.js';
 import type { MirrorContext } from './mirror-context.js';
 import { isPoolFull } from './mirror-errors.js';
-import { MAX_HOLES_RANGE, MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, RS_DATA_ZERO, decodeHoles, decodeRange, encodeRange, readDigest } from './peer-protocol.js';
+import { MAX_HOLES_RANGE, MAX_RESYNC_RANGE, PeerMsg, RANGE_SIZE, RS_DATA_HEADER_SIZE, RS_DATA_ZERO, decodeHoles, decodeRange, encodeRange, holesIntact, readDigest } from './peer-protocol.js';
 import { isHole } from './range-answer.js';
 import type { ResyncRun } from './resync.js';
 import { holeGrains, HoleSpan, type GrainRun } from './resync-holes.js';
@@ -164,7 +164,7 @@ export class ResyncTarget {
   /**
    * RS_HOLES: the source's holes in the span asked (or its first part: the answer may cover
    * less). Refused — the link drops, nothing changed — unless it answers the open request, for
-   * its offset, within its length. The dirty grains of the holes are then zeroed here once the
+   * its offset, within its length; asked for again if its digest fails. The dirty grains of the holes are then zeroed here once the
    * changes that reached this node before the request are on disk: the source's answer saw
    * those too (they left before the request, or the source sent them before its answer).
    */
@@ -180,6 +180,13 @@ export class ResyncTarget {
     const end = range.offset + range.length >= ctx.size ? ctx.meta.bitmap.bits : Math.floor((range.offset + range.length) / ctx.grain);
     const start = asked.offset / ctx.grain;
     if (end <= start) return refuse(`it covers less than one grain (${range.length} bytes)`);
+    if (!holesIntact(body, (b) => ctx.hot.digestOf(b))) {
+      // Damaged on the way: asked for again (the span stays tracked), as damaged data is.
+      ctx.countDamage(id, range.offset, range.length);
+      if (ctx.peer.connected) ctx.peer.send(PeerMsg.RS_HOLES_REQUEST, id, encodeRange(ctx.index, asked.offset, asked.end - asked.offset));
+      return;
+    }
+    ctx.intactAgain(id);
     const holes = holeGrains(decodeHoles(body), ctx.grain, ctx.size);
     this.holesAsked = undefined;
     const span = new HoleSpan(start, end, holes);

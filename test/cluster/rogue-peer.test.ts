@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
-import { encodeFrame, encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
+import { encodeDigest, encodeFrame, encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
 import { PeerPsk, type PeerTls } from '../../src/replication/peer-tls.js';
 import { PeerX509 } from '../../src/replication/peer-x509.js';
 import { issueCertificate, makeCa } from '../../src/security/keygen-ca.js';
@@ -218,7 +218,7 @@ describe.each([
       ['RS_DATA outside a resync', forged(PeerMsg.RS_DATA, rangeBody(0, 0, 4096, Buffer.alloc(8 + 4096)))],
       ['RS_HOLES_REQUEST outside a resync', forged(PeerMsg.RS_HOLES_REQUEST, rangeBody(0, 0, MiB))],
       ['RS_HOLES_REQUEST of 4 GiB', forged(PeerMsg.RS_HOLES_REQUEST, rangeBody(0, 0, 2 ** 32 - 1))],
-      ['RS_HOLES outside a resync (unsolicited)', forged(PeerMsg.RS_HOLES, rangeBody(0, 0, MiB))],
+      ['RS_HOLES outside a resync (unsolicited)', forged(PeerMsg.RS_HOLES, rangeBody(0, 0, MiB, Buffer.alloc(8)))],
       ['BITMAP_RUNS of a resync outside one', forged(PeerMsg.BITMAP_RUNS, (() => { const r = Buffer.alloc(20); r.writeDoubleBE(0, 4); r.writeDoubleBE(16, 12); return r; })(), { flags: 1 })],
       ['BITMAP_RUNS past the bitmap', forged(PeerMsg.BITMAP_RUNS, (() => { const r = Buffer.alloc(20); r.writeDoubleBE(1e12, 4); r.writeDoubleBE(16, 12); return r; })())],
       ['RESYNC_NOW with role 7', forged(PeerMsg.RESYNC_NOW, Buffer.from([0, 0, 0, 7]))],
@@ -306,17 +306,21 @@ describe.each([
     const rogueGeneration = { current: 'fedcba9876543210', bitmap: generation.current, history: generation.history };
     const runs = Buffer.alloc(20);
     runs.writeDoubleBE(16, 12);
-    /** Each forged answer to b's RS_HOLES_REQUEST for [offset, offset + length), by id. */
-    const raw = (offset: number, length: number, pairs: Array<[number, number]>) => rangeBody(0, offset, length, Buffer.concat(pairs.map(([s, n]) => {
-      const r = Buffer.alloc(8);
-      r.writeUInt32BE(s, 0);
-      r.writeUInt32BE(n, 4);
-      return r;
-    })));
+    /** An RS_HOLES body: [offset, offset + length), these (start, length) runs however wrong, its digest. */
+    const raw = (offset: number, length: number, pairs: Array<[number, number]>) => {
+      const runs = Buffer.concat(pairs.map(([s, n]) => {
+        const r = Buffer.alloc(8);
+        r.writeUInt32BE(s, 0);
+        r.writeUInt32BE(n, 4);
+        return r;
+      }));
+      const body = rangeBody(0, offset, length, runs);
+      return Buffer.concat([body, encodeDigest(xxh3.xxh64(body))]);
+    };
     const cases: Array<[string, (id: bigint, length: number) => Buffer, RegExp]> = [
       ['a run outside the range answered', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, [[n - 4096, 8192]])), /RS_HOLES .*outside the \d+ bytes answered/],
       ['runs out of order', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, [[MiB, 4096], [0, 4096]])), /RS_HOLES .*out of order or overlapping/],
-      ['4097 runs', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, Array.from({ length: 4097 }, (_, i): [number, number] => [i * 8192, 4096]))), /RS_HOLES body of 32792 bytes/],
+      ['4097 runs', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, Array.from({ length: 4097 }, (_, i): [number, number] => [i * 8192, 4096]))), /RS_HOLES body of 32800 bytes/],
       ['another range than asked', (id) => encodeFrame(PeerMsg.RS_HOLES, id, raw(MiB, MiB, [])), /RS_HOLES for volume 0: it answers 1048576\+1048576, we asked 0\+/],
       ['an answer to no request (unsolicited)', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id + 1000n, raw(0, n, [])), /RS_HOLES for volume 0: it answers no RS_HOLES_REQUEST of ours/],
     ];

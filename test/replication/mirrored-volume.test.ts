@@ -117,7 +117,7 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
 function answerHoles(mv: MirroredVolume, sent: ReadonlyArray<{ type: number; id: bigint; body: Buffer }>, holes: ByteRun[] = []) {
   const req = sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST).at(-1)!;
   const { offset, length } = decodeRange(req.body);
-  const body = encodeHoles(0, offset, length, holes);
+  const body = encodeHoles(0, offset, length, holes, xxh3.xxh64);
   mv.handleFrame({ type: PeerMsg.RS_HOLES, flags: 0, length: body.length, id: req.id }, body);
 }
 
@@ -521,12 +521,18 @@ describe('the hole walk of a resync (RS_HOLES_REQUEST / RS_HOLES)', () => {
     expect(decodeRange(ask.body)).toMatchObject({ offset: 0, length: SIZE }); // the whole 16 MiB in one span
     expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST)).toBe(false); // nothing pulled before the holes are known
 
-    // Forged answers: for no open request, for another range, runs out of order. Each is refused.
-    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id + 99n, encodeHoles(0, 0, SIZE, []))).toThrow(/RS_HOLES for volume 0: it answers no RS_HOLES_REQUEST of ours/);
-    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, MiB, MiB, []))).toThrow(/it answers 1048576\+1048576, we asked 0\+16777216/);
-    const unordered = encodeHoles(0, 0, SIZE, [{ offset: 2 * MiB, length: MiB }, { offset: 0, length: MiB }]);
+    // Forged answers: for no open request, for another range, runs out of order, less than a grain. Each is refused.
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id + 99n, encodeHoles(0, 0, SIZE, [], xxh3.xxh64))).toThrow(/RS_HOLES for volume 0: it answers no RS_HOLES_REQUEST of ours/);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, MiB, MiB, [], xxh3.xxh64))).toThrow(/it answers 1048576\+1048576, we asked 0\+16777216/);
+    const unordered = encodeHoles(0, 0, SIZE, [{ offset: 2 * MiB, length: MiB }, { offset: 0, length: MiB }], xxh3.xxh64);
     expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, unordered)).toThrow(/out of order or overlapping/);
-    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, 100, []))).toThrow(/covers less than one grain/);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, 100, [], xxh3.xxh64))).toThrow(/covers less than one grain/);
+    // A damaged answer (its digest fails) is no refusal: it is asked for again, as damaged data is.
+    const damaged = encodeHoles(0, 0, SIZE, [{ offset: 0, length: SIZE }], xxh3.xxh64);
+    damaged.writeUInt8(damaged.readUInt8(damaged.length - 1) ^ 1, damaged.length - 1);
+    deliver(mv, PeerMsg.RS_HOLES, ask.id, damaged);
+    expect(mv.integrityErrors).toBe(1);
+    expect(sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST && f.id === ask.id).map((f) => decodeRange(f.body))).toEqual([decodeRange(ask.body), decodeRange(ask.body)]);
     expect(meta.bitmap.count()).toBe(SIZE / GRAIN);
     expect(readFileSync(path).subarray(MiB, MiB + 65536).every((x) => x === 0x0d)).toBe(true);
     expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST || f.type === PeerMsg.RS_ACK)).toBe(false);
@@ -537,7 +543,7 @@ describe('the hole walk of a resync (RS_HOLES_REQUEST / RS_HOLES)', () => {
     const requests = sent.filter((f) => f.type === PeerMsg.RS_REQUEST);
     expect(requests.map((f) => decodeRange(f.body))).toEqual([{ volume: 0, offset: 8 * MiB, length: MiB }, { volume: 0, offset: 9 * MiB, length: MiB }]);
     // An answer once none is open is refused too.
-    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, SIZE, []))).toThrow(/answers no RS_HOLES_REQUEST/);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, SIZE, [], xxh3.xxh64))).toThrow(/answers no RS_HOLES_REQUEST/);
     for (const r of requests) {
       const { offset, length } = decodeRange(r.body);
       const data = Buffer.alloc(length, 0x5a);

@@ -1,8 +1,9 @@
 // The receiver table: the cost of a frame in work (the peer link's receive budget), and the
 // shapes and legality of resync frames.
+import { xxh3 } from '@node-rs/xxhash';
 import { describe, expect, it } from 'vitest';
 import { checkFrameHeader, checkVolumeFrame, workCost } from '../../src/replication/peer-frames.js';
-import { decodeHoles, encodeHoles, encodeRange, HOLE_RUN_SIZE, MAX_HOLE_RUNS, MAX_HOLES_RANGE, MAX_RESYNC_RANGE, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
+import { decodeHoles, encodeHoles, encodeRange, holesIntact, HOLE_RUN_SIZE, MAX_HOLE_RUNS, MAX_HOLES_RANGE, MAX_RESYNC_RANGE, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 
 const MiB = 1024 * 1024;
 const header = (type: PeerMsg, length: number): FrameHeader => ({ type, flags: 0, length, id: 1n });
@@ -46,20 +47,26 @@ describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
   const source = { ...target, phase: { resync: 'source' as const, peerRunsIn: true } };
   const idle = { ...target, phase: { resync: undefined, peerRunsIn: false } };
   const check = (type: PeerMsg, body: Buffer, facts: typeof target | typeof source | typeof idle) => () => checkVolumeFrame(header(type, body.length), body, facts);
-  /** An RS_HOLES body with raw (start from the range's offset, length) pairs, however wrong. */
+  /** An RS_HOLES body with raw (start from the range's offset, length) pairs, however wrong (and a zero digest). */
   const raw = (offset: number, length: number, runs: Array<[number, number]>) => {
-    const b = Buffer.alloc(16 + 8 * runs.length);
+    const b = Buffer.alloc(16 + 8 * runs.length + 8);
     encodeRange(0, offset, length).copy(b);
     runs.forEach(([s, n], i) => (b.writeUInt32BE(s, 16 + 8 * i), b.writeUInt32BE(n, 20 + 8 * i)));
     return b;
   };
 
-  it('encodes holes as runs from the range\'s offset and decodes them back', () => {
+  it('encodes holes as runs from the range\'s offset, sealed by a digest, and decodes them back', () => {
     const holes = [{ offset: 5 * GiB, length: MiB }, { offset: 5 * GiB + 3 * MiB, length: 4096 }];
-    const body = encodeHoles(0, 5 * GiB, GiB, holes);
-    expect(body.length).toBe(16 + 2 * HOLE_RUN_SIZE);
+    const body = encodeHoles(0, 5 * GiB, GiB, holes, xxh3.xxh64);
+    expect(body.length).toBe(16 + 2 * HOLE_RUN_SIZE + 8);
     expect(decodeHoles(body)).toEqual(holes);
-    expect(decodeHoles(encodeHoles(0, 0, GiB, []))).toEqual([]);
+    expect(holesIntact(body, xxh3.xxh64)).toBe(true);
+    for (const at of [5, 17, body.length - 1]) {
+      const flipped = Buffer.from(body);
+      flipped.writeUInt8(flipped.readUInt8(at) ^ 1, at);
+      expect(holesIntact(flipped, xxh3.xxh64), `bit flipped at ${at}`).toBe(false);
+    }
+    expect(decodeHoles(encodeHoles(0, 0, GiB, [], xxh3.xxh64))).toEqual([]);
   });
 
   it('a request is up to 1 GiB, not empty, taken only by a resync source that has the runs; it costs its body', () => {
@@ -86,9 +93,10 @@ describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
     expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, 2 * MiB], [MiB, MiB]]), target)).toThrow(/out of order or overlapping/);
     expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, 0]]), target)).toThrow(/an empty hole run/);
     expect(check(PeerMsg.RS_HOLES, Buffer.concat([raw(GiB, GiB, []), Buffer.alloc(4)]), target)).toThrow(/4 bytes of hole runs/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, []).subarray(0, 20), target)).toThrow(/RS_HOLES for volume 0/);
     expect(check(PeerMsg.RS_HOLES, raw(GiB, 0, []), target)).toThrow(/an empty range/);
     // Too many runs: refused at the header, before the body is buffered.
     const many = raw(0, GiB, Array.from({ length: MAX_HOLE_RUNS + 1 }, (_, i): [number, number] => [i * 8192, 4096]));
-    expect(() => checkFrameHeader(header(PeerMsg.RS_HOLES, many.length), 'connected')).toThrow(/RS_HOLES body of 32792 bytes/);
+    expect(() => checkFrameHeader(header(PeerMsg.RS_HOLES, many.length), 'connected')).toThrow(/RS_HOLES body of 32800 bytes/);
   });
 });
