@@ -1,8 +1,8 @@
-// The source of a resync: answers the target's requests for ranges — its holes (RS_HOLES_REQUEST),
-// the data (RS_REQUEST), the blocks that differ from the target's digests (RS_CSUM_REQUEST), a
-// read for the target's client (PEER_READ) — and clears its bits as the target acknowledges durable copies (RS_ACK). The
-// receiver's table (peer-frames.ts) admits these frames only while this node is a source that
-// has the target's dirty runs.
+// The source of a resync: answers the target's requests for ranges — its holes
+// (RS_HOLES_REQUEST), the data (RS_REQUEST), the blocks that differ from the target's digests
+// (RS_CSUM_REQUEST), a read for the target's client (PEER_READ) — and clears its bits as the
+// target acknowledges durable copies (RS_ACK). The receiver's table (peer-frames.ts) admits
+// these frames only while this node is a source that has the target's dirty runs.
 import type { MirrorContext } from './mirror-context.js';
 import { answerRange, inPlace } from './range-answer.js';
 import type { ResyncRun } from './resync.js';
