@@ -36,9 +36,9 @@ export class ResyncSource {
   /**
    * RS_HOLES_REQUEST: the holes of the range, from the allocation map (nothing is read), once
    * every earlier change to it is on disk — a change that started before is data in the answer.
-   * A change that starts later waits until the answer is sent, and its WRITE follows the answer
-   * on the link, so the target applies it after the holes (see resync-target.ts). An allocation
-   * map that cannot be read answers "no holes": the target then pulls the whole range.
+   * A change that starts later reaches this disk after the answer; it reaches the target after
+   * the request left, so the target applies it after the holes too (see resync-target.ts). An
+   * allocation map that cannot be read answers "no holes": the target then pulls the whole range.
    */
   onHolesRequest(id: bigint, body: Buffer): void {
     const { ctx } = this;

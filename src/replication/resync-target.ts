@@ -149,8 +149,9 @@ export class ResyncTarget {
   /**
    * Asks the source for its holes in the span of up to MAX_HOLES_RANGE from grain `start`. Not
    * paced: no data moves. The span is tracked from now until its holes are applied here, so a
-   * change that reaches this node later — a client's here, or the source's mirrored write,
-   * which the source sends after its answer if it started after it — lands after the zeroing.
+   * change that reaches this node later — a client's here, or the source's, which started there
+   * after the request arrived and so is on the source's disk only after its answer — lands
+   * after the zeroing, as on the source.
    */
   private askHoles(start: number): void {
     const { ctx } = this;
