@@ -166,6 +166,8 @@ export class MirroredVolume implements Volume {
       [PeerMsg.BITMAP_RUNS]: (h, b) => this.onPeerRuns(h.flags, b),
       [PeerMsg.RS_REQUEST]: (h, b) => source().onRequest(h.id, b),
       [PeerMsg.RS_CSUM_REQUEST]: (h, b) => source().onChecksumRequest(h.id, b),
+      [PeerMsg.RS_HOLES_REQUEST]: (h, b) => source().onHolesRequest(h.id, b),
+      [PeerMsg.RS_HOLES]: (h, b) => target()?.onHoles(h.id, b),
       [PeerMsg.RS_ACK]: (_h, b) => source().onAck(b),
       [PeerMsg.RS_DONE]: () => this.endResync(null),
       [PeerMsg.PEER_READ]: (h, b) => answerPeerRead(this.ctx, h.id, b),

@@ -9,6 +9,11 @@
 import { MAX_REQUEST } from '../protocol/constants.js';
 import { ProtocolViolation } from '../protocol/errors.js';
 import {
+  decodeHoles,
+  HOLE_RUN_SIZE,
+  HOLES_FIXED_SIZE,
+  MAX_HOLE_RUNS,
+  MAX_HOLES_RANGE,
   MAX_RESYNC_RANGE,
   PEER_READ_DATA_HEADER_SIZE,
   PeerMsg,
@@ -130,7 +135,17 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
       legal: onlyTarget,
     },
   ],
-  [PeerMsg.RS_ACK, { name: 'RS_ACK', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_RESYNC_RANGE }, legal: onlySource }],
+  // The answer comes from the allocation map (no data read): its cost is its body.
+  [PeerMsg.RS_HOLES_REQUEST, { name: 'RS_HOLES_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: notEmpty, legal: onlySource }],
+  // Whether it answers the request the target has open, for the range asked, and its digest, the
+  // target checks (a damaged one is asked for again, as damaged data is).
+  [
+    PeerMsg.RS_HOLES,
+    { name: 'RS_HOLES', minBody: HOLES_FIXED_SIZE, maxBody: HOLES_FIXED_SIZE + HOLE_RUN_SIZE * MAX_HOLE_RUNS, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: holeRuns, legal: onlyTarget },
+  ],
+  // Up to a hole walk's span: the dirty grains of one of the source's holes are acknowledged at
+  // once (1 MiB acks made a 64 GiB mostly empty volume's sync cost 65,536 frames).
+  [PeerMsg.RS_ACK, { name: 'RS_ACK', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, legal: onlySource }],
   [PeerMsg.RS_DONE, { name: 'RS_DONE', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: 0 }, legal: onlySource }],
   // Any time: a read changes nothing, and the peer may lack a range outside a resync too (its
   // disk failed, or a resync into it was cut short).
@@ -230,6 +245,21 @@ export function checkVolumeFrame(h: FrameHeader, body: Buffer, v: VolumeFacts): 
   if (shape) bad(shape);
   const illegal = rule.legal?.(v.phase, h.flags);
   if (illegal) bad(`not expected now (${illegal})`);
+}
+
+function notEmpty(_b: Buffer, r: Range): string | undefined {
+  return r.length > 0 ? undefined : 'an empty range';
+}
+
+/** RS_HOLES: a range answered, then its hole runs, each inside it, in order, apart. */
+function holeRuns(body: Buffer, r: Range): string | undefined {
+  if (r.length === 0) return 'an empty range';
+  try {
+    decodeHoles(body);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
 }
 
 /** BITMAP_RUNS: volume u32, then (start, length) f64 pairs in grains, each inside the bitmap. */

@@ -7,7 +7,8 @@
 //
 // Integrity: every frame that carries data (WRITE, RS_DATA, RS_DIFF, PEER_READ_DATA) carries an XXH3-64
 // digest of it, sealed with the frame's offset and flags (see sealDigest), which the receiver
-// checks before the data goes near a disk.
+// checks before the data goes near a disk. RS_HOLES, which makes the target zero what it names,
+// ends with an XXH3-64 of the rest of its body.
 import { MAX_REQUEST } from '../protocol/constants.js';
 import { nbdErrName, nbdErrno, ProtocolViolation } from '../protocol/errors.js';
 
@@ -16,8 +17,11 @@ export const PEER_MAGIC = 0x4e424d52; // "NBMR"
  * 2: HELLO carries a boot id; the listener answers HELLO only after accepting the dialer's.
  * 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online); an RS_DATA without data says its range is
  *    all zeros (RS_DATA_ZERO).
+ * 4: RS_HOLES_REQUEST/RS_HOLES (a resync target learns the source's holes of up to 1 GiB at once
+ *    and pulls only the data). A node of version 3 is refused at HELLO, as every other version:
+ *    both nodes of a pair are upgraded together.
  */
-export const PEER_VERSION = 3;
+export const PEER_VERSION = 4;
 export const FRAME_HEADER_SIZE = 20;
 /** WRITE body: volume u32, flags u32, offset u64, digest u64, then the data. */
 export const WRITE_HEADER_SIZE = 24;
@@ -28,8 +32,17 @@ export const PEER_READ_DATA_HEADER_SIZE = 28;
  * largest data header + one maximal request). Each type's own limit is in peer-frames.ts.
  */
 export const MAX_FRAME_BODY = PEER_READ_DATA_HEADER_SIZE + MAX_REQUEST;
-/** Largest range one resync request (and so one RS_DATA, one RS_ACK) covers. */
+/** Largest range one resync request (and so one RS_DATA) covers. */
 export const MAX_RESYNC_RANGE = 1024 * 1024;
+/**
+ * Largest range one RS_HOLES_REQUEST asks about (and one RS_ACK covers: the dirty grains of a
+ * hole): the source answers from its allocation map without reading data, so this bounds only
+ * the map walk (a thin volume looks up each unit) and how long the target holds client writes
+ * to the range (see resync-target.ts).
+ */
+export const MAX_HOLES_RANGE = 1024 * 1024 * 1024;
+/** Most hole runs one RS_HOLES carries (the source then answers for a shorter range). */
+export const MAX_HOLE_RUNS = 4096;
 
 export const enum PeerMsg {
   HELLO = 1,
@@ -66,6 +79,18 @@ export const enum PeerMsg {
   VERIFY_REQUEST = 49,
   /** Verify, peer → verifier: range, then XXH3 of each 4 KiB block (u64 LE). */
   VERIFY_DIGESTS = 50,
+  /**
+   * Resync, target → source: which parts of this range (at most MAX_HOLES_RANGE) are holes on
+   * your copy? (range body). Answered from the allocation map, without reading data.
+   */
+  RS_HOLES_REQUEST = 53,
+  /**
+   * Source → target: its holes in [offset, offset + length) (range body, where length may be
+   * less than asked: the part this answer covers), then up to MAX_HOLE_RUNS runs (start u32 from
+   * the range's offset, length u32), ordered, apart, inside the range, then the XXH3-64 of all
+   * that (u64). The rest of the range is data.
+   */
+  RS_HOLES = 54,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
   RESYNC_NOW = 51,
   /**
@@ -132,6 +157,58 @@ export function encodeRuns(volume: number, runs: ReadonlyArray<{ start: number; 
   return bodies;
 }
 
+/** A run of bytes [offset, offset + length). */
+export interface ByteRun {
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** Bytes of one hole run in an RS_HOLES body: start u32 (from the range's offset), length u32. */
+export const HOLE_RUN_SIZE = 8;
+
+/**
+ * RS_HOLES body: the covered range, its holes (absolute runs inside it, ordered), and the
+ * digest (`digestOf`: XXH3-64) of those bytes.
+ */
+export function encodeHoles(volume: number, offset: number, length: number, holes: readonly ByteRun[], digestOf: (b: Buffer) => bigint): Buffer {
+  const b = Buffer.alloc(HOLES_FIXED_SIZE + HOLE_RUN_SIZE * holes.length);
+  encodeRange(volume, offset, length).copy(b);
+  holes.forEach((h, i) => {
+    b.writeUInt32BE(h.offset - offset, RANGE_SIZE + HOLE_RUN_SIZE * i);
+    b.writeUInt32BE(h.length, RANGE_SIZE + HOLE_RUN_SIZE * i + 4);
+  });
+  b.writeBigUInt64BE(digestOf(b.subarray(0, b.length - 8)), b.length - 8);
+  return b;
+}
+
+/** Does an RS_HOLES body's digest match the rest of it? */
+export function holesIntact(body: Buffer, digestOf: (b: Buffer) => bigint): boolean {
+  return body.length >= HOLES_FIXED_SIZE && digestOf(body.subarray(0, body.length - 8)) === body.readBigUInt64BE(body.length - 8);
+}
+
+/**
+ * The hole runs of an RS_HOLES body as absolute runs (its digest is checked apart: holesIntact),
+ * or a ProtocolViolation saying why they cannot be: a partial run, an empty run, one outside the body's range, out of order or
+ * overlapping the one before.
+ */
+export function decodeHoles(body: Buffer): ByteRun[] {
+  const { offset, length } = decodeRange(body);
+  const runsEnd = body.length - 8;
+  if (runsEnd < RANGE_SIZE || (runsEnd - RANGE_SIZE) % HOLE_RUN_SIZE !== 0) throw new ProtocolViolation(`${runsEnd - RANGE_SIZE} bytes of hole runs`);
+  const holes: ByteRun[] = [];
+  let after = 0;
+  for (let at = RANGE_SIZE; at < runsEnd; at += HOLE_RUN_SIZE) {
+    const start = body.readUInt32BE(at);
+    const n = body.readUInt32BE(at + 4);
+    if (n === 0) throw new ProtocolViolation(`an empty hole run at ${start}`);
+    if (start + n > length) throw new ProtocolViolation(`hole run ${start}+${n} outside the ${length} bytes answered`);
+    if (start < after) throw new ProtocolViolation(`hole run ${start}+${n} out of order or overlapping the one before`);
+    holes.push({ offset: offset + start, length: n });
+    after = start + n;
+  }
+  return holes;
+}
+
 export function decodeRuns(body: Buffer): Array<{ start: number; length: number }> {
   const runs: Array<{ start: number; length: number }> = [];
   for (let at = 4; at + 16 <= body.length; at += 16) runs.push({ start: body.readDoubleBE(at), length: body.readDoubleBE(at + 8) });
@@ -157,6 +234,9 @@ export function sealDigest(dataDigest: bigint, offset: number, flags = 0): bigin
 
 /** Body of RS_REQUEST and RS_ACK; RS_DATA starts with it. */
 export const RANGE_SIZE = 16;
+
+/** Bytes of an RS_HOLES body besides its runs: the range, and the digest at the end. */
+export const HOLES_FIXED_SIZE = RANGE_SIZE + 8;
 
 export function encodeRange(volume: number, offset: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(RANGE_SIZE);

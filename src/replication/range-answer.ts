@@ -1,17 +1,45 @@
-// The source side of every request for a range of data (resync, checksum resync, a stale
-// read, verify): the range is tracked like a write — it is read once every earlier change to it
-// is on disk, and changes that start later wait until it is read — then answered.
+// The source side of every request about a range (resync, checksum resync, a resync's holes, a
+// stale read, verify): the range is tracked like a write — it is read (or its allocation looked
+// up) once every earlier change to it is on disk, and changes that start later wait until it is
+// — then answered.
 import { AllocState } from '../protocol/constants.js';
 import type { Volume } from '../volume/volume.js';
 import type { MirrorContext } from './mirror-context.js';
 
 /**
+ * Runs `work` for the peer's request `id` about [offset, offset + length) in its place among
+ * overlapping changes: once every earlier change to the range is on disk; changes that start
+ * later wait until `work` calls `finish`. The request's frame `body` is kept until then, so the
+ * link's receive budget counts the request's work; it is given back however the request ends
+ * (`finish` may be called more than once; a throw from `work` finishes too).
+ */
+export function inPlace(ctx: MirrorContext, frame: string, id: bigint, body: Buffer, offset: number, length: number, work: (finish: () => void) => void): void {
+  const entry = ctx.track(offset, length, 'resync', id);
+  let ended = false;
+  const finish = (): void => {
+    if (ended) return;
+    ended = true;
+    ctx.tracker.release(entry);
+    ctx.peer.release(body);
+  };
+  ctx.tracker.afterEarlier(
+    entry,
+    ctx.guard(frame, () => {
+      try {
+        work(finish);
+      } catch (err) {
+        finish();
+        throw err;
+      }
+    }),
+  );
+}
+
+/**
  * Reads [offset, offset + length) for the peer's request `id` in its place among overlapping
- * changes and calls `answer` with the data (or the read's error). The request's frame `body` is
- * kept until the answer is sent, so the link's receive budget counts the request's work (its
- * read buffer) until then; it is given back however the request ends. `inSlot`: the data goes
- * into a hot-path slot, given back when `answer` returns — only for answers that send digests,
- * never the data itself (the link may still hold a sent buffer).
+ * changes (see inPlace) and calls `answer` with the data (or the read's error). `inSlot`: the
+ * data goes into a hot-path slot, given back when `answer` returns — only for answers that send
+ * digests, never the data itself (the link may still hold a sent buffer).
  */
 export function answerRange(
   ctx: MirrorContext,
@@ -25,56 +53,43 @@ export function answerRange(
   /** A range the local volume reports as one hole is answered with no data at all (not read). */
   holesEmpty = false,
 ): void {
-  const entry = ctx.track(offset, length, 'resync', id);
-  let ended = false;
-  const end = (): void => {
-    if (ended) return;
-    ended = true;
-    ctx.tracker.release(entry);
-    ctx.peer.release(body);
-  };
-  const read = (): void => {
-    let data: Buffer;
-    try {
-      data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
-    } catch (err) {
-      end();
-      throw err;
-    }
-    ctx.local.read(
-      data,
-      offset,
-      ctx.guard(frame, (err) => {
-        try {
-          ctx.tracker.release(entry);
-          answer(err, data);
-        } finally {
-          if (inSlot) ctx.hot.slots.release(data);
-          end();
-        }
-      }),
-    );
-  };
-  ctx.tracker.afterEarlier(
-    entry,
-    ctx.guard(frame, () => {
-      if (!holesEmpty) return read();
-      isHole(
-        ctx.local,
+  inPlace(ctx, frame, id, body, offset, length, (finish) => {
+    const read = (): void => {
+      let data: Buffer;
+      try {
+        data = inSlot ? ctx.hot.slots.acquire(length) : Buffer.allocUnsafe(length);
+      } catch (err) {
+        finish(); // also when called after the wait for isHole, outside inPlace's own catch
+        throw err;
+      }
+      ctx.local.read(
+        data,
         offset,
-        length,
-        ctx.guard(frame, (hole) => {
-          if (!hole) return read();
+        ctx.guard(frame, (err) => {
           try {
-            ctx.tracker.release(entry);
-            answer(null, EMPTY);
+            answer(err, data);
           } finally {
-            end();
+            if (inSlot) ctx.hot.slots.release(data);
+            finish();
           }
         }),
       );
-    }),
-  );
+    };
+    if (!holesEmpty) return read();
+    isHole(
+      ctx.local,
+      offset,
+      length,
+      ctx.guard(frame, (hole) => {
+        if (!hole) return read();
+        try {
+          answer(null, EMPTY);
+        } finally {
+          finish();
+        }
+      }),
+    );
+  });
 }
 
 /** An answer for a hole: no data (the range reads as zeros). */

@@ -1,12 +1,13 @@
-// The source of a resync: answers the target's requests for ranges — the data (RS_REQUEST), the
-// blocks that differ from the target's digests (RS_CSUM_REQUEST), a read for the target's client
-// (PEER_READ) — and clears its bits as the target acknowledges durable copies (RS_ACK). The
-// receiver's table (peer-frames.ts) admits these frames only while this node is a source that
-// has the target's dirty runs.
+// The source of a resync: answers the target's requests for ranges — its holes
+// (RS_HOLES_REQUEST), the data (RS_REQUEST), the blocks that differ from the target's digests
+// (RS_CSUM_REQUEST), a read for the target's client (PEER_READ) — and clears its bits as the
+// target acknowledges durable copies (RS_ACK). The receiver's table (peer-frames.ts) admits
+// these frames only while this node is a source that has the target's dirty runs.
 import type { MirrorContext } from './mirror-context.js';
-import { answerRange } from './range-answer.js';
+import { answerRange, inPlace } from './range-answer.js';
 import type { ResyncRun } from './resync.js';
-import { decodeRange, encodeDigest, encodeRange, PeerMsg, RS_DATA_ZERO, sealDigest } from './peer-protocol.js';
+import { holesAnswer } from './resync-holes.js';
+import { decodeRange, encodeDigest, encodeHoles, encodeRange, MAX_HOLE_RUNS, PeerMsg, RS_DATA_ZERO, sealDigest } from './peer-protocol.js';
 
 export class ResyncSource {
   constructor(
@@ -30,6 +31,29 @@ export class ResyncSource {
       this.ctx.counters.resyncWireBytes += data.length;
       this.ctx.peer.send(PeerMsg.RS_DATA, id, [encodeRange(this.ctx.index, offset, length), encodeDigest(sealDigest(this.ctx.hot.digestOf(data), offset)), data]);
     }, true);
+  }
+
+  /**
+   * RS_HOLES_REQUEST: the holes of the range, from the allocation map (nothing is read), once
+   * every earlier change to it is on disk — a change that started before is data in the answer.
+   * A change that starts later reaches this disk after the answer; it reaches the target after
+   * the request left, so the target applies it after the holes too (see resync-target.ts). An
+   * allocation map that cannot be read answers "no holes": the target then pulls the whole range.
+   */
+  onHolesRequest(id: bigint, body: Buffer): void {
+    const { ctx } = this;
+    const { offset, length } = decodeRange(body);
+    inPlace(ctx, 'RS_HOLES_REQUEST', id, body, offset, length, (finish) => {
+      // Alternating holes and data: twice as many extents as hole runs, and one to see past the last.
+      ctx.local.extents(offset, length, 2 * MAX_HOLE_RUNS + 1, ctx.guard('RS_HOLES_REQUEST', (err, extents) => {
+        try {
+          const answer = err ? { length, holes: [] } : holesAnswer(offset, length, extents, ctx.grain, ctx.size, MAX_HOLE_RUNS);
+          ctx.peer.send(PeerMsg.RS_HOLES, id, encodeHoles(ctx.index, offset, answer.length, answer.holes, (b) => ctx.hot.digestOf(b)));
+        } finally {
+          finish();
+        }
+      }));
+    });
   }
 
   /** RS_CSUM_REQUEST: compared with the target's digests; only the blocks that differ are sent. */

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fetchStatus } from '../../src/admin/admin-client.js';
-import { encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
+import { encodeDigest, encodeFrame, encodeFrameHeader, encodeWriteHeader, PeerMsg, sealDigest, WRITE_HEADER_SIZE } from '../../src/replication/peer-protocol.js';
 import { PeerPsk, type PeerTls } from '../../src/replication/peer-tls.js';
 import { PeerX509 } from '../../src/replication/peer-x509.js';
 import { issueCertificate, makeCa } from '../../src/security/keygen-ca.js';
@@ -216,6 +216,9 @@ describe.each([
       ['RS_ACK outside a resync (would clear bits)', forged(PeerMsg.RS_ACK, rangeBody(0, 0, MiB))],
       ['RS_DONE outside a resync', forged(PeerMsg.RS_DONE, rangeBody(0, 0, 0))],
       ['RS_DATA outside a resync', forged(PeerMsg.RS_DATA, rangeBody(0, 0, 4096, Buffer.alloc(8 + 4096)))],
+      ['RS_HOLES_REQUEST outside a resync', forged(PeerMsg.RS_HOLES_REQUEST, rangeBody(0, 0, MiB))],
+      ['RS_HOLES_REQUEST of 4 GiB', forged(PeerMsg.RS_HOLES_REQUEST, rangeBody(0, 0, 2 ** 32 - 1))],
+      ['RS_HOLES outside a resync (unsolicited)', forged(PeerMsg.RS_HOLES, rangeBody(0, 0, MiB, Buffer.alloc(8)))],
       ['BITMAP_RUNS of a resync outside one', forged(PeerMsg.BITMAP_RUNS, (() => { const r = Buffer.alloc(20); r.writeDoubleBE(0, 4); r.writeDoubleBE(16, 12); return r; })(), { flags: 1 })],
       ['BITMAP_RUNS past the bitmap', forged(PeerMsg.BITMAP_RUNS, (() => { const r = Buffer.alloc(20); r.writeDoubleBE(1e12, 4); r.writeDoubleBE(16, 12); return r; })())],
       ['RESYNC_NOW with role 7', forged(PeerMsg.RESYNC_NOW, Buffer.from([0, 0, 0, 7]))],
@@ -288,6 +291,65 @@ describe.each([
     await c2.write(5 * MiB, Buffer.alloc(65536, 0xee));
     await c2.flush();
     c2.close();
+    expect(readFileSync(dataFile(sub, 'a')).equals(readFileSync(bFile))).toBe(true);
+  });
+
+  // Plain link only: what is checked is the resync target's handling of a source's answers,
+  // the same above any transport.
+  if (!secured) it('a rogue resync source\'s forged RS_HOLES answers are refused: the link drops, nothing written, bits as they were, node alive', async () => {
+    const { p, sub, config, b, ...first } = await syncedPair('holes');
+    const generation = await killA(sub, first.a, p.adminB);
+    const bFile = dataFile(sub, 'b');
+    const before = readFileSync(bFile);
+    // The rogue wrote alone since the pair parted (its bitmap names b's current): it is the
+    // source of a bitmap resync, with grains 0..15 (64 KiB) out of sync.
+    const rogueGeneration = { current: 'fedcba9876543210', bitmap: generation.current, history: generation.history };
+    const runs = Buffer.alloc(20);
+    runs.writeDoubleBE(16, 12);
+    /** An RS_HOLES body: [offset, offset + length), these (start, length) runs however wrong, its digest. */
+    const raw = (offset: number, length: number, pairs: Array<[number, number]>) => {
+      const runs = Buffer.concat(pairs.map(([s, n]) => {
+        const r = Buffer.alloc(8);
+        r.writeUInt32BE(s, 0);
+        r.writeUInt32BE(n, 4);
+        return r;
+      }));
+      const body = rangeBody(0, offset, length, runs);
+      return Buffer.concat([body, encodeDigest(xxh3.xxh64(body))]);
+    };
+    const cases: Array<[string, (id: bigint, length: number) => Buffer, RegExp]> = [
+      ['a run outside the range answered', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, [[n - 4096, 8192]])), /RS_HOLES .*outside the \d+ bytes answered/],
+      ['runs out of order', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, [[MiB, 4096], [0, 4096]])), /RS_HOLES .*out of order or overlapping/],
+      ['4097 runs', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id, raw(0, n, Array.from({ length: 4097 }, (_, i): [number, number] => [i * 8192, 4096]))), /RS_HOLES body of 32800 bytes/],
+      ['another range than asked', (id) => encodeFrame(PeerMsg.RS_HOLES, id, raw(MiB, MiB, [])), /RS_HOLES for volume 0: it answers 1048576\+1048576, we asked 0\+/],
+      ['an answer to no request (unsolicited)', (id, n) => encodeFrame(PeerMsg.RS_HOLES, id + 1000n, raw(0, n, [])), /RS_HOLES for volume 0: it answers no RS_HOLES_REQUEST of ours/],
+    ];
+    const malformed = () => logged(b, 'peer sent a malformed frame, dropping the link');
+    for (const [what, answer, reason] of cases) {
+      const said = malformed().length;
+      const r = await insider(p.peerB);
+      r.send(rogueHello('a', SIZE, rogueGeneration, undefined, { dirty: true, dirtyBytes: 65536 }));
+      await frameWithin(r, PeerMsg.HELLO, 2000);
+      r.send(forged(PeerMsg.BITMAP_RUNS, runs, { flags: 1 }));
+      const ask = await frameWithin(r, PeerMsg.RS_HOLES_REQUEST, 3000).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+      expect(ask.body.readUInt32BE(12), what).toBe(SIZE); // the whole 64 MiB volume in one span
+      r.send(answer(ask.header.id, SIZE));
+      await closedWithin(r, 2000).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+      await until(() => malformed().length > said, 2000).catch(() => expect.fail(`${what}: b did not log a malformed frame`));
+      expect(String(malformed().at(-1)!.reason), what).toMatch(reason);
+      expect(r.frames.some((f) => f.header.type === PeerMsg.RS_REQUEST || f.header.type === PeerMsg.RS_ACK), what).toBe(false);
+      expect(b.proc.exitCode, what).toBeNull();
+      expect((await status(p.adminB)).outOfSyncBytes, what).toBe(65536); // the rogue's runs, marked; none cleared
+    }
+    expect(readFileSync(bFile).equals(before)).toBe(true);
+
+    // The real a returns (same generation as b, b Inconsistent with the bits): a resyncs b.
+    const a = await startClusterNode(config, 'a');
+    running.push(a);
+    await until(async () => {
+      const [x, y] = [await status(p.adminA), await status(p.adminB)];
+      return x.connection === 'Connected' && y.connection === 'Connected' && y.disk === 'UpToDate' && x.outOfSyncBytes === 0 && y.outOfSyncBytes === 0 && y.resync === null;
+    });
     expect(readFileSync(dataFile(sub, 'a')).equals(readFileSync(bFile))).toBe(true);
   });
 

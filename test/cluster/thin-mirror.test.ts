@@ -85,7 +85,7 @@ describe.skipIf(missingTools('qemu-io', 'fio').length > 0)('mirrored thin volume
     }
   });
 
-  it('a full sync of a mostly empty thin volume moves its data, not its size (zero ranges sent as zeroing)', async () => {
+  it('a full sync of a mostly empty thin volume moves its data, not its size (the source\'s holes skipped, zeros sent as zeroing)', async () => {
     const p = await pairPorts();
     const config = writePairConfig(join(dir, 'join.json'), p, '8G', p.peerB, { pool: { size: '256M', unit: '1M' }, nodeA: { dataDir: 'ja' }, nodeB: { dataDir: 'jb' } });
     // a starts alone and takes writes; b appears later with an empty pool: a full sync.

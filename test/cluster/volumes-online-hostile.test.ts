@@ -213,7 +213,7 @@ describe.skipIf(missing.length > 0)('volume changes refuse hostile input (real p
     const vol = (name: string, size: number) => ({ name, size, generation, state: 'UpToDate' as const, dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 });
     const attempt = async (over: Record<string, unknown>) => {
       const r = await rogueConnect(p.peerB);
-      r.send(rogueHello('a', SIZE, generation, undefined, over as never));
+      r.send(rogueHello('a', SIZE, generation, undefined, {}, over as never));
       await closedWithin(r, 2000);
       return { types: r.frames.map((f) => f.header.type), error: r.frames.find((f) => f.header.type === PeerMsg.ERROR)?.body.toString('utf8') };
     };

@@ -21,6 +21,7 @@ import { ProtocolViolation } from '../../src/protocol/errors.js';
 import { decodeHello } from '../../src/replication/hello.js';
 import { decodeOpAck, decodeVolumeOp } from '../../src/replication/volume-ops.js';
 import {
+  decodeHoles,
   decodeRange,
   decodeWriteHeader,
   encodeFrame,
@@ -63,6 +64,8 @@ const frameTypes = [
   PeerMsg.PEER_READ_DATA,
   PeerMsg.RS_CSUM_REQUEST,
   PeerMsg.RS_DIFF,
+  PeerMsg.RS_HOLES_REQUEST,
+  PeerMsg.RS_HOLES,
   PeerMsg.VERIFY_REQUEST,
   PeerMsg.VERIFY_DIGESTS,
   PeerMsg.RESYNC_NOW,
@@ -200,6 +203,7 @@ function decodeBody(h: FrameHeader, body: Buffer): void {
     }
   };
   guard(() => decodeRange(body));
+  guard(() => decodeHoles(body));
   guard(() => decodeWriteHeader(body));
   guard(() => readDigest(body, 16));
   if (h.type === PeerMsg.HELLO || body.length < 512) guard(() => decodeHello(body));

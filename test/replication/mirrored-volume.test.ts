@@ -4,6 +4,7 @@
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { xxh3 } from '@node-rs/xxhash';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Hotpath } from '../../src/hotpath/index.js';
@@ -12,7 +13,7 @@ import { DiskState, VolumeMeta } from '../../src/meta/volume-meta.js';
 import type { HelloFields } from '../../src/replication/hello.js';
 import { MirroredVolume, type MirroredVolumeOptions, type PeerPort } from '../../src/replication/mirrored-volume.js';
 import type { VerifyReport } from '../../src/replication/verify.js';
-import { encodeRange, encodeWriteHeader, PEER_VERSION, PeerMsg, RANGE_SIZE, sealDigest } from '../../src/replication/peer-protocol.js';
+import { decodeHoles, decodeRange, encodeDigest, encodeHoles, encodeRange, encodeWriteHeader, PEER_VERSION, PeerMsg, RANGE_SIZE, sealDigest, type ByteRun } from '../../src/replication/peer-protocol.js';
 import { PeerLink } from '../../src/replication/peer-link.js';
 import { FileVolume } from '../../src/volume/file-volume.js';
 import { freePort } from '../support/processes.js';
@@ -96,7 +97,7 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
   const dir = mkdtempSync(join(tmpdir(), 'nbd-mirror-mv-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const file = FileVolume.open(join(dir, `${node}.img`), { createSize: SIZE });
-  const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], ...MirroredVolume.sizing(GRAIN) });
+  const hot = Hotpath.create({ bitmaps: [SIZE / GRAIN], stagingBytes: 4 * MiB, ...MirroredVolume.sizing(GRAIN) });
   const meta = VolumeMeta.open(join(dir, `${node}.meta`), { cluster: 'c', node, volumeSize: SIZE, grain: GRAIN }, hot);
   cleanups.push(async () => (meta.close(), await file.close()));
   const sent: Array<{ type: number; id: bigint; body: Buffer }> = [];
@@ -110,6 +111,14 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
   const mv = new MirroredVolume({ local: file, meta, peer, volumeIndex: 0, node, peerName: node === 'a' ? 'b' : 'a', grain: GRAIN, hot, log, quorum });
   const types = () => sent.map((f) => f.type);
   return { mv, meta, peer, sent, types, hot, path: join(dir, `${node}.img`) };
+}
+
+/** Answers a stub target's last RS_HOLES_REQUEST as a source would: these holes (none: all data). */
+function answerHoles(mv: MirroredVolume, sent: ReadonlyArray<{ type: number; id: bigint; body: Buffer }>, holes: ByteRun[] = []) {
+  const req = sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST).at(-1)!;
+  const { offset, length } = decodeRange(req.body);
+  const body = encodeHoles(0, offset, length, holes, xxh3.xxh64);
+  mv.handleFrame({ type: PeerMsg.RS_HOLES, flags: 0, length: body.length, id: req.id }, body);
 }
 
 describe('mirrored volume (in-process pair)', () => {
@@ -332,7 +341,7 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('a resync target that loses its source fails reads of ranges it lacks (EIO), serves the rest', async () => {
-    const { mv, peer, types } = withStubPeer('b');
+    const { mv, peer, sent, types } = withStubPeer('b');
     let resyncError: Error | null = null;
     mv.startResync('target', (e) => (resyncError = e));
     expect(types()).toContain(PeerMsg.BITMAP_RUNS);
@@ -341,7 +350,8 @@ describe('mirrored volume (in-process pair)', () => {
     runs.writeDoubleBE(768, 4);
     runs.writeDoubleBE(16, 12);
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
-    expect(types()).toContain(PeerMsg.RS_REQUEST);
+    answerHoles(mv, sent);
+    await until(() => types().includes(PeerMsg.RS_REQUEST));
     peer.connected = false;
     mv.peerLost('link lost');
     expect(resyncError).toBeInstanceOf(Error);
@@ -357,6 +367,7 @@ describe('mirrored volume (in-process pair)', () => {
     runs.writeDoubleBE(768, 4);
     runs.writeDoubleBE(16, 12);
     mv.handleFrame({ type: PeerMsg.BITMAP_RUNS, flags: 1, length: runs.length, id: 1n }, runs);
+    answerHoles(mv, sent);
     // A client write mirrored before the failure; the source answers it after (stored nowhere).
     const inFlight = write(mv, 5 * MiB, Buffer.alloc(4096, 0x11)).then(() => null, (e: Error) => e);
     await until(() => types().includes(PeerMsg.WRITE));
@@ -517,6 +528,113 @@ describe('mirrored volume (in-process pair)', () => {
   });
 });
 
+describe('the hole walk of a resync (RS_HOLES_REQUEST / RS_HOLES)', () => {
+  const allDirty = () => {
+    const runs = Buffer.alloc(20);
+    runs.writeDoubleBE(0, 4);
+    runs.writeDoubleBE(SIZE / GRAIN, 12);
+    return runs;
+  };
+  const deliver = (mv: MirroredVolume, type: PeerMsg, id: bigint, body: Buffer, flags = 0) => mv.handleFrame({ type, flags, length: body.length, id }, body);
+  const writeFile = (path: string, offset: number, data: Buffer) => {
+    const fd = openSync(path, 'r+');
+    writeSync(fd, data, 0, data.length, offset);
+    closeSync(fd);
+  };
+
+  it('a target zeroes its data where the source has holes, pulls only the source\'s data, and acknowledges every grain; forged answers are refused first, changing nothing', async () => {
+    const { mv, meta, sent, path } = withStubPeer('b');
+    // Old data here: at 1 MiB (a hole on the source) and at 8 MiB (data on the source).
+    writeFile(path, MiB, Buffer.alloc(65536, 0x0d));
+    writeFile(path, 8 * MiB, Buffer.alloc(65536, 0x0d));
+    let ended: Error | null | undefined;
+    mv.startResync('target', (e) => (ended = e));
+    deliver(mv, PeerMsg.BITMAP_RUNS, 1n, allDirty(), 1);
+    const ask = sent.find((f) => f.type === PeerMsg.RS_HOLES_REQUEST)!;
+    expect(decodeRange(ask.body)).toMatchObject({ offset: 0, length: SIZE }); // the whole 16 MiB in one span
+    expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST)).toBe(false); // nothing pulled before the holes are known
+
+    // Forged answers: for no open request, for another range, runs out of order, less than a grain. Each is refused.
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id + 99n, encodeHoles(0, 0, SIZE, [], xxh3.xxh64))).toThrow(/RS_HOLES for volume 0: it answers no RS_HOLES_REQUEST of ours/);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, MiB, MiB, [], xxh3.xxh64))).toThrow(/it answers 1048576\+1048576, we asked 0\+16777216/);
+    const unordered = encodeHoles(0, 0, SIZE, [{ offset: 2 * MiB, length: MiB }, { offset: 0, length: MiB }], xxh3.xxh64);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, unordered)).toThrow(/out of order or overlapping/);
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, 100, [], xxh3.xxh64))).toThrow(/covers less than one grain/);
+    // A damaged answer (its digest fails) is no refusal: it is asked for again, as damaged data is.
+    const damaged = encodeHoles(0, 0, SIZE, [{ offset: 0, length: SIZE }], xxh3.xxh64);
+    damaged.writeUInt8(damaged.readUInt8(damaged.length - 1) ^ 1, damaged.length - 1);
+    deliver(mv, PeerMsg.RS_HOLES, ask.id, damaged);
+    expect(mv.integrityErrors).toBe(1);
+    expect(sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST && f.id === ask.id).map((f) => decodeRange(f.body))).toEqual([decodeRange(ask.body), decodeRange(ask.body)]);
+    expect(meta.bitmap.count()).toBe(SIZE / GRAIN);
+    expect(readFileSync(path).subarray(MiB, MiB + 65536).every((x) => x === 0x0d)).toBe(true);
+    expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST || f.type === PeerMsg.RS_ACK)).toBe(false);
+
+    // The real answer: data only in [8 MiB, 10 MiB).
+    answerHoles(mv, sent, [{ offset: 0, length: 8 * MiB }, { offset: 10 * MiB, length: 6 * MiB }]);
+    await until(() => sent.filter((f) => f.type === PeerMsg.RS_REQUEST).length === 2);
+    const requests = sent.filter((f) => f.type === PeerMsg.RS_REQUEST);
+    expect(requests.map((f) => decodeRange(f.body))).toEqual([{ volume: 0, offset: 8 * MiB, length: MiB }, { volume: 0, offset: 9 * MiB, length: MiB }]);
+    // An answer once none is open is refused too.
+    expect(() => deliver(mv, PeerMsg.RS_HOLES, ask.id, encodeHoles(0, 0, SIZE, [], xxh3.xxh64))).toThrow(/answers no RS_HOLES_REQUEST/);
+    for (const r of requests) {
+      const { offset, length } = decodeRange(r.body);
+      const data = Buffer.alloc(length, 0x5a);
+      deliver(mv, PeerMsg.RS_DATA, r.id, Buffer.concat([encodeRange(0, offset, length), encodeDigest(sealDigest(xxh3.xxh64(data), offset)), data]));
+    }
+    await until(() => ended !== undefined);
+    expect(ended).toBeNull();
+    const file = readFileSync(path);
+    expect(file.subarray(0, 8 * MiB).every((x) => x === 0)).toBe(true); // its old data in the source's hole is gone
+    expect(file.subarray(8 * MiB, 10 * MiB).every((x) => x === 0x5a)).toBe(true);
+    expect(file.subarray(10 * MiB).every((x) => x === 0)).toBe(true);
+    expect(meta.bitmap.count()).toBe(0);
+    // Every grain acknowledged, once: each hole's grains in one RS_ACK, the data per request.
+    const acks = sent.filter((f) => f.type === PeerMsg.RS_ACK).map((f) => decodeRange(f.body)).sort((x, y) => x.offset - y.offset);
+    expect(acks.map((a) => [a.offset / MiB, a.length / MiB])).toEqual([[0, 8], [8, 1], [9, 1], [10, 6]]);
+    expect(mv.resyncWireBytesTotal).toBe(2 * MiB);
+    expect(mv.resyncedBytesTotal).toBe(SIZE);
+  });
+
+  it('a peer write that reaches the target after its RS_HOLES_REQUEST waits for the holes to be applied and lands on top of the zeroing', async () => {
+    const { mv, sent, path } = withStubPeer('b');
+    writeFile(path, MiB, Buffer.alloc(65536, 0x0d)); // old data here, in what is a hole on the source
+    let ended: Error | null | undefined;
+    mv.startResync('target', (e) => (ended = e));
+    deliver(mv, PeerMsg.BITMAP_RUNS, 1n, allDirty(), 1);
+    expect(sent.some((f) => f.type === PeerMsg.RS_HOLES_REQUEST)).toBe(true);
+    // The source's client writes at 1 MiB after it answered (so its answer calls 1 MiB a hole):
+    // the WRITE follows the answer there, but arrives first here — it must still land last.
+    const data = Buffer.alloc(65536, 0x77);
+    const write = Buffer.concat([encodeWriteHeader({ volume: 0, flags: 0, offset: MiB, digest: sealDigest(xxh3.xxh64(data), MiB, 0) }), data]);
+    deliver(mv, PeerMsg.WRITE, 9n, write);
+    await new Promise((res) => setTimeout(res, 50)); // it would be on disk and acknowledged by now if it did not wait
+    expect(sent.some((f) => f.type === PeerMsg.WRITE_ACK)).toBe(false);
+    answerHoles(mv, sent, [{ offset: 0, length: SIZE }]);
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE_ACK && f.id === 9n) && ended !== undefined);
+    expect(ended).toBeNull();
+    const file = readFileSync(path);
+    expect(file.subarray(MiB, MiB + 65536).every((x) => x === 0x77)).toBe(true);
+    expect(file.subarray(MiB + 65536, 2 * MiB).every((x) => x === 0)).toBe(true);
+    expect(sent.some((f) => f.type === PeerMsg.RS_REQUEST)).toBe(false); // all holes: nothing pulled
+  });
+
+  it('a source answers from its allocation map, after a write that started before is on disk: that write is data', async () => {
+    const { mv, sent, types } = withStubPeer('a');
+    mv.startResync('source', () => undefined);
+    deliver(mv, PeerMsg.BITMAP_RUNS, 1n, allDirty(), 1);
+    // A client write mirrored (the stub never answers it); its local write may still be running.
+    void write(mv, 5 * MiB, Buffer.alloc(65536, 0x44)).catch(() => undefined);
+    await until(() => types().includes(PeerMsg.WRITE));
+    deliver(mv, PeerMsg.RS_HOLES_REQUEST, 7n, encodeRange(0, 4 * MiB, 12 * MiB));
+    await until(() => sent.some((f) => f.type === PeerMsg.RS_HOLES));
+    const answer = sent.find((f) => f.type === PeerMsg.RS_HOLES)!;
+    expect(answer.id).toBe(7n);
+    expect(decodeRange(answer.body)).toMatchObject({ offset: 4 * MiB, length: 12 * MiB });
+    expect(decodeHoles(answer.body)).toEqual([{ offset: 4 * MiB, length: MiB }, { offset: 5 * MiB + 65536, length: 11 * MiB - 65536 }]);
+  });
+});
+
 describe('frames in the wrong state or outside the volume change nothing (the receiver table)', () => {
   const range = (offset: number, length: number) => {
     const b = Buffer.alloc(16);
@@ -549,6 +667,8 @@ describe('frames in the wrong state or outside the volume change nothing (the re
     expect(() => mv.handleFrame(frame(PeerMsg.RS_REQUEST, range(0, 65536)), range(0, 65536))).toThrow(/only a resync source/);
     expect(() => mv.handleFrame(frame(PeerMsg.BITMAP_RUNS, runs, 1), runs)).toThrow(/arrived already/);
     expect(meta.bitmap.count()).toBe(16);
+    answerHoles(mv, sent);
+    await until(() => sent.some((f) => f.type === PeerMsg.RS_REQUEST));
     // The target asked for [0, 64 KiB); an answer for [1 MiB, 1 MiB + 64 KiB) counts as damage and is asked for again.
     const req = sent.find((f) => f.type === PeerMsg.RS_REQUEST)!;
     const data = Buffer.concat([range(MiB, 65536), Buffer.alloc(8), Buffer.alloc(65536, 9)]);

@@ -1,7 +1,9 @@
-// The receiver table's cost of a frame in work (the peer link's receive budget).
+// The receiver table: the cost of a frame in work (the peer link's receive budget), and the
+// shapes and legality of resync frames.
+import { xxh3 } from '@node-rs/xxhash';
 import { describe, expect, it } from 'vitest';
-import { checkVolumeFrame, workCost } from '../../src/replication/peer-frames.js';
-import { encodeRange, MAX_RESYNC_RANGE, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
+import { checkFrameHeader, checkVolumeFrame, workCost } from '../../src/replication/peer-frames.js';
+import { decodeHoles, encodeHoles, encodeRange, holesIntact, HOLE_RUN_SIZE, MAX_HOLE_RUNS, MAX_HOLES_RANGE, MAX_RESYNC_RANGE, PeerMsg, type FrameHeader } from '../../src/replication/peer-protocol.js';
 
 const MiB = 1024 * 1024;
 const header = (type: PeerMsg, length: number): FrameHeader => ({ type, flags: 0, length, id: 1n });
@@ -36,5 +38,65 @@ describe('RS_DATA shapes', () => {
     expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24 + MiB), rsData(MiB, MiB), facts)).not.toThrow();
     expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24), rsData(MiB, 0), facts)).not.toThrow();
     expect(() => checkVolumeFrame(header(PeerMsg.RS_DATA, 24 + 4096), rsData(MiB, 4096), facts)).toThrow(/4096 bytes of data for 1048576/);
+  });
+});
+
+describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
+  const GiB = 1024 * MiB;
+  const target = { index: 0, size: 64 * GiB, blockSize: 4096, phase: { resync: 'target' as const, peerRunsIn: true } };
+  const source = { ...target, phase: { resync: 'source' as const, peerRunsIn: true } };
+  const idle = { ...target, phase: { resync: undefined, peerRunsIn: false } };
+  const check = (type: PeerMsg, body: Buffer, facts: typeof target | typeof source | typeof idle) => () => checkVolumeFrame(header(type, body.length), body, facts);
+  /** An RS_HOLES body with raw (start from the range's offset, length) pairs, however wrong (and a zero digest). */
+  const raw = (offset: number, length: number, runs: Array<[number, number]>) => {
+    const b = Buffer.alloc(16 + 8 * runs.length + 8);
+    encodeRange(0, offset, length).copy(b);
+    runs.forEach(([s, n], i) => (b.writeUInt32BE(s, 16 + 8 * i), b.writeUInt32BE(n, 20 + 8 * i)));
+    return b;
+  };
+
+  it('encodes holes as runs from the range\'s offset, sealed by a digest, and decodes them back', () => {
+    const holes = [{ offset: 5 * GiB, length: MiB }, { offset: 5 * GiB + 3 * MiB, length: 4096 }];
+    const body = encodeHoles(0, 5 * GiB, GiB, holes, xxh3.xxh64);
+    expect(body.length).toBe(16 + 2 * HOLE_RUN_SIZE + 8);
+    expect(decodeHoles(body)).toEqual(holes);
+    expect(holesIntact(body, xxh3.xxh64)).toBe(true);
+    for (const at of [5, 17, body.length - 1]) {
+      const flipped = Buffer.from(body);
+      flipped.writeUInt8(flipped.readUInt8(at) ^ 1, at);
+      expect(holesIntact(flipped, xxh3.xxh64), `bit flipped at ${at}`).toBe(false);
+    }
+    expect(decodeHoles(encodeHoles(0, 0, GiB, [], xxh3.xxh64))).toEqual([]);
+  });
+
+  it('a request is up to 1 GiB, not empty, taken only by a resync source that has the runs; it costs its body', () => {
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, MAX_HOLES_RANGE), source)).not.toThrow();
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, MAX_HOLES_RANGE + 4096), source)).toThrow(/exceeds 1073741824/);
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, 0), source)).toThrow(/an empty range/);
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 64 * GiB - MiB, 2 * MiB), source)).toThrow(/outside the volume/);
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, MiB), idle)).toThrow(/not expected now \(only a resync source/);
+    expect(check(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, MiB), target)).toThrow(/only a resync source/);
+    expect(cost(PeerMsg.RS_HOLES_REQUEST, encodeRange(0, 0, GiB))).toBe(16);
+  });
+
+  it('an RS_ACK covers up to 1 GiB (a hole\'s grains at once), only to a resync source', () => {
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, GiB), source)).not.toThrow();
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, GiB + 4096), source)).toThrow(/exceeds 1073741824/);
+    expect(check(PeerMsg.RS_ACK, encodeRange(0, 0, MiB), idle)).toThrow(/only a resync source/);
+  });
+
+  it('an answer\'s runs lie inside its range, in order, apart, not empty, at most 4096; only a resync target takes it', () => {
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, MiB], [2 * MiB, GiB - 2 * MiB]]), target)).not.toThrow();
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, MiB]]), idle)).toThrow(/only a resync target/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, MiB, [[0, 2 * MiB]]), target)).toThrow(/hole run 0\+2097152 outside the 1048576 bytes answered/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[2 * MiB, MiB], [0, MiB]]), target)).toThrow(/out of order or overlapping/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, 2 * MiB], [MiB, MiB]]), target)).toThrow(/out of order or overlapping/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, [[0, 0]]), target)).toThrow(/an empty hole run/);
+    expect(check(PeerMsg.RS_HOLES, Buffer.concat([raw(GiB, GiB, []), Buffer.alloc(4)]), target)).toThrow(/4 bytes of hole runs/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, GiB, []).subarray(0, 20), target)).toThrow(/RS_HOLES for volume 0/);
+    expect(check(PeerMsg.RS_HOLES, raw(GiB, 0, []), target)).toThrow(/an empty range/);
+    // Too many runs: refused at the header, before the body is buffered.
+    const many = raw(0, GiB, Array.from({ length: MAX_HOLE_RUNS + 1 }, (_, i): [number, number] => [i * 8192, 4096]));
+    expect(() => checkFrameHeader(header(PeerMsg.RS_HOLES, many.length), 'connected')).toThrow(/RS_HOLES body of 32800 bytes/);
   });
 });

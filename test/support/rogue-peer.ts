@@ -71,14 +71,17 @@ export async function frameWithin(r: RogueSocket, type: PeerMsg, ms: number): Pr
   throw new Error(`no frame of type ${type} from the node within ${ms} ms`);
 }
 
-/** A HELLO claiming to be `node` of the pair (`a+b`, one volume `vol0`), with a fresh boot id; `over` replaces fields (volumes, unfinished…). */
-export function rogueHello(node: string, size: number, generation: Hello['volumes'][number]['generation'], boot = randomBytes(8).toString('hex'), over: Partial<Hello> = {}): Buffer {
+/**
+ * A HELLO claiming to be `node` of the pair (`a+b`, one volume `vol0`), with a fresh boot id;
+ * `volume` overrides the volume's other fields (e.g. `dirty`), `over` the HELLO's (volumes, unfinished…).
+ */
+export function rogueHello(node: string, size: number, generation: Hello['volumes'][number]['generation'], boot = randomBytes(8).toString('hex'), volume: Partial<Hello['volumes'][number]> = {}, over: Partial<Hello> = {}): Buffer {
   const hello: Hello = {
     version: PEER_VERSION,
     cluster: 'a+b',
     node,
     boot,
-    volumes: [{ name: 'vol0', size, generation, state: 'UpToDate', dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0 }],
+    volumes: [{ name: 'vol0', size, generation, state: 'UpToDate', dirty: false, checksum: false, dirtyBytes: 0, trackingSince: 0, ...volume }],
     ...over,
   };
   return encodeFrame(PeerMsg.HELLO, 0n, encodeHello(hello));
