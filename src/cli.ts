@@ -345,6 +345,8 @@ async function status(opts: AdminTargetOptions & { json?: boolean }): Promise<vo
     const crossed = p.thresholdsCrossed.length ? `  over ${p.thresholdsCrossed.at(-1)} %` : '';
     lines.push(`  pool ${formatSize(p.usedBytes)} of ${formatSize(p.sizeBytes)} used (${p.usedPercent.toFixed(1)} %)${crossed}, ${formatSize(p.virtualBytes)} in volumes: over-commit ${p.overcommit.toFixed(2)}x${p.enospcErrors ? `, ${p.enospcErrors} writes refused for space` : ''}`);
   }
+  const u = body.unfinishedVolumeChange;
+  if (u) lines.push(`  volume change cut short by a link loss: ${u.op} ${u.name}${u.size === undefined ? '' : ` ${formatSize(u.size)}`} — settled by itself when the link is back`);
   for (const [name, v] of Object.entries(body.volumes)) {
     const r = v.resync;
     const eta = r?.etaSeconds != null ? `, ${Math.ceil(r.etaSeconds)} s left` : '';

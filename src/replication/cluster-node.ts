@@ -57,6 +57,8 @@ export interface NodeStatus {
   link: LinkCounters;
   /** This node's thin pool, when the cluster has one. */
   pool?: PoolStatus;
+  /** A volume change asked here that a link loss cut short: settled at the next link-up (volume-ops.ts). */
+  unfinishedVolumeChange?: VolumeOp;
   volumes: Record<string, VolumeStatus>;
 }
 
@@ -652,7 +654,7 @@ export class ClusterNode {
   }
 
   statusAll(): NodeStatus {
-    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, ...(this.pool ? { pool: this.pool.status() } : {}), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
+    return { node: this.nodeName, quorum: this.quorum.describe(), peer: this.link.state, link: this.link.counters, ...(this.pool ? { pool: this.pool.status() } : {}), ...(this.recorded.unfinished && { unfinishedVolumeChange: this.recorded.unfinished }), volumes: Object.fromEntries(this.volumes.map((v) => [v.name, this.status(v)])) };
   }
 
   /**

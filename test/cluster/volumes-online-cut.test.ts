@@ -119,9 +119,13 @@ describe.skipIf(missing.length > 0)('a volume change the link cuts half-way repa
     expect(volumesFile('b').unfinished).toMatchObject({ op: 'resize', name: 'vol1', size: 64 * MiB });
     expect(await size('a', 'vol1')).toBe(64 * MiB);
     expect(await size('b', 'vol1')).toBe(32 * MiB);
+    // Status shows it until it is settled, in JSON and in words.
+    expect((await status('b')).unfinishedVolumeChange).toMatchObject({ op: 'resize', name: 'vol1', size: 64 * MiB });
+    expect((await runCli(['status', '--admin', `127.0.0.1:${p.adminB}`])).stdout).toMatch(/volume change cut short by a link loss: resize vol1 64 MiB — settled by itself when the link is back/);
     proxy.restore();
     await until(() => settled(['vol0', 'vol1']));
     expect(volumesFile('b').unfinished).toBeUndefined();
+    expect((await status('b')).unfinishedVolumeChange).toBeUndefined();
     for (const node of ['a', 'b'] as const) expect(await size(node, 'vol1')).toBe(64 * MiB);
     await until(() => nodes.b.logs.some((l) => l.level === 40 && /^finished the volume change \(grow volume vol1 to 64 MiB/.test(String(l.msg))));
     await run('qemu-io', ['-f', 'raw', uri('b', 'vol1'), '-c', 'write -P 0xef 60M 1M']);
