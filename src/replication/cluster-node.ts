@@ -337,10 +337,10 @@ export class ClusterNode {
     }
     let meta: VolumeMeta;
     try {
-      // Before an extent leaves the log its writes are made durable on both copies: a client flush
-      // (here and on the peer). The peer's copy of a write is named by no log of its own; were
-      // both nodes to lose power, the block would not be resynced (power-cut chaos, both cut).
-      meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(spec.size), this.hot, { ...this.activityLog, flushData: (done) => entry.mirror.flush(done) }, created);
+      // Before an extent leaves the log its writes are made durable on both copies (here and on
+      // the peer). The peer's copy of a write is named by no log of its own; were both nodes to
+      // lose power, the block would not be resynced (power-cut chaos, both cut).
+      meta = VolumeMeta.open(this.metaPath(name), this.metaIdentity(spec.size), this.hot, { ...this.activityLog, flushData: (done) => entry.mirror.flushForLog(done) }, created);
     } catch (err) {
       void file.close();
       throw err;

@@ -407,6 +407,15 @@ export class MirroredVolume implements Volume {
     this.writes.flush(done);
   }
 
+  /**
+   * Before an activity-log extent leaves the log: its writes durable on both copies, or — the
+   * peer gone — here, with what the peer never made durable marked durably out of sync. Not a
+   * client's flush: it needs no quorum and starts no generation.
+   */
+  flushForLog(done: Done): void {
+    this.writes.flush(done, false);
+  }
+
   cache(offset: number, length: number, done: Done): void {
     this.ctx.local.cache(offset, length, done);
   }

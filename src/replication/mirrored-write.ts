@@ -433,9 +433,14 @@ export class WritePath {
     this.open.get(id)?.on({ type: 'peer-ack', status });
   }
 
-  flush(done: Done): void {
+  /**
+   * A flush of both copies. `client`: a client's FLUSH (a durability promise: without the peer
+   * it needs quorum, flushAlone); else this node's own (an activity-log extent leaving the log),
+   * which only needs what it covers durable here or marked durably out of sync.
+   */
+  flush(done: Done, client = true): void {
     const { peer, local } = this.ctx;
-    if (!peer.connected) return this.flushAlone(done, true);
+    if (!peer.connected) return this.flushAlone(done, client);
     // As for writes: it succeeds when one copy is durable and the other's failure is declared.
     let localErr: Error | null | undefined;
     let peerErr: Error | null | undefined;
@@ -444,7 +449,7 @@ export class WritePath {
       if (localErr && !peerErr) this.ctx.diskFailed(localErr, 'a client flush', 0, 0);
       done(localErr && peerErr ? localErr : peerErr);
     };
-    this.sendFlush((err) => ((peerErr = err), settle()), true);
+    this.sendFlush((err) => ((peerErr = err), settle()), client);
     local.flush((err) => ((localErr = err), settle()));
   }
 
@@ -455,14 +460,15 @@ export class WritePath {
    * bits durable, and a client's flush then starts a new generation, so the next resync copies
    * from here. Found by the power-cut chaos (witness-grant phase): a flush answered from the local
    * disk just after the link loss, both nodes cut, the peer restarted first, got the grant and
-   * resynced its older copy over the flushed write.
+   * resynced its older copy over the flushed write. This node's own flushes (epoch, activity log)
+   * promise nothing to a client: the local disk and those bits durable are all they need.
    */
   private flushAlone(done: Done, client: boolean): void {
     const { local, meta, quorum, peer } = this.ctx;
     local.flush((err) => {
       if (err) return done(err);
       meta.flushBitmap((err) => {
-        if (err) return done(err);
+        if (err || !client) return done(err);
         quorum.whenWritable((err) => {
           // The peer is back: the resync it decided may copy its data over what this flush covers.
           if (!err && peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this flush could be answered alone');

@@ -500,6 +500,25 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.generation.bitmap).toBe(before.current);
   });
 
+  it('an activity-log flush without the peer (flushForLog) needs no quorum and starts no generation; what the peer may have lost is marked first', async () => {
+    const held: Array<(err: Error | null) => void> = [];
+    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { mv, meta, peer, sent } = withStubPeer('a', quorum);
+    const before = meta.generation;
+    const written = write(mv, 8192, Buffer.alloc(4096, 6));
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE));
+    mv.handleFrame({ type: PeerMsg.WRITE_ACK, flags: 0, length: 4, id: sent.find((f) => f.type === PeerMsg.WRITE)!.id }, Buffer.alloc(4));
+    await written;
+    peer.connected = false;
+    mv.peerLost('link lost');
+    const syncsBefore = meta.bitmapSyncs;
+    await new Promise<void>((res, rej) => mv.flushForLog((e) => (e ? rej(e) : res())));
+    expect(held).toHaveLength(0); // the quorum gate was never asked
+    expect(meta.generation).toEqual(before);
+    expect(meta.bitmap.count()).toBe(1);
+    expect(meta.bitmapSyncs).toBeGreaterThan(syncsBefore); // the bit is on disk before the extent may leave the log
+  });
+
   it('a write the peer fails is reported failed and marked out of sync, so the copies never differ unnoticed', async () => {
     const { mv, meta, sent } = withStubPeer('a');
     const result = write(mv, 8192, Buffer.alloc(8192, 3)).then(() => null, (e: Error) => e);
