@@ -335,7 +335,7 @@ export class WritePath {
   /** Mirrored changes waiting for their turn, in the order they were asked for. */
   private readonly queued: Array<{ w: MirroredWrite; ready: boolean; err: Error | null }> = [];
   private readonly open = new Map<bigint, MirroredWrite>();
-  /** Flushes sent to the peer: id → who waits (a client's flush, or an epoch flush of this path's own). */
+  /** Flushes sent to the peer: id → who waits, and whether for a client (else this node's own: epoch, activity log). */
   private readonly flushes = new Map<bigint, { readonly done: Done; readonly client: boolean }>();
   /** Writes and flushes sent to the peer and not answered yet: id → when sent (oldest first). */
   private readonly awaitingPeer = new Map<bigint, number>();
@@ -446,7 +446,7 @@ export class WritePath {
     let peerErr: Error | null | undefined;
     const settle = (): void => {
       if (localErr === undefined || peerErr === undefined) return;
-      if (localErr && !peerErr) this.ctx.diskFailed(localErr, 'a client flush', 0, 0);
+      if (localErr && !peerErr) this.ctx.diskFailed(localErr, client ? 'a client flush' : 'a flush', 0, 0);
       done(localErr && peerErr ? localErr : peerErr);
     };
     this.sendFlush((err) => ((peerErr = err), settle()), client);
@@ -473,7 +473,7 @@ export class WritePath {
           // The peer is back: the resync it decided may copy its data over what this flush covers.
           if (!err && peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this flush could be answered alone');
           err ??= this.alone.refusal();
-          if (!err && client) this.alone.wroteAlone();
+          if (!err) this.alone.wroteAlone();
           done(err);
         });
       });
