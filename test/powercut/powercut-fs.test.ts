@@ -1,6 +1,6 @@
 // The power-loss harness on its own (test/support/powercut/): what was synced survives a cut,
 // what was not is gone — data, sizes and new directory entries — and a torn cut is replayable.
-import { closeSync, existsSync, fdatasyncSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fsyncSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -67,6 +67,43 @@ describe.skipIf(missingTools('fusermount3').length > 0)('power-cut filesystem', 
     expect(statSync(join(backing, 'kept')).size).toBe(8192);
     expect(readFileSync(join(backing, 'kept')).equals(Buffer.alloc(8192, 5))).toBe(true);
     expect(existsSync(join(backing, 'lost'))).toBe(false);
+  });
+
+  it('an unsynced rename over a file is undone with the replaced file back, as the witness and superblock replace files', async () => {
+    const { backing } = await scenario((dir) => {
+      writeFileSync(join(dir, 'state'), 'old');
+      const fd = openSync(join(dir, 'state'), 'r+');
+      fsyncSync(fd);
+      closeSync(fd);
+      syncDir(dir);
+      const tmp = openSync(join(dir, 'state.tmp'), 'w');
+      writeSync(tmp, 'new');
+      fsyncSync(tmp);
+      closeSync(tmp);
+      renameSync(join(dir, 'state.tmp'), join(dir, 'state')); // the directory never synced after it
+    });
+    expect(readFileSync(join(backing, 'state'), 'utf8')).toBe('old');
+    expect(existsSync(join(backing, 'state.tmp'))).toBe(false);
+  });
+
+  it('keeps a rename whose directory was synced, and undoes an unsynced O_TRUNC open', async () => {
+    const { backing } = await scenario((dir) => {
+      writeFileSync(join(dir, 'state'), 'old');
+      writeFileSync(join(dir, 'state.tmp'), 'new');
+      const tmp = openSync(join(dir, 'state.tmp'), 'r+');
+      fsyncSync(tmp);
+      closeSync(tmp);
+      renameSync(join(dir, 'state.tmp'), join(dir, 'state'));
+      syncDir(dir);
+      const log = openSync(join(dir, 'log'), 'w');
+      writeSync(log, Buffer.alloc(2048, 7));
+      fsyncSync(log);
+      closeSync(log);
+      syncDir(dir);
+      closeSync(openSync(join(dir, 'log'), 'w')); // emptied (O_TRUNC), never synced
+    });
+    expect(readFileSync(join(backing, 'state'), 'utf8')).toBe('new');
+    expect(readFileSync(join(backing, 'log')).equals(Buffer.alloc(2048, 7))).toBe(true);
   });
 
   it('a torn cut keeps a random subset of unsynced sectors, the same for the same seed', async () => {

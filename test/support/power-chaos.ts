@@ -292,15 +292,19 @@ interface RoundContext {
 async function powerCut(c: PowerCluster, targets: readonly Target[], how: (t: Target) => 'all' | { torn: number }): Promise<string> {
   await Promise.all(targets.map((t) => (t === 'w' ? c.witness : c.nodes[t])?.stop('SIGKILL')));
   const dropped: string[] = [];
+  const failed: string[] = [];
   for (const t of targets) {
     if (t === 'w') c.witness = null;
     else c.nodes[t] = null;
     const d = c.disks[t];
     const h = how(t);
-    const r = await d.mount.cut(h);
+    // A cut the filesystem could not make is a problem of the round; its disk is mounted again
+    // all the same, so the rounds after it run on a working harness.
+    const r = await d.mount.cut(h).catch((e: Error) => (failed.push(`${t}: ${e.message}`), null));
     d.mount = await mountPowerCut(d.backing, d.mountpoint);
-    dropped.push(`${t}: ${h === 'all' ? 'all' : `torn seed ${h.torn}`}, ${r.sectors} sectors/${r.entries} entries`);
+    if (r) dropped.push(`${t}: ${h === 'all' ? 'all' : `torn seed ${h.torn}`}, ${r.sectors} sectors/${r.entries} entries`);
   }
+  if (failed.length > 0) throw new Error(`power cut failed: ${failed.join('; ')}`);
   return dropped.join('; ');
 }
 
@@ -308,8 +312,14 @@ async function powerCut(c: PowerCluster, targets: readonly Target[], how: (t: Ta
 async function cut(x: RoundContext, phase: string, hit: boolean, targets: Target[]): Promise<void> {
   checkAlive(x);
   for (const t of targets) if (t !== 'w') x.down.add(t);
+  checkHarness(x);
   const dropped = await powerCut(x.c, targets, () => (x.rnd() < 0.5 ? { torn: Math.floor(x.rnd() * 1e9) } : 'all'));
   x.cuts.push({ phase, hit, targets, dropped });
+}
+
+/** The power-cut filesystems' own faults (a harness bug, not a disk error): problems of the round, each told once. */
+function checkHarness(x: RoundContext): void {
+  for (const d of Object.values(x.c.disks)) x.problems.push(...d.mount.faults().map((f) => `harness: ${f}`));
 }
 
 /** A node process that ended without being stopped is a crash: a problem. */
@@ -604,6 +614,7 @@ export async function powerRound(c: PowerCluster, round: number, phase: Phase, r
   } catch (err) {
     x.problems.push(`recovery: ${(err as Error).message}`);
   }
+  checkHarness(x);
   if (x.problems.length > 0) x.notes.push(`node logs of this round: ${keepLogs(round, t0)}`);
   return { round, phase: phase.name, cuts: x.cuts, strict, writes: delta(before, c.ledger.totals), notes: x.notes, problems: x.problems, seconds: (Date.now() - t0) / 1000 };
 }

@@ -18,13 +18,25 @@ It prints "ready" once mounted and "cut: N sectors, M sizes, K entries reverted"
 Whoever uses it kills the processes using the mount before a cut (their page cache goes with the
 unmount, as with a real power cut). Not supported: fallocate (EOPNOTSUPP: callers fall back),
 SEEK_DATA/SEEK_HOLE (the kernel reports all data), hard links, xattrs, and restoring a file that
-a rename replaced (the rename is reverted, the replaced file's content is not).
+an unsynced unlink removed. A file an unsynced rename replaced is kept (hard-linked beside the
+backing directory, in BACKING.replaced) and comes back when the cut reverts the rename.
+
+An operation that fails in a way the filesystem did not expect (a bug here, not the disk saying
+no) is answered with EIO and logged on stderr as "powercut: unexpected …" with its traceback,
+so the filesystem stays mounted and whoever drives it can report the line; a fatal signal
+prints the Python stack (faulthandler), and SIGUSR1 prints every thread's stack.
 """
 import errno
+import faulthandler
+import fcntl
+import functools
+import inspect
 import os
 import random
+import signal
 import stat
 import sys
+import traceback
 
 import pyfuse3
 import trio
@@ -47,7 +59,13 @@ class PowerCutFs(pyfuse3.Operations):
         self.paths = {pyfuse3.ROOT_INODE: root}
         self.fds = {}  # fh -> (fd, inode)
         self.unsynced = {}  # inode -> Unsynced
-        self.new_entries = {}  # directory path -> list of ('create', path) / ('rename', new, old)
+        self.new_entries = {}  # directory path -> list of ('create', path) / ('rename', new, old, replaced)
+        # A file an unsynced rename replaced, kept by a hard link until its directory is synced.
+        self.stash = root + '.replaced'
+        os.makedirs(self.stash, exist_ok=True)
+        self.clear_stash()
+        self.stashed = {}  # stash path -> inode
+        self.stash_count = 0
 
     # --- paths -------------------------------------------------------------------------------
     def path(self, inode):
@@ -94,12 +112,32 @@ class PowerCutFs(pyfuse3.Operations):
     def synced(self, inode):
         self.unsynced.pop(inode, None)
 
+    def directory_synced(self, directory):
+        for change in self.new_entries.pop(directory, []):
+            if change[0] == 'rename' and change[3] is not None:
+                self.stashed.pop(change[3], None)
+                os.unlink(change[3])
+
+    def clear_stash(self):
+        for name in os.listdir(self.stash):
+            os.unlink(os.path.join(self.stash, name))
+
+    def current_path(self, inode):
+        """Where the file `inode` is now: its last known name, or its stash link; None if gone."""
+        for path in [self.paths.get(inode)] + [p for p, i in self.stashed.items() if i == inode]:
+            try:
+                if path is not None and os.lstat(path).st_ino == inode:
+                    return path
+            except FileNotFoundError:
+                pass
+        return None
+
     def cut(self, rng):
         """Puts back what was not synced (all of it, or each sector with probability 1/2)."""
         sectors = sizes = entries = 0
         for inode, u in self.unsynced.items():
-            path = self.paths.get(inode)
-            if path is None or not os.path.exists(path):
+            path = self.current_path(inode)
+            if path is None:
                 continue
             fd = os.open(path, os.O_WRONLY)
             try:
@@ -126,7 +164,10 @@ class PowerCutFs(pyfuse3.Operations):
                     entries += 1
                 elif change[0] == 'rename' and os.path.exists(change[1]):
                     os.rename(change[1], change[2])
+                    if change[3] is not None:
+                        os.rename(change[3], change[1])  # the file the rename replaced is back
                     entries += 1
+        self.clear_stash()  # renames the cut kept: the files they replaced are gone for good
         return sectors, sizes, entries
 
     # --- operations ---------------------------------------------------------------------------
@@ -175,7 +216,7 @@ class PowerCutFs(pyfuse3.Operations):
         pass
 
     async def fsyncdir(self, fh, datasync):
-        self.new_entries.pop(self.path(fh), None)
+        self.directory_synced(self.path(fh))
 
     async def mkdir(self, parent, name, mode, ctx):
         path = self.child(parent, name)
@@ -200,15 +241,37 @@ class PowerCutFs(pyfuse3.Operations):
 
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
         old, new = self.child(parent_old, name_old), self.child(parent_new, name_new)
+        replaced = None
+        if os.path.lexists(new) and not os.path.isdir(new):
+            self.stash_count += 1
+            replaced = os.path.join(self.stash, f'{self.stash_count}-{os.path.basename(new)}')
+            os.link(new, replaced)
+            self.stashed[replaced] = os.lstat(replaced).st_ino
         try:
             os.rename(old, new)
         except OSError as e:
+            if replaced is not None:
+                self.stashed.pop(replaced)
+                os.unlink(replaced)
             raise pyfuse3.FUSEError(e.errno)
         ino = os.lstat(new).st_ino
         self.paths[ino] = new
-        self.entry_changed(self.path(parent_new), ('rename', new, old))
+        self.entry_changed(self.path(parent_new), ('rename', new, old, replaced))
+
+    def before_truncate(self, inode, path):
+        """An open with O_TRUNC empties the file: what it held is unsynced from here."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno)
+        try:
+            self.before_change(inode, fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
     async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:
+            self.before_truncate(inode, self.path(inode))
         try:
             fd = os.open(self.path(inode), flags & ~os.O_CREAT)
         except OSError as e:
@@ -219,6 +282,8 @@ class PowerCutFs(pyfuse3.Operations):
     async def create(self, parent, name, mode, flags, ctx):
         path = self.child(parent, name)
         existed = os.path.exists(path)
+        if existed and flags & os.O_TRUNC:
+            self.before_truncate(os.lstat(path).st_ino, path)
         try:
             fd = os.open(path, flags | os.O_CREAT, mode)
         except OSError as e:
@@ -259,14 +324,39 @@ class PowerCutFs(pyfuse3.Operations):
         return s
 
 
+def guarded(op):
+    """Answers an exception the operation did not expect with EIO (a crash would leave the mount
+    dead: ENOTCONN) and logs it, so the harness reports a harness bug instead of a disk error."""
+    @functools.wraps(op)
+    async def run(self, *args):
+        try:
+            return await op(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            print(f'powercut: unexpected {e!r} in {op.__name__}{args!r}', file=sys.stderr, flush=True)
+            traceback.print_exc()
+            raise pyfuse3.FUSEError(e.errno if isinstance(e, OSError) and e.errno else errno.EIO)
+    return run
+
+
+for _name, _op in list(vars(PowerCutFs).items()):
+    if inspect.iscoroutinefunction(_op):
+        setattr(PowerCutFs, _name, guarded(_op))
+
+
 async def commands(fs, nursery):
     stdin = trio.wrap_file(sys.stdin)
     async for line in stdin:
         words = line.split()
         if words[:2] == ['cut', 'all'] or words[:2] == ['cut', 'torn']:
             rng = random.Random(int(words[2])) if words[1] == 'torn' else None
-            sectors, sizes, entries = fs.cut(rng)
-            print(f'cut: {sectors} sectors, {sizes} sizes, {entries} entries reverted', flush=True)
+            try:
+                sectors, sizes, entries = fs.cut(rng)
+                print(f'cut: {sectors} sectors, {sizes} sizes, {entries} entries reverted', flush=True)
+            except Exception as e:
+                traceback.print_exc()
+                print(f'cut failed: {e!r}', flush=True)
             break
         if words == ['stop']:
             break
@@ -281,12 +371,32 @@ async def main(fs):
         await commands(fs, nursery)
 
 
+def fuse_device_nonblocking():
+    """pyfuse3 waits until /dev/fuse is readable, then reads it. A request can be withdrawn in
+    between (the process that asked was killed: the power cut kills the node), and a blocking read
+    then stops the whole event loop, commands included, until some other request comes: the cut
+    went unanswered. Non-blocking, that read says EAGAIN, which pyfuse3 answers by waiting again."""
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            target = os.readlink(f'/proc/self/fd/{name}')
+        except OSError:
+            continue
+        if target == '/dev/fuse':
+            fd = int(name)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            return
+    raise RuntimeError('no /dev/fuse among the open files')
+
+
 if __name__ == '__main__':
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks, when it does not answer
     backing, mountpoint = sys.argv[1], sys.argv[2]
     fs = PowerCutFs(os.path.realpath(backing))
     options = set(pyfuse3.default_options)
     options.add('fsname=powercut')
     pyfuse3.init(fs, mountpoint, options)
+    fuse_device_nonblocking()
     try:
         trio.run(main, fs)
     finally:
