@@ -43,7 +43,7 @@ export async function mountPowerCut(backing: string, mountpoint: string, timeout
       asked = true;
       try {
         proc.stdin!.write(how === 'all' ? 'cut all\n' : `cut torn ${how.torn}\n`);
-        const line = await withTimeout(next(), timeoutMs, 'no answer to the cut');
+        const line = await withTimeout(nudged(proc, next()), timeoutMs, 'no answer to the cut');
         const m = /^cut: (\d+) sectors, (\d+) sizes, (\d+) entries reverted$/.exec(line);
         if (!m) throw new Error(`power-cut filesystem: ${line}; stderr: ${stderr}`);
         await withTimeout(exited, timeoutMs, 'the power-cut filesystem did not unmount');
@@ -58,7 +58,7 @@ export async function mountPowerCut(backing: string, mountpoint: string, timeout
       asked = true;
       if (proc.exitCode !== null || proc.signalCode !== null) return forceUnmount(proc, mountpoint);
       proc.stdin!.write('stop\n');
-      await withTimeout(exited, timeoutMs, 'the power-cut filesystem did not unmount').catch(() => forceUnmount(proc, mountpoint));
+      await withTimeout(nudged(proc, exited), timeoutMs, 'the power-cut filesystem did not unmount').catch(() => forceUnmount(proc, mountpoint));
     },
     faults() {
       const unexpected = stderr.split('\n').filter((l) => l.startsWith('powercut: unexpected'));
@@ -69,6 +69,20 @@ export async function mountPowerCut(backing: string, mountpoint: string, timeout
       return fresh;
     },
   };
+}
+
+/**
+ * Sends SIGUSR2 every 100 ms until `answer` settles: the filesystem's read of /dev/fuse can block
+ * every Python thread, its command reader included, until a request comes (powercut_fs.py,
+ * commands); the signal ends that read.
+ */
+async function nudged<T>(proc: ChildProcess, answer: Promise<T>): Promise<T> {
+  const timer = setInterval(() => proc.exitCode === null && proc.signalCode === null && proc.kill('SIGUSR2'), 100);
+  try {
+    return await answer;
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 function describeExit(proc: ChildProcess): string {

@@ -15,6 +15,7 @@ stdin, one per line, each answered on stdout:
     stop             unmount and exit, dropping nothing (a clean shutdown)
 
 It prints "ready" once mounted and "cut: N sectors, M sizes, K entries reverted" after a cut.
+Send SIGUSR2 after a command until it is answered (why: see commands()).
 Whoever uses it kills the processes using the mount before a cut (their page cache goes with the
 unmount, as with a real power cut). Not supported: fallocate (EOPNOTSUPP: callers fall back),
 SEEK_DATA/SEEK_HOLE (the kernel reports all data), hard links, xattrs, and restoring a file that
@@ -27,15 +28,17 @@ so the filesystem stays mounted and whoever drives it can report the line; a fat
 prints the Python stack (faulthandler), and SIGUSR1 prints every thread's stack.
 """
 import errno
+import ctypes
 import faulthandler
-import fcntl
 import functools
 import inspect
 import os
 import random
 import signal
 import stat
+import subprocess
 import sys
+import threading
 import traceback
 
 import pyfuse3
@@ -66,6 +69,7 @@ class PowerCutFs(pyfuse3.Operations):
         self.clear_stash()
         self.stashed = {}  # stash path -> inode
         self.stash_count = 0
+        self.lock = threading.RLock()
 
     # --- paths -------------------------------------------------------------------------------
     def path(self, inode):
@@ -330,7 +334,8 @@ def guarded(op):
     @functools.wraps(op)
     async def run(self, *args):
         try:
-            return await op(self, *args)
+            with self.lock:  # never half-way when a cut comes (commands runs on its own thread)
+                return await op(self, *args)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
@@ -345,59 +350,54 @@ for _name, _op in list(vars(PowerCutFs).items()):
         setattr(PowerCutFs, _name, guarded(_op))
 
 
-async def commands(fs, nursery):
-    stdin = trio.wrap_file(sys.stdin)
-    async for line in stdin:
+def commands(fs, mountpoint):
+    """Reads the commands on a thread of its own, not in the event loop: pyfuse3 waits until
+    /dev/fuse is readable and then reads it, holding the GIL, and a request can be withdrawn in
+    between (the process that asked was killed: the power cut kills the node); that read then
+    blocks every Python thread until some other request comes. Whoever sends a command therefore
+    also sends SIGUSR2 until it is answered: the read ends with EINTR, pyfuse3 waits again, and
+    this thread runs. The cut runs under the operations' lock, then detaches the mount and ends
+    the process (the connection goes with it)."""
+    for line in sys.stdin:
         words = line.split()
         if words[:2] == ['cut', 'all'] or words[:2] == ['cut', 'torn']:
             rng = random.Random(int(words[2])) if words[1] == 'torn' else None
-            try:
-                sectors, sizes, entries = fs.cut(rng)
-                print(f'cut: {sectors} sectors, {sizes} sizes, {entries} entries reverted', flush=True)
-            except Exception as e:
-                traceback.print_exc()
-                print(f'cut failed: {e!r}', flush=True)
-            break
+            with fs.lock:
+                try:
+                    sectors, sizes, entries = fs.cut(rng)
+                    print(f'cut: {sectors} sectors, {sizes} sizes, {entries} entries reverted', flush=True)
+                except Exception as e:
+                    traceback.print_exc()
+                    print(f'cut failed: {e!r}', flush=True)
+                detach_and_exit(mountpoint)
         if words == ['stop']:
-            break
+            with fs.lock:
+                detach_and_exit(mountpoint)
         print(f'unknown command: {line.strip()}', flush=True)
-    pyfuse3.terminate()
+    with fs.lock:
+        detach_and_exit(mountpoint)  # stdin closed: whoever drove it is gone
 
 
-async def main(fs):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pyfuse3.main)
-        print('ready', flush=True)
-        await commands(fs, nursery)
-
-
-def fuse_device_nonblocking():
-    """pyfuse3 waits until /dev/fuse is readable, then reads it. A request can be withdrawn in
-    between (the process that asked was killed: the power cut kills the node), and a blocking read
-    then stops the whole event loop, commands included, until some other request comes: the cut
-    went unanswered. Non-blocking, that read says EAGAIN, which pyfuse3 answers by waiting again."""
-    for name in os.listdir('/proc/self/fd'):
-        try:
-            target = os.readlink(f'/proc/self/fd/{name}')
-        except OSError:
-            continue
-        if target == '/dev/fuse':
-            fd = int(name)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-            return
-    raise RuntimeError('no /dev/fuse among the open files')
+def detach_and_exit(mountpoint):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mountpoint), 2) != 0:  # MNT_DETACH; not root: fusermount3 does it
+        subprocess.run(['fusermount3', '-u', '-z', mountpoint], check=False)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == '__main__':
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the stacks, when it does not answer
+    signal.signal(signal.SIGUSR2, lambda *_: None)  # only interrupts a blocked read (see commands)
     backing, mountpoint = sys.argv[1], sys.argv[2]
     fs = PowerCutFs(os.path.realpath(backing))
     options = set(pyfuse3.default_options)
     options.add('fsname=powercut')
     pyfuse3.init(fs, mountpoint, options)
-    fuse_device_nonblocking()
+    threading.Thread(target=commands, args=(fs, mountpoint), daemon=True).start()
+    print('ready', flush=True)
     try:
-        trio.run(main, fs)
+        trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
