@@ -79,6 +79,8 @@ interface Held {
   readonly frames: Array<{ h: FrameHeader; body: Buffer }>;
 }
 
+/** With the peer back, in these states this copy leads: the resync copies from it, or nothing is to copy (AlonePolicy.leads). */
+const LEADING: ReadonlySet<ReplicationState> = new Set(['SyncSource', 'Connected']);
 /**
  * The peer's frames a volume growing online lets through: answers, which this node's own changes
  * in flight wait for (and the growth waits for those). Everything else — its changes, which
@@ -150,7 +152,7 @@ export class MirroredVolume implements Volume {
       (state, rest) => o.meta.saveIdentity({ ...rest, state }),
     );
     this.apply = localAppliers(this.ctx);
-    this.writes = new WritePath(this.ctx, { refusal: () => this.refusesWritesAlone(), wroteAlone: () => this.startTracking() }, o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS);
+    this.writes = new WritePath(this.ctx, { refusal: () => this.refusesWritesAlone(), wroteAlone: () => this.startTracking(), leads: () => LEADING.has(this.state.replication) && !this.stale() }, o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS);
     this.drainLimitMs = (o.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS) / 2;
     this.changes = new PeerChanges(this.ctx, this.apply);
     this.reads = new PeerReads(this.ctx);

@@ -57,6 +57,11 @@ export interface AlonePolicy {
   refusal(): Error | null;
   /** About to write without the peer: start tracking changes (a new generation). */
   wroteAlone(): void;
+  /**
+   * The peer is back and this copy leads: the pair's resync copies from here (SyncSource), or
+   * there is nothing to copy (Connected). What this copy made durable alone then reaches the peer.
+   */
+  leads(): boolean;
 }
 
 export class MirroredWrite {
@@ -470,8 +475,11 @@ export class WritePath {
       meta.flushBitmap((err) => {
         if (err || !client) return done(err);
         quorum.whenWritable((err) => {
-          // The peer is back: the resync it decided may copy its data over what this flush covers.
-          if (!err && peer.connected) err = new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this flush could be answered alone');
+          // The peer is back. If the resync copies from here (or nothing is to copy), what this
+          // flush covers is durable here and reaches the peer: answered — failing it would fail a
+          // client's flush for nothing (seen: an ext4 fsync through attach at the peer's return).
+          // Otherwise the resync may copy the peer's data over it (or has not been decided yet).
+          if (!err && peer.connected) return done(this.alone.leads() ? null : new MirrorError(MirrorCode.HELD_TOO_LONG, 'the peer came back before this flush could be answered alone, and the copy it brings back is the one the pair resyncs from'));
           err ??= this.alone.refusal();
           if (!err) this.alone.wroteAlone();
           done(err);

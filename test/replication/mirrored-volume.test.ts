@@ -500,6 +500,28 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.generation.bitmap).toBe(before.current);
   });
 
+  it('regression flush-at-peer-return: a flush asked alone is answered when the peer comes back and this copy leads, refused while the resync is undecided', async () => {
+    // attach-ext4 (full suite, loaded box): the peer restarted while an fsync's FLUSH waited for
+    // this node's quorum; the flush was failed although this copy, the resync source, held it.
+    const held: Array<(err: Error | null) => void> = [];
+    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { mv, peer } = withStubPeer('b', quorum);
+    peer.connected = false;
+    mv.peerLost('link lost');
+    const results: Array<Error | null | undefined> = [undefined, undefined];
+    mv.flush((e) => (results[0] = e));
+    mv.flush((e) => (results[1] = e));
+    await until(() => held.length === 2);
+    peer.connected = true; // the link is back; the volume has not decided its resync yet
+    held[0]!(null);
+    await until(() => results[0] !== undefined);
+    expect(results[0]).toMatchObject({ code: 'MIRROR_HELD_TOO_LONG' });
+    mv.connected('peer back, nothing to copy'); // decided: this copy leads
+    held[1]!(null);
+    await until(() => results[1] !== undefined);
+    expect(results[1]).toBeNull();
+  });
+
   it('an activity-log flush without the peer (flushForLog) needs no quorum and starts no generation; what the peer may have lost is marked first', async () => {
     const held: Array<(err: Error | null) => void> = [];
     const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
