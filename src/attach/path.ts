@@ -50,6 +50,7 @@ export class NodePath {
   /** Requests of a lost retiring connection, handed back with the path's own when it goes down. */
   private orphans: Forwarded[] = [];
   private renewing = false;
+  private renewedAt = 0;
   private retry: NodeJS.Timeout | undefined;
   private stopped = false;
   private lastFailure: string | undefined;
@@ -107,9 +108,13 @@ export class NodePath {
    * Negotiates the export again on a second connection (the node serves the volume larger than
    * this path's connection negotiated) and moves to it once it is up; nothing is held meanwhile.
    * Only a ready path with no renewal under way; a failure leaves the path on its connection.
+   * At most one per reconnect interval: a node's status gives the new size a moment before the
+   * node offers it (it grows, then offers), so a renewal may find the old size and be asked again.
    */
   renew(reason: string): void {
     if (this.stopped || this.renewing || this.retiring || this.current !== 'ready') return;
+    if (Date.now() - this.renewedAt < this.timing.reconnectMs) return;
+    this.renewedAt = Date.now();
     this.renewing = true;
     this.log.info({ volume: this.volume, node: this.node, size: this.info?.size, reason }, 'path renegotiating the export');
     NodeConnection.open(this.addr, this.volume, this.timing.ioTimeoutMs, this.tls).then(

@@ -22,7 +22,7 @@ afterEach(() => {
 const op = (seq: number): Forwarded => ({ seq, type: Cmd.TRIM, flags: 0, offset: 0, length: 512, data: undefined, sentAt: 0, resent: 0, errno: 0, message: '', extents: undefined });
 
 /** A path to a fake node that holds every request on its first connection (answered by the test), renewed with one in flight there. */
-async function setup() {
+async function setup(grownTo = 2 << 20) {
   const held: FakeRequest[] = [];
   const hold = { later: false };
   const node = await startFakeNode((req, s) => {
@@ -44,7 +44,7 @@ async function setup() {
   await until(() => path.state === 'ready');
   path.send(op(1)); // held by the node on the first connection
   await until(() => held.length === 1);
-  node.setSize(2 << 20);
+  node.setSize(grownTo);
   const before = changed;
   path.renew('grown');
   await until(() => changed > before);
@@ -84,5 +84,18 @@ describe('NodePath.renew', () => {
     expect(lost[0]!.seqs.sort()).toEqual([1, 7]);
     expect(lost[0]!.reason).toMatch(/the connection a renewal replaced was lost with requests in flight/);
     expect(replied).toEqual([]);
+  });
+
+  it('a renewal that finds the node still at the old size keeps the path as it was, and is not asked again within the reconnect interval', async () => {
+    const { node, path, held, replied, lost } = await setup(1 << 20);
+    expect(path.info?.size).toBe(1 << 20);
+    node.sockets[0]!.write(simpleReply(held[0]!, 0));
+    await until(() => replied.includes(1));
+    path.renew('grown, asked again at once');
+    path.send(op(2));
+    await until(() => replied.includes(2));
+    expect(node.sockets.length).toBe(2);
+    expect(path.state).toBe('ready');
+    expect(lost).toEqual([]);
   });
 });

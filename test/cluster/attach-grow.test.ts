@@ -38,13 +38,16 @@ describe.skipIf(missingTools('nbdinfo', 'qemu-io').length > 0)('attach: a volume
     expect(early.info.size).toBe(64 * MiB);
     let stop = false;
     let rounds = 0;
+    let slowestMs = 0; // printed, not asserted (a shared machine): the renewal adds no pause of its own
     // Four writers at once (distinct blocks), so that the renewal finds requests in flight.
     const writer = async (w: number) => {
       for (let i = 0; !stop && i < 100_000; i++) {
         const block = Buffer.alloc(64 * 1024, (w * 64 + i) & 0xff);
         const at = (w * 128 + (i % 128)) * block.length;
+        const t0 = performance.now();
         await early.write(at, block);
         expect((await early.read(at, block.length)).equals(block)).toBe(true);
+        slowestMs = Math.max(slowestMs, performance.now() - t0);
         rounds++;
       }
     };
@@ -62,7 +65,7 @@ describe.skipIf(missingTools('nbdinfo', 'qemu-io').length > 0)('attach: a volume
     expect(Object.values(s.paths).map((x) => x.size)).toEqual([96 * MiB, 96 * MiB]);
     const renewed = attach.logs.filter((l) => l.msg === 'path renewed: new requests on the new connection, the old one drains');
     expect(renewed.map((l) => l.node).sort()).toEqual(['a', 'b']);
-    console.log(`renewals: ${renewed.map((l) => `${String(l.node)} with ${String(l.retiringInFlight)} in flight on the old connection`).join(', ')}; early client rounds ${rounds}`);
+    console.log(`renewals: ${renewed.map((l) => `${String(l.node)} with ${String(l.retiringInFlight)} in flight on the old connection`).join(', ')}; early client rounds ${rounds}, slowest write+read ${slowestMs.toFixed(1)} ms`);
     // It keeps the size it negotiated: attach refuses beyond its old end, as a node would.
     await expect(early.read(64 * MiB, 4096)).rejects.toThrow();
     expect((await early.read(0, 4096)).length).toBe(4096);
