@@ -407,10 +407,10 @@ async function attachStatus(addr: ListenAddress, json: boolean): Promise<void> {
   if (json) return void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   const lines = [`attach: nodes ${Object.entries(body.nodes).map(([n, s]) => `${n} ${s.reachable ? 'answers' : 'does not answer'}`).join(', ')}`];
   for (const [name, v] of Object.entries(body.volumes)) {
-    const paths = Object.entries(v.paths).map(([n, p]) => `${n}${n === v.active ? '*' : ''} ${p.state} (${p.inFlight} in flight)`).join(', ');
+    const paths = Object.entries(v.paths).map(([n, p]) => `${n}${n === v.active ? '*' : ''} ${p.state}${p.size === null ? '' : ` ${formatSize(p.size)}`} (${p.inFlight} in flight)`).join(', ');
     const s = v.lastStall;
     const stall = s ? `  last switch: ${s.kind} ${s.from ?? '-'} -> ${s.to}, paused ${s.pauseMs} ms, ${s.resent} re-sent, ${s.at} (${s.reason})` : '  no fail-over yet';
-    lines.push(`  ${name}: ${v.mode} on ${v.active ?? '-'} (preferred ${v.preferred})  paths ${paths}  held ${v.held}  re-sent ${v.resentTotal}  fail-overs ${v.failovers}  fail-backs ${v.failbacks}`, `    ${v.reason}`, stall);
+    lines.push(`  ${name}: ${v.mode} on ${v.active ?? '-'} (preferred ${v.preferred})  size ${formatSize(v.size)}  paths ${paths}  held ${v.held}  re-sent ${v.resentTotal}  fail-overs ${v.failovers}  fail-backs ${v.failbacks}`, `    ${v.reason}`, stall);
   }
   process.stdout.write(`${lines.join('\n')}\n`);
 }

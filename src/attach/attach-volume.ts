@@ -23,12 +23,19 @@
 // restart, stop) and a new connection to P — the old one's unread requests died with it — takes
 // them again. Reads, FLUSH, CACHE and BLOCK_STATUS change nothing: with no data-changing request
 // of P outstanding, everything moves to any node that serves the volume UpToDate at once.
+//
+// A VOLUME GROWN ONLINE (`followGrowth`): a node whose status gives the volume a larger size than
+// a path's connection negotiated gets that path renewed (path.ts: a second connection, then the
+// old one drains — no mode change, no request held); once both paths have the new size it is
+// offered to new local clients (THE SIZE RULE, offered-size.ts). Connections already open keep
+// the size they negotiated, as NBD clients do.
 import { Cmd, CmdFlag, NbdErr, TransmissionFlag } from '../protocol/constants.js';
 import { NbdError, nbdErrName } from '../protocol/errors.js';
 import type { Logger } from '../log.js';
 import type { VolumeStatus } from '../replication/cluster-node.js';
 import type { Done, Extent, Volume, VolumeCapabilities, ZeroOptions } from '../volume/volume.js';
 import { changesData, type Forwarded } from './node-connection.js';
+import { sizeToOffer } from './offered-size.js';
 import type { NodePath, PathEvents, PathState } from './path.js';
 
 export type AttachMode = 'waiting' | 'active' | 'failing-over' | 'draining';
@@ -67,11 +74,14 @@ export interface PauseRecord {
 }
 
 export interface AttachVolumeStatus {
+  /** Bytes offered to new local clients. */
+  size: number;
   mode: AttachMode;
   active: string | null;
   preferred: string;
   reason: string;
-  paths: Record<string, { state: PathState; reason: string; inFlight: number }>;
+  /** `size`: what the path's connection negotiated with its node. */
+  paths: Record<string, { state: PathState; reason: string; inFlight: number; size: number | null }>;
   held: number;
   resentTotal: number;
   failovers: number;
@@ -115,9 +125,8 @@ export class AttachVolume implements Volume, PathEvents {
   paths: NodePath[] = [];
   capabilities!: VolumeCapabilities;
   /**
-   * What local clients are offered: the size and flags a node announced when the volume was
-   * first served here. A volume grown online keeps this size in attach until attach restarts
-   * (NBD clients keep the size they negotiated anyway); a node serving it larger is fine.
+   * What new local clients are offered: the size and flags a node announced when the volume was
+   * first served here; the size grows with the volume by the size rule (offered-size.ts).
    */
   size = 0;
 
@@ -128,6 +137,8 @@ export class AttachVolume implements Volume, PathEvents {
     private readonly log: Logger,
     /** After a node failed a request with EIO, its status is trusted again only this much later (a fresh poll). */
     private readonly retryAfterMs = 0,
+    /** The offered size grew: new local clients are to be offered `size` from now on. */
+    private readonly grown: (v: AttachVolume) => void = () => {},
   ) {}
 
   /** The two paths (made with this volume as their events); the export's flags come from the first ready one. */
@@ -245,6 +256,7 @@ export class AttachVolume implements Volume, PathEvents {
   /** Called on every path event, status poll and tick: moves the volume on if it can. */
   evaluate(): void {
     if (this.stopping || this.dropping) return;
+    this.followGrowth();
     switch (this.mode) {
       case 'waiting': {
         // The other node only once the preferred one has had its first try (both are dialed at start).
@@ -299,6 +311,22 @@ export class AttachVolume implements Volume, PathEvents {
         return;
       }
     }
+  }
+
+  /** Renews paths that negotiated less than their node serves; offers a size both paths have. */
+  private followGrowth(): void {
+    if (this.size === 0) return; // not offered yet: `describe` sets the first size
+    for (const p of this.paths) {
+      const served = this.statusOf(p.node)?.size;
+      if (p.info && served !== undefined && served > p.info.size) p.renew(`node ${p.node} serves the volume at ${served} bytes, the path's connection negotiated ${p.info.size}`);
+    }
+    const next = sizeToOffer(this.size, this.paths.map((p) => p.info?.size));
+    if (next === this.size) return;
+    const from = this.size;
+    this.size = next;
+    const reason = `grown online: the paths to ${this.paths.map((p) => `${p.node} (${p.info!.size})`).join(' and ')} negotiated at least ${next} bytes`;
+    this.log.info({ volume: this.name, from, to: next, reason }, 'volume size offered');
+    this.grown(this);
   }
 
   /** Ready for I/O: connected, and the node says its copy is UpToDate and it may write. */
@@ -392,11 +420,12 @@ export class AttachVolume implements Volume, PathEvents {
 
   status(): AttachVolumeStatus {
     return {
+      size: this.size,
       mode: this.mode,
       active: this.mode === 'waiting' ? null : this.active!.node,
       preferred: this.preferred,
       reason: this.reason,
-      paths: Object.fromEntries(this.paths.map((p) => [p.node, { state: p.state, reason: p.reason, inFlight: p.inFlight }])),
+      paths: Object.fromEntries(this.paths.map((p) => [p.node, { state: p.state, reason: p.reason, inFlight: p.inFlight, size: p.info?.size ?? null }])),
       held: this.held.length,
       resentTotal: this.resentTotal,
       failovers: this.failovers,

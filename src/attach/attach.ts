@@ -73,20 +73,27 @@ export async function startAttach(o: AttachOptions): Promise<RunningAttach> {
 
   const addVolume = (name: string): void => {
     const preferred = config.volumes[name]?.preferredNode ?? nodeNames[0]!;
-    const v = new AttachVolume(name, preferred, (node) => watches.get(node)!.volume(name), attachLog, 2 * config.attach.statusInterval);
+    const v = new AttachVolume(name, preferred, (node) => watches.get(node)!.volume(name), attachLog, 2 * config.attach.statusInterval, offerGrown);
     // The preferred path first: it is dialed first and its flags are the export's.
     const order = [preferred, ...nodeNames.filter((n) => n !== preferred)];
     v.attachPaths(order.map((n) => new NodePath(n, reachable(config.nodes[n]!.nbd), name, timing, log.child({ component: 'path' }), v, tlsFor.get(n))));
     volumes.set(name, v);
     for (const p of v.paths) p.start();
   };
+  const offer = (v: AttachVolume) => registry.add(v.name, v, `nbd-mirror volume ${v.name} (${formatSize(v.size)}) through attach, preferred node ${v.preferred}`);
+  /** The volume grew online: new local clients negotiate the new size; open connections keep theirs. */
+  function offerGrown(v: AttachVolume): void {
+    if (!registered.has(v.name)) return;
+    registry.remove(v.name);
+    offer(v);
+  }
   /** Offers a volume to local clients once a node has told its size and flags. */
   const register = (v: AttachVolume): boolean => {
     if (registered.has(v.name)) return true;
     const ready = v.paths.find((p) => p.info !== undefined);
     if (!ready) return false;
     v.describe(ready.info!.size, capabilitiesFrom(ready.info!.flags));
-    registry.add(v.name, v, `nbd-mirror volume ${v.name} (${formatSize(v.size)}) through attach, preferred node ${v.preferred}`);
+    offer(v);
     registered.add(v.name);
     attachLog.info({ volume: v.name, size: v.size, preferred: v.preferred }, 'volume served');
     return true;

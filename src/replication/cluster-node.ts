@@ -68,6 +68,8 @@ export interface VolumeStatus {
   /** What the pair does with this volume (replication-state.ts). */
   replication: ReplicationState;
   disk: DiskStateName;
+  /** The volume's size in bytes on this node (it grows online: attach renews its paths by it). */
+  size: number;
   /** The peer said its disk failed: this node holds the only good copy (and tracks every change for it). */
   peerDiskFailed: boolean;
   outOfSyncBytes: number;
@@ -583,6 +585,7 @@ export class ClusterNode {
       connection: v.mirror.replication === 'Diverged' ? 'StandAlone' : this.link.state,
       replication: v.mirror.replication,
       disk: v.mirror.state.disk,
+      size: v.file.size,
       peerDiskFailed: v.mirror.peerDiskFailed,
       outOfSyncBytes: v.meta.bitmap.count() * GRAIN,
       allocatedBytes: v.file.allocatedBytes(),

@@ -1,7 +1,8 @@
 // The fail-over decisions of an attached volume, with two scripted paths and scripted node
 // status: the re-send rule (a write that reached a failed node goes to the other only once that
 // one writes alone), reads moving at once, a node reconnected taking its requests back, and a
-// fail-back that drains and re-sends nothing.
+// fail-back that drains and re-sends nothing; a volume grown online offered once both paths
+// negotiated the new size.
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { AttachVolume, capabilitiesFrom, MAX_EIO_RETRIES } from '../../src/attach/attach-volume.js';
@@ -21,6 +22,7 @@ class FakePath {
   sent: Forwarded[] = [];
   inFlightOps: Forwarded[] = [];
   dropped = 0;
+  renewals = 0;
   constructor(
     readonly node: string,
     private readonly v: () => AttachVolume,
@@ -56,11 +58,19 @@ class FakePath {
     this.state = state;
     this.v().changed(this as unknown as NodePath);
   }
+  /** A renewal asked; `renewed` is the new connection negotiating `size`. */
+  renew(): void {
+    this.renewals++;
+  }
+  renewed(size: number): void {
+    this.info = { ...this.info, size };
+    this.v().changed(this as unknown as NodePath);
+  }
   checkStall(): void {}
   stop(): void {}
 }
 
-const healthy = volumeStatus();
+const healthy = volumeStatus({ size: SIZE });
 const alone: VolumeStatus = { ...healthy, connection: 'Connecting', replication: 'Connecting', quorum: 'alone', outOfSyncBytes: 4096 };
 
 function setup() {
@@ -69,13 +79,14 @@ function setup() {
   let v: AttachVolume;
   const a = new FakePath('a', () => v);
   const b = new FakePath('b', () => v);
-  v = new AttachVolume('vol0', 'a', (n) => status[n], pino({ level: 'silent' }));
+  const offered: number[] = [];
+  v = new AttachVolume('vol0', 'a', (n) => status[n], pino({ level: 'silent' }), 0, (x) => offered.push(x.size));
   v.attachPaths([a, b] as unknown as NodePath[]);
   v.describe(SIZE, capabilitiesFrom(0));
   const results: Array<[string, Error | null]> = [];
   const write = (tag: string) => v.write(Buffer.alloc(4096), 0, false, (e) => results.push([tag, e]));
   const read = (tag: string) => v.read(Buffer.alloc(4096), 0, (e) => results.push([tag, e]));
-  return { v, a, b, status, results, write, read };
+  return { v, a, b, status, results, write, read, offered };
 }
 
 describe('AttachVolume', () => {
@@ -192,6 +203,37 @@ describe('AttachVolume', () => {
     for (let i = 0; i < MAX_EIO_RETRIES + 1 && a.inFlightOps.length > 0; i++) a.answer(a.inFlightOps[0]!, NbdErr.EIO);
     expect(a.sent.length).toBe(MAX_EIO_RETRIES + 1);
     expect(results.map(([t, e]) => [t, (e as { code?: string } | null)?.code])).toEqual([['r1', 'EIO']]);
+  });
+
+  it('a volume grown online: both paths renewed, the new size offered only once both negotiated it, no mode change', () => {
+    const { v, a, b, status, write, offered } = setup();
+    write('w1');
+    status.a = { ...healthy, size: 2 * SIZE };
+    v.evaluate();
+    expect([a.renewals, b.renewals]).toEqual([1, 0]); // b's node does not say so yet
+    status.b = { ...healthy, size: 2 * SIZE };
+    v.evaluate();
+    expect(b.renewals).toBe(1);
+    a.renewed(2 * SIZE);
+    expect(v.status().size).toBe(SIZE); // b's connection still has the old end: a fail-over there would refuse beyond it
+    b.renewed(2 * SIZE);
+    expect(v.status()).toMatchObject({ size: 2 * SIZE, mode: 'active', active: 'a', held: 0, resentTotal: 0 });
+    expect(offered).toEqual([2 * SIZE]);
+    v.evaluate();
+    expect(offered).toEqual([2 * SIZE]); // once
+  });
+
+  it('a path whose node serves less than offered is not used', () => {
+    const { v, a, status } = setup();
+    status.b = alone;
+    a.info = { size: SIZE / 2, flags: 0 };
+    a.lose('killed');
+    a.set('ready');
+    expect(v.status()).toMatchObject({ active: 'b', size: SIZE });
+    status.a = healthy;
+    status.b = healthy;
+    v.evaluate();
+    expect(v.status().active).toBe('b'); // no fail-back to a node that would refuse the end of the volume
   });
 });
 

@@ -5,38 +5,17 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NodeConnection, type Forwarded } from '../../src/attach/node-connection.js';
 import { Cmd, NbdErr } from '../../src/protocol/constants.js';
-import { Handshake } from '../../src/protocol/handshake.js';
 import { simpleReply } from '../../src/protocol/replies.js';
-import { decodeRequestHeader } from '../../src/protocol/requests.js';
-import { ExportRegistry } from '../../src/server/exports.js';
-import type { Volume } from '../../src/volume/volume.js';
+import { startFakeNode, type FakeNode, type FakeRequest } from '../support/fake-node.js';
 
-const servers: net.Server[] = [];
-afterEach(() => servers.splice(0).forEach((s) => s.close()));
+const nodes: FakeNode[] = [];
+afterEach(() => nodes.splice(0).forEach((n) => n.close()));
 
 /** A node that negotiates like ours, then answers each request with `answer(header bytes)`. */
-async function fakeNode(answer: (req: ReturnType<typeof decodeRequestHeader>) => Buffer): Promise<number> {
-  const registry = new ExportRegistry();
-  const volume = { size: 1 << 20, capabilities: { readOnly: false, flush: true, fua: true, trim: true, zero: true, fastZero: false, cache: false, multiConn: true } } as unknown as Volume;
-  registry.add('vol0', volume);
-  const server = net.createServer((s) => {
-    const hs = new Handshake(registry, () => false, 'off');
-    let transmission = false;
-    s.write(Handshake.greeting());
-    s.on('data', (chunk: Buffer) => {
-      if (!transmission) {
-        const step = hs.receive(chunk);
-        for (const b of step.out) s.write(b);
-        if (step.outcome.kind === 'ready') transmission = true;
-        return;
-      }
-      for (let at = 0; at + 28 <= chunk.length; at += 28) s.write(answer(decodeRequestHeader(chunk, at)));
-    });
-    s.on('error', () => undefined);
-  });
-  servers.push(server);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return (server.address() as net.AddressInfo).port;
+async function fakeNode(answer: (req: FakeRequest) => Buffer): Promise<number> {
+  const node = await startFakeNode(answer);
+  nodes.push(node);
+  return node.port;
 }
 
 const op = (seq: number): Forwarded => ({ seq, type: Cmd.READ, flags: 0, offset: 0, length: 4096, data: Buffer.alloc(4096), sentAt: 0, resent: 0, errno: 0, message: '', extents: undefined });
@@ -53,8 +32,8 @@ describe('NodeConnection', () => {
   });
 
   for (const [what, answer] of [
-    ['a bad reply magic', (r: ReturnType<typeof decodeRequestHeader>) => Buffer.from(simpleReply(r, 0)).fill(0xee, 0, 4)],
-    ['a cookie never sent', (r: ReturnType<typeof decodeRequestHeader>) => simpleReply({ ...r, cookieLo: r.cookieLo + 1000 }, 0)],
+    ['a bad reply magic', (r: FakeRequest) => Buffer.from(simpleReply(r, 0)).fill(0xee, 0, 4)],
+    ['a cookie never sent', (r: FakeRequest) => simpleReply({ ...r, cookieLo: r.cookieLo + 1000 }, 0)],
   ] as const) {
     it(`${what} ends the connection and hands its requests back`, async () => {
       const port = await fakeNode(answer);
@@ -69,10 +48,10 @@ describe('NodeConnection', () => {
 
   it('a node that never finishes the handshake is given up after the timeout', async () => {
     const server = net.createServer(() => undefined); // accepts, says nothing
-    servers.push(server);
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as net.AddressInfo).port;
     await expect(NodeConnection.open({ host: '127.0.0.1', port }, 'vol0', 200)).rejects.toThrow(/no handshake within 200 ms/);
+    server.close();
   });
 });
 

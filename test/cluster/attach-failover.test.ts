@@ -201,9 +201,9 @@ describe.skipIf(missingTools('fio', 'qemu-io').length > 0)('attach: fail-over an
     await admin('a', 'volume', 'create', 'vol9', '--size', '16M');
     await until(async () => (await attachStatus(attach.adminPort, 'vol9'))?.active === 'a', 15_000);
     await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${attach.port}/vol9`, '-c', 'write -P 0x39 8M 64k']);
-    // vol0 grown online: the nodes now serve it larger; attach keeps offering 64M, and its paths stay usable.
-    await admin('a', 'volume', 'resize', 'vol0', '--size', '96M');
+    // vol0 grown online: a client of before keeps its 64M (attach-grow.test.ts: what new ones see).
     const client = await NbdClient.connect({ port: attach.port, exportName: 'vol0' });
+    await admin('a', 'volume', 'resize', 'vol0', '--size', '96M');
     expect(client.info.size).toBe(64 * 2 ** 20);
     await client.write(0, Buffer.alloc(4096, 0x42));
     await pair.a.stop('SIGKILL');

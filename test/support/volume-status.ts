@@ -7,6 +7,7 @@ export const volumeStatus = (over: Partial<VolumeStatus> = {}): VolumeStatus => 
   replication: 'Connected',
   peerDiskFailed: false,
   disk: 'UpToDate',
+  size: 64 * 2 ** 20,
   outOfSyncBytes: 0,
   allocatedBytes: 0,
   resync: null,
