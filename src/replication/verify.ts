@@ -119,12 +119,14 @@ export class VerifyRun {
   /**
    * The peer's holes in the span asked (`covered`: the part its answer covers, from the span's
    * start). An answer for no open span (a verify that ended) is dropped; one that does not fit
-   * the span asked is a protocol violation.
+   * the span asked, or stops inside a block (the next span would not start on one), is a
+   * protocol violation.
    */
   onHoles(id: bigint, offset: number, covered: number, holes: HolesAnswer['holes']): void {
     const s = this.span;
     if (!s || s.id !== id || this.finished) return;
-    if (offset !== s.offset || covered > s.length) throw new ProtocolViolation(`VERIFY_HOLES answers ${offset}+${covered} for ${s.offset}+${s.length}`);
+    const blockEnd = (offset + covered) % this.h.blockSize === 0 || offset + covered === this.h.size;
+    if (offset !== s.offset || covered > s.length || !blockEnd) throw new ProtocolViolation(`VERIFY_HOLES answers ${offset}+${covered} for ${s.offset}+${s.length}`);
     this.h.localHoles(offset, covered, (ours) => {
       this.span = undefined;
       if (this.finished) return;

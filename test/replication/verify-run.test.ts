@@ -90,6 +90,7 @@ describe('VerifyRun: the hole walk', () => {
     t.run.start();
     expect(() => t.run.onHoles(1n, MiB, MiB, [])).toThrow(ProtocolViolation);
     expect(() => t.run.onHoles(1n, 0, GiB + 4096, [])).toThrow(/VERIFY_HOLES answers 0\+1073745920 for 0\+1073741824/);
+    expect(() => t.run.onHoles(1n, 0, MiB + 512, [])).toThrow(/VERIFY_HOLES answers 0\+1049088/);
     t.run.onHoles(99n, 0, GiB, []);
     expect(t.lookups).toHaveLength(0);
     t.run.askHolesAgain(1n);
