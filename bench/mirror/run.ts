@@ -3,9 +3,9 @@
 // a plain one, and resync time for 1 %, 10 % and 100 % of a volume dirty vs nbdcopy copying the
 // same volume between two nbdkits; then the full sync of a new node for a mostly empty thin
 // volume (--thin-size virtual, --thin-data of it written, spread evenly in 1 MiB pieces) vs
-// nbdcopy copying just that data.
+// nbdcopy copying just that data, and `nbd-mirror verify` of that volume once both nodes have it.
 //   npm run bench:mirror [-- --size 4G] [--runtime 5] [--json] [--writes-only] [--thin-only] [--thin-size 64G] [--thin-data 1G]
-// --writes-only: the write rows only (no resync part); --thin-only: the thin full sync only.
+// --writes-only: the write rows only (no resync part); --thin-only: the thin full sync and verify only.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
@@ -16,7 +16,7 @@ import { parseSize } from '../../src/config/units.js';
 import { issueCertificate, makeCa } from '../../src/security/keygen-ca.js';
 import { pairPorts, until, volumeStatus, writePairConfig } from '../../test/support/cluster.js';
 import { NbdClient } from '../../test/support/nbd-client.js';
-import { startClusterNode, startNbdkit, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
+import { cliPath, startClusterNode, startNbdkit, startNbdMirror, type RunningServer } from '../../test/support/processes.js';
 import { toolEnv } from '../../test/support/tools.js';
 
 const { values: opts } = parseArgs({
@@ -91,6 +91,16 @@ async function thinFullSync(dir: string, procs: RunningServer[]): Promise<void> 
     { case: 'thin full sync', virtualBytes: virtual, dataBytes: data, seconds, wallSeconds: wall, wireBytes, vsNbdcopy: copySeconds / seconds },
     `full sync ${opts['thin-size']} thin, ${opts['thin-data']} data: ${seconds.toFixed(2)} s (${(wireBytes / MiB).toFixed(0)} MiB over the link); start to UpToDate ${wall.toFixed(2)} s; nbdcopy / sync ${(copySeconds / seconds).toFixed(2)}x`,
   );
+  // Verify of the synced pair, three runs: the CLI's wall time (start to report).
+  for (let run = 1; run <= 3; run++) {
+    const t0 = Date.now();
+    const report = JSON.parse(execFileSync(process.execPath, [cliPath, 'verify', '--admin', `127.0.0.1:${p.adminA}`, '--volume', 'vol0', '--json'], { encoding: 'utf8' })) as { seconds: number; outOfSyncBytes: number; holeBytes: number; skippedHoleBytes?: number };
+    const verifyWall = (Date.now() - t0) / 1000;
+    out(
+      { case: 'thin verify', run, virtualBytes: virtual, dataBytes: data, wallSeconds: verifyWall, ...report },
+      `nbd-mirror verify ${opts['thin-size']} thin, ${opts['thin-data']} data, run ${run}: ${verifyWall.toFixed(2)} s (node: ${report.seconds.toFixed(2)} s); out of sync ${report.outOfSyncBytes}, holes compared ${(report.holeBytes / MiB).toFixed(0)} MiB, holes skipped ${report.skippedHoleBytes === undefined ? '-' : (report.skippedHoleBytes / MiB).toFixed(0)} MiB`,
+    );
+  }
 }
 
 async function main(): Promise<void> {

@@ -28,6 +28,8 @@ export interface VerifyResult {
   rechecks: number;
   /** Bytes of the verifying node's copy that were holes (thin volume): compared without reading. */
   holeBytes: number;
+  /** Bytes that were holes on both nodes: verified from the allocation maps alone (no digests). */
+  skippedHoleBytes: number;
   seconds: number;
   repaired: boolean;
   repairSource: string | null;
@@ -74,6 +76,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
     unverifiedBytes: v.unverifiedBytes,
     rechecks: v.rechecks,
     holeBytes: v.holeBytes,
+    skippedHoleBytes: v.skippedHoleBytes,
     seconds: v.seconds,
     repaired,
     repairSource: v.repairSource,
@@ -84,6 +87,7 @@ export async function runVerify(o: VerifyOptions, out: (text: string) => void = 
 
 function describe(r: VerifyResult): string {
   const lines = [`${r.volume}: verified ${formatSize(r.totalBytes)} on node ${r.node} against its peer in ${r.seconds.toFixed(1)} s`];
+  if (r.skippedHoleBytes > 0) lines.push(`  ${formatSize(r.skippedHoleBytes)} of it holes on both nodes (not compared block by block)`);
   if (r.outOfSyncBytes === 0) lines.push('  both copies are identical');
   else {
     lines.push(`  ${formatSize(r.outOfSyncBytes)} out of sync in ${r.ranges.length} range(s), marked out of sync on both nodes:`);

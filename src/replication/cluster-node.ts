@@ -628,6 +628,7 @@ export class ClusterNode {
       unverifiedBytes: 0,
       rechecks: 0,
       holeBytes: 0,
+      skippedHoleBytes: 0,
     };
     let refused: Error | null = null;
     v.mirror.verify((err, report) => {

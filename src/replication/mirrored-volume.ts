@@ -178,6 +178,8 @@ export class MirroredVolume implements Volume {
       [PeerMsg.RS_DIFF]: (h, b) => this.onResyncData(target(), h, b),
       [PeerMsg.VERIFY_REQUEST]: (h, b) => this.verifier.onRequest(h.id, b),
       [PeerMsg.VERIFY_DIGESTS]: (h, b) => this.verifier.onDigests(h.id, b),
+      [PeerMsg.VERIFY_HOLES_REQUEST]: (h, b) => this.verifier.onHolesRequest(h.id, b),
+      [PeerMsg.VERIFY_HOLES]: (h, b) => this.verifier.onHoles(h.id, b),
       [PeerMsg.RESYNC_NOW]: (_h, b) => o.onResyncAsked?.(b.readUInt32BE(0) === 1 ? 'source' : 'target'),
       [PeerMsg.DISK_FAILED]: (_h, b) => this.markPeerDiskFailed(`the peer's disk failed (${statusErrno(b.readUInt32BE(0))})`),
     });

@@ -179,6 +179,14 @@ export const FRAME_RULES: ReadonlyMap<number, FrameRule> = new Map<number, Frame
     PeerMsg.VERIFY_DIGESTS,
     { name: 'VERIFY_DIGESTS', minBody: RANGE_SIZE, maxBody: RANGE_SIZE + (MAX_COMPARE_RANGE / MIN_BLOCK) * 8, scope: 'volume', range: { kind: 'range', maxLength: MAX_COMPARE_RANGE, blocks: true }, body: digestsMatch },
   ],
+  // A verify's hole walk: the request as RS_HOLES_REQUEST (answered from the allocation map), but
+  // from a verifier, so only outside a resync; the answer, an RS_HOLES body, may come any time
+  // (a verify cut short still gets its answers; one for no open request is dropped).
+  [PeerMsg.VERIFY_HOLES_REQUEST, { name: 'VERIFY_HOLES_REQUEST', minBody: RANGE_SIZE, maxBody: RANGE_SIZE, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: notEmpty, legal: noResync }],
+  [
+    PeerMsg.VERIFY_HOLES,
+    { name: 'VERIFY_HOLES', minBody: HOLES_FIXED_SIZE, maxBody: HOLES_FIXED_SIZE + HOLE_RUN_SIZE * MAX_HOLE_RUNS, scope: 'volume', range: { kind: 'range', maxLength: MAX_HOLES_RANGE }, body: holeRuns },
+  ],
   [PeerMsg.DISK_FAILED, { name: 'DISK_FAILED', minBody: 4, maxBody: 4, scope: 'volume' }],
   [
     PeerMsg.RESYNC_NOW,
@@ -251,7 +259,7 @@ function notEmpty(_b: Buffer, r: Range): string | undefined {
   return r.length > 0 ? undefined : 'an empty range';
 }
 
-/** RS_HOLES: a range answered, then its hole runs, each inside it, in order, apart. */
+/** RS_HOLES, VERIFY_HOLES: a range answered, then its hole runs, each inside it, in order, apart. */
 function holeRuns(body: Buffer, r: Range): string | undefined {
   if (r.length === 0) return 'an empty range';
   try {

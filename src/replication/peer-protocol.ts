@@ -18,8 +18,10 @@ export const PEER_MAGIC = 0x4e424d52; // "NBMR"
  * 3: VOLUME_OP/VOLUME_OP_ACK (volumes changed online); an RS_DATA without data says its range is
  *    all zeros (RS_DATA_ZERO).
  * 4: RS_HOLES_REQUEST/RS_HOLES (a resync target learns the source's holes of up to 1 GiB at once
- *    and pulls only the data). A node of version 3 is refused at HELLO, as every other version:
- *    both nodes of a pair are upgraded together.
+ *    and pulls only the data); VERIFY_HOLES_REQUEST/VERIFY_HOLES (a verifier learns the peer's
+ *    holes the same way and skips the ranges that are holes on both nodes — added to 4 without
+ *    a new version: no release ever spoke 4 without them). A node of version 3 is refused at
+ *    HELLO, as every other version: both nodes of a pair are upgraded together.
  */
 export const PEER_VERSION = 4;
 export const FRAME_HEADER_SIZE = 20;
@@ -91,6 +93,10 @@ export const enum PeerMsg {
    * that (u64). The rest of the range is data.
    */
   RS_HOLES = 54,
+  /** Verify, verifier → peer: your holes in this range (at most MAX_HOLES_RANGE)? (range body). */
+  VERIFY_HOLES_REQUEST = 55,
+  /** Verify, peer → verifier: its holes, in an RS_HOLES body (encodeHoles). */
+  VERIFY_HOLES = 56,
   /** Start a resync now (after verify --repair): body u32, 1 = the receiver is the source, 0 = the target. */
   RESYNC_NOW = 51,
   /**

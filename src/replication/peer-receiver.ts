@@ -5,7 +5,7 @@
 //
 // Body ownership (the link's receive budget counts a frame until its body is given back): a data
 // frame's body (WRITE, RS_DATA, RS_DIFF) is written from in place, and a range request's (RS_REQUEST,
-// RS_CSUM_REQUEST, RS_HOLES_REQUEST, PEER_READ, VERIFY_REQUEST) is kept until its answer is sent, so their handlers
+// RS_CSUM_REQUEST, RS_HOLES_REQUEST, PEER_READ, VERIFY_REQUEST, VERIFY_HOLES_REQUEST) is kept until its answer is sent, so their handlers
 // give the body back (peer.release) themselves; such a handler does all that may throw before its
 // I/O starts, and a throw before then gives the body back here. Every other frame is done with
 // its body when its handler returns.
@@ -36,10 +36,12 @@ export type VolumeFrameType =
   | PeerMsg.RS_DIFF
   | PeerMsg.VERIFY_REQUEST
   | PeerMsg.VERIFY_DIGESTS
+  | PeerMsg.VERIFY_HOLES_REQUEST
+  | PeerMsg.VERIFY_HOLES
   | PeerMsg.RESYNC_NOW
   | PeerMsg.DISK_FAILED;
 
-const KEEPS_BODY: ReadonlySet<number> = new Set([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.RS_DIFF, PeerMsg.RS_REQUEST, PeerMsg.RS_CSUM_REQUEST, PeerMsg.RS_HOLES_REQUEST, PeerMsg.PEER_READ, PeerMsg.VERIFY_REQUEST]);
+const KEEPS_BODY: ReadonlySet<number> = new Set([PeerMsg.WRITE, PeerMsg.RS_DATA, PeerMsg.RS_DIFF, PeerMsg.RS_REQUEST, PeerMsg.RS_CSUM_REQUEST, PeerMsg.RS_HOLES_REQUEST, PeerMsg.PEER_READ, PeerMsg.VERIFY_REQUEST, PeerMsg.VERIFY_HOLES_REQUEST]);
 
 export class PeerReceiver {
   constructor(

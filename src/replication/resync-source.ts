@@ -4,10 +4,9 @@
 // target acknowledges durable copies (RS_ACK). The receiver's table (peer-frames.ts) admits
 // these frames only while this node is a source that has the target's dirty runs.
 import type { MirrorContext } from './mirror-context.js';
-import { answerRange, inPlace } from './range-answer.js';
+import { answerHoles, answerRange } from './range-answer.js';
 import type { ResyncRun } from './resync.js';
-import { holesAnswer } from './resync-holes.js';
-import { decodeRange, encodeDigest, encodeHoles, encodeRange, MAX_HOLE_RUNS, PeerMsg, RS_DATA_ZERO, sealDigest } from './peer-protocol.js';
+import { decodeRange, encodeDigest, encodeRange, PeerMsg, RS_DATA_ZERO, sealDigest } from './peer-protocol.js';
 
 export class ResyncSource {
   constructor(
@@ -41,19 +40,7 @@ export class ResyncSource {
    * allocation map that cannot be read answers "no holes": the target then pulls the whole range.
    */
   onHolesRequest(id: bigint, body: Buffer): void {
-    const { ctx } = this;
-    const { offset, length } = decodeRange(body);
-    inPlace(ctx, 'RS_HOLES_REQUEST', id, body, offset, length, (finish) => {
-      // Alternating holes and data: twice as many extents as hole runs, and one to see past the last.
-      ctx.local.extents(offset, length, 2 * MAX_HOLE_RUNS + 1, ctx.guard('RS_HOLES_REQUEST', (err, extents) => {
-        try {
-          const answer = err ? { length, holes: [] } : holesAnswer(offset, length, extents, ctx.grain, ctx.size, MAX_HOLE_RUNS);
-          ctx.peer.send(PeerMsg.RS_HOLES, id, encodeHoles(ctx.index, offset, answer.length, answer.holes, (b) => ctx.hot.digestOf(b)));
-        } finally {
-          finish();
-        }
-      }));
-    });
+    answerHoles(this.ctx, 'RS_HOLES_REQUEST', PeerMsg.RS_HOLES, id, body);
   }
 
   /** RS_CSUM_REQUEST: compared with the target's digests; only the blocks that differ are sent. */

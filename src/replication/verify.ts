@@ -1,6 +1,17 @@
 // Online verify: compares every block of a volume on both nodes by XXH3 digest while clients
 // keep working, paced by the rate limiter.
 //
+// It walks the volume span by span (up to MAX_HOLES_RANGE): first it asks the peer for its holes
+// in the span (answered from its allocation map once every earlier write to the span is on its
+// disk; later writes wait for the answer), then looks up its own. A range that is a hole on both
+// nodes is all zeros on both: it counts as verified without a digest (skippedHoleBytes). Every
+// other range is compared by digests, chunk by chunk — a hole on one side compares as zeros
+// against the other's data. The rule that keeps a write from hiding a difference: from the
+// holes request until our own lookup, every write to the span in flight here, starting here or
+// arriving from the peer touches it, and a touched range is compared, never skipped. (The
+// peer's answer includes every write it applied before; those it sent before answering reached
+// us inside the window or were already here. A write after our lookup reaches both copies.)
+//
 // For each 1 MiB chunk this node (the verifier) asks the peer for its block digests, then reads
 // and digests its own copy when the answer arrives, and compares (WASM diff). The peer computes
 // its digests after every earlier write to the range is on its disk, and holds later writes
@@ -10,8 +21,11 @@
 // nothing: that block is checked again later. A difference in an untouched block is real.
 // (Every peer write the peer's digests include was sent before its answer, so it reached us
 // inside the window, or was already on our disk.)
+import { ProtocolViolation } from '../protocol/errors.js';
 import type { RateLimiter } from './rate-limit.js';
 import { COMPARE_CHUNK, type BlockComparer } from './block-compare.js';
+import { MAX_HOLES_RANGE } from './peer-protocol.js';
+import type { HolesAnswer } from './resync-holes.js';
 
 export interface ByteRange {
   offset: number;
@@ -25,6 +39,10 @@ export interface VerifyHooks {
   readonly rate: RateLimiter;
   /** Sends the digest request for a chunk; false when the peer is gone. */
   requestDigests(id: bigint, offset: number, length: number): boolean;
+  /** Asks the peer for its holes in a span; false when the peer is gone. */
+  requestHoles(id: bigint, offset: number, length: number): boolean;
+  /** Our own holes from `offset` (whole blocks; the answer may cover less than `length`). */
+  localHoles(offset: number, length: number, done: (answer: HolesAnswer) => void): void;
   /** Ranges of writes in flight here now that overlap [offset, end). */
   inFlight(offset: number, end: number): Array<[number, number]>;
   /** Reads our copy of a range; empty data for a hole (zeros, not read). */
@@ -44,6 +62,8 @@ export interface VerifyReport {
   rechecks: number;
   /** Bytes of this node's copy compared as holes (a thin volume's unallocated ranges): not read. */
   holeBytes: number;
+  /** Bytes that were holes on both nodes: verified without digests (counted in doneBytes, not in holeBytes). */
+  skippedHoleBytes: number;
 }
 
 /** Chunk requests in flight at once. */
@@ -58,10 +78,21 @@ interface Open {
   touched: Array<[number, number]>;
 }
 
+/** The span whose holes were asked of the peer, until our own lookup is done. */
+interface OpenSpan {
+  id: bigint;
+  offset: number;
+  length: number;
+  touched: Array<[number, number]>;
+}
+
 export class VerifyRun {
   readonly report: VerifyReport;
   private readonly queue: Array<{ offset: number; length: number; checks: number }> = [];
   private readonly open = new Map<bigint, Open>();
+  private span: OpenSpan | undefined;
+  /** Where the next span starts: everything before it is queued, open or settled. */
+  private cursor = 0;
   private waitingForRate = 0;
   private finished = false;
 
@@ -69,8 +100,7 @@ export class VerifyRun {
     private readonly h: VerifyHooks,
     private readonly done: (err: Error | null, report: VerifyReport) => void,
   ) {
-    this.report = { totalBytes: h.size, doneBytes: 0, outOfSyncBytes: 0, ranges: [], unverifiedBytes: 0, rechecks: 0, holeBytes: 0 };
-    for (let off = 0; off < h.size; off += COMPARE_CHUNK) this.queue.push({ offset: off, length: Math.min(COMPARE_CHUNK, h.size - off), checks: 0 });
+    this.report = { totalBytes: h.size, doneBytes: 0, outOfSyncBytes: 0, ranges: [], unverifiedBytes: 0, rechecks: 0, holeBytes: 0, skippedHoleBytes: 0 };
   }
 
   start(): void {
@@ -82,6 +112,45 @@ export class VerifyRun {
     for (const o of this.open.values()) {
       if (end > o.offset && offset < o.offset + o.length) o.touched.push([Math.max(offset, o.offset), Math.min(end, o.offset + o.length)]);
     }
+    const s = this.span;
+    if (s && end > s.offset && offset < s.offset + s.length) s.touched.push([offset, end]);
+  }
+
+  /**
+   * The peer's holes in the span asked (`covered`: the part its answer covers, from the span's
+   * start). An answer for no open span (a verify that ended) is dropped; one that does not fit
+   * the span asked, or stops inside a block (the next span would not start on one), is a
+   * protocol violation.
+   */
+  onHoles(id: bigint, offset: number, covered: number, holes: HolesAnswer['holes']): void {
+    const s = this.span;
+    if (!s || s.id !== id || this.finished) return;
+    const blockEnd = (offset + covered) % this.h.blockSize === 0 || offset + covered === this.h.size;
+    if (offset !== s.offset || covered > s.length || !blockEnd) throw new ProtocolViolation(`VERIFY_HOLES answers ${offset}+${covered} for ${s.offset}+${s.length}`);
+    this.h.localHoles(offset, covered, (ours) => {
+      this.span = undefined;
+      if (this.finished) return;
+      const end = offset + Math.min(covered, ours.length);
+      const skip = subtractRanges(intersectRanges(holes, ours.holes), s.touched, this.h.blockSize, this.h.size);
+      let at = offset;
+      for (const k of [...skip, { offset: end, length: 0 }]) {
+        const from = Math.min(k.offset, end);
+        this.queueCompare(at, from);
+        const to = Math.min(k.offset + k.length, end);
+        this.report.skippedHoleBytes += Math.max(0, to - from);
+        this.report.doneBytes += Math.max(0, to - from);
+        at = Math.max(at, to);
+      }
+      this.cursor = end;
+      this.pump();
+    });
+  }
+
+  /** The peer's holes answer was damaged: asked again (the touched window just grows). */
+  askHolesAgain(id: bigint): void {
+    const s = this.span;
+    if (!s || s.id !== id || this.finished) return;
+    if (!this.h.requestHoles(s.id, s.offset, s.length)) this.fail(new Error('peer link lost during verify'));
   }
 
   /** The peer's digests for a chunk. */
@@ -112,8 +181,19 @@ export class VerifyRun {
     this.fail(new Error(reason));
   }
 
+  private queueCompare(from: number, to: number): void {
+    for (let off = from; off < to; off += COMPARE_CHUNK) this.queue.push({ offset: off, length: Math.min(COMPARE_CHUNK, to - off), checks: 0 });
+  }
+
   private pump(): void {
     if (this.finished) return;
+    // The next span's holes are asked while the chunks of this one are compared.
+    if (!this.span && this.cursor < this.h.size && this.queue.length < WINDOW) {
+      const offset = this.cursor;
+      const length = Math.min(MAX_HOLES_RANGE, this.h.size - offset);
+      this.span = { id: this.h.nextId(), offset, length, touched: this.h.inFlight(offset, offset + length) };
+      if (!this.h.requestHoles(this.span.id, offset, length)) return this.fail(new Error('peer link lost during verify'));
+    }
     while (this.open.size + this.waitingForRate < WINDOW && this.queue.length > 0) {
       const next = this.queue.shift()!;
       this.waitingForRate++;
@@ -126,7 +206,7 @@ export class VerifyRun {
         if (!this.h.requestDigests(id, o.offset, o.length)) this.fail(new Error('peer link lost during verify'));
       });
     }
-    if (this.queue.length === 0 && this.open.size === 0 && this.waitingForRate === 0) {
+    if (this.queue.length === 0 && this.open.size === 0 && this.waitingForRate === 0 && !this.span && this.cursor >= this.h.size) {
       this.finished = true;
       this.report.ranges = mergeRanges(this.report.ranges);
       this.done(null, this.report);
@@ -173,6 +253,41 @@ export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
     const last = out[out.length - 1];
     if (last && r.offset <= last.offset + last.length) last.length = Math.max(last.length, r.offset + r.length - last.offset);
     else out.push({ ...r });
+  }
+  return out;
+}
+
+/** The ranges inside both lists (each sorted and apart). */
+export function intersectRanges(a: readonly ByteRange[], b: readonly ByteRange[]): ByteRange[] {
+  const out: ByteRange[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
+    const y = b[j]!;
+    const from = Math.max(x.offset, y.offset);
+    const to = Math.min(x.offset + x.length, y.offset + y.length);
+    if (to > from) out.push({ offset: from, length: to - from });
+    if (x.offset + x.length < y.offset + y.length) i++;
+    else j++;
+  }
+  return out;
+}
+
+/**
+ * `ranges` (sorted, apart) without anything in `cut`, shrunk to whole blocks of `block` (a range
+ * may end at `size`, the volume's end, inside a block): a part of a block is never skipped.
+ */
+export function subtractRanges(ranges: readonly ByteRange[], cut: ReadonlyArray<[number, number]>, block: number, size: number): ByteRange[] {
+  const out: ByteRange[] = [];
+  for (const r of ranges) {
+    let pieces: Array<[number, number]> = [[r.offset, r.offset + r.length]];
+    for (const [x, y] of cut) pieces = pieces.flatMap(([a, b]): Array<[number, number]> => (y <= a || x >= b ? [[a, b]] : [[a, Math.min(b, x)], [Math.max(a, y), b]]));
+    for (const [a, b] of pieces) {
+      const from = Math.ceil(a / block) * block;
+      const to = b >= size ? size : Math.floor(b / block) * block;
+      if (to > from) out.push({ offset: from, length: to - from });
+    }
   }
   return out;
 }

@@ -1,12 +1,13 @@
 // Online verify of one mirrored volume, both sides: this node verifying (a VerifyRun, verify.ts,
-// over the peer link: VERIFY_REQUEST out, VERIFY_DIGESTS back; the differing ranges are marked
-// out of sync on both nodes, not repaired) and this node answering the peer's verify (digests of
-// a range, read in its place among overlapping writes). On a thin volume a range that is a hole
-// is not read on either side: it compares as zero blocks.
+// over the peer link: VERIFY_HOLES_REQUEST out, VERIFY_HOLES back per span, then VERIFY_REQUEST
+// out, VERIFY_DIGESTS back per chunk not a hole on both nodes; the differing ranges are marked
+// out of sync on both nodes, not repaired) and this node answering the peer's verify (its holes
+// of a span from the allocation map, digests of a range, each in its place among overlapping
+// writes). A chunk that is a hole on one side only is not read there: it compares as zero blocks.
 import type { MirrorContext } from './mirror-context.js';
 import { MirrorCode, MirrorError } from './mirror-errors.js';
-import { decodeRange, encodeRange, PeerMsg } from './peer-protocol.js';
-import { answerRange, EMPTY, isHole } from './range-answer.js';
+import { decodeHoles, decodeRange, encodeRange, holesIntact, PeerMsg } from './peer-protocol.js';
+import { answerHoles, answerRange, EMPTY, isHole, lookupHoles } from './range-answer.js';
 import { VerifyRun, type VerifyReport } from './verify.js';
 
 export class VolumeVerify {
@@ -33,6 +34,8 @@ export class VolumeVerify {
         comparer: ctx.compare,
         rate: ctx.rate,
         requestDigests: (id, offset, length) => ctx.peer.send(PeerMsg.VERIFY_REQUEST, id, encodeRange(ctx.index, offset, length)),
+        requestHoles: (id, offset, length) => ctx.peer.send(PeerMsg.VERIFY_HOLES_REQUEST, id, encodeRange(ctx.index, offset, length)),
+        localHoles: (offset, length, cb) => lookupHoles(ctx, 'VERIFY_HOLES', offset, length, cb),
         inFlight: (offset, end) => ctx.tracker.filter((e) => e.origin !== 'resync' && e.end > offset && e.offset < end).map((e): [number, number] => [e.offset, e.end]),
         // A hole here is not read: the comparer takes it as zero blocks (empty data).
         readLocal: (offset, length, cb) => {
@@ -75,6 +78,18 @@ export class VolumeVerify {
   /** VERIFY_DIGESTS: the peer's digests for a request of ours. */
   onDigests(id: bigint, body: Buffer): void {
     this.run?.onDigests(id, this.ctx.compare.decodeDigests(body).digests);
+  }
+
+  /** VERIFY_HOLES: the peer's holes in a span we asked about (a damaged answer is asked again). */
+  onHoles(id: bigint, body: Buffer): void {
+    if (!holesIntact(body, (b) => this.ctx.hot.digestOf(b))) return this.run?.askHolesAgain(id);
+    const { offset, length } = decodeRange(body);
+    this.run?.onHoles(id, offset, length, decodeHoles(body));
+  }
+
+  /** VERIFY_HOLES_REQUEST: the peer verifying; our holes of the span, from the allocation map. */
+  onHolesRequest(id: bigint, body: Buffer): void {
+    answerHoles(this.ctx, 'VERIFY_HOLES_REQUEST', PeerMsg.VERIFY_HOLES, id, body);
   }
 
   /**

@@ -66,6 +66,8 @@ const frameTypes = [
   PeerMsg.RS_DIFF,
   PeerMsg.RS_HOLES_REQUEST,
   PeerMsg.RS_HOLES,
+  PeerMsg.VERIFY_HOLES_REQUEST,
+  PeerMsg.VERIFY_HOLES,
   PeerMsg.VERIFY_REQUEST,
   PeerMsg.VERIFY_DIGESTS,
   PeerMsg.RESYNC_NOW,

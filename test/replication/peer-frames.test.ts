@@ -41,7 +41,7 @@ describe('RS_DATA shapes', () => {
   });
 });
 
-describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
+describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk), VERIFY_HOLES_REQUEST and VERIFY_HOLES (a verify\'s)', () => {
   const GiB = 1024 * MiB;
   const target = { index: 0, size: 64 * GiB, blockSize: 4096, phase: { resync: 'target' as const, peerRunsIn: true } };
   const source = { ...target, phase: { resync: 'source' as const, peerRunsIn: true } };
@@ -98,5 +98,32 @@ describe('RS_HOLES_REQUEST and RS_HOLES (a resync\'s hole walk)', () => {
     // Too many runs: refused at the header, before the body is buffered.
     const many = raw(0, GiB, Array.from({ length: MAX_HOLE_RUNS + 1 }, (_, i): [number, number] => [i * 8192, 4096]));
     expect(() => checkFrameHeader(header(PeerMsg.RS_HOLES, many.length), 'connected')).toThrow(/RS_HOLES body of 32800 bytes/);
+  });
+
+  it('VERIFY_HOLES_REQUEST: up to 1 GiB, not empty, only outside a resync, costs its body', () => {
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, MAX_HOLES_RANGE), idle)).not.toThrow();
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, MAX_HOLES_RANGE + 4096), idle)).toThrow(/VERIFY_HOLES_REQUEST for volume 0: length 1073745920 exceeds 1073741824/);
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, 0), idle)).toThrow(/an empty range/);
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 64 * GiB - MiB, 2 * MiB), idle)).toThrow(/outside the volume/);
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(1, 0, MiB), idle)).toThrow(/the body names volume 1/);
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, MiB), source)).toThrow(/not expected now \(not during a resync/);
+    expect(check(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, MiB), target)).toThrow(/not during a resync/);
+    expect(() => checkFrameHeader(header(PeerMsg.VERIFY_HOLES_REQUEST, 17), 'connected')).toThrow(/VERIFY_HOLES_REQUEST body of 17 bytes/);
+    expect(() => checkFrameHeader(header(PeerMsg.VERIFY_HOLES_REQUEST, 16), 'handshake')).toThrow(/VERIFY_HOLES_REQUEST before HELLO/);
+    expect(cost(PeerMsg.VERIFY_HOLES_REQUEST, encodeRange(0, 0, GiB))).toBe(16);
+  });
+
+  it('VERIFY_HOLES: an RS_HOLES body, checked the same way, taken in any state (a verify may have ended)', () => {
+    for (const facts of [idle, source, target]) expect(check(PeerMsg.VERIFY_HOLES, raw(GiB, GiB, [[0, MiB]]), facts)).not.toThrow();
+    expect(check(PeerMsg.VERIFY_HOLES, raw(GiB, MiB, [[0, 2 * MiB]]), idle)).toThrow(/VERIFY_HOLES for volume 0: hole run 0\+2097152 outside the 1048576 bytes answered/);
+    expect(check(PeerMsg.VERIFY_HOLES, raw(GiB, GiB, [[2 * MiB, MiB], [0, MiB]]), idle)).toThrow(/out of order or overlapping/);
+    expect(check(PeerMsg.VERIFY_HOLES, raw(GiB, GiB, [[0, 0]]), idle)).toThrow(/an empty hole run/);
+    expect(check(PeerMsg.VERIFY_HOLES, Buffer.concat([raw(GiB, GiB, []), Buffer.alloc(4)]), idle)).toThrow(/4 bytes of hole runs/);
+    expect(check(PeerMsg.VERIFY_HOLES, raw(GiB, 0, []), idle)).toThrow(/an empty range/);
+    expect(check(PeerMsg.VERIFY_HOLES, raw(64 * GiB - MiB, 2 * MiB, []), idle)).toThrow(/outside the volume/);
+    expect(check(PeerMsg.VERIFY_HOLES, raw(0, GiB + 4096, []), idle)).toThrow(/exceeds 1073741824/);
+    const many = raw(0, GiB, Array.from({ length: MAX_HOLE_RUNS + 1 }, (_, i): [number, number] => [i * 8192, 4096]));
+    expect(() => checkFrameHeader(header(PeerMsg.VERIFY_HOLES, many.length), 'connected')).toThrow(/VERIFY_HOLES body of 32800 bytes/);
+    expect(() => checkFrameHeader(header(PeerMsg.VERIFY_HOLES, 20), 'connected')).toThrow(/VERIFY_HOLES body of 20 bytes/);
   });
 });
