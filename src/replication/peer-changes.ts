@@ -66,6 +66,13 @@ export class PeerChanges {
   /** FLUSH: answered once the local volume has flushed (a failure gives the disk up first). */
   onFlush(id: bigint): void {
     const { ctx } = this;
+    // The peer's disk failed and this copy is incomplete: what the peer acknowledged alone is on
+    // neither disk for sure, so no flush here can make it durable (found by the power-cut chaos
+    // with disk errors: a node alone lost its disk with writes not yet flushed, its peer came
+    // back behind, and this answer made the client's FLUSH succeed; the cut then lost them).
+    if (ctx.peerDiskFailed && ctx.incomplete()) {
+      return void ctx.peer.send(PeerMsg.FLUSH_ACK, id, encodeStatus(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete: a flush here makes nothing durable', 'EIO')));
+    }
     ctx.local.flush(
       ctx.guard('FLUSH', (err) => {
         if (err) ctx.diskFailed(err, 'a peer flush', 0, 0);

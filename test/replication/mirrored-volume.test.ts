@@ -411,6 +411,17 @@ describe('mirrored volume (in-process pair)', () => {
     expect(meta.state).toBe(DiskState.Inconsistent);
   });
 
+  it('regression flush-on-incomplete-copy: a FLUSH from a Failed peer is refused by a copy that is behind it', async () => {
+    // Power-cut chaos with disk errors (CI-like run, seed 78834 round 3): b wrote alone, its disk
+    // failed with writes not yet flushed, a came back behind; b's client FLUSH went to a, which
+    // answered it, so the FLUSH succeeded; b's power cut then lost those writes on both nodes.
+    const { mv, sent } = withStubPeer('a');
+    mv.markPeerDiskFailed('the peer reports its disk failed', true);
+    mv.handleFrame({ type: PeerMsg.FLUSH, flags: 0, length: 0, id: 9n }, Buffer.alloc(0));
+    await until(() => sent.some((f) => f.type === PeerMsg.FLUSH_ACK && f.id === 9n));
+    expect(sent.find((f) => f.type === PeerMsg.FLUSH_ACK && f.id === 9n)!.body.readUInt32BE(0)).toBe(5); // EIO
+  });
+
   it('a complete copy that is behind its Failed peer (the peer wrote without it) does not become the only good copy: no writes, nothing read locally', async () => {
     const { mv, meta, types } = withStubPeer('a');
     const before = meta.generation;
