@@ -102,21 +102,39 @@ export class PeerChanges {
       ctx.tracker.landed(entry); // given up: nothing waits on it
       return answer(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete', 'EIO'));
     }
-    ctx.tracker.apply(
-      entry,
-      piece,
+    const length = entry.end - entry.offset;
+    const [first, count] = ctx.grains(entry.offset, length);
+    // The peer's disk failed: this copy is the only one, and its bits must name every change it
+    // may hold *before* the change reaches its disk — the sender has no disk, so no activity log
+    // of its own survives a power cut for it (found by the soak, disk-error phase: both nodes cut
+    // while a forwarded write was landing here; the torn change was named by no bit and no log,
+    // and the copies stayed different after the resync). Marked after it, as before, when the
+    // peer's failure is learnt while the change lands.
+    const markedFirst = ctx.peerDiskFailed;
+    const land = (): void =>
+      ctx.tracker.apply(
+        entry,
+        piece,
+        ctx.guard('WRITE', (err) => {
+          applied?.();
+          // The local disk failed it: Failed (its DISK_FAILED goes out before this answer, so the
+          // peer keeps the change as its own, marked out of sync).
+          // A full thin pool is no disk failure: ENOSPC goes back to the sender, which fails the
+          // write on both nodes (it applies it only after this answer when it allocates too).
+          if (err && !isPoolFull(err)) ctx.diskFailed(err, 'a peer write', entry.offset, length);
+          if (!ctx.peerDiskFailed || markedFirst) return answer(err);
+          ctx.meta.markDirty(first, count, ctx.guard('WRITE', (e) => answer(err ?? e)));
+        }),
+      );
+    if (!markedFirst) return land();
+    ctx.meta.markDirty(
+      first,
+      count,
       ctx.guard('WRITE', (err) => {
+        if (!err) return land();
         applied?.();
-        const length = entry.end - entry.offset;
-        // The local disk failed it: Failed (its DISK_FAILED goes out before this answer, so the
-        // peer keeps the change as its own, marked out of sync).
-        // A full thin pool is no disk failure: ENOSPC goes back to the sender, which fails the
-        // write on both nodes (it applies it only after this answer when it allocates too).
-        if (err && !isPoolFull(err)) ctx.diskFailed(err, 'a peer write', entry.offset, length);
-        // The peer's disk failed: this copy is the only one, its bits name what the peer lacks.
-        if (!ctx.peerDiskFailed) return answer(err);
-        const [first, count] = ctx.grains(entry.offset, length);
-        ctx.meta.markDirty(first, count, ctx.guard('WRITE', (e) => answer(err ?? e)));
+        ctx.tracker.landed(entry); // not applied: nothing waits on it
+        answer(err);
       }),
     );
   }

@@ -422,6 +422,28 @@ describe('mirrored volume (in-process pair)', () => {
     expect(sent.find((f) => f.type === PeerMsg.FLUSH_ACK && f.id === 9n)!.body.readUInt32BE(0)).toBe(5); // EIO
   });
 
+  it('regression forwarded-write-named-first: with the peer\'s disk Failed, its forwarded write is named by a durable bit before it reaches this disk', async () => {
+    // Soak (disk-error phase, ENOSPC on a, then both nodes cut): a forwarded write landing here,
+    // torn by the cut, was named by no bit (marked only after it landed) and by no activity log
+    // (its sender has no disk): the resync skipped it and the copies stayed different.
+    const { mv, meta, sent, hot } = withStubPeer('b');
+    mv.markPeerDiskFailed('the peer reports its disk failed');
+    const local = (mv as unknown as { ctx: { local: { write: (...a: unknown[]) => void } } }).ctx.local;
+    const seen: Array<{ bit: boolean; syncs: number }> = [];
+    const syncsBefore = meta.bitmapSyncs;
+    const write = local.write.bind(local);
+    local.write = (...args: unknown[]) => (seen.push({ bit: meta.bitmap.any(Math.floor((5 * MiB) / GRAIN), 1), syncs: meta.bitmapSyncs }), write(...args));
+    const data = Buffer.alloc(4096, 0x44);
+    const header = encodeWriteHeader({ volume: 0, flags: 0, offset: 5 * MiB, digest: sealDigest(hot.digestOf(data), 5 * MiB, 0) });
+    const frame = Buffer.concat([header, data]);
+    mv.handleFrame({ type: PeerMsg.WRITE, flags: 0, length: frame.length, id: 11n }, frame);
+    await until(() => sent.some((f) => f.type === PeerMsg.WRITE_ACK && f.id === 11n));
+    expect(sent.find((f) => f.type === PeerMsg.WRITE_ACK && f.id === 11n)!.body.readUInt32BE(0)).toBe(0);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.bit).toBe(true);
+    expect(seen[0]!.syncs).toBeGreaterThan(syncsBefore); // the bit was on disk before the data went out
+  });
+
   it('a complete copy that is behind its Failed peer (the peer wrote without it) does not become the only good copy: no writes, nothing read locally', async () => {
     const { mv, meta, types } = withStubPeer('a');
     const before = meta.generation;
