@@ -113,6 +113,13 @@ function withStubPeer(node: 'a' | 'b', quorum?: MirroredVolumeOptions['quorum'])
   return { mv, meta, peer, sent, types, hot, path: join(dir, `${node}.img`) };
 }
 
+/** A quorum gate that holds every request to write alone until the test answers it (`held`). */
+function heldQuorum() {
+  const held: Array<(err: Error | null) => void> = [];
+  const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+  return { held, quorum };
+}
+
 /** Answers a stub target's last RS_HOLES_REQUEST as a source would: these holes (none: all data). */
 function answerHoles(mv: MirroredVolume, sent: ReadonlyArray<{ type: number; id: bigint; body: Buffer }>, holes: ByteRun[] = []) {
   const req = sent.filter((f) => f.type === PeerMsg.RS_HOLES_REQUEST).at(-1)!;
@@ -458,8 +465,7 @@ describe('mirrored volume (in-process pair)', () => {
 
   it('a write waiting for quorum when its peer vanished fails (EIO) if the peer comes back first: never acknowledged, never lost', async () => {
     // A quorum gate that holds writes, as one does while the witness is asked or refuses.
-    const held: Array<(err: Error | null) => void> = [];
-    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { held, quorum } = heldQuorum();
     const { mv, meta, peer, types } = withStubPeer('b', quorum);
     const before = meta.generation;
     let result: Error | null | undefined;
@@ -482,8 +488,7 @@ describe('mirrored volume (in-process pair)', () => {
     // looks up, and loses the link before their turn. They must wait for the quorum gate (and
     // fail when it says no): never acknowledged alone, no new generation (found by attach's
     // SIGSTOP test: the woken node's generation moved and the pair saw a split brain).
-    const held: Array<(err: Error | null) => void> = [];
-    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { held, quorum } = heldQuorum();
     const { mv, meta, peer, types } = withStubPeer('a', quorum);
     const before = meta.generation;
     let result: Error | null | undefined;
@@ -505,8 +510,7 @@ describe('mirrored volume (in-process pair)', () => {
     // both, then a FLUSH; the peer lost power before it flushed, and this node answered the
     // flush from its own disk without quorum. Both nodes lost power; the peer came back first,
     // got the grant and resynced its older copy over the flushed write.
-    const held: Array<(err: Error | null) => void> = [];
-    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { held, quorum } = heldQuorum();
     const { mv, meta, peer, sent } = withStubPeer('b', quorum);
     const before = meta.generation;
     const written = write(mv, 0, Buffer.alloc(4096, 5));
@@ -536,8 +540,7 @@ describe('mirrored volume (in-process pair)', () => {
   it('regression flush-at-peer-return: a flush asked alone is answered when the peer comes back and this copy leads, refused while the resync is undecided', async () => {
     // attach-ext4 (full suite, loaded box): the peer restarted while an fsync's FLUSH waited for
     // this node's quorum; the flush was failed although this copy, the resync source, held it.
-    const held: Array<(err: Error | null) => void> = [];
-    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { held, quorum } = heldQuorum();
     const { mv, peer } = withStubPeer('b', quorum);
     peer.connected = false;
     mv.peerLost('link lost');
@@ -556,8 +559,7 @@ describe('mirrored volume (in-process pair)', () => {
   });
 
   it('an activity-log flush without the peer (flushForLog) needs no quorum and starts no generation; what the peer may have lost is marked first', async () => {
-    const held: Array<(err: Error | null) => void> = [];
-    const quorum = { writable: false, readable: true, whenWritable: (cb: (err: Error | null) => void) => void held.push(cb), whenReadable: (cb: (err: Error | null) => void) => cb(null) };
+    const { held, quorum } = heldQuorum();
     const { mv, meta, peer, sent } = withStubPeer('a', quorum);
     const before = meta.generation;
     const written = write(mv, 8192, Buffer.alloc(4096, 6));
