@@ -70,9 +70,8 @@ export class PeerChanges {
     // neither disk for sure, so no flush here can make it durable (found by the power-cut chaos
     // with disk errors: a node alone lost its disk with writes not yet flushed, its peer came
     // back behind, and this answer made the client's FLUSH succeed; the cut then lost them).
-    if (ctx.peerDiskFailed && ctx.incomplete()) {
-      return void ctx.peer.send(PeerMsg.FLUSH_ACK, id, encodeStatus(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete: a flush here makes nothing durable', 'EIO')));
-    }
+    const noCopy = this.noCompleteCopy('a flush here makes nothing durable');
+    if (noCopy) return void ctx.peer.send(PeerMsg.FLUSH_ACK, id, encodeStatus(noCopy));
     ctx.local.flush(
       ctx.guard('FLUSH', (err) => {
         if (err) ctx.diskFailed(err, 'a peer flush', 0, 0);
@@ -87,6 +86,12 @@ export class PeerChanges {
     this.damaged.clear();
   }
 
+  /** The peer's disk failed and this copy is incomplete: no complete copy is left, so a change or flush from the peer fails (EIO). */
+  private noCompleteCopy(what: string): MirrorError | null {
+    const { ctx } = this;
+    return ctx.peerDiskFailed && ctx.incomplete() ? new MirrorError(MirrorCode.INCOMPLETE_COPY, `the peer holds no copy and this one is incomplete: ${what}`, 'EIO') : null;
+  }
+
   private applyChange(entry: InFlight, piece: Piece, applied?: () => void): void {
     const { ctx } = this;
     // A client's write on the peer is client I/O here too: a resync this node pulls yields to it.
@@ -97,10 +102,11 @@ export class PeerChanges {
     };
     // The peer's disk failed and this copy is incomplete: applied here only, the change would be
     // overwritten by the resync from the peer once its disk is back. It fails, changed nowhere.
-    if (ctx.peerDiskFailed && ctx.incomplete()) {
+    const noCopy = this.noCompleteCopy('not applied');
+    if (noCopy) {
       applied?.();
       ctx.tracker.landed(entry); // given up: nothing waits on it
-      return answer(new MirrorError(MirrorCode.INCOMPLETE_COPY, 'the peer holds no copy and this one is incomplete', 'EIO'));
+      return answer(noCopy);
     }
     const length = entry.end - entry.offset;
     const [first, count] = ctx.grains(entry.offset, length);
